@@ -1,0 +1,24 @@
+#!/usr/bin/env bash
+# The test suite, as CI runs it (.ci/run calls this): set-up, format, lints, build, tests.
+# On a fresh machine the set-up installs everything first (see docs/setup.md).
+set -euo pipefail
+cd "$(dirname "${BASH_SOURCE[0]}")/.."
+
+stage() { printf '\n== %s (%s) ==\n' "$1" "$(date +%T)"; }
+start=$(date +%s)
+
+stage "set-up"
+bash ci/setup.sh
+# shellcheck source=ci/env.sh
+source ci/env.sh
+
+stage "cargo fmt --check"
+cargo fmt --all -- --check
+
+stage "cargo clippy"
+cargo clippy --workspace --all-targets --locked -- -D warnings
+
+stage "cargo test"
+cargo test --workspace --locked
+
+printf '\nci/test.sh: all stages passed in %d s\n' "$(( $(date +%s) - start ))"

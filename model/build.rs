@@ -1,0 +1,5 @@
+include!("tch_link.rs");
+
+fn main() {
+    link_libtorch();
+}

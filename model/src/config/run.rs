@@ -1,0 +1,294 @@
+//! The run sections: `data`, `train`, `dist`, `checkpoint`, `log`, `sample`.
+
+use serde::{Deserialize, Serialize};
+
+/// `data`: the prepared data set and how it is made from LRS2.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct DataConfig {
+    /// Prepared data set (directory of `shard-NNNNN.zarr` stores plus `manifest.json`).
+    pub dataset: String,
+    /// Validation data set (same format); none disables validation.
+    pub val_dataset: Option<String>,
+    /// Frame side in pixels after resizing (the latent side is this / the autoencoder factor).
+    pub resolution: u32,
+    /// Video frame rate the features are aligned to.
+    pub fps: u32,
+    /// Audio sample rate of the filterbank input.
+    pub sample_rate: u32,
+    /// Fraction of the face box height, from the bottom, zeroed in the masked frame.
+    pub mask_fraction: f64,
+    /// Clips per shard store written by dataprep.
+    pub clips_per_shard: u32,
+    /// Cache the frozen audio-encoder layers' output in the data set.
+    pub cache_audio_features: bool,
+    /// Samples prefetched ahead of the training step, per rank.
+    pub prefetch: u32,
+    /// Data set size used by `--dry-run` before the data set exists (its manifest wins when present).
+    pub size_hint: Option<SizeHint>,
+}
+
+impl Default for DataConfig {
+    fn default() -> Self {
+        Self {
+            dataset: "data/lrs2".into(),
+            val_dataset: None,
+            resolution: 256,
+            fps: 25,
+            sample_rate: 16000,
+            mask_fraction: 0.5,
+            clips_per_shard: 256,
+            cache_audio_features: false,
+            prefetch: 4,
+            size_hint: None,
+        }
+    }
+}
+
+/// `data.size_hint`: clip and frame counts of the training split.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct SizeHint {
+    /// Clips in the training split.
+    pub clips: u64,
+    /// Frames in the training split.
+    pub frames: u64,
+}
+
+/// What one epoch iterates over.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum EpochUnit {
+    /// One random target frame per clip per epoch.
+    Clip,
+    /// Every usable frame once per epoch.
+    Frame,
+}
+
+/// Optimizer.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum OptimizerKind {
+    /// AdamW (decoupled weight decay).
+    Adamw,
+    /// Plain SGD (tests).
+    Sgd,
+}
+
+/// Learning-rate schedule after warm-up.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum LrSchedule {
+    /// Constant at `train.lr`.
+    Constant,
+    /// Cosine decay to `train.min_lr` at the last step.
+    Cosine,
+    /// Linear decay to `train.min_lr` at the last step.
+    Linear,
+}
+
+/// `train`: optimisation and run length.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct TrainConfig {
+    /// Seed of every random choice (initialisation, sample order, diffusion steps, noise).
+    pub seed: u64,
+    /// Samples per optimizer step over all ranks: the invariant across world sizes.
+    pub global_batch: u32,
+    /// Largest batch one rank runs in one forward/backward; the per-rank batch is split into
+    /// accumulation steps of the largest divisor not above it. None: no accumulation.
+    pub max_micro_batch: Option<u32>,
+    /// `adamw` or `sgd`.
+    pub optimizer: OptimizerKind,
+    /// Peak learning rate.
+    pub lr: f64,
+    /// Final learning rate of the `cosine` and `linear` schedules.
+    pub min_lr: f64,
+    /// `constant`, `cosine` or `linear`.
+    pub lr_schedule: LrSchedule,
+    /// Linear warm-up steps from 0 to `lr`.
+    pub warmup_steps: u64,
+    /// AdamW betas.
+    pub betas: [f64; 2],
+    /// AdamW epsilon.
+    pub eps: f64,
+    /// Decoupled weight decay.
+    pub weight_decay: f64,
+    /// Training length in epochs (ignored when `train.steps` is set).
+    pub epochs: u32,
+    /// Training length in optimizer steps; overrides `train.epochs` when set.
+    pub steps: Option<u64>,
+    /// `clip` or `frame`.
+    pub epoch_unit: EpochUnit,
+    /// Clip the global gradient norm to this value (none: no clipping).
+    pub grad_clip: Option<f64>,
+    /// Exponential moving average of the weights.
+    pub ema: EmaConfig,
+}
+
+impl Default for TrainConfig {
+    fn default() -> Self {
+        Self {
+            seed: 0,
+            global_batch: 48,
+            max_micro_batch: None,
+            optimizer: OptimizerKind::Adamw,
+            // DiffTalk's rule: 1e-6 x GPUs x per-GPU batch = 1e-6 x 48.
+            lr: 4.8e-5,
+            min_lr: 0.0,
+            lr_schedule: LrSchedule::Constant,
+            warmup_steps: 0,
+            betas: [0.9, 0.999],
+            eps: 1e-8,
+            weight_decay: 0.01,
+            epochs: 200,
+            steps: None,
+            epoch_unit: EpochUnit::Clip,
+            grad_clip: Some(0.1),
+            ema: EmaConfig::default(),
+        }
+    }
+}
+
+/// `train.ema`.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct EmaConfig {
+    /// Keep an EMA copy of the trainable weights.
+    pub enabled: bool,
+    /// Decay.
+    pub decay: f64,
+    /// Use min(decay, (1 + n) / (10 + n)) at update n (LDM's warm-up).
+    pub warmup: bool,
+}
+
+impl Default for EmaConfig {
+    fn default() -> Self {
+        Self {
+            enabled: true,
+            decay: 0.9999,
+            warmup: true,
+        }
+    }
+}
+
+/// Gradient all-reduce backend.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum DistBackend {
+    /// NCCL when the rank has a GPU, else MPI.
+    Auto,
+    /// NCCL (GPU tensors).
+    Nccl,
+    /// MPI (CPU tensors).
+    Mpi,
+}
+
+/// `dist`: data-parallel runtime.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct DistConfig {
+    /// `auto`, `nccl` or `mpi`.
+    pub backend: DistBackend,
+    /// Gradient bucket size in MiB.
+    pub bucket_mb: f64,
+    /// A collective that takes longer aborts the job (seconds).
+    pub collective_timeout_s: u64,
+    /// A data fetch that takes longer aborts the job (seconds).
+    pub data_timeout_s: u64,
+    /// Compare a parameter checksum across ranks every this many steps (0: only at start).
+    pub checksum_interval: u64,
+    /// Intra-op threads per rank on CPU (0: cores / ranks on the node).
+    pub cpu_threads: u32,
+}
+
+impl Default for DistConfig {
+    fn default() -> Self {
+        Self {
+            backend: DistBackend::Auto,
+            bucket_mb: 25.0,
+            collective_timeout_s: 600,
+            data_timeout_s: 300,
+            checksum_interval: 1000,
+            cpu_threads: 0,
+        }
+    }
+}
+
+/// `checkpoint`: where and how often to save.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct CheckpointConfig {
+    /// Destination: a path, `file://`, `s3://`, `gs://` or `az://` URL.
+    pub url: String,
+    /// Save every this many optimizer steps (0: only at the end and on preemption).
+    pub interval: u64,
+    /// Keep the newest this many checkpoints.
+    pub keep_last: u32,
+    /// Also keep every checkpoint whose step is a multiple of this (none: keep no extra).
+    pub keep_every: Option<u64>,
+}
+
+impl Default for CheckpointConfig {
+    fn default() -> Self {
+        Self {
+            url: "checkpoints".into(),
+            interval: 5000,
+            keep_last: 3,
+            keep_every: None,
+        }
+    }
+}
+
+/// `log`: TensorBoard and console output.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct LogConfig {
+    /// TensorBoard event directory (rank 0 writes).
+    pub dir: String,
+    /// Scalars every this many steps.
+    pub interval: u64,
+    /// Validation loss every this many steps (0: never).
+    pub val_interval: u64,
+    /// Batches per validation.
+    pub val_batches: u32,
+    /// A grid of sampled frames every this many steps (0: never).
+    pub image_interval: u64,
+    /// Progress bar on rank 0 (off in CI logs).
+    pub progress: bool,
+}
+
+impl Default for LogConfig {
+    fn default() -> Self {
+        Self {
+            dir: "runs".into(),
+            interval: 50,
+            val_interval: 5000,
+            val_batches: 8,
+            image_interval: 10000,
+            progress: true,
+        }
+    }
+}
+
+/// `sample`: DDIM sampling for generation and logged images.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct SampleConfig {
+    /// DDIM steps (uniform spacing).
+    pub ddim_steps: u32,
+    /// DDIM eta (0: deterministic).
+    pub eta: f64,
+    /// Blend the re-noised reference outside the mask at every step (DiffTalk); off in the paper.
+    pub inpaint: bool,
+}
+
+impl Default for SampleConfig {
+    fn default() -> Self {
+        Self {
+            ddim_steps: 200,
+            eta: 0.0,
+            inpaint: false,
+        }
+    }
+}

@@ -1,0 +1,274 @@
+//! Semantic checks that serde's types cannot express. Each failure names the full key path.
+
+use super::{AudioEncoderKind, AutoencoderKind, Config};
+
+type Check = Result<(), (String, String)>;
+
+fn ensure(ok: bool, key: &str, message: impl FnOnce() -> String) -> Check {
+    if ok {
+        Ok(())
+    } else {
+        Err((key.to_string(), message()))
+    }
+}
+
+fn unit_interval(x: f64, key: &str) -> Check {
+    ensure((0.0..1.0).contains(&x), key, || {
+        format!("{x} is outside [0, 1)")
+    })
+}
+
+fn positive<T: PartialOrd + Default + std::fmt::Display + Copy>(x: T, key: &str) -> Check {
+    ensure(x > T::default(), key, || {
+        format!("{x} must be greater than 0")
+    })
+}
+
+impl Config {
+    /// Checks relations between keys; returns the offending key path and the reason.
+    pub(crate) fn validate(&self) -> Check {
+        self.validate_data()?;
+        self.validate_model()?;
+        self.validate_run()
+    }
+
+    fn validate_data(&self) -> Check {
+        let d = &self.data;
+        let factor = self.model.autoencoder.downsample_factor();
+        positive(d.resolution, "data.resolution")?;
+        ensure(d.resolution % factor == 0, "data.resolution", || {
+            format!(
+                "{} is not divisible by the autoencoder factor {factor}",
+                d.resolution
+            )
+        })?;
+        positive(d.fps, "data.fps")?;
+        positive(d.sample_rate, "data.sample_rate")?;
+        ensure(
+            d.mask_fraction > 0.0 && d.mask_fraction <= 1.0,
+            "data.mask_fraction",
+            || format!("{} is outside (0, 1]", d.mask_fraction),
+        )?;
+        positive(d.clips_per_shard, "data.clips_per_shard")?;
+        ensure(!d.dataset.is_empty(), "data.dataset", || {
+            "must not be empty".into()
+        })
+    }
+
+    fn validate_model(&self) -> Check {
+        let m = &self.model;
+        let ae = &m.autoencoder;
+        ensure(
+            !ae.block_out_channels.is_empty(),
+            "model.autoencoder.block_out_channels",
+            || "must list at least one level".into(),
+        )?;
+        positive(ae.latent_channels, "model.autoencoder.latent_channels")?;
+        positive(ae.norm_num_groups, "model.autoencoder.norm_num_groups")?;
+        if ae.kind == AutoencoderKind::VqF4 {
+            for c in &ae.block_out_channels {
+                ensure(
+                    *c > 0 && c % ae.norm_num_groups == 0,
+                    "model.autoencoder.block_out_channels",
+                    || {
+                        format!(
+                            "{c} is not a positive multiple of norm_num_groups {}",
+                            ae.norm_num_groups
+                        )
+                    },
+                )?;
+            }
+        } else {
+            ensure(
+                ae.latent_channels == ae.in_channels,
+                "model.autoencoder.latent_channels",
+                || {
+                    format!(
+                        "the resample autoencoder keeps the image channels ({})",
+                        ae.in_channels
+                    )
+                },
+            )?;
+        }
+
+        let a = &m.audio_encoder;
+        ensure(a.input_dim == 104, "model.audio_encoder.input_dim", || {
+            format!(
+                "{} must be 104 (26 filterbank energies x 4 stacked frames, what dataprep writes)",
+                a.input_dim
+            )
+        })?;
+        positive(a.embed_dim, "model.audio_encoder.embed_dim")?;
+        if a.kind == AudioEncoderKind::Avhubert {
+            positive(a.heads, "model.audio_encoder.heads")?;
+            ensure(
+                a.embed_dim % a.heads == 0,
+                "model.audio_encoder.heads",
+                || format!("{} does not divide embed_dim {}", a.heads, a.embed_dim),
+            )?;
+            positive(a.pos_conv_groups, "model.audio_encoder.pos_conv_groups")?;
+            ensure(
+                a.embed_dim % a.pos_conv_groups == 0,
+                "model.audio_encoder.pos_conv_groups",
+                || {
+                    format!(
+                        "{} does not divide embed_dim {}",
+                        a.pos_conv_groups, a.embed_dim
+                    )
+                },
+            )?;
+            ensure(
+                a.frozen_layers <= a.layers,
+                "model.audio_encoder.frozen_layers",
+                || format!("{} exceeds the {} layers", a.frozen_layers, a.layers),
+            )?;
+        }
+        unit_interval(a.dropout, "model.audio_encoder.dropout")?;
+        unit_interval(a.attention_dropout, "model.audio_encoder.attention_dropout")?;
+        unit_interval(
+            a.activation_dropout,
+            "model.audio_encoder.activation_dropout",
+        )?;
+        unit_interval(a.layerdrop, "model.audio_encoder.layerdrop")?;
+
+        let t = &m.temporal;
+        ensure(
+            t.window > 0 && t.window % 2 == 0,
+            "model.temporal.window",
+            || {
+                format!(
+                    "{} must be a positive even number ([t - W/2, t + W/2))",
+                    t.window
+                )
+            },
+        )?;
+        ensure(
+            t.window <= a.context_frames,
+            "model.audio_encoder.context_frames",
+            || {
+                format!(
+                    "{} is shorter than the temporal window {}",
+                    a.context_frames, t.window
+                )
+            },
+        )?;
+        positive(t.hidden, "model.temporal.hidden")?;
+
+        self.validate_unet()?;
+
+        let d = &m.diffusion;
+        positive(d.timesteps, "model.diffusion.timesteps")?;
+        ensure(
+            0.0 < d.beta_start && d.beta_start < d.beta_end && d.beta_end < 1.0,
+            "model.diffusion.beta_end",
+            || {
+                format!(
+                    "need 0 < beta_start ({}) < beta_end ({}) < 1",
+                    d.beta_start, d.beta_end
+                )
+            },
+        )?;
+        if m.priors.reference.uses_previous() {
+            positive(m.priors.previous_frames, "model.priors.previous_frames")?;
+        }
+        Ok(())
+    }
+
+    fn validate_unet(&self) -> Check {
+        let u = &self.model.unet;
+        ensure(
+            !u.channel_mult.is_empty(),
+            "model.unet.channel_mult",
+            || "must list at least one level".into(),
+        )?;
+        positive(u.model_channels, "model.unet.model_channels")?;
+        positive(u.head_dim, "model.unet.head_dim")?;
+        positive(u.norm_num_groups, "model.unet.norm_num_groups")?;
+        for c in u.block_out_channels() {
+            ensure(
+                c > 0 && c % u.norm_num_groups == 0,
+                "model.unet.channel_mult",
+                || {
+                    format!(
+                        "level width {c} is not a positive multiple of norm_num_groups {}",
+                        u.norm_num_groups
+                    )
+                },
+            )?;
+            ensure(c % u.head_dim == 0, "model.unet.head_dim", || {
+                format!("{} does not divide the level width {c}", u.head_dim)
+            })?;
+        }
+        let deepest = 1u32 << (u.channel_mult.len() - 1);
+        for r in &u.attention_resolutions {
+            ensure(
+                r.is_power_of_two() && *r <= deepest,
+                "model.unet.attention_resolutions",
+                || format!("{r} is not a downsampling factor of this UNet (1, 2, ..., {deepest})"),
+            )?;
+        }
+        let side = self.latent_side();
+        ensure(side % deepest == 0, "model.unet.channel_mult", || {
+            format!(
+                "{} levels downsample by {deepest}, which does not divide the latent side {side}",
+                u.channel_mult.len()
+            )
+        })?;
+        unit_interval(u.dropout, "model.unet.dropout")
+    }
+
+    fn validate_run(&self) -> Check {
+        let t = &self.train;
+        positive(t.global_batch, "train.global_batch")?;
+        if let Some(m) = t.max_micro_batch {
+            positive(m, "train.max_micro_batch")?;
+        }
+        positive(t.lr, "train.lr")?;
+        ensure(t.min_lr >= 0.0 && t.min_lr <= t.lr, "train.min_lr", || {
+            format!("{} is outside [0, train.lr = {}]", t.min_lr, t.lr)
+        })?;
+        unit_interval(t.betas[0], "train.betas")?;
+        unit_interval(t.betas[1], "train.betas")?;
+        positive(t.eps, "train.eps")?;
+        ensure(t.weight_decay >= 0.0, "train.weight_decay", || {
+            "must not be negative".into()
+        })?;
+        match t.steps {
+            Some(s) => positive(s, "train.steps")?,
+            None => positive(t.epochs, "train.epochs")?,
+        }
+        if let Some(c) = t.grad_clip {
+            positive(c, "train.grad_clip")?;
+        }
+        ensure(
+            (0.0..=1.0).contains(&t.ema.decay),
+            "train.ema.decay",
+            || format!("{} is outside [0, 1]", t.ema.decay),
+        )?;
+
+        positive(self.dist.bucket_mb, "dist.bucket_mb")?;
+        positive(self.dist.collective_timeout_s, "dist.collective_timeout_s")?;
+        positive(self.dist.data_timeout_s, "dist.data_timeout_s")?;
+        ensure(!self.checkpoint.url.is_empty(), "checkpoint.url", || {
+            "must not be empty".into()
+        })?;
+        positive(self.checkpoint.keep_last, "checkpoint.keep_last")?;
+        if let Some(k) = self.checkpoint.keep_every {
+            positive(k, "checkpoint.keep_every")?;
+        }
+        positive(self.log.interval, "log.interval")?;
+
+        let s = &self.sample;
+        ensure(
+            s.ddim_steps > 0 && s.ddim_steps <= self.model.diffusion.timesteps,
+            "sample.ddim_steps",
+            || {
+                format!(
+                    "{} is outside [1, model.diffusion.timesteps = {}]",
+                    s.ddim_steps, self.model.diffusion.timesteps
+                )
+            },
+        )?;
+        ensure(s.eta >= 0.0, "sample.eta", || "must not be negative".into())
+    }
+}

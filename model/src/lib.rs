@@ -1,0 +1,7 @@
+//! SyncDiff networks and diffusion math.
+//!
+//! This crate knows nothing about ranks, files or URLs: distribution, data loading and
+//! checkpointing wrap it from the trainer crate. It also owns the configuration schema
+//! ([`config`]), because every binary (dataprep, trainer, generation) shares it.
+
+pub mod config;

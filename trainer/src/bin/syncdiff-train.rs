@@ -1,0 +1,76 @@
+//! `syncdiff-train`: the MPI entry point.
+//!
+//! ```text
+//! syncdiff-train --config configs/debug.yaml --dry-run                 # 1 process
+//! mpirun -n 2 syncdiff-train --config configs/debug.yaml --dry-run     # 2 ranks on one machine
+//! mpirun -n 6 syncdiff-train --config configs/syncdiff-lrs2.yaml       # 1 node x 6 GPUs
+//! ```
+
+use std::process::ExitCode;
+
+use anyhow::Context;
+use clap::Parser;
+use syncdiff_model::config::ConfigArgs;
+use syncdiff_trainer::dist::Runtime;
+use syncdiff_trainer::dryrun::DryRun;
+
+/// Train SyncDiff with data parallelism over MPI ranks.
+#[derive(Debug, Parser)]
+#[command(name = "syncdiff-train", version)]
+struct Cli {
+    #[command(flatten)]
+    config: ConfigArgs,
+    /// Resolve and validate the configuration, report each rank's placement, the batch split and
+    /// the run length, check an MPI all-reduce, and exit without touching data.
+    #[arg(long)]
+    dry_run: bool,
+    /// Resume policy: `auto` (newest valid checkpoint, else fresh), `never`, or a checkpoint URL.
+    #[arg(long, default_value = "auto", value_name = "auto|never|URL")]
+    resume: String,
+}
+
+fn main() -> ExitCode {
+    let cli = Cli::parse();
+    // Configuration errors are the same on every rank: report them before MPI starts.
+    let config = match cli.config.load() {
+        Ok(c) => c,
+        Err(e) => {
+            eprintln!("error: {e}");
+            return ExitCode::from(2);
+        }
+    };
+    if cli.config.print_config {
+        print!("{}", config.to_yaml());
+        return ExitCode::SUCCESS;
+    }
+    match run(&cli, &config) {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("error: {e:#}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+fn run(cli: &Cli, config: &syncdiff_model::config::Config) -> anyhow::Result<()> {
+    let rt = Runtime::init().context("cannot start MPI")?;
+    if !cli.dry_run {
+        anyhow::bail!(
+            "{} training is not implemented in this build yet; only --dry-run is available",
+            rt.prefix()
+        );
+    }
+    let plan = DryRun::run(config, &rt).map_err(|e| anyhow::anyhow!("{} {e}", rt.prefix()))?;
+    if rt.is_main() {
+        println!(
+            "{} config {} (resolved; --print-config shows it)",
+            rt.prefix(),
+            cli.config.config.display()
+        );
+        for line in plan.summary(config, &rt) {
+            println!("{line}");
+        }
+    }
+    rt.in_rank_order(|| println!("{}", plan.rank_line(&rt)));
+    Ok(())
+}

@@ -1,0 +1,37 @@
+//! Distributed runtime: MPI bootstrap, the device of each rank, and (later) gradient all-reduce.
+
+mod device;
+mod runtime;
+
+pub use device::{choose_device, Placement};
+pub use runtime::Runtime;
+
+/// Errors of the distributed runtime. Messages name the rank.
+#[derive(Debug, thiserror::Error)]
+pub enum DistError {
+    /// MPI was initialised twice in one process.
+    #[error("MPI is already initialised in this process")]
+    AlreadyInitialized,
+    /// An all-reduce returned a wrong value.
+    #[error(
+        "rank {rank}: MPI all-reduce check failed at element {index}: got {got}, expected {want}"
+    )]
+    AllReduceMismatch {
+        /// Rank that saw the wrong value.
+        rank: i32,
+        /// Element index.
+        index: usize,
+        /// Value received.
+        got: f64,
+        /// Value expected.
+        want: f64,
+    },
+    /// The configured backend cannot run on this rank.
+    #[error("rank {rank}: dist.backend: {message}")]
+    Backend {
+        /// Rank.
+        rank: i32,
+        /// Why.
+        message: String,
+    },
+}

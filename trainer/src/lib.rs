@@ -1,0 +1,6 @@
+//! SyncDiff training system: distributed runtime, data loading, optimisation, checkpoints,
+//! generation and evaluation. The networks live in `syncdiff-model`; the data format in
+//! `syncdiff-dataprep`.
+
+pub mod dist;
+pub mod dryrun;

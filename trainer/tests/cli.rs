@@ -1,0 +1,237 @@
+//! The binaries as a user runs them: exit codes, one-line errors, `mpirun` dry runs.
+#![allow(clippy::unwrap_used)]
+
+use std::path::{Path, PathBuf};
+use std::process::{Command, Output};
+
+fn repo() -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR")).join("..")
+}
+
+fn train() -> Command {
+    let mut c = Command::new(env!("CARGO_BIN_EXE_syncdiff-train"));
+    c.current_dir(repo());
+    c
+}
+
+/// `mpirun -n N syncdiff-train ...`, allowed to run as root and to oversubscribe the 2 cores.
+fn mpirun(n: u32) -> Command {
+    let mut c = Command::new("mpirun");
+    c.current_dir(repo())
+        .env("OMPI_ALLOW_RUN_AS_ROOT", "1")
+        .env("OMPI_ALLOW_RUN_AS_ROOT_CONFIRM", "1")
+        .args(["--oversubscribe", "-n", &n.to_string()])
+        .arg(env!("CARGO_BIN_EXE_syncdiff-train"));
+    c
+}
+
+fn text(o: &Output) -> (String, String) {
+    (
+        String::from_utf8_lossy(&o.stdout).into_owned(),
+        String::from_utf8_lossy(&o.stderr).into_owned(),
+    )
+}
+
+/// A user error: exit code 2, exactly one line on stderr, no panic.
+fn assert_user_error(o: &Output, starts: &str) {
+    let (_, err) = text(o);
+    assert_eq!(o.status.code(), Some(2), "stderr: {err}");
+    assert!(!err.contains("panicked"), "{err}");
+    assert_eq!(err.lines().count(), 1, "{err}");
+    assert!(err.starts_with(starts), "{err}");
+}
+
+fn write_config(dir: &Path, body: &str) -> PathBuf {
+    let p = dir.join("x.yaml");
+    std::fs::write(&p, body).unwrap();
+    p
+}
+
+#[test]
+fn dry_run_reports_the_plan() {
+    let o = train()
+        .args(["--config", "configs/debug.yaml", "--dry-run"])
+        .output()
+        .unwrap();
+    let (out, err) = text(&o);
+    assert!(o.status.success(), "{err}");
+    assert!(
+        out.contains("[rank 0/1] batch: global 4 = 1 ranks x 4 per rank"),
+        "{out}"
+    );
+    assert!(out.contains("run length: 10 optimizer steps"), "{out}");
+    assert!(out.contains("device cpu, backend mpi"), "{out}");
+    assert!(out.contains("MPI all-reduce check: ok"), "{out}");
+}
+
+#[test]
+fn dry_run_under_mpirun_reports_every_rank() {
+    let o = mpirun(2)
+        .args(["--config", "configs/syncdiff-lrs2.yaml", "--dry-run"])
+        .output()
+        .unwrap();
+    let (out, err) = text(&o);
+    assert!(o.status.success(), "{out}\n{err}");
+    assert!(out.contains("[rank 0/2] host "), "{out}");
+    assert!(out.contains("[rank 1/2] host "), "{out}");
+    assert!(out.contains("node-local rank 1/2"), "{out}");
+    assert!(
+        out.contains("batch: global 48 = 2 ranks x 24 per rank"),
+        "{out}"
+    );
+    assert!(
+        out.contains("190800 optimizer steps = 200 epochs x 954 steps"),
+        "{out}"
+    );
+    assert!(
+        out.contains("MPI all-reduce check: ok (1024 x f64 summed over 2 ranks)"),
+        "{out}"
+    );
+}
+
+#[test]
+fn indivisible_global_batch_fails_under_mpirun() {
+    let o = mpirun(2)
+        .args([
+            "--config",
+            "configs/debug.yaml",
+            "--dry-run",
+            "--set",
+            "train.global_batch=3",
+        ])
+        .output()
+        .unwrap();
+    let (out, err) = text(&o);
+    assert!(!o.status.success(), "{out}");
+    assert!(
+        err.contains("train.global_batch: 3 samples cannot be split evenly over 2 ranks"),
+        "{err}"
+    );
+    assert!(!err.contains("panicked"), "{err}");
+}
+
+#[test]
+fn unknown_key_is_a_one_line_error() {
+    let dir = tempfile::tempdir().unwrap();
+    let p = write_config(
+        dir.path(),
+        "extends: CONFIGS/debug.yaml\ntrain:\n  sead: 1\n"
+            .replace("CONFIGS", &repo().join("configs").display().to_string())
+            .as_str(),
+    );
+    let o = train()
+        .arg("--config")
+        .arg(&p)
+        .arg("--dry-run")
+        .output()
+        .unwrap();
+    assert_user_error(
+        &o,
+        &format!("error: {}: train.sead: unknown field `sead`", p.display()),
+    );
+}
+
+#[test]
+fn wrong_type_is_a_one_line_error() {
+    let dir = tempfile::tempdir().unwrap();
+    let p = write_config(dir.path(), "model:\n  unet:\n    channel_mult: wide\n");
+    let o = train()
+        .arg("--config")
+        .arg(&p)
+        .arg("--dry-run")
+        .output()
+        .unwrap();
+    assert_user_error(
+        &o,
+        &format!(
+            "error: {}: model.unet.channel_mult: expected a list of integers",
+            p.display()
+        ),
+    );
+}
+
+#[test]
+fn bad_set_is_a_one_line_error() {
+    let o = train()
+        .args([
+            "--config",
+            "configs/debug.yaml",
+            "--dry-run",
+            "--set",
+            "train.global_batch=lots",
+        ])
+        .output()
+        .unwrap();
+    assert_user_error(
+        &o,
+        "error: --set train.global_batch=lots: train.global_batch: invalid type",
+    );
+    let o = train()
+        .args([
+            "--config",
+            "configs/debug.yaml",
+            "--set",
+            "train.global_batch",
+        ])
+        .output()
+        .unwrap();
+    assert_user_error(
+        &o,
+        "error: --set train.global_batch: expected key.path=value",
+    );
+}
+
+#[test]
+fn missing_file_and_bad_yaml_are_one_line_errors() {
+    let o = train()
+        .args(["--config", "configs/nope.yaml", "--dry-run"])
+        .output()
+        .unwrap();
+    assert_user_error(
+        &o,
+        "error: configs/nope.yaml: cannot read the configuration",
+    );
+    let dir = tempfile::tempdir().unwrap();
+    let p = write_config(dir.path(), "train: [1, 2\n");
+    let o = train().arg("--config").arg(&p).output().unwrap();
+    assert_user_error(&o, &format!("error: {}: ", p.display()));
+}
+
+#[test]
+fn print_config_shows_overrides_and_reloads() {
+    let o = train()
+        .args([
+            "--config",
+            "configs/debug.yaml",
+            "--set",
+            "train.seed=7",
+            "--print-config",
+        ])
+        .output()
+        .unwrap();
+    let (out, err) = text(&o);
+    assert!(o.status.success(), "{err}");
+    assert!(out.contains("seed: 7"), "{out}");
+    assert!(out.contains("#   model.unet.in_channels: 10"), "{out}");
+    let dir = tempfile::tempdir().unwrap();
+    let p = write_config(dir.path(), &out);
+    let o = Command::new(env!("CARGO_BIN_EXE_syncdiff"))
+        .arg("config")
+        .arg("--config")
+        .arg(&p)
+        .output()
+        .unwrap();
+    assert!(o.status.success(), "{}", text(&o).1);
+    assert_eq!(text(&o).0, out);
+}
+
+#[test]
+fn training_without_dry_run_says_it_is_not_available() {
+    let o = train()
+        .args(["--config", "configs/debug.yaml"])
+        .output()
+        .unwrap();
+    let (_, err) = text(&o);
+    assert_eq!(o.status.code(), Some(1));
+    assert!(err.contains("only --dry-run is available"), "{err}");
+}
