@@ -5,3 +5,9 @@
 //! ([`config`]), because every binary (dataprep, trainer, generation) shares it.
 
 pub mod config;
+pub mod diffusion;
+pub mod nn;
+pub mod syncdiff;
+pub mod unet;
+pub mod vq;
+pub mod weights;

@@ -1,0 +1,189 @@
+//! The composed SyncDiff denoiser: visual priors (masked frame, identity frame, bottlenecked
+//! previous frames) concatenated to the noisy latent, audio context through cross-attention.
+//!
+//! All randomness (timesteps, noise) comes in as tensors, so the caller decides how it is drawn
+//! (the trainer uses a counter-based RNG keyed by sample, independent of world size).
+
+use tch::nn::{self, Module};
+use tch::{Kind, Tensor};
+
+use crate::config::{ModelConfig, PriorsConfig};
+use crate::diffusion::Schedule;
+use crate::unet::{Unet, UnetShape};
+
+/// Latent conditioning of a batch of B target frames.
+#[derive(Debug)]
+pub struct Conditioning<'a> {
+    /// Latent of the masked target frame: (B, C, h, w).
+    pub masked: &'a Tensor,
+    /// Latent of the identity frame: (B, C, h, w); required when the prior mode uses it.
+    pub identity: Option<&'a Tensor>,
+    /// Latents of the NP previous frames, oldest first: (B, NP, C, h, w); required when used.
+    pub previous: Option<&'a Tensor>,
+    /// Audio context for cross-attention: (B, M, context_dim).
+    pub context: &'a Tensor,
+}
+
+/// Options of DDIM sampling.
+#[derive(Debug)]
+pub struct SampleOptions<'a> {
+    /// DDIM steps.
+    pub steps: usize,
+    /// DDIM eta (0: deterministic).
+    pub eta: f64,
+    /// Blend target: re-noised reference latent (B, C, h, w) and keep mask (B or 1, 1, h, w):
+    /// where keep = 1 the reference is imposed at every step (DiffTalk's inpainting).
+    pub inpaint: Option<(&'a Tensor, &'a Tensor)>,
+}
+
+/// Why a forward pass cannot run.
+#[derive(Debug, thiserror::Error)]
+pub enum SyncDiffError {
+    /// A prior the configuration needs was not given.
+    #[error("the prior mode {mode} needs the {what} latent, which was not given")]
+    MissingPrior {
+        /// Prior mode.
+        mode: String,
+        /// Which input.
+        what: &'static str,
+    },
+}
+
+/// SyncDiff: UNet (`unet.*`) plus the pose bottleneck (`bottleneck.*`).
+#[derive(Debug)]
+pub struct SyncDiff {
+    unet: Unet,
+    bottleneck: Option<nn::Conv2D>,
+    priors: PriorsConfig,
+    schedule: Schedule,
+}
+
+impl SyncDiff {
+    /// Builds the denoiser of `cfg` under `vs`.
+    pub fn new(vs: nn::Path, cfg: &ModelConfig) -> Self {
+        let shape = UnetShape::new(
+            &cfg.unet,
+            cfg.unet_in_channels(),
+            cfg.unet_out_channels(),
+            cfg.context_dim(),
+        );
+        let np = i64::from(cfg.priors.previous_frames);
+        let c = i64::from(cfg.latent_channels());
+        // One 1x1 conv per previous frame (groups = NP): C channels -> 1 channel each.
+        let bottleneck = cfg.priors.reference.uses_bottleneck().then(|| {
+            let conv = nn::ConvConfig {
+                groups: np,
+                ..Default::default()
+            };
+            nn::conv2d(&vs / "bottleneck", c * np, np, 1, conv)
+        });
+        Self {
+            unet: Unet::new(&vs / "unet", &shape),
+            bottleneck,
+            priors: cfg.priors.clone(),
+            schedule: Schedule::new(&cfg.diffusion),
+        }
+    }
+
+    /// The noise schedule.
+    pub fn schedule(&self) -> &Schedule {
+        &self.schedule
+    }
+
+    /// The UNet.
+    pub fn unet(&self) -> &Unet {
+        &self.unet
+    }
+
+    /// Channels the UNet sees besides the noisy latent: (B, in_channels - C, h, w).
+    pub fn priors_input(&self, cond: &Conditioning<'_>) -> Result<Tensor, SyncDiffError> {
+        let mode = self.priors.reference;
+        let missing = |what| SyncDiffError::MissingPrior {
+            mode: format!("{mode:?}"),
+            what,
+        };
+        let mut parts = vec![cond.masked.shallow_clone()];
+        if mode.uses_identity() {
+            parts.push(
+                cond.identity
+                    .ok_or_else(|| missing("identity"))?
+                    .shallow_clone(),
+            );
+        }
+        if mode.uses_previous() {
+            let prev = cond.previous.ok_or_else(|| missing("previous-frame"))?;
+            let (b, np, c, h, w) = prev.size5().unwrap_or((0, 0, 0, 0, 0));
+            // (B, NP, C, h, w) -> (B, NP*C, h, w)
+            let flat = prev.reshape([b, np * c, h, w]);
+            parts.push(match &self.bottleneck {
+                Some(conv) => conv.forward(&flat),
+                None => flat,
+            });
+        }
+        Ok(Tensor::cat(&parts, 1))
+    }
+
+    /// Model output for noisy latents x_t: (B, C, h, w) at timesteps t: (B,).
+    pub fn predict(
+        &self,
+        x_t: &Tensor,
+        t: &Tensor,
+        cond: &Conditioning<'_>,
+        train: bool,
+    ) -> Result<Tensor, SyncDiffError> {
+        let input = Tensor::cat(&[x_t.shallow_clone(), self.priors_input(cond)?], 1);
+        Ok(self.unet.forward(&input, t, cond.context, train))
+    }
+
+    /// Mean squared error between the model output and the configured target, for clean latents
+    /// z0: (B, C, h, w), timesteps t: (B,) and noise like z0. Returns a scalar.
+    pub fn loss(
+        &self,
+        z0: &Tensor,
+        t: &Tensor,
+        noise: &Tensor,
+        cond: &Conditioning<'_>,
+        train: bool,
+    ) -> Result<Tensor, SyncDiffError> {
+        let x_t = self.schedule.q_sample(z0, t, noise);
+        let out = self.predict(&x_t, t, cond, train)?;
+        Ok(out.mse_loss(&self.schedule.target(z0, t, noise), tch::Reduction::Mean))
+    }
+
+    /// DDIM sampling from x_T = `noise`: (B, C, h, w). `step_noise(i)` gives the extra noise of
+    /// step i when eta > 0. Returns the predicted clean latent (B, C, h, w).
+    pub fn sample(
+        &self,
+        cond: &Conditioning<'_>,
+        noise: &Tensor,
+        opts: &SampleOptions<'_>,
+        mut step_noise: impl FnMut(usize) -> Option<Tensor>,
+    ) -> Result<Tensor, SyncDiffError> {
+        tch::no_grad(|| {
+            let b = noise.size()[0];
+            let mut x = noise.shallow_clone();
+            for (i, t) in self
+                .schedule
+                .ddim_timesteps(opts.steps)
+                .into_iter()
+                .enumerate()
+            {
+                let tt = Tensor::full([b], t, (Kind::Int64, x.device()));
+                if let Some((reference, keep)) = opts.inpaint {
+                    let renoised = self.schedule.q_sample(
+                        reference,
+                        &tt,
+                        &noise.zeros_like().normal_(0.0, 1.0),
+                    );
+                    x = &renoised * keep + &x * (1.0 - keep);
+                }
+                let out = self.predict(&x, &tt, cond, false)?;
+                let extra = step_noise(i);
+                x = self
+                    .schedule
+                    .ddim_step(&out, t, &x, opts.steps, opts.eta, extra.as_ref());
+            }
+            Ok(x)
+        })
+    }
+}

@@ -1,0 +1,145 @@
+"""Reference outputs from diffusers for the Rust parity tests (model/tests/parity.rs).
+
+    python diffusers_ref.py vq   SPEC.json OUTDIR
+    python diffusers_ref.py unet SPEC.json OUTDIR
+    python diffusers_ref.py ddim SPEC.json OUTDIR
+
+Writes OUTDIR/weights.safetensors (every parameter re-randomised, diffusers names),
+OUTDIR/inputs.safetensors and OUTDIR/outputs.safetensors.
+"""
+import json
+import sys
+
+import torch
+from safetensors.torch import save_file
+
+
+def rerandomise(model, gen):
+    """Give every parameter a random value: no part (norm affines, zero-initialised output
+    projections, biases) stays at its trivial initialisation."""
+    with torch.no_grad():
+        for name, p in model.named_parameters():
+            if name.endswith("embedding.weight"):
+                p.copy_(torch.randn(p.shape, generator=gen))
+            elif p.dim() == 1 and ("norm" in name):
+                base = 1.0 if name.endswith("weight") else 0.0
+                p.copy_(base + 0.2 * torch.randn(p.shape, generator=gen))
+            elif p.dim() == 1:
+                p.copy_(0.1 * torch.randn(p.shape, generator=gen))
+            else:
+                fan_in = p[0].numel()
+                p.copy_(torch.randn(p.shape, generator=gen) / fan_in**0.5)
+
+
+def save(model, inputs, outputs, out):
+    state = {k: v.contiguous() for k, v in model.state_dict().items()}
+    save_file(state, f"{out}/weights.safetensors")
+    save_file({k: v.contiguous() for k, v in inputs.items()}, f"{out}/inputs.safetensors")
+    save_file({k: v.contiguous() for k, v in outputs.items()}, f"{out}/outputs.safetensors")
+
+
+def vq(spec, out, gen):
+    from diffusers import VQModel
+
+    n = len(spec["block_out_channels"])
+    model = VQModel(
+        in_channels=3,
+        out_channels=3,
+        down_block_types=["DownEncoderBlock2D"] * n,
+        up_block_types=["UpDecoderBlock2D"] * n,
+        block_out_channels=spec["block_out_channels"],
+        layers_per_block=spec["layers_per_block"],
+        latent_channels=spec["latent_channels"],
+        num_vq_embeddings=spec["num_vq_embeddings"],
+        norm_num_groups=spec["norm_num_groups"],
+        sample_size=spec["size"],
+    ).eval()
+    rerandomise(model, gen)
+    image = torch.rand(2, 3, spec["size"], spec["size"], generator=gen) * 2 - 1
+    with torch.no_grad():
+        latent = model.encode(image).latents
+        # Decode a latent near the codebook scale so the quantizer picks varied entries.
+        code = torch.randn(latent.shape, generator=gen)
+        decoded = model.decode(code).sample
+    save(model, {"image": image, "code": code}, {"latent": latent, "decoded": decoded}, out)
+
+
+def unet(spec, out, gen):
+    from diffusers import UNet2DConditionModel
+
+    ch = spec["channels"]
+    attn = spec["attention"]
+    down = ["CrossAttnDownBlock2D" if a else "DownBlock2D" for a in attn]
+    up = ["CrossAttnUpBlock2D" if a else "UpBlock2D" for a in reversed(attn)]
+    model = UNet2DConditionModel(
+        sample_size=spec["size"],
+        in_channels=spec["in_channels"],
+        out_channels=spec["out_channels"],
+        down_block_types=down,
+        up_block_types=up,
+        block_out_channels=ch,
+        layers_per_block=spec["num_res_blocks"],
+        cross_attention_dim=spec["context_dim"],
+        attention_head_dim=tuple(c // spec["head_dim"] for c in ch),
+        norm_num_groups=spec["groups"],
+        transformer_layers_per_block=spec["depth"],
+    ).eval()
+    rerandomise(model, gen)
+    b = 2
+    sample = torch.randn(b, spec["in_channels"], spec["size"], spec["size"], generator=gen)
+    timestep = torch.tensor([17, 803], dtype=torch.int64)
+    context = torch.randn(b, spec["tokens"], spec["context_dim"], generator=gen)
+    with torch.no_grad():
+        output = model(sample, timestep, encoder_hidden_states=context).sample
+    save(model, {"sample": sample, "timestep": timestep, "context": context}, {"output": output}, out)
+
+
+def fake_model(x, t):
+    """The same deterministic stand-in for a denoiser on both sides of the DDIM test."""
+    return 0.7 * torch.sin(x) + 0.1 * (t / 1000.0)
+
+
+def ddim(spec, out, gen):
+    from diffusers import DDIMScheduler, DDPMScheduler
+
+    kw = dict(
+        num_train_timesteps=1000,
+        beta_schedule="scaled_linear",
+        beta_start=0.0015,
+        beta_end=0.0195,
+        clip_sample=False,
+        prediction_type=spec["prediction_type"],
+    )
+    sched = DDIMScheduler(steps_offset=1, set_alpha_to_one=False, **kw)
+    sched.set_timesteps(spec["steps"])
+    x = torch.randn(2, 3, 8, 8, generator=gen)
+    inputs = {"x_T": x.clone()}
+    outputs = {"timesteps": sched.timesteps.clone(), "alphas_cumprod": sched.alphas_cumprod.clone()}
+    traj = []
+    for t in sched.timesteps:
+        x = sched.step(fake_model(x, float(t)), t, x, eta=0.0).prev_sample
+        traj.append(x)
+    outputs["trajectory"] = torch.stack(traj)
+    ddpm = DDPMScheduler(**kw)
+    x0 = torch.randn(4, 3, 8, 8, generator=gen)
+    noise = torch.randn(4, 3, 8, 8, generator=gen)
+    t = torch.tensor([0, 1, 500, 999], dtype=torch.int64)
+    inputs.update({"x0": x0, "noise": noise, "t": t})
+    outputs["noisy"] = ddpm.add_noise(x0, noise, t)
+    if spec["prediction_type"] == "v_prediction":
+        outputs["velocity"] = ddpm.get_velocity(x0, noise, t)
+    save_file({k: v.contiguous() for k, v in inputs.items()}, f"{out}/inputs.safetensors")
+    save_file({k: v.contiguous() for k, v in outputs.items()}, f"{out}/outputs.safetensors")
+
+
+def main():
+    kind, spec_path, out = sys.argv[1:4]
+    spec = json.load(open(spec_path))
+    torch.manual_seed(0)
+    torch.set_num_threads(spec.get("threads", 1))
+    gen = torch.Generator().manual_seed(spec.get("seed", 0))
+    {"vq": vq, "unet": unet, "ddim": ddim}[kind](spec, out, gen)
+
+
+if __name__ == "__main__":
+    main()
