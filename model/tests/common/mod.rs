@@ -55,3 +55,24 @@ pub fn assert_close(what: &str, ours: &Tensor, reference: &Tensor) -> f64 {
     assert!(err <= tol, "{what}: max abs error {err:e} > {tol:e}");
     err
 }
+
+/// A tiny SyncDiff configuration: 2-level UNet of width 16, 16-d context.
+pub fn tiny_model() -> syncdiff_model::config::ModelConfig {
+    use syncdiff_model::config::{AudioEncoderConfig, ModelConfig, UnetConfig};
+    ModelConfig {
+        unet: UnetConfig {
+            model_channels: 16,
+            channel_mult: vec![1, 2],
+            num_res_blocks: 1,
+            attention_resolutions: vec![2],
+            head_dim: 8,
+            norm_num_groups: 8,
+            ..UnetConfig::default()
+        },
+        audio_encoder: AudioEncoderConfig {
+            embed_dim: 16,
+            ..AudioEncoderConfig::default()
+        },
+        ..ModelConfig::default()
+    }
+}

@@ -1,4 +1,9 @@
-//! Loading and saving named weights (safetensors) with errors that name the tensor.
+//! Loading and saving named weights (safetensors) with errors that name the tensor, and importing
+//! original PyTorch checkpoints without executing their pickles.
+
+pub mod convert;
+pub mod pickle;
+pub mod torchzip;
 
 use std::collections::BTreeMap;
 use std::path::Path;
