@@ -4,3 +4,4 @@
 
 pub mod dist;
 pub mod dryrun;
+pub mod tools;

@@ -108,6 +108,26 @@ pub fn load_into(
         .into_iter()
         .filter_map(|(k, v)| k.strip_prefix(prefix).map(|s| (s.to_string(), v)))
         .collect();
+    // Shape and dtype first: on a wrong configuration they say more than a missing name.
+    for (name, var) in &vars {
+        let Some(src) = file.get(name) else { continue };
+        if src.size() != var.size() {
+            return Err(WeightsError::Shape {
+                path: p,
+                name: name.clone(),
+                expected: var.size(),
+                actual: src.size(),
+            });
+        }
+        if !src.is_floating_point() {
+            return Err(WeightsError::Dtype {
+                path: p,
+                name: name.clone(),
+                expected: var.kind(),
+                actual: src.kind(),
+            });
+        }
+    }
     let missing: Vec<&String> = vars.keys().filter(|k| !file.contains_key(*k)).collect();
     if let Some(first) = missing.first() {
         let hint = if missing.len() > 1 {
@@ -132,22 +152,6 @@ pub fn load_into(
     }
     for (name, var) in &vars {
         let src = &file[name];
-        if src.size() != var.size() {
-            return Err(WeightsError::Shape {
-                path: p,
-                name: name.clone(),
-                expected: var.size(),
-                actual: src.size(),
-            });
-        }
-        if !src.is_floating_point() {
-            return Err(WeightsError::Dtype {
-                path: p,
-                name: name.clone(),
-                expected: var.kind(),
-                actual: src.kind(),
-            });
-        }
         tch::no_grad(|| {
             let mut v = var.shallow_clone();
             v.copy_(&src.to_kind(var.kind()).to_device(var.device()));
@@ -168,7 +172,11 @@ pub fn save(tensors: &[(String, Tensor)], path: &Path) -> Result<(), WeightsErro
             return Err(WeightsError::NonFinite { name: name.clone() });
         }
     }
-    Tensor::write_safetensors(tensors, path).map_err(|e| WeightsError::Write {
+    let contiguous: Vec<(&str, Tensor)> = tensors
+        .iter()
+        .map(|(n, t)| (n.as_str(), t.contiguous()))
+        .collect();
+    Tensor::write_safetensors(&contiguous, path).map_err(|e| WeightsError::Write {
         path: path.display().to_string(),
         message: e.to_string(),
     })
