@@ -247,3 +247,31 @@ impl Unet {
             .forward(&self.conv_norm_out.forward(&h).silu())
     }
 }
+
+impl UnetShape {
+    /// Rough number of activation floats one training sample keeps for the backward pass on an
+    /// h x w latent: per pixel ~ (2 c_in + 4 c_out) per residual block and ~ 30 c per transformer
+    /// block (norms, q/k/v, attention outputs, GEGLU), skips included. Attention matrices are not
+    /// counted (fused attention keeps O(pixels) state). An estimate, not a measurement.
+    pub fn activation_floats(&self, h: i64, w: i64) -> i64 {
+        let ch = &self.channels;
+        let levels = ch.len();
+        let mut total = h * w * (self.in_channels + ch[0]);
+        let res = |cin: i64, cout: i64, px: i64| (2 * cin + 4 * cout) * px;
+        let xf = |c: i64, px: i64| (4 + 30 * self.depth) * c * px;
+        let mut cin = ch[0];
+        for (i, &c) in ch.iter().enumerate() {
+            let px = (h >> i) * (w >> i);
+            let attn = if self.attention[i] { xf(c, px) } else { 0 };
+            for j in 0..self.num_res_blocks {
+                total += res(if j == 0 { cin } else { c }, c, px) + attn;
+            }
+            // Up path: one more block per level, with the skip concatenated.
+            total += (self.num_res_blocks + 1) * (res(2 * c, c, px) + attn);
+            cin = c;
+        }
+        let deepest = ch[levels - 1];
+        let px = (h >> (levels - 1)) * (w >> (levels - 1));
+        total + 2 * res(deepest, deepest, px) + xf(deepest, px)
+    }
+}

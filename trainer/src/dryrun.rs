@@ -1,7 +1,12 @@
 //! `syncdiff-train --dry-run`: resolve the configuration for this launch and report what a run
 //! would do, touching no data and no GPU memory.
 
-use syncdiff_model::config::{BatchPlan, Config, ConfigError, StepPlan};
+use syncdiff_model::config::{AutoencoderKind, BatchPlan, Config, ConfigError, StepPlan};
+use syncdiff_model::syncdiff::SyncDiff;
+use syncdiff_model::unet::UnetShape;
+use syncdiff_model::vq::VqModel;
+use syncdiff_model::weights;
+use tch::nn::VarStore;
 
 use crate::dist::{choose_device, DistError, Placement, Runtime};
 
@@ -122,5 +127,131 @@ fn device_name(d: tch::Device) -> String {
     match d {
         tch::Device::Cuda(i) => format!("cuda:{i}"),
         _ => "cpu".into(),
+    }
+}
+
+/// Parameter counts per component and a training-memory estimate, from models built on the CPU
+/// (random initialisation; no weights or data are read).
+#[derive(Debug, Clone)]
+pub struct ModelReport {
+    /// (component, parameters, trainable).
+    pub components: Vec<(String, i64, bool)>,
+    /// Estimated bytes per rank for training at the micro-batch.
+    pub memory: MemoryEstimate,
+}
+
+/// Training memory of one rank, in bytes.
+#[derive(Debug, Clone, Copy)]
+pub struct MemoryEstimate {
+    /// fp32 trainable weights.
+    pub weights: i64,
+    /// fp32 gradients.
+    pub grads: i64,
+    /// AdamW first and second moments.
+    pub optimizer: i64,
+    /// EMA copy of the trainable weights.
+    pub ema: i64,
+    /// Activations kept for backward at the micro-batch (rough estimate).
+    pub activations: i64,
+}
+
+impl MemoryEstimate {
+    /// Sum of all parts.
+    pub fn total(&self) -> i64 {
+        self.weights + self.grads + self.optimizer + self.ema + self.activations
+    }
+}
+
+impl ModelReport {
+    /// Builds the configured networks on the CPU and counts their parameters.
+    pub fn build(config: &Config, micro_batch: u32) -> Self {
+        let m = &config.model;
+        let vs = VarStore::new(tch::Device::Cpu);
+        let _model = SyncDiff::new(vs.root(), m);
+        let mut components = vec![
+            ("unet".to_string(), weights::count(&vs, "unet."), true),
+            (
+                "pose bottleneck".to_string(),
+                weights::count(&vs, "bottleneck."),
+                true,
+            ),
+        ];
+        if m.autoencoder.kind == AutoencoderKind::VqF4 {
+            let ae = VarStore::new(tch::Device::Cpu);
+            let _vq = VqModel::new(ae.root(), &m.autoencoder);
+            // Latents are precomputed by dataprep: the autoencoder is not resident while training.
+            components.push((
+                "autoencoder (dataprep/generation only)".to_string(),
+                weights::count(&ae, ""),
+                false,
+            ));
+        }
+        let trainable: i64 = components.iter().filter(|c| c.2).map(|c| c.1).sum();
+        let shape = UnetShape::new(
+            &m.unet,
+            m.unet_in_channels(),
+            m.unet_out_channels(),
+            m.context_dim(),
+        );
+        let side = i64::from(config.latent_side());
+        let f32b = 4;
+        let memory = MemoryEstimate {
+            weights: f32b * trainable,
+            grads: f32b * trainable,
+            optimizer: 2 * f32b * trainable,
+            ema: if config.train.ema.enabled {
+                f32b * trainable
+            } else {
+                0
+            },
+            activations: f32b * shape.activation_floats(side, side) * i64::from(micro_batch),
+        };
+        Self { components, memory }
+    }
+
+    /// Report lines.
+    pub fn lines(&self, prefix: &str, micro_batch: u32) -> Vec<String> {
+        let m = |n: i64| {
+            if n < 1_000_000 {
+                n.to_string()
+            } else {
+                format!("{:.2} M", n as f64 / 1e6)
+            }
+        };
+        let g = |b: i64| {
+            let mib = b as f64 / (1u64 << 20) as f64;
+            if mib < 1024.0 {
+                format!("{mib:.1} MiB")
+            } else {
+                format!("{:.2} GiB", mib / 1024.0)
+            }
+        };
+        let parts: Vec<String> = self
+            .components
+            .iter()
+            .map(|(name, n, t)| {
+                format!(
+                    "{name} {} ({})",
+                    m(*n),
+                    if *t { "trainable" } else { "frozen" }
+                )
+            })
+            .collect();
+        let trainable: i64 = self.components.iter().filter(|c| c.2).map(|c| c.1).sum();
+        let total: i64 = self.components.iter().map(|c| c.1).sum();
+        let e = &self.memory;
+        vec![
+            format!("{prefix} parameters: {}", parts.join(", ")),
+            format!("{prefix} parameters: trainable {}, total {}", m(trainable), m(total)),
+            format!(
+                "{prefix} memory estimate per rank (micro-batch {micro_batch}): weights {} + grads {} + AdamW {} + EMA {} + activations ~{} = ~{}",
+                g(e.weights),
+                g(e.grads),
+                g(e.optimizer),
+                g(e.ema),
+                g(e.activations),
+                g(e.total())
+            ),
+        ]
     }
 }

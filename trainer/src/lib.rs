@@ -4,4 +4,5 @@
 
 pub mod dist;
 pub mod dryrun;
+pub mod optim;
 pub mod tools;

@@ -12,7 +12,7 @@ use anyhow::Context;
 use clap::Parser;
 use syncdiff_model::config::ConfigArgs;
 use syncdiff_trainer::dist::Runtime;
-use syncdiff_trainer::dryrun::DryRun;
+use syncdiff_trainer::dryrun::{DryRun, ModelReport};
 
 /// Train SyncDiff with data parallelism over MPI ranks.
 #[derive(Debug, Parser)]
@@ -68,6 +68,10 @@ fn run(cli: &Cli, config: &syncdiff_model::config::Config) -> anyhow::Result<()>
             cli.config.config.display()
         );
         for line in plan.summary(config, &rt) {
+            println!("{line}");
+        }
+        let report = ModelReport::build(config, plan.batch.micro_batch);
+        for line in report.lines(&rt.prefix(), plan.batch.micro_batch) {
             println!("{line}");
         }
     }
