@@ -117,7 +117,8 @@ impl SpatialTransformer {
             t = block.forward(&t, context);
         }
         // (B, H*W, C) -> (B, C, H, W)
-        let t = t.reshape([b, h, w, c]).permute([0, 3, 1, 2]);
+        // Contiguous again, or the convolutions that follow switch to channels-last kernels.
+        let t = t.reshape([b, h, w, c]).permute([0, 3, 1, 2]).contiguous();
         self.proj_out.forward(&t) + x
     }
 }

@@ -64,14 +64,15 @@ def vq(spec, out, gen):
     save(model, {"image": image, "code": code}, {"latent": latent, "decoded": decoded}, out)
 
 
-def unet(spec, out, gen):
+def build_unet(spec):
+    """UNet2DConditionModel with the shape of a Rust `UnetShape` (heads per level = c / head_dim)."""
     from diffusers import UNet2DConditionModel
 
     ch = spec["channels"]
     attn = spec["attention"]
     down = ["CrossAttnDownBlock2D" if a else "DownBlock2D" for a in attn]
     up = ["CrossAttnUpBlock2D" if a else "UpBlock2D" for a in reversed(attn)]
-    model = UNet2DConditionModel(
+    return UNet2DConditionModel(
         sample_size=spec["size"],
         in_channels=spec["in_channels"],
         out_channels=spec["out_channels"],
@@ -83,7 +84,11 @@ def unet(spec, out, gen):
         attention_head_dim=tuple(c // spec["head_dim"] for c in ch),
         norm_num_groups=spec["groups"],
         transformer_layers_per_block=spec["depth"],
-    ).eval()
+    )
+
+
+def unet(spec, out, gen):
+    model = build_unet(spec).eval()
     rerandomise(model, gen)
     b = 2
     sample = torch.randn(b, spec["in_channels"], spec["size"], spec["size"], generator=gen)

@@ -113,7 +113,9 @@ impl AdamW {
                 let mut denom = v.sqrt();
                 let _ = denom.g_div_scalar_(bias2_sqrt);
                 let _ = denom.g_add_scalar_(c.eps);
-                let _ = p.addcdiv_(&(&*m * -step_size), &denom);
+                // p -= step_size * m / denom, as p += m / (denom / -step_size): no temporary.
+                let _ = denom.g_div_scalar_(-step_size);
+                let _ = p.addcdiv_(m, &denom);
             }
         });
     }

@@ -1,0 +1,170 @@
+//! One UNet training step (forward, MSE loss, backward, AdamW step) in Rust vs the same diffusers
+//! UNet in PyTorch eager (AdamW foreach=False), interleaved, on the same CPU threads.
+//!
+//! ```text
+//! source ci/env.sh && cargo bench -p syncdiff-trainer --bench unet_step
+//! BENCH_REPS=20 BENCH_THREADS=2 cargo bench -p syncdiff-trainer --bench unet_step
+//! ```
+//! Prints, per configuration, the median seconds of each side and the median ratio Rust/PyTorch
+//! with its bootstrap 95% interval. Targets: interval upper bound <= 0.9 at the debug
+//! configuration, <= 1.05 at the mid-size one.
+
+use std::io::{BufRead, BufReader, Write};
+use std::path::{Path, PathBuf};
+use std::process::{Command, Stdio};
+use std::time::Instant;
+
+use syncdiff_model::config::{Config, UnetConfig};
+use syncdiff_model::unet::{Unet, UnetShape};
+use syncdiff_trainer::benchstats::Comparison;
+use syncdiff_trainer::optim::{AdamW, AdamWConfig};
+use tch::nn::VarStore;
+use tch::{Device, Kind, Tensor};
+
+struct Case {
+    name: &'static str,
+    shape: UnetShape,
+    batch: i64,
+    size: i64,
+    tokens: i64,
+}
+
+fn env_or(name: &str, default: usize) -> usize {
+    std::env::var(name)
+        .ok()
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(default)
+}
+
+fn repo() -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR")).join("..")
+}
+
+fn cases() -> anyhow::Result<Vec<Case>> {
+    let debug = Config::load(&repo().join("configs/debug.yaml"), &[])?;
+    let m = &debug.model;
+    let tokens = |c: &Config| match c.model.temporal.tokens {
+        syncdiff_model::config::TemporalTokens::Pooled => 1,
+        syncdiff_model::config::TemporalTokens::All => i64::from(c.model.temporal.window),
+    };
+    // The paper's block layout at a quarter of its width, on 32x32 latents.
+    let mid = UnetConfig {
+        model_channels: 64,
+        ..UnetConfig::default()
+    };
+    Ok(vec![
+        Case {
+            name: "debug config (configs/debug.yaml)",
+            shape: UnetShape::new(
+                &m.unet,
+                m.unet_in_channels(),
+                m.unet_out_channels(),
+                m.context_dim(),
+            ),
+            batch: i64::from(debug.train.global_batch),
+            size: i64::from(debug.latent_side()),
+            tokens: tokens(&debug),
+        },
+        Case {
+            name: "mid-size (paper layout, width 64, 32x32 latents)",
+            shape: UnetShape::new(&mid, 10, 3, 768),
+            batch: 4,
+            size: 32,
+            tokens: 8,
+        },
+    ])
+}
+
+fn python() -> Command {
+    let exe = std::env::var("VIRTUAL_ENV")
+        .map(|v| PathBuf::from(v).join("bin/python"))
+        .unwrap_or_else(|_| PathBuf::from("python3"));
+    Command::new(exe)
+}
+
+fn main() -> anyhow::Result<()> {
+    let threads = env_or("BENCH_THREADS", 2);
+    let reps = env_or("BENCH_REPS", 10);
+    tch::set_num_threads(threads as i32);
+    println!("UNet training step, Rust (tch) vs PyTorch eager; {threads} threads, {reps} interleaved repetitions");
+    for case in cases()? {
+        let s = &case.shape;
+        let spec = serde_json::json!({
+            "channels": s.channels, "attention": s.attention, "num_res_blocks": s.num_res_blocks,
+            "head_dim": s.head_dim, "depth": s.depth, "groups": s.groups, "in_channels": s.in_channels,
+            "out_channels": s.out_channels, "context_dim": s.context_dim, "size": case.size,
+            "tokens": case.tokens, "batch": case.batch, "threads": threads,
+        });
+        let dir = tempfile::tempdir()?;
+        let spec_path = dir.path().join("spec.json");
+        std::fs::write(&spec_path, spec.to_string())?;
+        let mut child = python()
+            .arg(repo().join("trainer/benches/torch_unet_step.py"))
+            .arg(&spec_path)
+            .stdin(Stdio::piped())
+            .stdout(Stdio::piped())
+            .spawn()?;
+        let mut to_py = child
+            .stdin
+            .take()
+            .ok_or_else(|| anyhow::anyhow!("no stdin"))?;
+        let mut from_py = BufReader::new(
+            child
+                .stdout
+                .take()
+                .ok_or_else(|| anyhow::anyhow!("no stdout"))?,
+        );
+        let mut line = String::new();
+        from_py.read_line(&mut line)?;
+        anyhow::ensure!(
+            line.trim() == "ready",
+            "python side failed to start: {line}"
+        );
+        let mut py_step = || -> anyhow::Result<f64> {
+            writeln!(to_py, "step")?;
+            to_py.flush()?;
+            let mut l = String::new();
+            from_py.read_line(&mut l)?;
+            Ok(l.trim().parse()?)
+        };
+
+        tch::manual_seed(0);
+        let vs = VarStore::new(Device::Cpu);
+        let unet = Unet::new(vs.root(), s);
+        let params: Vec<(String, Tensor)> = vs.variables().into_iter().collect();
+        let mut opt = AdamW::new(params, AdamWConfig::default());
+        let opts = (Kind::Float, Device::Cpu);
+        let x = Tensor::randn([case.batch, s.in_channels, case.size, case.size], opts);
+        let t = Tensor::randint(1000, [case.batch], (Kind::Int64, Device::Cpu));
+        let ctx = Tensor::randn([case.batch, case.tokens, s.context_dim], opts);
+        let target = Tensor::randn([case.batch, s.out_channels, case.size, case.size], opts);
+        let mut rust_step = || {
+            let start = Instant::now();
+            let out = unet.forward(&x, &t, &ctx, true);
+            let loss = out.mse_loss(&target, tch::Reduction::Mean);
+            loss.backward();
+            opt.step(1e-4);
+            opt.zero_grad();
+            start.elapsed().as_secs_f64()
+        };
+
+        for _ in 0..2 {
+            rust_step();
+            py_step()?;
+        }
+        let mut c = Comparison::default();
+        for i in 0..reps {
+            if i % 2 == 0 {
+                c.a.push(rust_step());
+                c.b.push(py_step()?);
+            } else {
+                c.b.push(py_step()?);
+                c.a.push(rust_step());
+            }
+        }
+        drop(to_py);
+        child.wait()?;
+        println!("{}: {}", case.name, c.summary());
+    }
+    Ok(())
+}
