@@ -1,4 +1,7 @@
 //! LRS2 -> Zarr shard stores of autoencoder latents and filterbank features.
 //!
 //! This crate owns the data format: it writes the stores and provides the reader the trainer uses.
-//! The synthetic LRS2-layout data set, the ingest and the reader arrive with the dataprep issue.
+//! Today: the `audio` module (filterbank features). The synthetic LRS2-layout data set, the ingest
+//! and the reader arrive with the dataprep issue.
+
+pub mod audio;
