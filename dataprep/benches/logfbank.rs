@@ -26,7 +26,12 @@ fn python() -> Command {
 
 fn run(cmd: &mut Command) -> anyhow::Result<()> {
     let o = cmd.output()?;
-    anyhow::ensure!(o.status.success(), "{:?}: {}", cmd, String::from_utf8_lossy(&o.stderr));
+    anyhow::ensure!(
+        o.status.success(),
+        "{:?}: {}",
+        cmd,
+        String::from_utf8_lossy(&o.stderr)
+    );
     Ok(())
 }
 
@@ -35,7 +40,20 @@ fn speech(dir: &Path) -> anyhow::Result<(PathBuf, Vec<f64>)> {
     let wav = dir.join("s.wav");
     run(Command::new("espeak-ng").args(["-w", wav.to_str().unwrap_or_default(), "Lip sync needs audio features that are computed fast and exactly the same way every time the data is prepared."]))?;
     let raw = dir.join("s.s16");
-    run(Command::new("ffmpeg").args(["-v", "error", "-y", "-i", wav.to_str().unwrap_or_default(), "-ac", "1", "-ar", "16000", "-f", "s16le", raw.to_str().unwrap_or_default()]))?;
+    run(Command::new("ffmpeg").args([
+        "-v",
+        "error",
+        "-y",
+        "-i",
+        wav.to_str().unwrap_or_default(),
+        "-ac",
+        "1",
+        "-ar",
+        "16000",
+        "-f",
+        "s16le",
+        raw.to_str().unwrap_or_default(),
+    ]))?;
     let one = std::fs::read(&raw)?;
     let mut bytes = Vec::with_capacity(60 * 32000);
     while bytes.len() < 60 * 32000 {
@@ -43,12 +61,18 @@ fn speech(dir: &Path) -> anyhow::Result<(PathBuf, Vec<f64>)> {
     }
     bytes.truncate(60 * 32000);
     std::fs::write(&raw, &bytes)?;
-    let samples = bytes.chunks_exact(2).map(|b| f64::from(i16::from_le_bytes([b[0], b[1]]))).collect();
+    let samples = bytes
+        .chunks_exact(2)
+        .map(|b| f64::from(i16::from_le_bytes([b[0], b[1]])))
+        .collect();
     Ok((raw, samples))
 }
 
 fn main() -> anyhow::Result<()> {
-    let reps: usize = std::env::var("BENCH_REPS").ok().and_then(|v| v.parse().ok()).unwrap_or(10);
+    let reps: usize = std::env::var("BENCH_REPS")
+        .ok()
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(10);
     let dir = tempfile::tempdir()?;
     let (raw, samples) = speech(dir.path())?;
     let seconds = samples.len() as f64 / 16000.0;
@@ -61,8 +85,16 @@ fn main() -> anyhow::Result<()> {
         .stdin(Stdio::piped())
         .stdout(Stdio::piped())
         .spawn()?;
-    let mut to_py = child.stdin.take().ok_or_else(|| anyhow::anyhow!("no stdin"))?;
-    let mut from_py = BufReader::new(child.stdout.take().ok_or_else(|| anyhow::anyhow!("no stdout"))?);
+    let mut to_py = child
+        .stdin
+        .take()
+        .ok_or_else(|| anyhow::anyhow!("no stdin"))?;
+    let mut from_py = BufReader::new(
+        child
+            .stdout
+            .take()
+            .ok_or_else(|| anyhow::anyhow!("no stdout"))?,
+    );
     let mut line = String::new();
     from_py.read_line(&mut line)?;
     anyhow::ensure!(line.trim() == "ready", "python side failed: {line}");
@@ -94,7 +126,9 @@ fn main() -> anyhow::Result<()> {
     drop(to_py);
     child.wait()?;
     let s = c.summary();
-    println!("logfbank on {seconds:.0} s of 16 kHz speech, one core, {reps} interleaved repetitions:");
+    println!(
+        "logfbank on {seconds:.0} s of 16 kHz speech, one core, {reps} interleaved repetitions:"
+    );
     println!(
         "  Rust {:.0} s of audio/s, python_speech_features {:.0} s of audio/s: Rust is {:.1}x faster (95% CI {:.1}-{:.1}x)",
         seconds / s.a_median,

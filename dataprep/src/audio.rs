@@ -105,7 +105,11 @@ impl LogFbank {
                 let w = (start..end)
                     .map(|i| {
                         let x = i as f64;
-                        let v = if x < b { (x - a) / (b - a) } else { (c - x) / (c - b) };
+                        let v = if x < b {
+                            (x - a) / (b - a)
+                        } else {
+                            (c - x) / (c - b)
+                        };
                         v as f32
                     })
                     .collect::<Vec<f32>>();
@@ -170,7 +174,9 @@ impl LogFbank {
             for (z, xy) in buf.iter_mut().zip(pairs) {
                 *z = Complex::new(xy[0], xy[1]);
             }
-            buf[full..].iter_mut().for_each(|z| *z = Complex::new(0.0, 0.0));
+            buf[full..]
+                .iter_mut()
+                .for_each(|z| *z = Complex::new(0.0, 0.0));
             if let Some(last) = odd {
                 buf[full] = Complex::new(last, 0.0);
             }
@@ -187,19 +193,31 @@ impl LogFbank {
             power[0] = split(buf[0], buf[0], self.twiddles[0]);
             power[m] = split(buf[0], buf[0], self.twiddles[m]);
             let mirrored = buf[1..].iter().rev();
-            for (((pw, zk), zmk), w) in power[1..m].iter_mut().zip(&buf[1..]).zip(mirrored).zip(&self.twiddles[1..m]) {
+            for (((pw, zk), zmk), w) in power[1..m]
+                .iter_mut()
+                .zip(&buf[1..])
+                .zip(mirrored)
+                .zip(&self.twiddles[1..m])
+            {
                 *pw = split(*zk, *zmk, *w);
             }
             for (first, w) in &self.filters {
                 let mut acc = [0.0f32; LANES];
-                for (wc, pc) in w.chunks_exact(LANES).zip(power[*first..].chunks_exact(LANES)) {
+                for (wc, pc) in w
+                    .chunks_exact(LANES)
+                    .zip(power[*first..].chunks_exact(LANES))
+                {
                     for l in 0..LANES {
                         acc[l] += wc[l] * pc[l];
                     }
                 }
                 let e: f32 = acc.iter().sum();
                 // Exact zeros become machine epsilon, as in python_speech_features.
-                out.push(if e == 0.0 { f64::EPSILON.ln() } else { f64::from(e.ln()) });
+                out.push(if e == 0.0 {
+                    f64::EPSILON.ln()
+                } else {
+                    f64::from(e.ln())
+                });
             }
         }
         out

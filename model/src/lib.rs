@@ -4,10 +4,12 @@
 //! checkpointing wrap it from the trainer crate. It also owns the configuration schema
 //! ([`config`]), because every binary (dataprep, trainer, generation) shares it.
 
+pub mod avhubert;
 pub mod config;
 pub mod diffusion;
 pub mod nn;
 pub mod syncdiff;
+pub mod temporal;
 pub mod unet;
 pub mod vq;
 pub mod weights;
