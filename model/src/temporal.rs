@@ -47,7 +47,7 @@ impl TemporalFilter {
             })
             .collect();
         let position = (cfg.tokens == TemporalTokens::All).then(|| {
-            (&vs).var(
+            vs.var(
                 "position",
                 &[w, dim],
                 nn::Init::Randn {
