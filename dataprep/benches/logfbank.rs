@@ -106,7 +106,7 @@ fn main() -> anyhow::Result<()> {
         Ok(l.trim().parse()?)
     };
     let fb = LogFbank::new(FbankParams::default());
-    let mut rust = || {
+    let rust = || {
         let start = Instant::now();
         std::hint::black_box(fb.compute(std::hint::black_box(&samples)));
         start.elapsed().as_secs_f64()
