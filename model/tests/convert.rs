@@ -99,3 +99,62 @@ fn not_a_checkpoint_is_a_clear_error() {
         "{e}"
     );
 }
+
+#[test]
+fn fairseq_avhubert_checkpoint_converts_with_weight_norm_folded() {
+    use syncdiff_model::avhubert::AvHubert;
+    use syncdiff_model::config::AudioEncoderConfig;
+
+    let spec = json!({"dim": 32, "layers": 3, "ffn": 64, "kernel": 16, "groups": 4});
+    let dir = reference("avhubert_ckpt.py", "avhubert", &spec);
+    let ckpt = dir.path().join("avhubert.pt");
+
+    // The non-tensor objects load as inert data: omegaconf config, argparse Namespace, history.
+    let c = TorchCheckpoint::open(&ckpt).unwrap();
+    match c.root.get("cfg") {
+        Some(Value::Object { class, .. }) => assert_eq!(class, "omegaconf.dictconfig.DictConfig"),
+        other => panic!("cfg: {other:?}"),
+    }
+    match c.root.get("args") {
+        Some(Value::Object { class, state, .. }) => {
+            assert_eq!(class, "argparse.Namespace");
+            assert_eq!(state.get("encoder_layers"), Some(&Value::Int(3)));
+        }
+        other => panic!("args: {other:?}"),
+    }
+
+    let converted = convert::avhubert(&ckpt).unwrap();
+    let mut dropped = converted.dropped.clone();
+    dropped.sort();
+    assert_eq!(
+        dropped,
+        [
+            "feature_extractor_video.proj.weight",
+            "feature_extractor_video.resnet.frontend3D.0.weight",
+            "final_proj.bias",
+            "final_proj.weight",
+            "label_embs_concat",
+            "mask_emb"
+        ]
+    );
+    let expected = read(&dir.path().join("expected.safetensors"));
+    assert_eq!(converted.tensors.len(), expected.len());
+    for (name, t) in &converted.tensors {
+        assert_close(name, t, &expected[name]);
+    }
+    let out = dir.path().join("avhubert.safetensors");
+    weights::save(&converted.tensors, &out).unwrap();
+    let cfg = AudioEncoderConfig {
+        embed_dim: 32,
+        layers: 3,
+        heads: 4,
+        ffn_dim: 64,
+        frozen_layers: 2,
+        pos_conv_kernel: 16,
+        pos_conv_groups: 4,
+        ..AudioEncoderConfig::default()
+    };
+    let vs = VarStore::new(Device::Cpu);
+    let _enc = AvHubert::new(vs.root(), &cfg);
+    weights::load(&vs, &out).unwrap();
+}

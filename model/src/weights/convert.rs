@@ -169,6 +169,84 @@ pub fn vq_f4(path: &Path) -> Result<Converted, ConvertError> {
     Ok(out)
 }
 
+/// Prefixes of the AV-HuBERT audio encoder's tensors (everything else is dropped: the video
+/// front end, `mask_emb`, `final_proj`, `label_embs_concat`, ...).
+const AVHUBERT_KEEP: &[&str] = &[
+    "feature_extractor_audio.",
+    "layer_norm.",
+    "post_extract_proj.",
+    "encoder.",
+];
+
+/// Converts a fairseq AV-HuBERT checkpoint (`state["model"]`; fine-tuned checkpoints nest it under
+/// `encoder.w2v_model.`) to the audio encoder's names, folding the weight norm of the positional
+/// convolution: weight = g * v / ||v|| with the norm over all dimensions but the kernel one (2).
+pub fn avhubert(path: &Path) -> Result<Converted, ConvertError> {
+    let p = path.display().to_string();
+    let layout = |message: String| ConvertError::Layout {
+        path: p.clone(),
+        message,
+    };
+    let mut ckpt = TorchCheckpoint::open(path)?;
+    let entries = state_dict_entries(find_state_dict(&ckpt.root, &["model", "state_dict"]));
+    if entries.is_empty() {
+        return Err(layout(
+            "no tensors under `model`: not a fairseq checkpoint".into(),
+        ));
+    }
+    let nested = entries
+        .iter()
+        .any(|(k, _)| k.starts_with("encoder.w2v_model."));
+    let mut out = Converted {
+        tensors: Vec::new(),
+        dropped: Vec::new(),
+    };
+    let mut pos_g = None;
+    let mut pos_v = None;
+    for (key, r) in &entries {
+        let k = match (nested, key.strip_prefix("encoder.w2v_model.")) {
+            (true, Some(k)) => k,
+            (true, None) => {
+                out.dropped.push(key.clone());
+                continue;
+            }
+            (false, _) => key.as_str(),
+        };
+        if !AVHUBERT_KEEP.iter().any(|prefix| k.starts_with(prefix)) {
+            out.dropped.push(key.clone());
+            continue;
+        }
+        let t = ckpt.tensor(key, r)?.to_kind(Kind::Float);
+        match k {
+            "encoder.pos_conv.0.weight_g" => pos_g = Some(t),
+            "encoder.pos_conv.0.weight_v" => pos_v = Some(t),
+            _ => out.tensors.push((k.to_string(), t)),
+        }
+    }
+    match (pos_g, pos_v) {
+        (Some(g), Some(v)) => {
+            // ||v|| over dims (0, 1) for each kernel position: shape (1, 1, K), like g.
+            let norm = v
+                .square()
+                .sum_dim_intlist([0i64, 1].as_slice(), true, Kind::Float)
+                .sqrt();
+            out.tensors
+                .push(("encoder.pos_conv.0.weight".into(), &v * (g / norm)));
+        }
+        (None, None)
+            if out
+                .tensors
+                .iter()
+                .any(|(k, _)| k == "encoder.pos_conv.0.weight") => {}
+        _ => {
+            return Err(layout(
+                "the positional convolution needs both `weight_g` and `weight_v`".into(),
+            ))
+        }
+    }
+    Ok(out)
+}
+
 #[cfg(test)]
 mod tests {
     use super::vq_name;

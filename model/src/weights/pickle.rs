@@ -107,6 +107,8 @@ pub enum Value {
     },
     /// A tensor.
     Tensor(TensorRef),
+    /// A reference back to an enclosing object (e.g. omegaconf's `_parent`), cut to keep a tree.
+    Cycle,
 }
 
 impl Value {
@@ -160,14 +162,18 @@ enum Global {
 fn is_record(module: &str, name: &str) -> bool {
     match module {
         "argparse" => name == "Namespace",
+        // Protocol-2 pickles name Python 3 types by their Python 2 names (int -> long, ...).
         "builtins" | "__builtin__" => matches!(
             name,
             "dict"
                 | "list"
                 | "tuple"
                 | "int"
+                | "long"
                 | "float"
                 | "str"
+                | "unicode"
+                | "xrange"
                 | "bytes"
                 | "bytearray"
                 | "complex"
@@ -260,7 +266,7 @@ pub fn parse(data: &[u8]) -> Result<Value, PickleError> {
         memo: HashMap::new(),
     };
     let root = r.run()?;
-    r.resolve(root, 0)
+    r.resolve(root, &mut Vec::new())
 }
 
 impl Reader<'_> {
@@ -750,37 +756,47 @@ impl Reader<'_> {
         }
     }
 
-    /// Converts the arena graph under `i` into an owned tree (depth-limited: no cycles).
-    fn resolve(&self, i: usize, depth: usize) -> Result<Value, PickleError> {
-        if depth > 200 {
-            return Err(self.err("nesting deeper than 200 (a cycle?)"));
+    /// Converts the arena graph under `i` into an owned tree; a reference to an enclosing node
+    /// becomes [`Value::Cycle`].
+    fn resolve(&self, i: usize, path: &mut Vec<usize>) -> Result<Value, PickleError> {
+        let i = self.target(i);
+        if path.contains(&i) {
+            return Ok(Value::Cycle);
         }
-        let all = |items: &[usize]| {
+        if path.len() > 200 {
+            return Err(self.err("nesting deeper than 200"));
+        }
+        path.push(i);
+        let all = |items: &[usize], path: &mut Vec<usize>| {
             items
                 .iter()
-                .map(|&j| self.resolve(j, depth + 1))
+                .map(|&j| self.resolve(j, path))
                 .collect::<Result<Vec<_>, _>>()
         };
-        Ok(match &self.nodes[i] {
+        let v = match &self.nodes[i] {
             Node::Leaf(v) => v.clone(),
-            Node::Alias(j) => self.resolve(*j, depth + 1)?,
-            Node::List(l) => Value::List(all(l)?),
-            Node::Tuple(l) => Value::Tuple(all(l)?),
-            Node::Set(l) => Value::Set(all(l)?),
-            Node::Dict(kv) => Value::Dict(
-                kv.iter()
-                    .map(|&(k, v)| Ok((self.resolve(k, depth + 1)?, self.resolve(v, depth + 1)?)))
-                    .collect::<Result<Vec<_>, PickleError>>()?,
-            ),
+            Node::Alias(_) => Value::None,
+            Node::List(l) => Value::List(all(l, path)?),
+            Node::Tuple(l) => Value::Tuple(all(l, path)?),
+            Node::Set(l) => Value::Set(all(l, path)?),
+            Node::Dict(kv) => {
+                let mut items = Vec::with_capacity(kv.len());
+                for &(k, v) in kv {
+                    items.push((self.resolve(k, path)?, self.resolve(v, path)?));
+                }
+                Value::Dict(items)
+            }
             Node::Global(name, _) => Value::Global(name.clone()),
             Node::Object { class, args, state } => Value::Object {
                 class: class.clone(),
-                args: all(args)?,
+                args: all(args, path)?,
                 state: Box::new(match state {
-                    Some(s) => self.resolve(*s, depth + 1)?,
+                    Some(s) => self.resolve(*s, path)?,
                     None => Value::None,
                 }),
             },
-        })
+        };
+        path.pop();
+        Ok(v)
     }
 }

@@ -36,14 +36,20 @@ enum Command {
     },
     /// Run one module on named tensors and write its outputs (to check imported weights).
     Forward {
-        /// vq-encode (image -> latent), vq-decode (latent -> image), unet (sample, timestep, context -> output).
+        /// vq-encode, vq-decode, unet, logfbank, avhubert, temporal (inputs and outputs: docs/models.md).
         #[arg(long)]
         module: String,
         #[command(flatten)]
         config: ConfigArgs,
-        /// Weights (safetensors) of the module.
+        /// Weights (safetensors) of the module (not needed for logfbank).
         #[arg(long)]
-        weights: PathBuf,
+        weights: Option<PathBuf>,
+        /// avhubert: run the front end and the first N layers only (output `hidden`).
+        #[arg(long, value_name = "N", conflicts_with = "from_layer")]
+        until_layer: Option<usize>,
+        /// avhubert: start at layer N from input `hidden`, through the final LayerNorm.
+        #[arg(long, value_name = "N")]
+        from_layer: Option<usize>,
         /// Input tensors (safetensors).
         #[arg(long)]
         input: PathBuf,
@@ -56,17 +62,23 @@ enum Command {
 #[derive(Debug, Subcommand)]
 enum Convert {
     /// LDM VQ-f4 `model.ckpt` (CompVis layout) -> diffusers `VQModel` names.
-    VqF4 {
-        /// The original checkpoint.
-        #[arg(long)]
-        ckpt: PathBuf,
-        /// Output safetensors file.
-        #[arg(long)]
-        out: PathBuf,
-        /// Also check the result loads into this configuration's model.autoencoder.
-        #[arg(long)]
-        config: Option<PathBuf>,
-    },
+    VqF4(ConvertArgs),
+    /// fairseq AV-HuBERT checkpoint (e.g. base_vox_iter5.pt) -> the audio encoder's names,
+    /// weight norm folded, video front end and pre-training heads dropped.
+    Avhubert(ConvertArgs),
+}
+
+#[derive(Debug, clap::Args)]
+struct ConvertArgs {
+    /// The original checkpoint.
+    #[arg(long)]
+    ckpt: PathBuf,
+    /// Output safetensors file.
+    #[arg(long)]
+    out: PathBuf,
+    /// Also check the result loads into this configuration's model (autoencoder or audio encoder).
+    #[arg(long)]
+    config: Option<PathBuf>,
 }
 
 /// A configuration error: printed and mapped to exit code 2.
@@ -75,6 +87,17 @@ fn load(args: &ConfigArgs) -> Result<Config, ExitCode> {
         eprintln!("error: {e}");
         ExitCode::from(2)
     })
+}
+
+/// A configuration file for `convert --config`, loaded without overrides.
+fn check_config(path: Option<&PathBuf>) -> Result<Option<Config>, ExitCode> {
+    path.map(|p| {
+        Config::load(p, &[]).map_err(|e| {
+            eprintln!("error: {e}");
+            ExitCode::from(2)
+        })
+    })
+    .transpose()
 }
 
 fn main() -> ExitCode {
@@ -86,29 +109,37 @@ fn main() -> ExitCode {
             }
             Err(code) => return code,
         },
-        Command::Convert {
-            what: Convert::VqF4 { ckpt, out, config },
-        } => {
-            let cfg = match config {
-                Some(path) => match Config::load(&path, &[]) {
-                    Ok(c) => Some(c.model.autoencoder),
-                    Err(e) => {
-                        eprintln!("error: {e}");
-                        return ExitCode::from(2);
-                    }
-                },
-                None => None,
+        Command::Convert { what } => {
+            let (source, args) = match what {
+                Convert::VqF4(a) => (tools::convert::Source::VqF4, a),
+                Convert::Avhubert(a) => (tools::convert::Source::Avhubert, a),
             };
-            tools::convert::vq_f4(&ckpt, &out, cfg.as_ref())
+            match check_config(args.config.as_ref()) {
+                Ok(cfg) => tools::convert::run(
+                    source,
+                    &args.ckpt,
+                    &args.out,
+                    cfg.as_ref().map(|c| &c.model),
+                ),
+                Err(code) => return code,
+            }
         }
         Command::Forward {
             module,
             config,
             weights,
+            until_layer,
+            from_layer,
             input,
             output,
         } => match load(&config) {
-            Ok(c) => tools::forward::run(&module, &c, &weights, &input, &output),
+            Ok(c) => {
+                let layers = tools::forward::LayerRange {
+                    until: until_layer,
+                    from: from_layer,
+                };
+                tools::forward::run(&module, &c, weights.as_deref(), &input, &output, layers)
+            }
             Err(code) => return code,
         },
     };

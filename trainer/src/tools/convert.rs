@@ -3,16 +3,34 @@
 use std::path::Path;
 
 use anyhow::Context;
-use syncdiff_model::config::AutoencoderConfig;
+use syncdiff_model::avhubert::AvHubert;
+use syncdiff_model::config::ModelConfig;
 use syncdiff_model::vq::VqModel;
 use syncdiff_model::weights::{self, convert};
 use tch::nn::VarStore;
 use tch::Device;
 
-/// Converts LDM's VQ-f4 `model.ckpt` and writes `out`. With `check`, loads the result into the
-/// configured autoencoder first, so a mismatch is reported before anything is written.
-pub fn vq_f4(ckpt: &Path, out: &Path, check: Option<&AutoencoderConfig>) -> anyhow::Result<String> {
-    let converted = convert::vq_f4(ckpt)?;
+/// Which original checkpoint to import.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Source {
+    /// LDM VQ-f4 `model.ckpt` (CompVis layout) -> diffusers `VQModel` names.
+    VqF4,
+    /// fairseq AV-HuBERT checkpoint -> the audio encoder's names.
+    Avhubert,
+}
+
+/// Converts `ckpt` and writes `out`. With `check`, loads the result into the configured module
+/// first, so a mismatch is reported before anything is written.
+pub fn run(
+    source: Source,
+    ckpt: &Path,
+    out: &Path,
+    check: Option<&ModelConfig>,
+) -> anyhow::Result<String> {
+    let converted = match source {
+        Source::VqF4 => convert::vq_f4(ckpt)?,
+        Source::Avhubert => convert::avhubert(ckpt)?,
+    };
     let n = converted.tensors.len();
     let params: i64 = converted
         .tensors
@@ -23,12 +41,22 @@ pub fn vq_f4(ckpt: &Path, out: &Path, check: Option<&AutoencoderConfig>) -> anyh
     weights::save(&converted.tensors, &tmp)?;
     if let Some(cfg) = check {
         let vs = VarStore::new(Device::Cpu);
-        let _model = VqModel::new(vs.root(), cfg);
-        weights::load(&vs, &tmp)
-            .inspect_err(|_| {
-                let _ = std::fs::remove_file(&tmp);
-            })
-            .context("the converted weights do not fit model.autoencoder of the configuration")?;
+        let section = match source {
+            Source::VqF4 => {
+                let _m = VqModel::new(vs.root(), &cfg.autoencoder);
+                "model.autoencoder"
+            }
+            Source::Avhubert => {
+                let _m = AvHubert::new(vs.root(), &cfg.audio_encoder);
+                "model.audio_encoder"
+            }
+        };
+        if let Err(e) = weights::load(&vs, &tmp) {
+            let _ = std::fs::remove_file(&tmp);
+            return Err(anyhow::Error::new(e).context(format!(
+                "the converted weights do not fit {section} of the configuration"
+            )));
+        }
     }
     std::fs::rename(&tmp, out).with_context(|| format!("{}: cannot write", out.display()))?;
     Ok(format!(

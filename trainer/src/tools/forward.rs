@@ -5,7 +5,10 @@ use std::collections::BTreeMap;
 use std::path::Path;
 
 use anyhow::{bail, Context};
+use syncdiff_dataprep::audio::{normalize_rows, stack_frames, FbankParams, LogFbank};
+use syncdiff_model::avhubert::AvHubert;
 use syncdiff_model::config::Config;
+use syncdiff_model::temporal::TemporalFilter;
 use syncdiff_model::unet::{Unet, UnetShape};
 use syncdiff_model::vq::VqModel;
 use syncdiff_model::weights;
@@ -21,7 +24,31 @@ pub const MODULES: &[(&str, &str, &str)] = &[
         "sample (B, in, h, w), timestep (B,) int64, context (B, M, D)",
         "output",
     ),
+    (
+        "logfbank",
+        "audio (N,) int16-scale samples at 16 kHz (no weights)",
+        "fbank (T, 26), features (ceil(T/4), 104)",
+    ),
+    (
+        "avhubert",
+        "features (B, T, 104); with --from-layer N: hidden (B, T, D)",
+        "output, or hidden with --until-layer N",
+    ),
+    (
+        "temporal",
+        "features (B, T, D), centres (B,) int64",
+        "context (B, 1 or W, D)",
+    ),
 ];
+
+/// `--until-layer` / `--from-layer` of the `avhubert` module.
+#[derive(Debug, Clone, Copy, Default)]
+pub struct LayerRange {
+    /// Run the front end and layers 0..N only (output `hidden`, no final norm).
+    pub until: Option<usize>,
+    /// Start at layer N from `hidden` (the output of `--until-layer N`).
+    pub from: Option<usize>,
+}
 
 fn input<'a>(
     inputs: &'a BTreeMap<String, Tensor>,
@@ -41,11 +68,20 @@ fn input<'a>(
 pub fn run(
     module: &str,
     config: &Config,
-    w: &Path,
+    w: Option<&Path>,
     input_path: &Path,
     output: &Path,
+    layers: LayerRange,
 ) -> anyhow::Result<String> {
     let inputs = weights::read(input_path)?;
+    let w = match (w, module) {
+        (Some(w), _) => w,
+        (None, "logfbank") => Path::new(""),
+        (None, _) => bail!("module `{module}` needs --weights"),
+    };
+    if module != "avhubert" && (layers.until.is_some() || layers.from.is_some()) {
+        bail!("--until-layer / --from-layer apply to the avhubert module only");
+    }
     let vs = VarStore::new(Device::Cpu);
     let outputs: Vec<(String, Tensor)> = match module {
         "vq-encode" | "vq-decode" => {
@@ -113,6 +149,85 @@ pub fn run(
             vec![(
                 "output".into(),
                 tch::no_grad(|| unet.forward(x, t, c, false)),
+            )]
+        }
+        "logfbank" => {
+            let audio = input(&inputs, "audio", input_path)?;
+            if audio.dim() != 1 {
+                bail!(
+                    "{}: `audio` has shape {:?}; expected (N,) samples",
+                    input_path.display(),
+                    audio.size()
+                );
+            }
+            let samples: Vec<f64> = Vec::try_from(audio.to_kind(tch::Kind::Double))?;
+            let fb = LogFbank::new(FbankParams::default());
+            let p = *fb.params();
+            let fbank = fb.compute(&samples);
+            let mut stacked = stack_frames(&fbank, p.nfilt, p.stack);
+            normalize_rows(&mut stacked, p.nfilt * p.stack);
+            let rows = |v: &[f64], d: usize| {
+                Tensor::from_slice(v)
+                    .to_kind(tch::Kind::Float)
+                    .reshape([(v.len() / d) as i64, d as i64])
+            };
+            vec![
+                ("fbank".into(), rows(&fbank, p.nfilt)),
+                ("features".into(), rows(&stacked, p.nfilt * p.stack)),
+            ]
+        }
+        "avhubert" => {
+            let enc = AvHubert::new(vs.root(), &config.model.audio_encoder);
+            weights::load(&vs, w)?;
+            let n = enc.num_layers();
+            for l in [layers.until, layers.from].into_iter().flatten() {
+                if l > n {
+                    bail!("layer {l} is beyond the encoder's {n} layers");
+                }
+            }
+            let d = enc.embed_dim();
+            let (name, width) = if layers.from.is_some() {
+                ("hidden", d)
+            } else {
+                ("features", 104)
+            };
+            let x = input(&inputs, name, input_path)?;
+            if x.dim() != 3 || x.size()[2] != width {
+                bail!(
+                    "{}: `{name}` has shape {:?}; expected (B, T, {width})",
+                    input_path.display(),
+                    x.size()
+                );
+            }
+            tch::no_grad(|| match (layers.until, layers.from) {
+                (Some(u), None) => vec![("hidden".to_string(), enc.until_layer(x, u))],
+                (None, Some(f)) => {
+                    vec![("output".to_string(), enc.from_layer(x, f, false, |_| true))]
+                }
+                (None, None) => vec![(
+                    "output".to_string(),
+                    enc.from_layer(&enc.until_layer(x, 0), 0, false, |_| true),
+                )],
+                (Some(_), Some(_)) => Vec::new(),
+            })
+        }
+        "temporal" => {
+            let d = i64::from(config.model.context_dim());
+            let filter = TemporalFilter::new(vs.root(), &config.model.temporal, d);
+            weights::load(&vs, w)?;
+            let x = input(&inputs, "features", input_path)?;
+            let c = input(&inputs, "centres", input_path)?;
+            if x.dim() != 3 || x.size()[2] != d || c.size() != [x.size()[0]] {
+                bail!(
+                    "{}: `features` {:?} / `centres` {:?}: expected (B, T, {d}) and (B,)",
+                    input_path.display(),
+                    x.size(),
+                    c.size()
+                );
+            }
+            vec![(
+                "context".into(),
+                tch::no_grad(|| filter.forward(&filter.gather_window(x, c))),
             )]
         }
         other => {
