@@ -1,8 +1,12 @@
 //! `syncdiff-train --dry-run`: resolve the configuration for this launch and report what a run
 //! would do, touching no data and no GPU memory.
 
-use syncdiff_model::config::{AutoencoderKind, BatchPlan, Config, ConfigError, StepPlan};
+use syncdiff_model::avhubert::{AvHubert, MelEncoder};
+use syncdiff_model::config::{
+    AudioEncoderKind, AutoencoderKind, BatchPlan, Config, ConfigError, StepPlan,
+};
 use syncdiff_model::syncdiff::SyncDiff;
+use syncdiff_model::temporal::TemporalFilter;
 use syncdiff_model::unet::UnetShape;
 use syncdiff_model::vq::VqModel;
 use syncdiff_model::weights;
@@ -143,7 +147,8 @@ pub struct ModelReport {
 /// Training memory of one rank, in bytes.
 #[derive(Debug, Clone, Copy)]
 pub struct MemoryEstimate {
-    /// fp32 trainable weights.
+    /// fp32 weights resident on the device (trainable, plus frozen AV-HuBERT layers when their
+    /// output is not cached by dataprep).
     pub weights: i64,
     /// fp32 gradients.
     pub grads: i64,
@@ -151,7 +156,8 @@ pub struct MemoryEstimate {
     pub optimizer: i64,
     /// EMA copy of the trainable weights.
     pub ema: i64,
-    /// Activations kept for backward at the micro-batch (rough estimate).
+    /// UNet activations kept for backward at the micro-batch (rough estimate; the audio encoder's
+    /// activations over the context are not included).
     pub activations: i64,
 }
 
@@ -176,6 +182,49 @@ impl ModelReport {
                 true,
             ),
         ];
+        let audio = VarStore::new(tch::Device::Cpu);
+        let _temporal = TemporalFilter::new(
+            audio.root() / "temporal",
+            &m.temporal,
+            i64::from(m.context_dim()),
+        );
+        components.push((
+            "temporal filter".to_string(),
+            weights::count(&audio, "temporal."),
+            true,
+        ));
+        match m.audio_encoder.kind {
+            AudioEncoderKind::Avhubert => {
+                let _enc = AvHubert::new(audio.root() / "audio", &m.audio_encoder);
+                let (trained, frozen): (Vec<_>, Vec<_>) = audio
+                    .variables()
+                    .into_iter()
+                    .filter(|(k, _)| k.starts_with("audio."))
+                    .partition(|(_, v)| v.requires_grad());
+                let n = |v: &[(String, tch::Tensor)]| {
+                    v.iter().map(|(_, t)| t.numel() as i64).sum::<i64>()
+                };
+                let nf = m.audio_encoder.frozen_layers;
+                components.push((
+                    format!("AV-HuBERT layers {nf}.. + final norm"),
+                    n(&trained),
+                    true,
+                ));
+                components.push((
+                    format!("AV-HuBERT front end + layers ..{nf}"),
+                    n(&frozen),
+                    false,
+                ));
+            }
+            AudioEncoderKind::Mel => {
+                let _enc = MelEncoder::new(audio.root() / "audio", &m.audio_encoder);
+                components.push((
+                    "mel audio encoder".to_string(),
+                    weights::count(&audio, "audio."),
+                    true,
+                ));
+            }
+        }
         if m.autoencoder.kind == AutoencoderKind::VqF4 {
             let ae = VarStore::new(tch::Device::Cpu);
             let _vq = VqModel::new(ae.root(), &m.autoencoder);
@@ -187,6 +236,12 @@ impl ModelReport {
             ));
         }
         let trainable: i64 = components.iter().filter(|c| c.2).map(|c| c.1).sum();
+        // Frozen AV-HuBERT layers stay resident (fp32) unless dataprep cached their output.
+        let resident_frozen: i64 = components
+            .iter()
+            .filter(|c| !c.2 && c.0.starts_with("AV-HuBERT") && !config.data.cache_audio_features)
+            .map(|c| c.1)
+            .sum();
         let shape = UnetShape::new(
             &m.unet,
             m.unet_in_channels(),
@@ -196,7 +251,7 @@ impl ModelReport {
         let side = i64::from(config.latent_side());
         let f32b = 4;
         let memory = MemoryEstimate {
-            weights: f32b * trainable,
+            weights: f32b * (trainable + resident_frozen),
             grads: f32b * trainable,
             optimizer: 2 * f32b * trainable,
             ema: if config.train.ema.enabled {

@@ -62,6 +62,10 @@ fn dry_run_reports_the_plan() {
     assert!(out.contains("run length: 10 optimizer steps"), "{out}");
     assert!(out.contains("device cpu, backend mpi"), "{out}");
     assert!(out.contains("MPI all-reduce check: ok"), "{out}");
+    assert!(
+        out.contains("parameters: unet 254083 (trainable), pose bottleneck 4 (trainable)"),
+        "{out}"
+    );
 }
 
 #[test]
