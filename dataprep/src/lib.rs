@@ -1,7 +1,11 @@
 //! LRS2 -> Zarr shard stores of autoencoder latents and filterbank features.
 //!
 //! This crate owns the data format: it writes the stores and provides the reader the trainer uses.
-//! Today: the `audio` module (filterbank features). The synthetic LRS2-layout data set, the ingest
-//! and the reader arrive with the dataprep issue.
+//! Modules: `audio` (filterbank features), `video` (ffmpeg I/O), `synth` (the synthetic
+//! LRS2-layout data set), `rng` (counter-based randomness).
 
 pub mod audio;
+pub mod rng;
+pub mod store;
+pub mod synth;
+pub mod video;

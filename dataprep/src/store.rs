@@ -1,0 +1,458 @@
+//! The data set format: Zarr v3 shard stores of whole clips plus a manifest written last.
+//!
+//! ```text
+//! DATASET/manifest.json            written last: a data set without it is incomplete
+//! DATASET/shard-00000.zarr/        one Zarr v3 group per shard (written as .partial, then renamed)
+//!   latents         float16 [F, C, h, w]   chunk = 256 frames (one file), subchunk = 1 frame
+//!   masked_latents  float16 [F, C, h, w]   the same frame with the lower half of the face zeroed
+//!   mel             float32 [F, 104]       stacked normalised filterbank, 1:1 with frames
+//!   clip_offsets    int64   [C + 1]        frames of clip c: [offsets[c], offsets[c + 1])
+//!   (group attributes: format version, clip ids, autoencoder kind + sha256, filterbank, split)
+//! ```
+//! Reading one frame's latent touches one subchunk of one shard file.
+
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+
+use half::f16;
+use serde::{Deserialize, Serialize};
+use zarrs::array::{codec, data_type, Array, ArrayBuilder, ArraySubset};
+use zarrs::filesystem::FilesystemStore;
+use zarrs::group::GroupBuilder;
+
+/// Version of the store layout written here.
+pub const FORMAT_VERSION: u32 = 1;
+/// Frames per shard file (outer chunk) of the per-frame arrays.
+pub const FRAMES_PER_CHUNK: u64 = 256;
+/// Width of one mel row.
+pub const MEL_DIM: u64 = 104;
+
+/// Why a store could not be written or read. Messages name the path.
+#[derive(Debug, thiserror::Error)]
+pub enum StoreError {
+    /// Filesystem error.
+    #[error("{path}: {source}")]
+    Io {
+        /// Path.
+        path: PathBuf,
+        /// Reason.
+        source: std::io::Error,
+    },
+    /// Zarr error.
+    #[error("{path}: {message}")]
+    Zarr {
+        /// Path.
+        path: PathBuf,
+        /// Reason.
+        message: String,
+    },
+    /// The store is not in the expected format.
+    #[error("{path}: {message}")]
+    Format {
+        /// Path.
+        path: PathBuf,
+        /// What is wrong.
+        message: String,
+    },
+}
+
+fn zerr(path: &Path) -> impl Fn(&dyn std::fmt::Display) -> StoreError + '_ {
+    move |e| StoreError::Zarr {
+        path: path.to_path_buf(),
+        message: e.to_string(),
+    }
+}
+
+fn ioerr(path: &Path) -> impl FnOnce(std::io::Error) -> StoreError + '_ {
+    move |source| StoreError::Io {
+        path: path.to_path_buf(),
+        source,
+    }
+}
+
+/// One prepared clip.
+#[derive(Debug, Clone, Default)]
+pub struct ClipData {
+    /// `<speaker>/<clip>` as in the LRS2 filelists.
+    pub id: String,
+    /// Frames.
+    pub frames: usize,
+    /// Latents, frames x C x h x w.
+    pub latents: Vec<f16>,
+    /// Masked-frame latents, same shape.
+    pub masked_latents: Vec<f16>,
+    /// Mel rows, frames x 104.
+    pub mel: Vec<f32>,
+}
+
+/// What every shard of a data set shares.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct StoreMeta {
+    /// Layout version.
+    pub format_version: u32,
+    /// `vq_f4` or `resample`.
+    pub autoencoder: String,
+    /// sha256 of the autoencoder weights file ("none" for `resample`).
+    pub autoencoder_sha256: String,
+    /// Latent (C, h, w).
+    pub latent_shape: [u64; 3],
+    /// Split the clips come from.
+    pub split: String,
+    /// Filterbank parameters, for the record.
+    pub filterbank: serde_json::Value,
+}
+
+/// A shard as the manifest lists it.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct ShardEntry {
+    /// Directory name, `shard-NNNNN.zarr`.
+    pub name: String,
+    /// Clip ids in order.
+    pub clips: Vec<String>,
+    /// Frames of each clip.
+    pub frames: Vec<u64>,
+    /// Bytes on disk.
+    pub bytes: u64,
+}
+
+/// `manifest.json`: written last; its sha256 identifies the data set.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct Manifest {
+    /// Shared metadata.
+    pub meta: StoreMeta,
+    /// Shards in order.
+    pub shards: Vec<ShardEntry>,
+}
+
+impl Manifest {
+    /// Clips over all shards.
+    pub fn clips(&self) -> u64 {
+        self.shards.iter().map(|s| s.clips.len() as u64).sum()
+    }
+
+    /// Frames over all shards.
+    pub fn frames(&self) -> u64 {
+        self.shards.iter().flat_map(|s| &s.frames).sum()
+    }
+}
+
+/// Name of shard `i`.
+pub fn shard_name(i: usize) -> String {
+    format!("shard-{i:05}.zarr")
+}
+
+fn dir_bytes(path: &Path) -> u64 {
+    std::fs::read_dir(path)
+        .map(|rd| {
+            rd.flatten()
+                .map(|e| match e.file_type() {
+                    Ok(t) if t.is_dir() => dir_bytes(&e.path()),
+                    _ => e.metadata().map(|m| m.len()).unwrap_or(0),
+                })
+                .sum()
+        })
+        .unwrap_or(0)
+}
+
+/// A per-frame array: shard files of FRAMES_PER_CHUNK frames, one zstd-compressed subchunk per frame.
+fn frame_array<T: zarrs::array::Element + Copy + Default>(
+    store: &Arc<FilesystemStore>,
+    name: &str,
+    frame_shape: &[u64],
+    dtype: zarrs::array::DataType,
+    data: &[T],
+    path: &Path,
+) -> Result<(), StoreError>
+where
+    zarrs::array::builder::ArrayBuilderFillValue: From<T>,
+{
+    let fill = T::default();
+    let per: u64 = frame_shape.iter().product();
+    let frames = data.len() as u64 / per;
+    let shape: Vec<u64> = std::iter::once(frames.max(1))
+        .chain(frame_shape.iter().copied())
+        .collect();
+    let chunk: Vec<u64> = std::iter::once(FRAMES_PER_CHUNK)
+        .chain(frame_shape.iter().copied())
+        .collect();
+    let sub: Vec<u64> = std::iter::once(1)
+        .chain(frame_shape.iter().copied())
+        .collect();
+    let array = ArrayBuilder::new(shape, chunk, dtype, fill)
+        .subchunk_shape(sub)
+        .bytes_to_bytes_codecs(vec![Arc::new(codec::ZstdCodec::new(3, false))])
+        .build(store.clone(), &format!("/{name}"))
+        .map_err(|e| zerr(path)(&e))?;
+    array.store_metadata().map_err(|e| zerr(path)(&e))?;
+    for (i, start) in (0..frames).step_by(FRAMES_PER_CHUNK as usize).enumerate() {
+        let n = FRAMES_PER_CHUNK.min(frames - start);
+        let mut chunk_data = data[(start * per) as usize..((start + n) * per) as usize].to_vec();
+        // The last shard file is padded with the fill value to the full chunk.
+        chunk_data.resize((FRAMES_PER_CHUNK * per) as usize, fill);
+        let idx: Vec<u64> = std::iter::once(i as u64)
+            .chain(frame_shape.iter().map(|_| 0))
+            .collect();
+        array
+            .store_chunk(&idx, chunk_data)
+            .map_err(|e| zerr(path)(&e))?;
+    }
+    Ok(())
+}
+
+/// Writes one shard store of whole clips at `path` (`.../shard-NNNNN.zarr`): first to
+/// `<path>.partial`, renamed when complete, so an interrupted shard is never taken as finished.
+pub fn write_shard(
+    path: &Path,
+    clips: &[ClipData],
+    meta: &StoreMeta,
+) -> Result<ShardEntry, StoreError> {
+    let partial = path.with_extension("zarr.partial");
+    if partial.exists() {
+        std::fs::remove_dir_all(&partial).map_err(ioerr(&partial))?;
+    }
+    std::fs::create_dir_all(&partial).map_err(ioerr(&partial))?;
+    let store = Arc::new(FilesystemStore::new(&partial).map_err(|e| zerr(&partial)(&e))?);
+    let frames: u64 = clips.iter().map(|c| c.frames as u64).sum();
+    let [c, h, w] = meta.latent_shape;
+    let lat_len = (c * h * w) as usize;
+    let mut latents = Vec::with_capacity(frames as usize * lat_len);
+    let mut masked = Vec::with_capacity(frames as usize * lat_len);
+    let mut mel = Vec::with_capacity(frames as usize * MEL_DIM as usize);
+    let mut offsets = vec![0i64];
+    for clip in clips {
+        if clip.latents.len() != clip.frames * lat_len
+            || clip.masked_latents.len() != clip.frames * lat_len
+            || clip.mel.len() != clip.frames * MEL_DIM as usize
+        {
+            return Err(StoreError::Format {
+                path: path.to_path_buf(),
+                message: format!(
+                    "clip {}: array sizes do not match {} frames",
+                    clip.id, clip.frames
+                ),
+            });
+        }
+        latents.extend_from_slice(&clip.latents);
+        masked.extend_from_slice(&clip.masked_latents);
+        mel.extend_from_slice(&clip.mel);
+        offsets.push(offsets[offsets.len() - 1] + clip.frames as i64);
+    }
+    let ids: Vec<&str> = clips.iter().map(|c| c.id.as_str()).collect();
+    let mut attrs = serde_json::Map::new();
+    attrs.insert(
+        "syncdiff".into(),
+        serde_json::to_value(meta).map_err(|e| zerr(path)(&e))?,
+    );
+    attrs.insert("clip_ids".into(), serde_json::json!(ids));
+    let mut group = GroupBuilder::new()
+        .build(store.clone(), "/")
+        .map_err(|e| zerr(path)(&e))?;
+    *group.attributes_mut() = attrs;
+    group.store_metadata().map_err(|e| zerr(path)(&e))?;
+    frame_array(
+        &store,
+        "latents",
+        &[c, h, w],
+        data_type::float16(),
+        &latents,
+        path,
+    )?;
+    frame_array(
+        &store,
+        "masked_latents",
+        &[c, h, w],
+        data_type::float16(),
+        &masked,
+        path,
+    )?;
+    frame_array(&store, "mel", &[MEL_DIM], data_type::float32(), &mel, path)?;
+    let n = offsets.len() as u64;
+    let off = ArrayBuilder::new(vec![n], vec![n], data_type::int64(), 0i64)
+        .build(store.clone(), "/clip_offsets")
+        .map_err(|e| zerr(path)(&e))?;
+    off.store_metadata().map_err(|e| zerr(path)(&e))?;
+    off.store_chunk(&[0], offsets).map_err(|e| zerr(path)(&e))?;
+    if path.exists() {
+        std::fs::remove_dir_all(path).map_err(ioerr(path))?;
+    }
+    std::fs::rename(&partial, path).map_err(ioerr(path))?;
+    Ok(ShardEntry {
+        name: path
+            .file_name()
+            .and_then(|n| n.to_str())
+            .unwrap_or_default()
+            .to_string(),
+        clips: ids.iter().map(|s| s.to_string()).collect(),
+        frames: clips.iter().map(|c| c.frames as u64).collect(),
+        bytes: dir_bytes(path),
+    })
+}
+
+/// Writes `manifest.json` (atomically: temp file, then rename) — the last step of a data set.
+pub fn write_manifest(dataset: &Path, manifest: &Manifest) -> Result<(), StoreError> {
+    let p = dataset.join("manifest.json");
+    let tmp = dataset.join(".manifest.json.partial");
+    let text = serde_json::to_string_pretty(manifest).map_err(|e| zerr(&p)(&e))?;
+    std::fs::write(&tmp, text).map_err(ioerr(&tmp))?;
+    std::fs::rename(&tmp, &p).map_err(ioerr(&p))
+}
+
+/// One open shard.
+struct Shard {
+    latents: Array<FilesystemStore>,
+    masked: Array<FilesystemStore>,
+    mel: Array<FilesystemStore>,
+    path: PathBuf,
+}
+
+/// Where a clip lives.
+#[derive(Debug, Clone)]
+pub struct ClipInfo {
+    /// `<speaker>/<clip>`.
+    pub id: String,
+    /// Frames.
+    pub frames: u64,
+    shard: usize,
+    start: u64,
+}
+
+/// A prepared data set opened for random access.
+pub struct Dataset {
+    root: PathBuf,
+    manifest: Manifest,
+    manifest_sha256: String,
+    shards: Vec<Shard>,
+    clips: Vec<ClipInfo>,
+}
+
+impl std::fmt::Debug for Dataset {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Dataset")
+            .field("root", &self.root)
+            .field("clips", &self.clips.len())
+            .finish()
+    }
+}
+
+impl Dataset {
+    /// Opens a data set directory; fails when `manifest.json` is missing (an incomplete data set).
+    pub fn open(root: &Path) -> Result<Self, StoreError> {
+        let mp = root.join("manifest.json");
+        let text = std::fs::read(&mp).map_err(|e| StoreError::Format {
+            path: mp.clone(),
+            message: format!("cannot read ({e}); a data set without manifest.json is incomplete: rerun syncdiff-dataprep"),
+        })?;
+        let manifest: Manifest = serde_json::from_slice(&text).map_err(|e| zerr(&mp)(&e))?;
+        if manifest.meta.format_version != FORMAT_VERSION {
+            return Err(StoreError::Format {
+                path: mp,
+                message: format!(
+                    "format version {} (this build reads {FORMAT_VERSION})",
+                    manifest.meta.format_version
+                ),
+            });
+        }
+        use sha2::Digest;
+        let manifest_sha256 = format!("{:x}", sha2::Sha256::digest(&text));
+        let mut shards = Vec::new();
+        let mut clips = Vec::new();
+        for (si, entry) in manifest.shards.iter().enumerate() {
+            let path = root.join(&entry.name);
+            let store = Arc::new(FilesystemStore::new(&path).map_err(|e| zerr(&path)(&e))?);
+            let open = |name: &str| {
+                Array::open(store.clone(), &format!("/{name}")).map_err(|e| zerr(&path)(&e))
+            };
+            shards.push(Shard {
+                latents: open("latents")?,
+                masked: open("masked_latents")?,
+                mel: open("mel")?,
+                path: path.clone(),
+            });
+            let mut start = 0;
+            for (id, &frames) in entry.clips.iter().zip(&entry.frames) {
+                clips.push(ClipInfo {
+                    id: id.clone(),
+                    frames,
+                    shard: si,
+                    start,
+                });
+                start += frames;
+            }
+        }
+        Ok(Self {
+            root: root.to_path_buf(),
+            manifest,
+            manifest_sha256,
+            shards,
+            clips,
+        })
+    }
+
+    /// The manifest.
+    pub fn manifest(&self) -> &Manifest {
+        &self.manifest
+    }
+
+    /// sha256 of `manifest.json`: the data set's identity in checkpoints.
+    pub fn sha256(&self) -> &str {
+        &self.manifest_sha256
+    }
+
+    /// Clips in order.
+    pub fn clips(&self) -> &[ClipInfo] {
+        &self.clips
+    }
+
+    fn frame_subset(a: &Array<FilesystemStore>, frame: u64, count: u64) -> ArraySubset {
+        let ranges: Vec<std::ops::Range<u64>> = std::iter::once(frame..frame + count)
+            .chain(a.shape()[1..].iter().map(|&n| 0..n))
+            .collect();
+        ArraySubset::new_with_ranges(&ranges)
+    }
+
+    fn check(&self, clip: usize, t: u64, count: u64) -> Result<&ClipInfo, StoreError> {
+        let c = self.clips.get(clip).ok_or_else(|| StoreError::Format {
+            path: self.root.clone(),
+            message: format!("clip {clip} out of range ({} clips)", self.clips.len()),
+        })?;
+        if t + count > c.frames {
+            return Err(StoreError::Format {
+                path: self.root.clone(),
+                message: format!(
+                    "clip {}: frames {t}..{} out of range ({} frames)",
+                    c.id,
+                    t + count,
+                    c.frames
+                ),
+            });
+        }
+        Ok(c)
+    }
+
+    fn read_f16(&self, clip: usize, t: u64, masked: bool) -> Result<Vec<f16>, StoreError> {
+        let c = self.check(clip, t, 1)?;
+        let s = &self.shards[c.shard];
+        let a = if masked { &s.masked } else { &s.latents };
+        a.retrieve_array_subset::<Vec<f16>>(&Self::frame_subset(a, c.start + t, 1))
+            .map_err(|e| zerr(&s.path)(&e))
+    }
+
+    /// Latent of frame `t` of clip `clip` (C x h x w values).
+    pub fn latent(&self, clip: usize, t: u64) -> Result<Vec<f16>, StoreError> {
+        self.read_f16(clip, t, false)
+    }
+
+    /// Masked-frame latent of frame `t` of clip `clip`.
+    pub fn masked_latent(&self, clip: usize, t: u64) -> Result<Vec<f16>, StoreError> {
+        self.read_f16(clip, t, true)
+    }
+
+    /// Mel rows `t..t + count` of clip `clip` (count x 104 values).
+    pub fn mel(&self, clip: usize, t: u64, count: u64) -> Result<Vec<f32>, StoreError> {
+        let c = self.check(clip, t, count)?;
+        let s = &self.shards[c.shard];
+        s.mel
+            .retrieve_array_subset::<Vec<f32>>(&Self::frame_subset(&s.mel, c.start + t, count))
+            .map_err(|e| zerr(&s.path)(&e))
+    }
+}

@@ -1,0 +1,269 @@
+//! Video and audio I/O through ffmpeg/ffprobe processes: probe, decode RGB frames at the source
+//! rate, decode audio resampled to mono 16 kHz int16, encode frames (+ audio) to mp4.
+
+use std::io::Write;
+use std::path::{Path, PathBuf};
+use std::process::{Command, Stdio};
+
+/// Why a video could not be read or written. Messages name the file.
+#[derive(Debug, thiserror::Error)]
+pub enum VideoError {
+    /// ffmpeg or ffprobe could not be started.
+    #[error("cannot run {tool}: {message} (is ffmpeg installed? `bash ci/setup.sh` installs it)")]
+    Tool {
+        /// Program.
+        tool: &'static str,
+        /// Reason.
+        message: String,
+    },
+    /// ffmpeg/ffprobe failed on the file.
+    #[error("{path}: {message}")]
+    Failed {
+        /// File.
+        path: PathBuf,
+        /// First line of the tool's error output, or what is wrong.
+        message: String,
+    },
+}
+
+/// What ffprobe says about a file.
+#[derive(Debug, Clone, PartialEq)]
+pub struct VideoInfo {
+    /// Frame width.
+    pub width: u32,
+    /// Frame height.
+    pub height: u32,
+    /// Frames per second of the video stream.
+    pub fps: f64,
+    /// Whether there is an audio stream.
+    pub has_audio: bool,
+    /// Duration of the audio stream in seconds (0 without audio).
+    pub audio_seconds: f64,
+}
+
+fn failed(path: &Path, message: impl Into<String>) -> VideoError {
+    VideoError::Failed {
+        path: path.to_path_buf(),
+        message: message.into(),
+    }
+}
+
+/// Runs a tool, returning stdout; a failure carries the first line of stderr.
+fn run(
+    tool: &'static str,
+    args: &[&str],
+    path: &Path,
+    stdin: Option<&[u8]>,
+) -> Result<Vec<u8>, VideoError> {
+    let mut child = Command::new(tool)
+        .args(args)
+        .stdin(if stdin.is_some() {
+            Stdio::piped()
+        } else {
+            Stdio::null()
+        })
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .map_err(|e| VideoError::Tool {
+            tool,
+            message: e.to_string(),
+        })?;
+    let writer = match (stdin, child.stdin.take()) {
+        (Some(data), Some(mut pipe)) => {
+            let data = data.to_vec();
+            Some(std::thread::spawn(move || pipe.write_all(&data)))
+        }
+        _ => None,
+    };
+    let out = child.wait_with_output().map_err(|e| VideoError::Tool {
+        tool,
+        message: e.to_string(),
+    })?;
+    if let Some(w) = writer {
+        // A broken pipe here means ffmpeg stopped early; its own error below says why.
+        let _ = w.join();
+    }
+    if !out.status.success() {
+        let err = String::from_utf8_lossy(&out.stderr);
+        let line = err
+            .lines()
+            .find(|l| !l.trim().is_empty())
+            .unwrap_or("failed without a message");
+        return Err(failed(path, format!("{tool}: {}", line.trim())));
+    }
+    Ok(out.stdout)
+}
+
+fn path_str(path: &Path) -> Result<&str, VideoError> {
+    path.to_str()
+        .ok_or_else(|| failed(path, "path is not valid UTF-8"))
+}
+
+/// Probes the first video stream (and whether an audio stream exists).
+pub fn probe(path: &Path) -> Result<VideoInfo, VideoError> {
+    let p = path_str(path)?;
+    let out = run(
+        "ffprobe",
+        &["-v", "error", "-show_streams", "-of", "json", p],
+        path,
+        None,
+    )?;
+    let v: serde_json::Value =
+        serde_json::from_slice(&out).map_err(|e| failed(path, format!("ffprobe output: {e}")))?;
+    let streams = v["streams"].as_array().cloned().unwrap_or_default();
+    let video = streams
+        .iter()
+        .find(|s| s["codec_type"] == "video")
+        .ok_or_else(|| failed(path, "no video stream"))?;
+    let rate = video["avg_frame_rate"]
+        .as_str()
+        .or(video["r_frame_rate"].as_str())
+        .unwrap_or("0/1");
+    let fps = match rate.split_once('/') {
+        Some((n, d)) => n.parse::<f64>().unwrap_or(0.0) / d.parse::<f64>().unwrap_or(1.0).max(1e-9),
+        None => rate.parse().unwrap_or(0.0),
+    };
+    let audio = streams.iter().find(|s| s["codec_type"] == "audio");
+    let seconds = |s: &serde_json::Value| {
+        s["duration"]
+            .as_str()
+            .and_then(|d| d.parse::<f64>().ok())
+            .unwrap_or(0.0)
+    };
+    Ok(VideoInfo {
+        width: video["width"].as_u64().unwrap_or(0) as u32,
+        height: video["height"].as_u64().unwrap_or(0) as u32,
+        fps,
+        has_audio: audio.is_some(),
+        audio_seconds: audio.map(seconds).unwrap_or(0.0),
+    })
+}
+
+/// Decodes every frame at the source rate as RGB24, scaled to `width` x `height` (area filter).
+/// Returns the frames back to back (frames x height x width x 3 bytes).
+pub fn decode_frames(path: &Path, width: u32, height: u32) -> Result<Vec<u8>, VideoError> {
+    let p = path_str(path)?;
+    let scale = format!("scale={width}:{height}:flags=area");
+    let out = run(
+        "ffmpeg",
+        &[
+            "-v",
+            "error",
+            "-nostdin",
+            "-i",
+            p,
+            "-map",
+            "0:v:0",
+            "-vf",
+            &scale,
+            "-vsync",
+            "passthrough",
+            "-f",
+            "rawvideo",
+            "-pix_fmt",
+            "rgb24",
+            "-",
+        ],
+        path,
+        None,
+    )?;
+    let frame = (width * height * 3) as usize;
+    if out.is_empty() || out.len() % frame != 0 {
+        return Err(failed(
+            path,
+            format!(
+                "decoded {} bytes, not a whole number of {width}x{height} frames",
+                out.len()
+            ),
+        ));
+    }
+    Ok(out)
+}
+
+/// Decodes the first audio stream as mono int16 at `rate` Hz (ffmpeg resamples).
+pub fn decode_audio(path: &Path, rate: u32) -> Result<Vec<i16>, VideoError> {
+    let p = path_str(path)?;
+    let r = rate.to_string();
+    let out = run(
+        "ffmpeg",
+        &[
+            "-v", "error", "-nostdin", "-i", p, "-map", "0:a:0", "-ac", "1", "-ar", &r, "-f",
+            "s16le", "-",
+        ],
+        path,
+        None,
+    )?;
+    Ok(out
+        .chunks_exact(2)
+        .map(|b| i16::from_le_bytes([b[0], b[1]]))
+        .collect())
+}
+
+/// Encodes RGB24 frames (frames x height x width x 3) at `fps` to an H.264 mp4, muxed with mono
+/// int16 audio at `rate` Hz when given.
+pub fn encode(
+    path: &Path,
+    frames: &[u8],
+    width: u32,
+    height: u32,
+    fps: u32,
+    audio: Option<(&[i16], u32)>,
+) -> Result<(), VideoError> {
+    let p = path_str(path)?;
+    let size = format!("{width}x{height}");
+    let rate = fps.to_string();
+    let tmp = tempfile_for(path);
+    let mut args: Vec<String> = [
+        "-v", "error", "-y", "-f", "rawvideo", "-pix_fmt", "rgb24", "-s", &size, "-r", &rate, "-i",
+        "-",
+    ]
+    .iter()
+    .map(|s| s.to_string())
+    .collect();
+    if let Some((samples, sr)) = audio {
+        let bytes: Vec<u8> = samples.iter().flat_map(|s| s.to_le_bytes()).collect();
+        std::fs::write(&tmp, bytes).map_err(|e| failed(&tmp, e.to_string()))?;
+        args.extend(
+            [
+                "-f",
+                "s16le",
+                "-ar",
+                &sr.to_string(),
+                "-ac",
+                "1",
+                "-i",
+                path_str(&tmp)?,
+            ]
+            .iter()
+            .map(|s| s.to_string()),
+        );
+        args.extend(["-c:a", "aac", "-b:a", "96k"].iter().map(|s| s.to_string()));
+    }
+    args.extend(
+        [
+            "-c:v",
+            "libx264",
+            "-preset",
+            "fast",
+            "-crf",
+            "12",
+            "-pix_fmt",
+            "yuv420p",
+            "-shortest",
+            p,
+        ]
+        .iter()
+        .map(|s| s.to_string()),
+    );
+    let refs: Vec<&str> = args.iter().map(String::as_str).collect();
+    let result = run("ffmpeg", &refs, path, Some(frames));
+    let _ = std::fs::remove_file(&tmp);
+    result.map(|_| ())
+}
+
+/// A scratch file next to `path` for intermediate audio.
+fn tempfile_for(path: &Path) -> PathBuf {
+    let name = path.file_name().and_then(|n| n.to_str()).unwrap_or("out");
+    path.with_file_name(format!(".{name}.{}.s16", std::process::id()))
+}
