@@ -5,6 +5,8 @@
 //! LRS2-layout data set), `rng` (counter-based randomness).
 
 pub mod audio;
+pub mod ingest;
+pub mod lrs2;
 pub mod rng;
 pub mod store;
 pub mod synth;

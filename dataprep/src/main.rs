@@ -9,6 +9,8 @@ use std::path::PathBuf;
 use std::process::ExitCode;
 
 use clap::{Parser, Subcommand};
+use syncdiff_dataprep::ingest;
+use syncdiff_dataprep::store::Dataset;
 use syncdiff_dataprep::synth::{synth, SynthOptions};
 use syncdiff_model::config::ConfigArgs;
 
@@ -41,6 +43,33 @@ enum Command {
         #[arg(long, default_value_t = 0)]
         seed: u64,
     },
+    /// Turn a split of LRS2 (or a synthetic data set) into shard stores plus manifest.json.
+    /// Resumable: finished shards are kept, interrupted ones rebuilt. Under `mpirun -n K` the
+    /// ranks split the shards.
+    Lrs2 {
+        /// LRS2 root: holds train.txt / val.txt / test.txt and main/.
+        #[arg(long)]
+        root: PathBuf,
+        /// train, val or test.
+        #[arg(long, default_value = "train")]
+        split: String,
+        /// Output data set directory.
+        #[arg(long)]
+        out: PathBuf,
+        #[command(flatten)]
+        config: ConfigArgs,
+        /// Frames per encoder batch.
+        #[arg(long, default_value_t = 32)]
+        batch: i64,
+        /// Encode in float16 (CUDA only; see docs/dataprep.md for its error against float32).
+        #[arg(long)]
+        half: bool,
+    },
+    /// Summarise a prepared data set.
+    Inspect {
+        /// Data set directory.
+        dataset: PathBuf,
+    },
     /// Resolve a configuration and print what dataprep uses from it (data, model.autoencoder).
     Config {
         #[command(flatten)]
@@ -62,6 +91,43 @@ fn main() -> ExitCode {
             r.map(|n| format!("wrote {n} clips to {} ({} s each; train/val/test lists beside main/)", out.display(), seconds))
                 .map_err(anyhow::Error::from)
         }
+        Command::Lrs2 { root, split, out, config, batch, half } => {
+            let cfg = match config.load() {
+                Ok(c) => c,
+                Err(e) => {
+                    eprintln!("error: {e}");
+                    return ExitCode::from(2);
+                }
+            };
+            let (rank, world) = ingest::launcher_rank();
+            let opts = ingest::IngestOptions { root, split, out: out.clone(), batch, half, rank, world };
+            let bar = if rank == 0 { indicatif::ProgressBar::new(0) } else { indicatif::ProgressBar::hidden() };
+            bar.set_style(
+                indicatif::ProgressStyle::with_template("lrs2 {bar:30} {pos}/{len} clips, {msg}, ETA {eta}")
+                    .unwrap_or_else(|_| indicatif::ProgressStyle::default_bar()),
+            );
+            let start = std::time::Instant::now();
+            let r = ingest::ingest(&opts, &cfg, |done, total, frames| {
+                bar.set_length(total as u64);
+                bar.set_position(done as u64);
+                bar.set_message(format!("{:.0} frames/s", frames as f64 / start.elapsed().as_secs_f64().max(1e-3)));
+            });
+            bar.finish_and_clear();
+            r.map(|rep| {
+                format!(
+                    "rank {rank}/{world}: built {} shard(s), {} already finished; {} clips, {} frames in {:.1} s; {} rejected{}",
+                    rep.built,
+                    rep.skipped,
+                    rep.clips,
+                    rep.frames,
+                    start.elapsed().as_secs_f64(),
+                    rep.rejected,
+                    if rep.manifest_written { format!("; wrote {}/manifest.json (reasons in rejected.jsonl)", out.display()) } else { String::new() }
+                )
+            })
+            .map_err(anyhow::Error::from)
+        }
+        Command::Inspect { dataset } => inspect(&dataset),
         Command::Config { config } => match config.load() {
             Ok(c) => Ok(format!(
                 "data set: {}\nframes: {}x{} at {} fps, audio {} Hz, mask: lower {} of the face box\nautoencoder: {:?}, latent {}x{}x{}",
@@ -92,4 +158,29 @@ fn main() -> ExitCode {
             ExitCode::FAILURE
         }
     }
+}
+
+/// `inspect`: clips, frames, shards, sizes, compression ratio, format, autoencoder.
+fn inspect(path: &std::path::Path) -> anyhow::Result<String> {
+    let ds = Dataset::open(path)?;
+    let m = ds.manifest();
+    let bytes: u64 = m.shards.iter().map(|s| s.bytes).sum();
+    let [c, h, w] = m.meta.latent_shape;
+    // Uncompressed: two float16 latents and one float32 mel row per frame.
+    let raw = m.frames() * (2 * 2 * c * h * w + 4 * 104);
+    Ok(format!(
+        "{}\n  format version {}, split {}, sha256 {}\n  clips {}, frames {}, shards {}\n  latent {c}x{h}x{w} from {} (weights sha256 {})\n  {:.1} MiB on disk, {:.1} MiB uncompressed: compression {:.2}x",
+        path.display(),
+        m.meta.format_version,
+        m.meta.split,
+        ds.sha256(),
+        m.clips(),
+        m.frames(),
+        m.shards.len(),
+        m.meta.autoencoder,
+        m.meta.autoencoder_sha256,
+        bytes as f64 / (1 << 20) as f64,
+        raw as f64 / (1 << 20) as f64,
+        raw as f64 / bytes.max(1) as f64,
+    ))
 }

@@ -201,10 +201,12 @@ where
 
 /// Writes one shard store of whole clips at `path` (`.../shard-NNNNN.zarr`): first to
 /// `<path>.partial`, renamed when complete, so an interrupted shard is never taken as finished.
-pub fn write_shard(
+/// `rejected` (any serialisable list) is kept with the shard's `entry.json`.
+pub fn write_shard<R: Serialize>(
     path: &Path,
     clips: &[ClipData],
     meta: &StoreMeta,
+    rejected: &[R],
 ) -> Result<ShardEntry, StoreError> {
     let partial = path.with_extension("zarr.partial");
     if partial.exists() {
@@ -272,11 +274,7 @@ pub fn write_shard(
         .map_err(|e| zerr(path)(&e))?;
     off.store_metadata().map_err(|e| zerr(path)(&e))?;
     off.store_chunk(&[0], offsets).map_err(|e| zerr(path)(&e))?;
-    if path.exists() {
-        std::fs::remove_dir_all(path).map_err(ioerr(path))?;
-    }
-    std::fs::rename(&partial, path).map_err(ioerr(path))?;
-    Ok(ShardEntry {
+    let entry = ShardEntry {
         name: path
             .file_name()
             .and_then(|n| n.to_str())
@@ -284,8 +282,17 @@ pub fn write_shard(
             .to_string(),
         clips: ids.iter().map(|s| s.to_string()).collect(),
         frames: clips.iter().map(|c| c.frames as u64).collect(),
-        bytes: dir_bytes(path),
-    })
+        bytes: dir_bytes(&partial),
+    };
+    // entry.json marks the shard finished; the rename makes it visible.
+    let ep = partial.join("entry.json");
+    let text = serde_json::to_vec(&(&entry, rejected)).map_err(|e| zerr(&ep)(&e))?;
+    std::fs::write(&ep, text).map_err(ioerr(&ep))?;
+    if path.exists() {
+        std::fs::remove_dir_all(path).map_err(ioerr(path))?;
+    }
+    std::fs::rename(&partial, path).map_err(ioerr(path))?;
+    Ok(entry)
 }
 
 /// Writes `manifest.json` (atomically: temp file, then rename) — the last step of a data set.

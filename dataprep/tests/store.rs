@@ -56,7 +56,9 @@ fn shards_round_trip_and_zarr_python_reads_them() {
     let entries: Vec<_> = shards
         .iter()
         .enumerate()
-        .map(|(i, clips)| write_shard(&d.join(shard_name(i)), clips, &meta()).unwrap())
+        .map(|(i, clips)| {
+            write_shard::<String>(&d.join(shard_name(i)), clips, &meta(), &[]).unwrap()
+        })
         .collect();
     assert!(!d.join("shard-00000.zarr.partial").exists());
     // Without the manifest the data set is incomplete.

@@ -1,0 +1,280 @@
+//! One LRS2 clip -> latents, masked latents and aligned filterbank rows.
+//!
+//! Layout read: `ROOT/{train,val,test}.txt` (lines `<speaker>/<clip>`, extra tokens ignored) and
+//! `ROOT/main/<speaker>/<clip>.mp4`. Optional face boxes: `ROOT/main/<speaker>/<clip>.boxes.txt`,
+//! one line `x0 y0 x1 y1` (source pixels) per frame; without it the whole frame is the face box
+//! (LRS2 frames are face crops). The masked frame zeroes (black pixels) the lower `mask_fraction`
+//! of the box.
+
+use std::path::{Path, PathBuf};
+
+use half::f16;
+use serde::{Deserialize, Serialize};
+use syncdiff_model::vq::Autoencoder;
+use tch::{Device, Kind, Tensor};
+
+use crate::audio::{mel_group_features, LogFbank};
+use crate::store::ClipData;
+use crate::video;
+
+/// Why a clip was skipped (written to `rejected.jsonl`).
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct Rejection {
+    /// `<speaker>/<clip>`.
+    pub clip: String,
+    /// Short reason code: undecodable, no_audio, zero_frames, wrong_fps, audio_short, bad_boxes.
+    pub reason: String,
+    /// Details.
+    pub detail: String,
+}
+
+/// Settings of the per-clip work.
+#[derive(Debug, Clone)]
+pub struct ClipSettings {
+    /// Frame side after resizing.
+    pub resolution: u32,
+    /// Required frame rate.
+    pub fps: f64,
+    /// Audio rate for the filterbank.
+    pub sample_rate: u32,
+    /// Fraction of the box, from the bottom, zeroed in the masked frame.
+    pub mask_fraction: f64,
+    /// Largest allowed shortfall of audio against video, in seconds.
+    pub audio_tolerance_s: f64,
+}
+
+/// The clip ids of a split's filelist.
+pub fn read_filelist(root: &Path, split: &str) -> std::io::Result<Vec<String>> {
+    let text = std::fs::read_to_string(root.join(format!("{split}.txt")))?;
+    Ok(text
+        .lines()
+        .filter_map(|l| l.split_whitespace().next())
+        .map(str::to_string)
+        .collect())
+}
+
+/// Decoded clip before encoding: frames (F, S, S, 3) as RGB bytes and the mel rows.
+#[derive(Debug)]
+pub struct DecodedClip {
+    /// `<speaker>/<clip>`.
+    pub id: String,
+    /// Frames.
+    pub frames: usize,
+    /// RGB bytes, frames x S x S x 3.
+    pub rgb: Vec<u8>,
+    /// Mel rows, frames x 104.
+    pub mel: Vec<f32>,
+}
+
+fn reject(clip: &str, reason: &str, detail: impl Into<String>) -> Rejection {
+    Rejection {
+        clip: clip.to_string(),
+        reason: reason.into(),
+        detail: detail.into(),
+    }
+}
+
+fn mp4(root: &Path, id: &str) -> PathBuf {
+    root.join("main").join(format!("{id}.mp4"))
+}
+
+/// Reads the face boxes sidecar when present.
+fn boxes(root: &Path, id: &str, frames: usize) -> Result<Option<Vec<[f64; 4]>>, Rejection> {
+    let p = root.join("main").join(format!("{id}.boxes.txt"));
+    let Ok(text) = std::fs::read_to_string(&p) else {
+        return Ok(None);
+    };
+    let rows: Result<Vec<[f64; 4]>, _> = text
+        .lines()
+        .filter(|l| !l.trim().is_empty())
+        .map(|l| {
+            let v: Vec<f64> = l
+                .split_whitespace()
+                .filter_map(|x| x.parse().ok())
+                .collect();
+            match v.as_slice() {
+                [a, b, c, d] if c > a && d > b => Ok([*a, *b, *c, *d]),
+                _ => Err(format!("bad line `{l}`")),
+            }
+        })
+        .collect();
+    match rows {
+        Ok(r) if r.len() == frames => Ok(Some(r)),
+        Ok(r) => Err(reject(
+            id,
+            "bad_boxes",
+            format!("{} boxes for {frames} frames", r.len()),
+        )),
+        Err(e) => Err(reject(id, "bad_boxes", format!("{}: {e}", p.display()))),
+    }
+}
+
+/// Crops each frame to its box and resizes to `size` (bilinear). rgb: frames x h x w x 3.
+fn crop_resize(rgb: &[u8], w: u32, h: u32, boxes: &[[f64; 4]], size: u32) -> Vec<u8> {
+    let frames = Tensor::from_slice(rgb).view([boxes.len() as i64, i64::from(h), i64::from(w), 3]);
+    let out: Vec<Tensor> = boxes
+        .iter()
+        .enumerate()
+        .map(|(i, b)| {
+            let x0 = (b[0].max(0.0) as i64).min(i64::from(w) - 1);
+            let y0 = (b[1].max(0.0) as i64).min(i64::from(h) - 1);
+            let x1 = (b[2].ceil() as i64).clamp(x0 + 1, i64::from(w));
+            let y1 = (b[3].ceil() as i64).clamp(y0 + 1, i64::from(h));
+            // (h, w, 3) -> (1, 3, h, w)
+            let crop = frames
+                .get(i as i64)
+                .narrow(0, y0, y1 - y0)
+                .narrow(1, x0, x1 - x0)
+                .permute([2, 0, 1])
+                .unsqueeze(0)
+                .to_kind(Kind::Float);
+            let r = crop.upsample_bilinear2d([i64::from(size), i64::from(size)], false, None, None);
+            r.squeeze_dim(0)
+                .permute([1, 2, 0])
+                .round()
+                .clamp(0.0, 255.0)
+                .to_kind(Kind::Uint8)
+        })
+        .collect();
+    Vec::<u8>::try_from(Tensor::stack(&out, 0).flatten(0, -1)).unwrap_or_default()
+}
+
+/// Decodes a clip and computes its aligned filterbank rows; the checks of `rejected.jsonl`.
+pub fn decode_clip(
+    root: &Path,
+    id: &str,
+    s: &ClipSettings,
+    fb: &LogFbank,
+) -> Result<DecodedClip, Rejection> {
+    let path = mp4(root, id);
+    let info = video::probe(&path).map_err(|e| {
+        let msg = e.to_string();
+        let reason = if msg.ends_with("no video stream") {
+            "zero_frames"
+        } else {
+            "undecodable"
+        };
+        reject(id, reason, msg)
+    })?;
+    if (info.fps - s.fps).abs() > 0.01 {
+        return Err(reject(
+            id,
+            "wrong_fps",
+            format!("{:.3} fps, expected {}", info.fps, s.fps),
+        ));
+    }
+    if !info.has_audio {
+        return Err(reject(id, "no_audio", "no audio stream"));
+    }
+    let size = s.resolution;
+    let frame_bytes = (size * size * 3) as usize;
+    let (rgb, frames) = {
+        if root.join("main").join(format!("{id}.boxes.txt")).exists() {
+            let full = video::decode_frames(&path, info.width, info.height)
+                .map_err(|e| reject(id, "undecodable", e.to_string()))?;
+            let n = full.len() / (info.width * info.height * 3) as usize;
+            let b = boxes(root, id, n)?.unwrap_or_default();
+            (crop_resize(&full, info.width, info.height, &b, size), n)
+        } else {
+            match video::decode_frames(&path, size, size) {
+                Ok(rgb) => {
+                    let n = rgb.len() / frame_bytes;
+                    (rgb, n)
+                }
+                Err(e) if e.to_string().contains("decoded 0 bytes") => {
+                    return Err(reject(id, "zero_frames", "no frames decoded"))
+                }
+                Err(e) => return Err(reject(id, "undecodable", e.to_string())),
+            }
+        }
+    };
+    if frames == 0 {
+        return Err(reject(id, "zero_frames", "no frames decoded"));
+    }
+    let audio = video::decode_audio(&path, s.sample_rate)
+        .map_err(|e| reject(id, "undecodable", e.to_string()))?;
+    let (audio_s, video_s) = (
+        audio.len() as f64 / f64::from(s.sample_rate),
+        frames as f64 / s.fps,
+    );
+    if audio_s + s.audio_tolerance_s < video_s {
+        return Err(reject(
+            id,
+            "audio_short",
+            format!("{audio_s:.2} s of audio for {video_s:.2} s of video"),
+        ));
+    }
+    let samples: Vec<f64> = audio.iter().map(|&v| f64::from(v)).collect();
+    let mel = mel_group_features(fb, &samples, frames);
+    Ok(DecodedClip {
+        id: id.to_string(),
+        frames,
+        rgb,
+        mel,
+    })
+}
+
+/// Frames as model input: RGB bytes (F, S, S, 3) -> (F, 3, S, S) in [-1, 1], and the masked copy
+/// with the lower `mask_fraction` rows black.
+pub fn frames_to_tensors(
+    rgb: &[u8],
+    frames: usize,
+    size: u32,
+    mask_fraction: f64,
+    device: Device,
+) -> (Tensor, Tensor) {
+    let s = i64::from(size);
+    let x = Tensor::from_slice(rgb)
+        .view([frames as i64, s, s, 3])
+        .permute([0, 3, 1, 2])
+        .to_kind(Kind::Float)
+        / 127.5
+        - 1.0;
+    let x = x.to_device(device);
+    let first = ((1.0 - mask_fraction) * size as f64).round() as i64;
+    let masked = x.copy();
+    let _ = masked.narrow(2, first, s - first).fill_(-1.0);
+    (x, masked)
+}
+
+/// Encodes frames in batches of `batch` on `device`; `half` encodes in float16 (CUDA only).
+pub fn encode_latents(ae: &Autoencoder, x: &Tensor, batch: i64, half: bool) -> Vec<f16> {
+    let n = x.size()[0];
+    let parts: Vec<Tensor> = (0..n)
+        .step_by(batch.max(1) as usize)
+        .map(|start| {
+            let b = x.narrow(0, start, batch.min(n - start));
+            let b = if half { b.to_kind(Kind::Half) } else { b };
+            tch::no_grad(|| ae.encode(&b))
+                .to_kind(Kind::Float)
+                .to_device(Device::Cpu)
+        })
+        .collect();
+    let flat: Vec<f32> = Vec::try_from(Tensor::cat(&parts, 0).flatten(0, -1)).unwrap_or_default();
+    flat.into_iter().map(f16::from_f32).collect()
+}
+
+/// A decoded clip encoded into store form.
+pub fn encode_clip(
+    ae: &Autoencoder,
+    clip: DecodedClip,
+    s: &ClipSettings,
+    device: Device,
+    batch: i64,
+    half: bool,
+) -> ClipData {
+    let (x, masked) = frames_to_tensors(
+        &clip.rgb,
+        clip.frames,
+        s.resolution,
+        s.mask_fraction,
+        device,
+    );
+    ClipData {
+        id: clip.id,
+        frames: clip.frames,
+        latents: encode_latents(ae, &x, batch, half),
+        masked_latents: encode_latents(ae, &masked, batch, half),
+        mel: clip.mel,
+    }
+}

@@ -1,0 +1,306 @@
+//! synth -> lrs2 ingest -> reader: values equal a direct computation, bad clips are rejected with
+//! their reason, interrupted runs resume without redoing finished shards.
+#![allow(clippy::unwrap_used)]
+
+use std::path::{Path, PathBuf};
+use std::process::Command;
+
+use syncdiff_dataprep::audio::{mel_group_features, FbankParams, LogFbank};
+use syncdiff_dataprep::lrs2::{encode_clip, frames_to_tensors, ClipSettings, DecodedClip};
+use syncdiff_dataprep::store::Dataset;
+use syncdiff_dataprep::synth::{synth, SynthOptions};
+use syncdiff_dataprep::video;
+use syncdiff_model::config::Config;
+
+fn repo() -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR")).join("..")
+}
+
+fn dataprep(args: &[&str]) -> std::process::Output {
+    Command::new(env!("CARGO_BIN_EXE_syncdiff-dataprep"))
+        .args(args)
+        .output()
+        .unwrap()
+}
+
+fn make_synth(dir: &Path, clips: u32) {
+    let opts = SynthOptions {
+        out: dir.to_path_buf(),
+        speakers: 2,
+        clips_per_speaker: clips,
+        seconds: 1.0,
+        seed: 3,
+    };
+    synth(&opts, |_, _| {}).unwrap();
+}
+
+fn debug_config() -> String {
+    repo().join("configs/debug.yaml").display().to_string()
+}
+
+#[test]
+fn ingest_round_trip_equals_direct_computation() {
+    let dir = tempfile::tempdir().unwrap();
+    let (root, out) = (dir.path().join("lrs2"), dir.path().join("ds"));
+    make_synth(&root, 4);
+    let o = dataprep(&[
+        "lrs2",
+        "--root",
+        root.to_str().unwrap(),
+        "--split",
+        "train",
+        "--out",
+        out.to_str().unwrap(),
+        "--config",
+        &debug_config(),
+        "--set",
+        "data.clips_per_shard=3",
+    ]);
+    assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
+    let ds = Dataset::open(&out).unwrap();
+    let ids: Vec<&str> = ds.clips().iter().map(|c| c.id.as_str()).collect();
+    assert_eq!(
+        ids,
+        ["spk00/00003", "spk00/00004", "spk01/00003", "spk01/00004"]
+    );
+    assert_eq!(ds.manifest().shards.len(), 2);
+
+    let cfg = Config::load(&repo().join("configs/debug.yaml"), &[]).unwrap();
+    let ae = syncdiff_model::vq::Autoencoder::new(
+        tch::nn::VarStore::new(tch::Device::Cpu).root(),
+        &cfg.model.autoencoder,
+    );
+    let s = ClipSettings {
+        resolution: 32,
+        fps: 25.0,
+        sample_rate: 16000,
+        mask_fraction: 0.5,
+        audio_tolerance_s: 0.1,
+    };
+    let fb = LogFbank::new(FbankParams::default());
+    for (ci, clip) in ds.clips().iter().enumerate() {
+        // Decode independently and compute the expected values directly.
+        let mp4 = root.join("main").join(format!("{}.mp4", clip.id));
+        let rgb = video::decode_frames(&mp4, 32, 32).unwrap();
+        let frames = rgb.len() / (32 * 32 * 3);
+        assert_eq!(clip.frames, frames as u64, "clip boundaries of {}", clip.id);
+        let audio: Vec<f64> = video::decode_audio(&mp4, 16000)
+            .unwrap()
+            .iter()
+            .map(|&v| f64::from(v))
+            .collect();
+        let mel = mel_group_features(&fb, &audio, frames);
+        let want = encode_clip(
+            &ae,
+            DecodedClip {
+                id: clip.id.clone(),
+                frames,
+                rgb: rgb.clone(),
+                mel: mel.clone(),
+            },
+            &s,
+            tch::Device::Cpu,
+            8,
+            false,
+        );
+        for t in [0, frames as u64 / 2, frames as u64 - 1] {
+            let n = 3 * 8 * 8 * t as usize;
+            assert_eq!(
+                ds.latent(ci, t).unwrap(),
+                want.latents[n..n + 192],
+                "{} frame {t}",
+                clip.id
+            );
+            assert_eq!(
+                ds.masked_latent(ci, t).unwrap(),
+                want.masked_latents[n..n + 192]
+            );
+        }
+        assert_eq!(ds.mel(ci, 0, frames as u64).unwrap(), mel);
+        // The masked frame is black below the middle row and untouched above it.
+        let (x, masked) = frames_to_tensors(&rgb, frames, 32, 0.5, tch::Device::Cpu);
+        assert!(masked.narrow(2, 0, 16).equal(&x.narrow(2, 0, 16)));
+        assert_eq!(f64::try_from(masked.narrow(2, 16, 16).max()).unwrap(), -1.0);
+    }
+}
+
+#[test]
+fn bad_clips_are_rejected_with_their_reason() {
+    let dir = tempfile::tempdir().unwrap();
+    let (root, out) = (dir.path().join("lrs2"), dir.path().join("ds"));
+    make_synth(&root, 3);
+    let main = root.join("main/bad");
+    std::fs::create_dir_all(&main).unwrap();
+    let frame = vec![128u8; 160 * 160 * 3];
+    let frames = |n: usize| frame.repeat(n);
+    std::fs::write(main.join("undecodable.mp4"), b"this is not a video").unwrap();
+    video::encode(&main.join("no_audio.mp4"), &frames(25), 160, 160, 25, None).unwrap();
+    video::encode(
+        &main.join("wrong_fps.mp4"),
+        &frames(30),
+        160,
+        160,
+        30,
+        Some((&vec![0i16; 16000], 16000)),
+    )
+    .unwrap();
+    video::encode(
+        &main.join("audio_short.mp4"),
+        &frames(50),
+        160,
+        160,
+        25,
+        Some((&vec![100i16; 8000], 16000)),
+    )
+    .unwrap();
+    let o = Command::new("ffmpeg")
+        .args([
+            "-v",
+            "error",
+            "-y",
+            "-f",
+            "lavfi",
+            "-i",
+            "sine=frequency=440:duration=1",
+            "-c:a",
+            "aac",
+        ])
+        .arg(main.join("zero_frames.mp4"))
+        .output()
+        .unwrap();
+    assert!(o.status.success());
+    let list = "spk00/00003\nbad/undecodable\nbad/no_audio\nbad/zero_frames\nbad/wrong_fps\nbad/audio_short\nspk01/00003\n";
+    std::fs::write(root.join("train.txt"), list).unwrap();
+    let o = dataprep(&[
+        "lrs2",
+        "--root",
+        root.to_str().unwrap(),
+        "--out",
+        out.to_str().unwrap(),
+        "--config",
+        &debug_config(),
+    ]);
+    assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
+    assert!(
+        String::from_utf8_lossy(&o.stdout).contains("2 clips, 50 frames"),
+        "{}",
+        String::from_utf8_lossy(&o.stdout)
+    );
+    assert!(String::from_utf8_lossy(&o.stdout).contains("5 rejected"));
+    let rejected = std::fs::read_to_string(out.join("rejected.jsonl")).unwrap();
+    for (clip, reason) in [
+        ("undecodable", "undecodable"),
+        ("no_audio", "no_audio"),
+        ("zero_frames", "zero_frames"),
+        ("wrong_fps", "wrong_fps"),
+        ("audio_short", "audio_short"),
+    ] {
+        let line = rejected
+            .lines()
+            .find(|l| l.contains(&format!("\"bad/{clip}\"")))
+            .unwrap_or_else(|| panic!("{clip} not rejected: {rejected}"));
+        assert!(line.contains(&format!("\"reason\":\"{reason}\"")), "{line}");
+    }
+    assert_eq!(Dataset::open(&out).unwrap().clips().len(), 2);
+}
+
+#[test]
+fn killed_runs_resume_without_redoing_finished_shards() {
+    use std::os::unix::fs::MetadataExt;
+    let dir = tempfile::tempdir().unwrap();
+    let root = dir.path().join("lrs2");
+    make_synth(&root, 5);
+    let run = |out: &Path| {
+        Command::new(env!("CARGO_BIN_EXE_syncdiff-dataprep"))
+            .args([
+                "lrs2",
+                "--root",
+                root.to_str().unwrap(),
+                "--out",
+                out.to_str().unwrap(),
+                "--config",
+                &debug_config(),
+                "--set",
+                "data.clips_per_shard=1",
+            ])
+            .stdout(std::process::Stdio::null())
+            .stderr(std::process::Stdio::null())
+            .spawn()
+            .unwrap()
+    };
+    let reference = dir.path().join("reference");
+    let start = std::time::Instant::now();
+    assert!(run(&reference).wait().unwrap().success());
+    let full = start.elapsed();
+    let manifest = std::fs::read_to_string(reference.join("manifest.json")).unwrap();
+
+    // Kill points: while shard k (random) is being written, after a random extra delay.
+    let mut rng = syncdiff_dataprep::rng::Rng::new(&[42]);
+    let mut mid_run = 0;
+    for attempt in 0..3 {
+        let out = dir.path().join(format!("killed{attempt}"));
+        let k = 1 + rng.below(4);
+        let extra = std::time::Duration::from_millis(rng.below(30));
+        let mut child = run(&out);
+        let partial = out.join(format!("shard-{k:05}.zarr.partial"));
+        let deadline = std::time::Instant::now() + full * 4;
+        while !partial.exists()
+            && child.try_wait().unwrap().is_none()
+            && std::time::Instant::now() < deadline
+        {
+            std::thread::sleep(std::time::Duration::from_millis(2));
+        }
+        std::thread::sleep(extra);
+        let at = format!("shard {k} + {extra:?}");
+        child.kill().unwrap();
+        child.wait().unwrap();
+        // Shards finished before the kill, with their inode and mtime.
+        let finished: Vec<(PathBuf, u64, i64)> = (0..6)
+            .map(|i| out.join(format!("shard-{i:05}.zarr/entry.json")))
+            .filter(|p| p.exists())
+            .map(|p| {
+                let m = std::fs::metadata(&p).unwrap();
+                (p, m.ino(), m.mtime_nsec())
+            })
+            .collect();
+        assert!(
+            run(&out).wait().unwrap().success(),
+            "re-run after a kill at {at} failed"
+        );
+        for (p, ino, mtime) in &finished {
+            let m = std::fs::metadata(p).unwrap();
+            assert_eq!(
+                (m.ino(), m.mtime_nsec()),
+                (*ino, *mtime),
+                "{} was redone",
+                p.display()
+            );
+        }
+        assert!(!std::fs::read_dir(&out).unwrap().any(|e| e
+            .unwrap()
+            .file_name()
+            .to_string_lossy()
+            .ends_with(".partial")));
+        assert_eq!(
+            std::fs::read_to_string(out.join("manifest.json")).unwrap(),
+            manifest,
+            "kill at {at}: result differs"
+        );
+        let (a, b) = (
+            Dataset::open(&reference).unwrap(),
+            Dataset::open(&out).unwrap(),
+        );
+        for ci in 0..a.clips().len() {
+            assert_eq!(a.latent(ci, 3).unwrap(), b.latent(ci, 3).unwrap());
+        }
+        println!(
+            "kill at {at} of {full:?}: {} shard(s) had finished",
+            finished.len()
+        );
+        mid_run += usize::from((1..6).contains(&finished.len()));
+    }
+    assert!(
+        mid_run > 0,
+        "no kill landed between shards: the test did not exercise resuming"
+    );
+}
