@@ -248,11 +248,15 @@ pub fn finish(out: &Path, shards: usize, meta: &StoreMeta) -> Result<bool, Inges
         }
         entries.push(entry);
     }
+    // Per-process temp names: several ranks may finish at once and write the same content.
     let rp = out.join("rejected.jsonl");
-    std::fs::write(&rp, rejected).map_err(|e| IngestError::Io {
-        path: rp,
-        message: e.to_string(),
-    })?;
+    let tmp = out.join(format!(".rejected.jsonl.{}.partial", std::process::id()));
+    std::fs::write(&tmp, rejected)
+        .and_then(|()| std::fs::rename(&tmp, &rp))
+        .map_err(|e| IngestError::Io {
+            path: rp,
+            message: e.to_string(),
+        })?;
     write_manifest(
         out,
         &Manifest {

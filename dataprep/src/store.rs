@@ -298,7 +298,8 @@ pub fn write_shard<R: Serialize>(
 /// Writes `manifest.json` (atomically: temp file, then rename) — the last step of a data set.
 pub fn write_manifest(dataset: &Path, manifest: &Manifest) -> Result<(), StoreError> {
     let p = dataset.join("manifest.json");
-    let tmp = dataset.join(".manifest.json.partial");
+    // A per-process temp name: several ranks may finish at once and write the same content.
+    let tmp = dataset.join(format!(".manifest.json.{}.partial", std::process::id()));
     let text = serde_json::to_string_pretty(manifest).map_err(|e| zerr(&p)(&e))?;
     std::fs::write(&tmp, text).map_err(ioerr(&tmp))?;
     std::fs::rename(&tmp, &p).map_err(ioerr(&p))
@@ -462,4 +463,73 @@ impl Dataset {
             .retrieve_array_subset::<Vec<f32>>(&Self::frame_subset(&s.mel, c.start + t, count))
             .map_err(|e| zerr(&s.path)(&e))
     }
+
+    /// Everything one training sample needs, reading one subchunk per latent and one mel range.
+    pub fn sample(&self, req: &SampleRequest) -> Result<Sample, StoreError> {
+        let c = self.check(req.clip, req.t, 1)?;
+        let np = u64::from(req.previous);
+        if req.t < np || req.identity >= c.frames {
+            return Err(StoreError::Format {
+                path: self.root.clone(),
+                message: format!("clip {}: target {} needs {np} previous frames and identity {} must be a frame ({} frames)", c.id, req.t, req.identity, c.frames),
+            });
+        }
+        let (start, len) = context_window(req.t, c.frames, req.context_frames);
+        Ok(Sample {
+            target: self.latent(req.clip, req.t)?,
+            masked: self.masked_latent(req.clip, req.t)?,
+            identity: self.latent(req.clip, req.identity)?,
+            previous: (req.t - np..req.t)
+                .map(|p| self.latent(req.clip, p))
+                .collect::<Result<_, _>>()?,
+            mel: self.mel(req.clip, start, len)?,
+            context_len: len,
+            offset: req.t - start,
+        })
+    }
+}
+
+/// Which frames of a sample to read.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct SampleRequest {
+    /// Clip index.
+    pub clip: usize,
+    /// Target frame.
+    pub t: u64,
+    /// Identity frame (another frame of the clip).
+    pub identity: u64,
+    /// Previous frames NP (t - NP .. t).
+    pub previous: u32,
+    /// Longest audio context in frames.
+    pub context_frames: u64,
+}
+
+/// One training sample's data (latents C x h x w each).
+#[derive(Debug, Clone)]
+pub struct Sample {
+    /// Target latent.
+    pub target: Vec<f16>,
+    /// Masked target latent.
+    pub masked: Vec<f16>,
+    /// Identity latent.
+    pub identity: Vec<f16>,
+    /// Previous latents, oldest first.
+    pub previous: Vec<Vec<f16>>,
+    /// Mel rows of the audio context (context_len x 104).
+    pub mel: Vec<f32>,
+    /// Frames in the audio context.
+    pub context_len: u64,
+    /// Position of the target in the context.
+    pub offset: u64,
+}
+
+/// The audio context for target `t` of a clip of `frames` frames: at most `max` frames,
+/// centred on t where the clip allows. Returns (start, length).
+pub fn context_window(t: u64, frames: u64, max: u64) -> (u64, u64) {
+    if frames == 0 {
+        return (0, 0);
+    }
+    let len = max.min(frames).max(1);
+    let start = t.saturating_sub(len / 2).min(frames - len);
+    (start, len)
 }

@@ -304,3 +304,44 @@ fn killed_runs_resume_without_redoing_finished_shards() {
         "no kill landed between shards: the test did not exercise resuming"
     );
 }
+
+#[test]
+fn mpirun_ranks_split_the_shards() {
+    let dir = tempfile::tempdir().unwrap();
+    let (root, out) = (dir.path().join("lrs2"), dir.path().join("ds"));
+    make_synth(&root, 5);
+    let o = Command::new("mpirun")
+        .env("OMPI_ALLOW_RUN_AS_ROOT", "1")
+        .env("OMPI_ALLOW_RUN_AS_ROOT_CONFIRM", "1")
+        .args([
+            "--oversubscribe",
+            "-n",
+            "2",
+            env!("CARGO_BIN_EXE_syncdiff-dataprep"),
+        ])
+        .args([
+            "lrs2",
+            "--root",
+            root.to_str().unwrap(),
+            "--out",
+            out.to_str().unwrap(),
+            "--config",
+            &debug_config(),
+            "--set",
+            "data.clips_per_shard=1",
+        ])
+        .output()
+        .unwrap();
+    let text = String::from_utf8_lossy(&o.stdout);
+    assert!(
+        o.status.success(),
+        "{text}\n{}",
+        String::from_utf8_lossy(&o.stderr)
+    );
+    assert!(
+        text.contains("rank 0/2: built 3 shard(s)") && text.contains("rank 1/2: built 3 shard(s)"),
+        "{text}"
+    );
+    let ds = Dataset::open(&out).unwrap();
+    assert_eq!((ds.manifest().shards.len(), ds.clips().len()), (6, 6));
+}

@@ -144,3 +144,63 @@ fn shards_round_trip_and_zarr_python_reads_them() {
     assert_eq!(offsets, vec![0, 7, 12]);
     assert_eq!(py["mel"].size(), vec![12, 104]);
 }
+
+#[test]
+fn samples_read_target_identity_previous_and_context() {
+    use syncdiff_dataprep::store::{context_window, SampleRequest};
+    assert_eq!(context_window(0, 300, 250), (0, 250));
+    assert_eq!(context_window(150, 300, 250), (25, 250));
+    assert_eq!(context_window(299, 300, 250), (50, 250));
+    assert_eq!(context_window(3, 7, 250), (0, 7));
+    let dir = tempfile::tempdir().unwrap();
+    let d = dir.path();
+    let entry = write_shard::<String>(
+        &d.join(shard_name(0)),
+        &[clip(0, 7), clip(1, 300)],
+        &meta(),
+        &[],
+    )
+    .unwrap();
+    write_manifest(
+        d,
+        &Manifest {
+            meta: meta(),
+            shards: vec![entry],
+        },
+    )
+    .unwrap();
+    let ds = Dataset::open(d).unwrap();
+    let s = ds
+        .sample(&SampleRequest {
+            clip: 1,
+            t: 200,
+            identity: 17,
+            previous: 2,
+            context_frames: 250,
+        })
+        .unwrap();
+    let c = clip(1, 300);
+    assert_eq!(s.target, c.latents[200 * 48..201 * 48]);
+    assert_eq!(s.masked, c.masked_latents[200 * 48..201 * 48]);
+    assert_eq!(s.identity, c.latents[17 * 48..18 * 48]);
+    assert_eq!(
+        s.previous,
+        vec![
+            c.latents[198 * 48..199 * 48].to_vec(),
+            c.latents[199 * 48..200 * 48].to_vec()
+        ]
+    );
+    assert_eq!((s.context_len, s.offset), (250, 150));
+    assert_eq!(s.mel, c.mel[50 * 104..300 * 104]);
+    let e = ds
+        .sample(&SampleRequest {
+            clip: 0,
+            t: 0,
+            identity: 1,
+            previous: 1,
+            context_frames: 250,
+        })
+        .unwrap_err()
+        .to_string();
+    assert!(e.contains("needs 1 previous frames"), "{e}");
+}
