@@ -6,6 +6,7 @@
 //!   latents         float16 [F, C, h, w]   chunk = 256 frames (one file), subchunk = 1 frame
 //!   masked_latents  float16 [F, C, h, w]   the same frame with the lower half of the face zeroed
 //!   mel             float32 [F, 104]       stacked normalised filterbank, 1:1 with frames
+//!                                          (subchunks of 64 rows: contexts are read as ranges)
 //!   clip_offsets    int64   [C + 1]        frames of clip c: [offsets[c], offsets[c + 1])
 //!   (group attributes: format version, clip ids, autoencoder kind + sha256, filterbank, split)
 //! ```
@@ -16,7 +17,10 @@ use std::sync::Arc;
 
 use half::f16;
 use serde::{Deserialize, Serialize};
-use zarrs::array::{codec, data_type, Array, ArrayBuilder, ArraySubset};
+use zarrs::array::{
+    codec, data_type, Array, ArrayBuilder, ArrayShardedReadableExt, ArrayShardedReadableExtCache,
+    ArraySubset, CodecOptions,
+};
 use zarrs::filesystem::FilesystemStore;
 use zarrs::group::GroupBuilder;
 
@@ -26,6 +30,8 @@ pub const FORMAT_VERSION: u32 = 1;
 pub const FRAMES_PER_CHUNK: u64 = 256;
 /// Width of one mel row.
 pub const MEL_DIM: u64 = 104;
+/// Mel rows per subchunk: the audio context is read as a range of up to 250 rows.
+pub const MEL_ROWS_PER_SUBCHUNK: u64 = 64;
 
 /// Why a store could not be written or read. Messages name the path.
 #[derive(Debug, thiserror::Error)]
@@ -175,9 +181,14 @@ where
     let chunk: Vec<u64> = std::iter::once(FRAMES_PER_CHUNK)
         .chain(frame_shape.iter().copied())
         .collect();
-    let sub: Vec<u64> = std::iter::once(1)
-        .chain(frame_shape.iter().copied())
-        .collect();
+    // One frame per subchunk for latents (random access); a block of rows for mel (range reads).
+    let sub: Vec<u64> = std::iter::once(if frame_shape.len() == 1 {
+        MEL_ROWS_PER_SUBCHUNK
+    } else {
+        1
+    })
+    .chain(frame_shape.iter().copied())
+    .collect();
     let array = ArrayBuilder::new(shape, chunk, dtype, fill)
         .subchunk_shape(sub)
         .bytes_to_bytes_codecs(vec![Arc::new(codec::ZstdCodec::new(3, false))])
@@ -305,11 +316,41 @@ pub fn write_manifest(dataset: &Path, manifest: &Manifest) -> Result<(), StoreEr
     std::fs::rename(&tmp, &p).map_err(ioerr(&p))
 }
 
+/// One open per-frame array with its shard-index cache (indices are read once, then kept).
+struct FrameArray {
+    array: Array<FilesystemStore>,
+    cache: ArrayShardedReadableExtCache,
+}
+
+impl FrameArray {
+    fn open(store: &Arc<FilesystemStore>, name: &str, path: &Path) -> Result<Self, StoreError> {
+        let array = Array::open(store.clone(), &format!("/{name}")).map_err(|e| zerr(path)(&e))?;
+        let cache = ArrayShardedReadableExtCache::new(&array);
+        Ok(Self { array, cache })
+    }
+
+    /// Frames `first..first + count`, all other dimensions whole.
+    fn read<T: zarrs::array::FromArrayBytes>(
+        &self,
+        first: u64,
+        count: u64,
+        path: &Path,
+    ) -> Result<T, StoreError> {
+        let ranges: Vec<std::ops::Range<u64>> = std::iter::once(first..first + count)
+            .chain(self.array.shape()[1..].iter().map(|&n| 0..n))
+            .collect();
+        let subset = ArraySubset::new_with_ranges(&ranges);
+        self.array
+            .retrieve_array_subset_sharded_opt::<T>(&self.cache, &subset, &CodecOptions::default())
+            .map_err(|e| zerr(path)(&e))
+    }
+}
+
 /// One open shard.
 struct Shard {
-    latents: Array<FilesystemStore>,
-    masked: Array<FilesystemStore>,
-    mel: Array<FilesystemStore>,
+    latents: FrameArray,
+    masked: FrameArray,
+    mel: FrameArray,
     path: PathBuf,
 }
 
@@ -367,13 +408,10 @@ impl Dataset {
         for (si, entry) in manifest.shards.iter().enumerate() {
             let path = root.join(&entry.name);
             let store = Arc::new(FilesystemStore::new(&path).map_err(|e| zerr(&path)(&e))?);
-            let open = |name: &str| {
-                Array::open(store.clone(), &format!("/{name}")).map_err(|e| zerr(&path)(&e))
-            };
             shards.push(Shard {
-                latents: open("latents")?,
-                masked: open("masked_latents")?,
-                mel: open("mel")?,
+                latents: FrameArray::open(&store, "latents", &path)?,
+                masked: FrameArray::open(&store, "masked_latents", &path)?,
+                mel: FrameArray::open(&store, "mel", &path)?,
                 path: path.clone(),
             });
             let mut start = 0;
@@ -411,13 +449,6 @@ impl Dataset {
         &self.clips
     }
 
-    fn frame_subset(a: &Array<FilesystemStore>, frame: u64, count: u64) -> ArraySubset {
-        let ranges: Vec<std::ops::Range<u64>> = std::iter::once(frame..frame + count)
-            .chain(a.shape()[1..].iter().map(|&n| 0..n))
-            .collect();
-        ArraySubset::new_with_ranges(&ranges)
-    }
-
     fn check(&self, clip: usize, t: u64, count: u64) -> Result<&ClipInfo, StoreError> {
         let c = self.clips.get(clip).ok_or_else(|| StoreError::Format {
             path: self.root.clone(),
@@ -441,8 +472,7 @@ impl Dataset {
         let c = self.check(clip, t, 1)?;
         let s = &self.shards[c.shard];
         let a = if masked { &s.masked } else { &s.latents };
-        a.retrieve_array_subset::<Vec<f16>>(&Self::frame_subset(a, c.start + t, 1))
-            .map_err(|e| zerr(&s.path)(&e))
+        a.read(c.start + t, 1, &s.path)
     }
 
     /// Latent of frame `t` of clip `clip` (C x h x w values).
@@ -459,9 +489,7 @@ impl Dataset {
     pub fn mel(&self, clip: usize, t: u64, count: u64) -> Result<Vec<f32>, StoreError> {
         let c = self.check(clip, t, count)?;
         let s = &self.shards[c.shard];
-        s.mel
-            .retrieve_array_subset::<Vec<f32>>(&Self::frame_subset(&s.mel, c.start + t, count))
-            .map_err(|e| zerr(&s.path)(&e))
+        s.mel.read(c.start + t, count, &s.path)
     }
 
     /// Everything one training sample needs, reading one subchunk per latent and one mel range.
