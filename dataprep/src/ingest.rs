@@ -127,6 +127,12 @@ pub struct IngestReport {
     pub rejected: usize,
     /// Whether this rank wrote the manifest (all shards were finished).
     pub manifest_written: bool,
+    /// Wall seconds decoding (ffmpeg) and computing the filterbank, in parallel over clips.
+    pub decode_s: f64,
+    /// Wall seconds encoding frames and masked frames with the autoencoder.
+    pub encode_s: f64,
+    /// Wall seconds writing shard stores.
+    pub write_s: f64,
 }
 
 /// Runs the ingest for this rank. `progress(clips_done, clips_total, frames_done)`.
@@ -201,10 +207,13 @@ pub fn ingest(
             continue;
         }
         // Decode and compute features in parallel; encode in batches on the device.
+        let t0 = std::time::Instant::now();
         let decoded: Vec<Result<_, Rejection>> = shards[i]
             .par_iter()
             .map(|id| decode_clip(&opts.root, id, &settings, &fb))
             .collect();
+        report.decode_s += t0.elapsed().as_secs_f64();
+        let t0 = std::time::Instant::now();
         let mut clips = Vec::new();
         let mut rejected = Vec::new();
         for d in decoded {
@@ -219,9 +228,12 @@ pub fn ingest(
             done += 1;
             progress(done, total, report.frames);
         }
+        report.encode_s += t0.elapsed().as_secs_f64();
         report.clips += clips.len();
         report.rejected += rejected.len();
+        let t0 = std::time::Instant::now();
         write_shard(&path, &clips, &meta, &rejected)?;
+        report.write_s += t0.elapsed().as_secs_f64();
         report.built += 1;
     }
     report.manifest_written = finish(&opts.out, shards.len(), &meta)?;

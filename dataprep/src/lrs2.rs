@@ -147,54 +147,40 @@ pub fn decode_clip(
     fb: &LogFbank,
 ) -> Result<DecodedClip, Rejection> {
     let path = mp4(root, id);
-    let info = video::probe(&path).map_err(|e| {
+    let size = s.resolution;
+    let has_boxes = root.join("main").join(format!("{id}.boxes.txt")).exists();
+    // One ffmpeg pass: frames (scaled here unless boxes need the source frames) and audio.
+    let av = video::decode_av(&path, (!has_boxes).then_some(size), s.sample_rate).map_err(|e| {
         let msg = e.to_string();
-        let reason = if msg.ends_with("no video stream") {
+        let reason = if msg.ends_with("no video stream") || msg.contains("matches no streams") {
             "zero_frames"
         } else {
             "undecodable"
         };
         reject(id, reason, msg)
     })?;
-    if (info.fps - s.fps).abs() > 0.01 {
+    if (av.fps - s.fps).abs() > 0.01 {
         return Err(reject(
             id,
             "wrong_fps",
-            format!("{:.3} fps, expected {}", info.fps, s.fps),
+            format!("{:.3} fps, expected {}", av.fps, s.fps),
         ));
     }
-    if !info.has_audio {
+    if !av.has_audio {
         return Err(reject(id, "no_audio", "no audio stream"));
     }
-    let size = s.resolution;
-    let frame_bytes = (size * size * 3) as usize;
-    let (rgb, frames) = {
-        if root.join("main").join(format!("{id}.boxes.txt")).exists() {
-            let full = video::decode_frames(&path, info.width, info.height)
-                .map_err(|e| reject(id, "undecodable", e.to_string()))?;
-            let n = full.len() / (info.width * info.height * 3) as usize;
-            let b = boxes(root, id, n)?.unwrap_or_default();
-            (crop_resize(&full, info.width, info.height, &b, size), n)
-        } else {
-            match video::decode_frames(&path, size, size) {
-                Ok(rgb) => {
-                    let n = rgb.len() / frame_bytes;
-                    (rgb, n)
-                }
-                Err(e) if e.to_string().contains("decoded 0 bytes") => {
-                    return Err(reject(id, "zero_frames", "no frames decoded"))
-                }
-                Err(e) => return Err(reject(id, "undecodable", e.to_string())),
-            }
-        }
-    };
+    let frames = av.rgb.len() / (av.width * av.height * 3) as usize;
     if frames == 0 {
         return Err(reject(id, "zero_frames", "no frames decoded"));
     }
-    let audio = video::decode_audio(&path, s.sample_rate)
-        .map_err(|e| reject(id, "undecodable", e.to_string()))?;
+    let rgb = if has_boxes {
+        let b = boxes(root, id, frames)?.unwrap_or_default();
+        crop_resize(&av.rgb, av.width, av.height, &b, size)
+    } else {
+        av.rgb
+    };
     let (audio_s, video_s) = (
-        audio.len() as f64 / f64::from(s.sample_rate),
+        av.audio.len() as f64 / f64::from(s.sample_rate),
         frames as f64 / s.fps,
     );
     if audio_s + s.audio_tolerance_s < video_s {
@@ -204,7 +190,7 @@ pub fn decode_clip(
             format!("{audio_s:.2} s of audio for {video_s:.2} s of video"),
         ));
     }
-    let samples: Vec<f64> = audio.iter().map(|&v| f64::from(v)).collect();
+    let samples: Vec<f64> = av.audio.iter().map(|&v| f64::from(v)).collect();
     let mel = mel_group_features(fb, &samples, frames);
     Ok(DecodedClip {
         id: id.to_string(),

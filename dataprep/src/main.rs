@@ -115,12 +115,15 @@ fn main() -> ExitCode {
             bar.finish_and_clear();
             r.map(|rep| {
                 format!(
-                    "rank {rank}/{world}: built {} shard(s), {} already finished; {} clips, {} frames in {:.1} s; {} rejected{}",
+                    "rank {rank}/{world}: built {} shard(s), {} already finished; {} clips, {} frames in {:.1} s (decode+features {:.2} s, encode {:.2} s, write {:.2} s); {} rejected{}",
                     rep.built,
                     rep.skipped,
                     rep.clips,
                     rep.frames,
                     start.elapsed().as_secs_f64(),
+                    rep.decode_s,
+                    rep.encode_s,
+                    rep.write_s,
                     rep.rejected,
                     if rep.manifest_written { format!("; wrote {}/manifest.json (reasons in rejected.jsonl)", out.display()) } else { String::new() }
                 )

@@ -267,3 +267,147 @@ fn tempfile_for(path: &Path) -> PathBuf {
     let name = path.file_name().and_then(|n| n.to_str()).unwrap_or("out");
     path.with_file_name(format!(".{name}.{}.s16", std::process::id()))
 }
+
+/// A clip decoded in one ffmpeg pass: RGB24 frames and mono int16 audio.
+#[derive(Debug, Clone)]
+pub struct DecodedAv {
+    /// Frame rate of the source video stream.
+    pub fps: f64,
+    /// Width of the returned frames.
+    pub width: u32,
+    /// Height of the returned frames.
+    pub height: u32,
+    /// Frames back to back (frames x height x width x 3 bytes).
+    pub rgb: Vec<u8>,
+    /// Whether the source has an audio stream.
+    pub has_audio: bool,
+    /// Audio at the requested rate (empty without an audio stream).
+    pub audio: Vec<i16>,
+}
+
+/// Parses ffmpeg's description of its first input's streams (`-v info`): (fps, width, height) of
+/// the video stream and whether an audio stream exists.
+fn parse_input_streams(stderr: &str) -> (Option<(f64, u32, u32)>, bool) {
+    let input = stderr.split("Stream mapping:").next().unwrap_or("");
+    let mut video = None;
+    let mut audio = false;
+    for line in input
+        .lines()
+        .filter(|l| l.trim_start().starts_with("Stream #0:"))
+    {
+        if line.contains(": Audio:") {
+            audio = true;
+        }
+        if video.is_none() && line.contains(": Video:") {
+            let fps = line
+                .split(" fps")
+                .next()
+                .and_then(|s| s.rsplit(' ').next())
+                .and_then(|s| s.parse::<f64>().ok());
+            let size = line.split([',', ' ']).find_map(|tok| {
+                let (w, h) = tok.split_once('x')?;
+                Some((w.parse::<u32>().ok()?, h.parse::<u32>().ok()?))
+            });
+            if let (Some(fps), Some((w, h))) = (fps, size) {
+                video = Some((fps, w, h));
+            }
+        }
+    }
+    (video, audio)
+}
+
+/// Decodes video and audio in one ffmpeg process (one demux pass): frames at the source rate,
+/// scaled to `size` x `size` (area filter) when given, and audio as mono int16 at `rate` Hz.
+pub fn decode_av(path: &Path, size: Option<u32>, rate: u32) -> Result<DecodedAv, VideoError> {
+    let p = path_str(path)?;
+    let audio_tmp = tempfile_for(path).with_extension("a.s16");
+    let audio_out = audio_tmp
+        .to_str()
+        .ok_or_else(|| failed(&audio_tmp, "path is not valid UTF-8"))?
+        .to_string();
+    let mut args: Vec<String> = ["-v", "info", "-nostdin", "-y", "-i", p, "-map", "0:v:0"]
+        .iter()
+        .map(|s| s.to_string())
+        .collect();
+    if let Some(s) = size {
+        args.extend(["-vf".to_string(), format!("scale={s}:{s}:flags=area")]);
+    }
+    args.extend(
+        [
+            "-vsync",
+            "passthrough",
+            "-f",
+            "rawvideo",
+            "-pix_fmt",
+            "rgb24",
+            "pipe:1",
+            "-map",
+            "0:a:0?",
+            "-ac",
+            "1",
+            "-ar",
+        ]
+        .iter()
+        .map(|s| s.to_string()),
+    );
+    args.extend([rate.to_string(), "-f".into(), "s16le".into(), audio_out]);
+    let out = Command::new("ffmpeg")
+        .args(&args)
+        .stdin(Stdio::null())
+        .output()
+        .map_err(|e| VideoError::Tool {
+            tool: "ffmpeg",
+            message: e.to_string(),
+        })?;
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    let audio_bytes = std::fs::read(&audio_tmp).unwrap_or_default();
+    let _ = std::fs::remove_file(&audio_tmp);
+    let (video, has_audio) = parse_input_streams(&stderr);
+    if !out.status.success() {
+        // Without an audio stream the second output is empty, which ffmpeg treats as an error.
+        if let (Some((fps, w, h)), false) = (video, has_audio) {
+            return Ok(DecodedAv {
+                fps,
+                width: w,
+                height: h,
+                rgb: Vec::new(),
+                has_audio,
+                audio: Vec::new(),
+            });
+        }
+        // A readable input without a video stream (e.g. audio only).
+        if video.is_none() && stderr.contains("Stream #0:") {
+            return Err(failed(path, "no video stream"));
+        }
+        let line = stderr
+            .lines()
+            .rev()
+            .find(|l| !l.trim().is_empty())
+            .unwrap_or("failed without a message");
+        return Err(failed(path, format!("ffmpeg: {}", line.trim())));
+    }
+    let (fps, w, h) = video.ok_or_else(|| failed(path, "no video stream"))?;
+    let (width, height) = size.map_or((w, h), |s| (s, s));
+    let rgb = out.stdout;
+    let frame = (width * height * 3) as usize;
+    if rgb.len() % frame != 0 {
+        return Err(failed(
+            path,
+            format!(
+                "decoded {} bytes, not a whole number of {width}x{height} frames",
+                rgb.len()
+            ),
+        ));
+    }
+    Ok(DecodedAv {
+        fps,
+        width,
+        height,
+        rgb,
+        has_audio,
+        audio: audio_bytes
+            .chunks_exact(2)
+            .map(|b| i16::from_le_bytes([b[0], b[1]]))
+            .collect(),
+    })
+}
