@@ -165,13 +165,11 @@ pub fn ingest(
     } else {
         Device::Cpu
     };
-    if opts.half && device == Device::Cpu {
-        return Err(IngestError::Io {
-            path: PathBuf::from("--half"),
-            message: "half-precision encoding needs a CUDA device; this rank has none".into(),
-        });
+    let (mut vs, ae, ae_sha) = load_autoencoder(cfg, device)?;
+    if opts.half {
+        // float16 weights and inputs (meant for GPUs; works, slowly, on CPU).
+        vs.half();
     }
-    let (_vs, ae, ae_sha) = load_autoencoder(cfg, device)?;
     let factor = cfg.model.autoencoder.downsample_factor();
     let side = u64::from(cfg.data.resolution / factor);
     let fb = LogFbank::new(FbankParams::default());

@@ -61,7 +61,7 @@ enum Command {
         /// Frames per encoder batch.
         #[arg(long, default_value_t = 32)]
         batch: i64,
-        /// Encode in float16 (CUDA only; see docs/dataprep.md for its error against float32).
+        /// Encode in float16 (for GPUs; slow on CPU). Its error against float32: docs/dataprep.md.
         #[arg(long)]
         half: bool,
     },

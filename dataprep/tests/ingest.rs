@@ -345,3 +345,43 @@ fn mpirun_ranks_split_the_shards() {
     let ds = Dataset::open(&out).unwrap();
     assert_eq!((ds.manifest().shards.len(), ds.clips().len()), (6, 6));
 }
+
+#[test]
+fn half_precision_encode_error_against_float32() {
+    use syncdiff_dataprep::lrs2::encode_latents;
+    use syncdiff_model::config::AutoencoderConfig;
+    use syncdiff_model::vq::Autoencoder;
+    // A VQ autoencoder of the paper's structure at reduced width, random weights, real frames.
+    let cfg = AutoencoderConfig {
+        block_out_channels: vec![32, 64, 64],
+        layers_per_block: 2,
+        norm_num_groups: 8,
+        ..Default::default()
+    };
+    let mut vs = tch::nn::VarStore::new(tch::Device::Cpu);
+    let ae = Autoencoder::new(vs.root(), &cfg);
+    let dir = tempfile::tempdir().unwrap();
+    make_synth(dir.path(), 1);
+    let rgb = video::decode_frames(&dir.path().join("main/spk00/00001.mp4"), 64, 64).unwrap();
+    let (x, _) = frames_to_tensors(&rgb[..8 * 64 * 64 * 3], 8, 64, 0.5, tch::Device::Cpu);
+    let full = encode_latents(&ae, &x, 4, false);
+    vs.half();
+    let half = encode_latents(&ae, &x, 4, true);
+    let scale = full.iter().map(|v| v.to_f32().abs()).fold(0.0, f32::max);
+    let err = full
+        .iter()
+        .zip(&half)
+        .map(|(a, b)| (a.to_f32() - b.to_f32()).abs())
+        .fold(0.0, f32::max);
+    let mean = full
+        .iter()
+        .zip(&half)
+        .map(|(a, b)| (a.to_f32() - b.to_f32()).abs())
+        .sum::<f32>()
+        / full.len() as f32;
+    println!("float16 encode vs float32: max abs error {err:.2e} (mean {mean:.2e}), max |latent| {scale:.2e}");
+    assert!(
+        err <= 1e-2 * scale.max(1.0),
+        "max abs error {err} for latents up to {scale}"
+    );
+}
