@@ -57,6 +57,7 @@ fn clip(c: usize) -> ClipData {
         latents: (0..FRAMES).flat_map(|f| lat(f, 0.0)).collect(),
         masked_latents: (0..FRAMES).flat_map(|f| lat(f, 1.0)).collect(),
         mel: (0..FRAMES * 104).map(|i| (i as f32 * 0.01).cos()).collect(),
+        audio_features: Vec::new(),
     }
 }
 
@@ -68,6 +69,7 @@ fn build(dir: &Path) -> anyhow::Result<()> {
         latent_shape: [3, 64, 64],
         split: "train".into(),
         filterbank: serde_json::json!({}),
+        audio_cache: None,
     };
     let clips: Vec<ClipData> = (0..CLIPS).map(clip).collect();
     let entries = clips

@@ -17,8 +17,8 @@ use tch::Device;
 use crate::audio::{FbankParams, LogFbank};
 use crate::lrs2::{decode_clip, encode_clip, read_filelist, ClipSettings, Rejection};
 use crate::store::{
-    shard_name, write_manifest, write_shard, Manifest, ShardEntry, StoreError, StoreMeta,
-    FORMAT_VERSION,
+    shard_name, write_manifest, write_shard, AudioCacheTag, Manifest, ShardEntry, StoreError,
+    StoreMeta, FORMAT_VERSION,
 };
 
 /// Options of an ingest run.
@@ -112,6 +112,77 @@ pub fn load_autoencoder(
     Ok((vs, ae, sha))
 }
 
+/// The frozen AV-HuBERT layers, to cache their output per frame in the data set.
+pub struct AudioCache {
+    _vs: VarStore,
+    encoder: syncdiff_model::avhubert::AvHubert,
+    device: Device,
+    /// What the cached features are valid for.
+    pub tag: AudioCacheTag,
+}
+
+impl std::fmt::Debug for AudioCache {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("AudioCache")
+            .field("tag", &self.tag)
+            .finish()
+    }
+}
+
+impl AudioCache {
+    /// Loads `model.audio_encoder` (AV-HuBERT with weights) on `device`.
+    pub fn load(cfg: &Config, device: Device) -> Result<Self, IngestError> {
+        let a = &cfg.model.audio_encoder;
+        let bad = |message: &str| IngestError::Io {
+            path: PathBuf::from("model.audio_encoder"),
+            message: format!("data.cache_audio_features: {message}"),
+        };
+        if a.kind != syncdiff_model::config::AudioEncoderKind::Avhubert {
+            return Err(bad("only the avhubert encoder has frozen layers to cache"));
+        }
+        let weights = a.weights.as_ref().ok_or_else(|| {
+            bad("needs model.audio_encoder.weights (syncdiff convert avhubert makes them)")
+        })?;
+        let mut vs = VarStore::new(device);
+        let encoder = syncdiff_model::avhubert::AvHubert::new(vs.root(), a);
+        syncdiff_model::weights::load(&vs, Path::new(weights))?;
+        vs.freeze();
+        let tag = AudioCacheTag {
+            weights_sha256: sha256_file(Path::new(weights))?,
+            frozen_layers: a.frozen_layers,
+            dim: u64::from(a.embed_dim),
+            context_frames: u64::from(a.context_frames),
+        };
+        Ok(Self {
+            _vs: vs,
+            encoder,
+            device,
+            tag,
+        })
+    }
+
+    /// Frozen features of a clip's mel rows (frames x 104) -> frames x D, computed over windows
+    /// of `context_frames` (the whole clip when it is shorter).
+    pub fn features(&self, mel: &[f32], frames: usize) -> Vec<half::f16> {
+        let ctx = (self.tag.context_frames as usize).max(1);
+        let mut out = Vec::with_capacity(frames * self.tag.dim as usize);
+        for start in (0..frames).step_by(ctx) {
+            let len = ctx.min(frames - start);
+            let x = tch::Tensor::from_slice(&mel[start * 104..(start + len) * 104])
+                .view([1, len as i64, 104])
+                .to_device(self.device);
+            let f = self
+                .encoder
+                .frozen_features(&x)
+                .to_kind(tch::Kind::Float)
+                .to_device(Device::Cpu);
+            let v: Vec<f32> = Vec::try_from(f.flatten(0, -1)).unwrap_or_default();
+            out.extend(v.into_iter().map(half::f16::from_f32));
+        }
+        out
+    }
+}
+
 /// Summary of a run on this rank.
 #[derive(Debug, Default)]
 pub struct IngestReport {
@@ -173,12 +244,18 @@ pub fn ingest(
     let factor = cfg.model.autoencoder.downsample_factor();
     let side = u64::from(cfg.data.resolution / factor);
     let fb = LogFbank::new(FbankParams::default());
+    let audio_cache = if cfg.data.cache_audio_features {
+        Some(AudioCache::load(cfg, device)?)
+    } else {
+        None
+    };
     let meta = StoreMeta {
         format_version: FORMAT_VERSION,
         autoencoder: format!("{:?}", cfg.model.autoencoder.kind).to_lowercase(),
         autoencoder_sha256: ae_sha,
         latent_shape: [u64::from(cfg.model.latent_channels()), side, side],
         split: opts.split.clone(),
+        audio_cache: audio_cache.as_ref().map(|c| c.tag.clone()),
         filterbank: serde_json::json!({"sample_rate": 16000, "winlen": 400, "winstep": 160, "nfilt": 26, "nfft": 512, "preemph": 0.97, "stack": 4, "norm": "per-frame layer norm"}),
     };
     let settings = ClipSettings {
@@ -217,7 +294,10 @@ pub fn ingest(
         for d in decoded {
             match d {
                 Ok(c) => {
-                    let clip = encode_clip(&ae, c, &settings, device, opts.batch, opts.half);
+                    let mut clip = encode_clip(&ae, c, &settings, device, opts.batch, opts.half);
+                    if let Some(cache) = &audio_cache {
+                        clip.audio_features = cache.features(&clip.mel, clip.frames);
+                    }
                     report.frames += clip.frames as u64;
                     clips.push(clip);
                 }

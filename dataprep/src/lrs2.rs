@@ -262,5 +262,6 @@ pub fn encode_clip(
         latents: encode_latents(ae, &x, batch, half),
         masked_latents: encode_latents(ae, &masked, batch, half),
         mel: clip.mel,
+        audio_features: Vec::new(),
     }
 }

@@ -89,6 +89,22 @@ pub struct ClipData {
     pub masked_latents: Vec<f16>,
     /// Mel rows, frames x 104.
     pub mel: Vec<f32>,
+    /// Cached output of the frozen audio-encoder layers, frames x D (empty when not cached).
+    pub audio_features: Vec<f16>,
+}
+
+/// What identifies cached frozen audio-encoder features: they are valid only for these weights
+/// and this number of frozen layers.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct AudioCacheTag {
+    /// sha256 of the audio-encoder weights file.
+    pub weights_sha256: String,
+    /// Frozen layers NF the features come out of.
+    pub frozen_layers: u32,
+    /// Feature width D.
+    pub dim: u64,
+    /// Longest audio context the encoder saw (longer clips were encoded in windows of this size).
+    pub context_frames: u64,
 }
 
 /// What every shard of a data set shares.
@@ -106,6 +122,9 @@ pub struct StoreMeta {
     pub split: String,
     /// Filterbank parameters, for the record.
     pub filterbank: serde_json::Value,
+    /// Present when the shards hold `audio_features` (cached frozen audio-encoder output).
+    #[serde(default)]
+    pub audio_cache: Option<AudioCacheTag>,
 }
 
 /// A shard as the manifest lists it.
@@ -231,6 +250,8 @@ pub fn write_shard<R: Serialize>(
     let mut latents = Vec::with_capacity(frames as usize * lat_len);
     let mut masked = Vec::with_capacity(frames as usize * lat_len);
     let mut mel = Vec::with_capacity(frames as usize * MEL_DIM as usize);
+    let mut audio = Vec::new();
+    let audio_dim = meta.audio_cache.as_ref().map(|t| t.dim as usize);
     let mut offsets = vec![0i64];
     for clip in clips {
         if clip.latents.len() != clip.frames * lat_len
@@ -248,6 +269,20 @@ pub fn write_shard<R: Serialize>(
         latents.extend_from_slice(&clip.latents);
         masked.extend_from_slice(&clip.masked_latents);
         mel.extend_from_slice(&clip.mel);
+        if let Some(d) = audio_dim {
+            if clip.audio_features.len() != clip.frames * d {
+                return Err(StoreError::Format {
+                    path: path.to_path_buf(),
+                    message: format!(
+                        "clip {}: {} cached audio values for {} frames of width {d}",
+                        clip.id,
+                        clip.audio_features.len(),
+                        clip.frames
+                    ),
+                });
+            }
+            audio.extend_from_slice(&clip.audio_features);
+        }
         offsets.push(offsets[offsets.len() - 1] + clip.frames as i64);
     }
     let ids: Vec<&str> = clips.iter().map(|c| c.id.as_str()).collect();
@@ -279,6 +314,16 @@ pub fn write_shard<R: Serialize>(
         path,
     )?;
     frame_array(&store, "mel", &[MEL_DIM], data_type::float32(), &mel, path)?;
+    if let Some(d) = audio_dim {
+        frame_array(
+            &store,
+            "audio_features",
+            &[d as u64],
+            data_type::float16(),
+            &audio,
+            path,
+        )?;
+    }
     let n = offsets.len() as u64;
     let off = ArrayBuilder::new(vec![n], vec![n], data_type::int64(), 0i64)
         .build(store.clone(), "/clip_offsets")
@@ -351,6 +396,7 @@ struct Shard {
     latents: FrameArray,
     masked: FrameArray,
     mel: FrameArray,
+    audio: Option<FrameArray>,
     path: PathBuf,
 }
 
@@ -412,6 +458,10 @@ impl Dataset {
                 latents: FrameArray::open(&store, "latents", &path)?,
                 masked: FrameArray::open(&store, "masked_latents", &path)?,
                 mel: FrameArray::open(&store, "mel", &path)?,
+                audio: match manifest.meta.audio_cache {
+                    Some(_) => Some(FrameArray::open(&store, "audio_features", &path)?),
+                    None => None,
+                },
                 path: path.clone(),
             });
             let mut start = 0;
@@ -490,6 +540,26 @@ impl Dataset {
         let c = self.check(clip, t, count)?;
         let s = &self.shards[c.shard];
         s.mel.read(c.start + t, count, &s.path)
+    }
+
+    /// Cached frozen audio-encoder features of frames `t..t + count` (count x D), or None when the
+    /// data set has no cache or its tag differs from `want` (other weights or another NF).
+    pub fn audio_features(
+        &self,
+        clip: usize,
+        t: u64,
+        count: u64,
+        want: &AudioCacheTag,
+    ) -> Result<Option<Vec<f16>>, StoreError> {
+        if self.manifest.meta.audio_cache.as_ref() != Some(want) {
+            return Ok(None);
+        }
+        let c = self.check(clip, t, count)?;
+        let s = &self.shards[c.shard];
+        match &s.audio {
+            Some(a) => a.read(c.start + t, count, &s.path).map(Some),
+            None => Ok(None),
+        }
     }
 
     /// Everything one training sample needs, reading one subchunk per latent and one mel range.

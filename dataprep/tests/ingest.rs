@@ -385,3 +385,89 @@ fn half_precision_encode_error_against_float32() {
         "max abs error {err} for latents up to {scale}"
     );
 }
+
+#[test]
+fn frozen_audio_features_are_cached_with_their_tag() {
+    use syncdiff_dataprep::ingest::sha256_file;
+    use syncdiff_dataprep::store::AudioCacheTag;
+    use syncdiff_model::avhubert::AvHubert;
+    let dir = tempfile::tempdir().unwrap();
+    let (root, out) = (dir.path().join("lrs2"), dir.path().join("ds"));
+    make_synth(&root, 3);
+    let cfg_path = dir.path().join("cache.yaml");
+    let weights = dir.path().join("avhubert.safetensors");
+    let yaml = format!(
+        "extends: {}\ndata:\n  cache_audio_features: true\nmodel:\n  audio_encoder:\n    kind: avhubert\n    weights: {}\n    embed_dim: 32\n    layers: 3\n    heads: 4\n    ffn_dim: 64\n    frozen_layers: 2\n    pos_conv_kernel: 16\n    pos_conv_groups: 4\n    context_frames: 16\n",
+        debug_config(),
+        weights.display()
+    );
+    std::fs::write(&cfg_path, yaml).unwrap();
+    let cfg = Config::load(&cfg_path, &[]).unwrap();
+    let vs = tch::nn::VarStore::new(tch::Device::Cpu);
+    let enc = AvHubert::new(vs.root(), &cfg.model.audio_encoder);
+    // Missing weights: a one-line error naming the key.
+    let o = dataprep(&[
+        "lrs2",
+        "--root",
+        root.to_str().unwrap(),
+        "--out",
+        out.to_str().unwrap(),
+        "--config",
+        cfg_path.to_str().unwrap(),
+    ]);
+    let err = String::from_utf8_lossy(&o.stderr);
+    assert!(
+        !o.status.success() && err.contains("avhubert.safetensors") && err.lines().count() == 1,
+        "{err}"
+    );
+    vs.save(&weights).unwrap();
+    let o = dataprep(&[
+        "lrs2",
+        "--root",
+        root.to_str().unwrap(),
+        "--out",
+        out.to_str().unwrap(),
+        "--config",
+        cfg_path.to_str().unwrap(),
+    ]);
+    assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
+    let ds = Dataset::open(&out).unwrap();
+    let tag = AudioCacheTag {
+        weights_sha256: sha256_file(&weights).unwrap(),
+        frozen_layers: 2,
+        dim: 32,
+        context_frames: 16,
+    };
+    let frames = ds.clips()[0].frames;
+    let cached = ds.audio_features(0, 0, frames, &tag).unwrap().unwrap();
+    // Direct computation: frozen layers over windows of 16 frames of the clip's mel rows.
+    let mel = ds.mel(0, 0, frames).unwrap();
+    let mut want = Vec::new();
+    for start in (0..frames as usize).step_by(16) {
+        let len = 16.min(frames as usize - start);
+        let x = tch::Tensor::from_slice(&mel[start * 104..(start + len) * 104])
+            .view([1, len as i64, 104]);
+        let f: Vec<f32> = Vec::try_from(enc.frozen_features(&x).flatten(0, -1)).unwrap();
+        want.extend(f);
+    }
+    let err = cached
+        .iter()
+        .zip(&want)
+        .map(|(a, b)| (a.to_f32() - b).abs())
+        .fold(0.0, f32::max);
+    assert_eq!(cached.len(), want.len());
+    assert!(err < 1e-2, "cached features differ by {err}");
+    assert_eq!(
+        ds.audio_features(
+            0,
+            0,
+            4,
+            &AudioCacheTag {
+                frozen_layers: 3,
+                ..tag
+            }
+        )
+        .unwrap(),
+        None
+    );
+}

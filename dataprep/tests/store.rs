@@ -24,6 +24,7 @@ fn meta() -> StoreMeta {
         latent_shape: [3, 4, 4],
         split: "train".into(),
         filterbank: serde_json::json!({"nfilt": 26, "stack": 4}),
+        audio_cache: None,
     }
 }
 
@@ -43,6 +44,10 @@ fn clip(c: usize, frames: usize) -> ClipData {
             .collect(),
         mel: (0..frames)
             .flat_map(|f| (0..104).map(move |e| (c * 1000 + f) as f32 + e as f32 * 1e-3))
+            .collect(),
+        // 8 cached audio values per frame (used when the meta has an audio cache tag).
+        audio_features: (0..frames * 8)
+            .map(|i| f16::from_f32(((c * 7 + i) % 512) as f32 * 0.25))
             .collect(),
     }
 }
@@ -203,4 +208,44 @@ fn samples_read_target_identity_previous_and_context() {
         .unwrap_err()
         .to_string();
     assert!(e.contains("needs 1 previous frames"), "{e}");
+}
+
+#[test]
+fn cached_audio_features_are_served_only_for_matching_weights_and_nf() {
+    use syncdiff_dataprep::store::AudioCacheTag;
+    let tag = AudioCacheTag {
+        weights_sha256: "abc".into(),
+        frozen_layers: 9,
+        dim: 8,
+        context_frames: 250,
+    };
+    let dir = tempfile::tempdir().unwrap();
+    let d = dir.path();
+    let m = StoreMeta {
+        audio_cache: Some(tag.clone()),
+        ..meta()
+    };
+    let entry =
+        write_shard::<String>(&d.join(shard_name(0)), &[clip(0, 7), clip(1, 70)], &m, &[]).unwrap();
+    write_manifest(
+        d,
+        &Manifest {
+            meta: m,
+            shards: vec![entry],
+        },
+    )
+    .unwrap();
+    let ds = Dataset::open(d).unwrap();
+    let got = ds.audio_features(1, 10, 20, &tag).unwrap().unwrap();
+    assert_eq!(got, clip(1, 70).audio_features[80..240]);
+    let other_nf = AudioCacheTag {
+        frozen_layers: 6,
+        ..tag.clone()
+    };
+    assert_eq!(ds.audio_features(1, 10, 20, &other_nf).unwrap(), None);
+    let other_weights = AudioCacheTag {
+        weights_sha256: "def".into(),
+        ..tag
+    };
+    assert_eq!(ds.audio_features(1, 10, 20, &other_weights).unwrap(), None);
 }
