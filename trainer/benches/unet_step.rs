@@ -84,7 +84,7 @@ fn python() -> Command {
 
 fn main() -> anyhow::Result<()> {
     let threads = env_or("BENCH_THREADS", 2);
-    let reps = env_or("BENCH_REPS", 10);
+    let reps = env_or("BENCH_REPS", 30);
     tch::set_num_threads(threads as i32);
     println!("UNet training step, Rust (tch) vs PyTorch eager; {threads} threads, {reps} interleaved repetitions");
     for case in cases()? {
