@@ -161,7 +161,7 @@ fn main() -> anyhow::Result<()> {
     println!("(b) VQ-f4 encoder, 256x256 frames, CPU 2 threads: {per_frame:.3} s/frame ({:.1} GFLOP/s); {gflop:.1} GFLOP per frame", gflop / per_frame);
     println!(
         "  projection for LRS2 train (~2.6 M frames, each encoded twice: frame + masked frame): CPU {:.0} h on this machine; \
-         6 GPUs at an assumed {gpu_tflops:.0} TFLOP/s sustained each: {:.2} h of encoding ({:.1} min), so decoding (ffmpeg) and I/O dominate",
+         6 GPUs at an assumed {gpu_tflops:.0} TFLOP/s sustained each: {:.2} h of encoding ({:.1} min)",
         lrs2_frames * per_frame / 3600.0,
         gpu_hours / 6.0,
         gpu_hours / 6.0 * 60.0
