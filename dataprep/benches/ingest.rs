@@ -8,6 +8,8 @@
 //! ```
 //! Target (a): Rust >= 1.5x the Python pipeline.
 
+// Shared with the trainer crate (dataprep cannot depend on it); each bench uses a part.
+#[allow(dead_code)]
 #[path = "../../trainer/src/benchstats.rs"]
 mod benchstats;
 
@@ -15,7 +17,7 @@ use std::path::{Path, PathBuf};
 use std::process::Command;
 use std::time::Instant;
 
-use benchstats::Comparison;
+use benchstats::{python, Comparison};
 use syncdiff_dataprep::synth::{synth, SynthOptions};
 use syncdiff_model::config::{AutoencoderConfig, Config};
 use syncdiff_model::vq::VqModel;
@@ -23,13 +25,6 @@ use tch::{Device, Kind, Tensor};
 
 fn repo() -> PathBuf {
     Path::new(env!("CARGO_MANIFEST_DIR")).join("..")
-}
-
-fn python() -> Command {
-    let exe = std::env::var("VIRTUAL_ENV")
-        .map(|v| PathBuf::from(v).join("bin/python"))
-        .unwrap_or_else(|_| PathBuf::from("python3"));
-    Command::new(exe)
 }
 
 /// Parses "(decode+features X s, encode Y s, write Z s)" from the Rust summary line.

@@ -6,23 +6,17 @@
 //! ```
 //! Target: Rust >= 10x faster.
 
+// Shared with the trainer crate (dataprep cannot depend on it); each bench uses a part.
+#[allow(dead_code)]
 #[path = "../../trainer/src/benchstats.rs"]
 mod benchstats;
 
-use std::io::{BufRead, BufReader, Write};
 use std::path::{Path, PathBuf};
-use std::process::{Command, Stdio};
+use std::process::Command;
 use std::time::Instant;
 
-use benchstats::Comparison;
+use benchstats::{interleave, PyServer};
 use syncdiff_dataprep::audio::{FbankParams, LogFbank};
-
-fn python() -> Command {
-    let exe = std::env::var("VIRTUAL_ENV")
-        .map(|v| PathBuf::from(v).join("bin/python"))
-        .unwrap_or_else(|_| PathBuf::from("python3"));
-    Command::new(exe)
-}
 
 fn run(cmd: &mut Command) -> anyhow::Result<()> {
     let o = cmd.output()?;
@@ -76,55 +70,21 @@ fn main() -> anyhow::Result<()> {
     let dir = tempfile::tempdir()?;
     let (raw, samples) = speech(dir.path())?;
     let seconds = samples.len() as f64 / 16000.0;
-    let mut child = python()
-        .arg(Path::new(env!("CARGO_MANIFEST_DIR")).join("benches/logfbank_py.py"))
-        .arg(&raw)
-        .env("OMP_NUM_THREADS", "1")
-        .env("OPENBLAS_NUM_THREADS", "1")
-        .env("MKL_NUM_THREADS", "1")
-        .stdin(Stdio::piped())
-        .stdout(Stdio::piped())
-        .spawn()?;
-    let mut to_py = child
-        .stdin
-        .take()
-        .ok_or_else(|| anyhow::anyhow!("no stdin"))?;
-    let mut from_py = BufReader::new(
-        child
-            .stdout
-            .take()
-            .ok_or_else(|| anyhow::anyhow!("no stdout"))?,
-    );
-    let mut line = String::new();
-    from_py.read_line(&mut line)?;
-    anyhow::ensure!(line.trim() == "ready", "python side failed: {line}");
-    let mut py = || -> anyhow::Result<f64> {
-        writeln!(to_py, "step")?;
-        to_py.flush()?;
-        let mut l = String::new();
-        from_py.read_line(&mut l)?;
-        Ok(l.trim().parse()?)
-    };
+    let script = Path::new(env!("CARGO_MANIFEST_DIR")).join("benches/logfbank_py.py");
+    let env = [
+        ("OMP_NUM_THREADS", "1"),
+        ("OPENBLAS_NUM_THREADS", "1"),
+        ("MKL_NUM_THREADS", "1"),
+    ];
+    let mut py = PyServer::start(&script, &[raw.as_os_str()], &env)?;
     let fb = LogFbank::new(FbankParams::default());
     let rust = || {
         let start = Instant::now();
         std::hint::black_box(fb.compute(std::hint::black_box(&samples)));
-        start.elapsed().as_secs_f64()
+        Ok(start.elapsed().as_secs_f64())
     };
-    rust();
-    py()?;
-    let mut c = Comparison::default();
-    for i in 0..reps {
-        if i % 2 == 0 {
-            c.a.push(rust());
-            c.b.push(py()?);
-        } else {
-            c.b.push(py()?);
-            c.a.push(rust());
-        }
-    }
-    drop(to_py);
-    child.wait()?;
+    let c = interleave(reps, rust, || py.step())?;
+    py.finish()?;
     let s = c.summary();
     println!(
         "logfbank on {seconds:.0} s of 16 kHz speech, one core, {reps} interleaved repetitions:"

@@ -7,15 +7,15 @@
 //! ```
 //! The stores hold paper-size latents (3 x 64 x 64 float16) of 48 clips x 100 frames.
 
+// Shared with the trainer crate (dataprep cannot depend on it); each bench uses a part.
+#[allow(dead_code)]
 #[path = "../../trainer/src/benchstats.rs"]
 mod benchstats;
 
-use std::io::{BufRead, BufReader, Write};
-use std::path::{Path, PathBuf};
-use std::process::{Command, Stdio};
+use std::path::Path;
 use std::time::Instant;
 
-use benchstats::Comparison;
+use benchstats::{interleave, PyServer};
 use half::f16;
 use syncdiff_dataprep::rng::Rng;
 use syncdiff_dataprep::store::{
@@ -27,13 +27,6 @@ const CLIPS: usize = 48;
 const FRAMES: usize = 100;
 const LATENT: usize = 3 * 64 * 64;
 const SAMPLES: usize = 500;
-
-fn python() -> Command {
-    let exe = std::env::var("VIRTUAL_ENV")
-        .map(|v| PathBuf::from(v).join("bin/python"))
-        .unwrap_or_else(|_| PathBuf::from("python3"));
-    Command::new(exe)
-}
 
 /// Smooth pseudo-latents (compress like real ones, unlike white noise).
 fn clip(c: usize) -> ClipData {
@@ -119,33 +112,12 @@ fn main() -> anyhow::Result<()> {
         .collect();
     let req_path = dir.path().join("requests.json");
     std::fs::write(&req_path, serde_json::to_string(&json)?)?;
-    let mut child = python()
-        .arg(Path::new(env!("CARGO_MANIFEST_DIR")).join("benches/reader_py.py"))
-        .arg(dir.path())
-        .arg(&req_path)
-        .stdin(Stdio::piped())
-        .stdout(Stdio::piped())
-        .spawn()?;
-    let mut to_py = child
-        .stdin
-        .take()
-        .ok_or_else(|| anyhow::anyhow!("no stdin"))?;
-    let mut from_py = BufReader::new(
-        child
-            .stdout
-            .take()
-            .ok_or_else(|| anyhow::anyhow!("no stdout"))?,
-    );
-    let mut line = String::new();
-    from_py.read_line(&mut line)?;
-    anyhow::ensure!(line.trim() == "ready", "python side failed: {line}");
-    let mut py = || -> anyhow::Result<f64> {
-        writeln!(to_py, "step")?;
-        to_py.flush()?;
-        let mut l = String::new();
-        from_py.read_line(&mut l)?;
-        Ok(l.trim().parse()?)
-    };
+    let script = Path::new(env!("CARGO_MANIFEST_DIR")).join("benches/reader_py.py");
+    let mut py = PyServer::start(
+        &script,
+        &[dir.path().as_os_str(), req_path.as_os_str()],
+        &[],
+    )?;
     let rust = || -> anyhow::Result<f64> {
         let start = Instant::now();
         for r in &reqs {
@@ -153,20 +125,8 @@ fn main() -> anyhow::Result<()> {
         }
         Ok(start.elapsed().as_secs_f64())
     };
-    rust()?;
-    py()?;
-    let mut c = Comparison::default();
-    for i in 0..reps {
-        if i % 2 == 0 {
-            c.a.push(rust()?);
-            c.b.push(py()?);
-        } else {
-            c.b.push(py()?);
-            c.a.push(rust()?);
-        }
-    }
-    drop(to_py);
-    child.wait()?;
+    let c = interleave(reps, rust, || Ok(py.step()?))?;
+    py.finish()?;
     let s = c.summary();
     let n = SAMPLES as f64;
     println!("reader: {SAMPLES} training samples (3 latents + 1 previous of 3x64x64 f16, 100 mel rows), one core, {reps} interleaved repetitions:");

@@ -9,14 +9,12 @@
 //! with its bootstrap 95% interval. Targets: interval upper bound <= 0.9 at the debug
 //! configuration, <= 1.05 at the mid-size one.
 
-use std::io::{BufRead, BufReader, Write};
 use std::path::{Path, PathBuf};
-use std::process::{Command, Stdio};
 use std::time::Instant;
 
 use syncdiff_model::config::{Config, UnetConfig};
 use syncdiff_model::unet::{Unet, UnetShape};
-use syncdiff_trainer::benchstats::Comparison;
+use syncdiff_trainer::benchstats::{interleave, PyServer};
 use syncdiff_trainer::optim::{AdamW, AdamWConfig};
 use tch::nn::VarStore;
 use tch::{Device, Kind, Tensor};
@@ -75,13 +73,6 @@ fn cases() -> anyhow::Result<Vec<Case>> {
     ])
 }
 
-fn python() -> Command {
-    let exe = std::env::var("VIRTUAL_ENV")
-        .map(|v| PathBuf::from(v).join("bin/python"))
-        .unwrap_or_else(|_| PathBuf::from("python3"));
-    Command::new(exe)
-}
-
 fn main() -> anyhow::Result<()> {
     let threads = env_or("BENCH_THREADS", 2);
     let reps = env_or("BENCH_REPS", 30);
@@ -98,36 +89,11 @@ fn main() -> anyhow::Result<()> {
         let dir = tempfile::tempdir()?;
         let spec_path = dir.path().join("spec.json");
         std::fs::write(&spec_path, spec.to_string())?;
-        let mut child = python()
-            .arg(repo().join("trainer/benches/torch_unet_step.py"))
-            .arg(&spec_path)
-            .stdin(Stdio::piped())
-            .stdout(Stdio::piped())
-            .spawn()?;
-        let mut to_py = child
-            .stdin
-            .take()
-            .ok_or_else(|| anyhow::anyhow!("no stdin"))?;
-        let mut from_py = BufReader::new(
-            child
-                .stdout
-                .take()
-                .ok_or_else(|| anyhow::anyhow!("no stdout"))?,
-        );
-        let mut line = String::new();
-        from_py.read_line(&mut line)?;
-        anyhow::ensure!(
-            line.trim() == "ready",
-            "python side failed to start: {line}"
-        );
-        let mut py_step = || -> anyhow::Result<f64> {
-            writeln!(to_py, "step")?;
-            to_py.flush()?;
-            let mut l = String::new();
-            from_py.read_line(&mut l)?;
-            Ok(l.trim().parse()?)
-        };
-
+        let mut py = PyServer::start(
+            &repo().join("trainer/benches/torch_unet_step.py"),
+            &[spec_path.as_os_str()],
+            &[],
+        )?;
         tch::manual_seed(0);
         let vs = VarStore::new(Device::Cpu);
         let unet = Unet::new(vs.root(), s);
@@ -148,22 +114,12 @@ fn main() -> anyhow::Result<()> {
             start.elapsed().as_secs_f64()
         };
 
-        for _ in 0..2 {
-            rust_step();
-            py_step()?;
-        }
-        let mut c = Comparison::default();
-        for i in 0..reps {
-            if i % 2 == 0 {
-                c.a.push(rust_step());
-                c.b.push(py_step()?);
-            } else {
-                c.b.push(py_step()?);
-                c.a.push(rust_step());
-            }
-        }
-        drop(to_py);
-        child.wait()?;
+        let c = interleave(
+            reps,
+            || Ok::<f64, std::io::Error>(rust_step()),
+            || py.step(),
+        )?;
+        py.finish()?;
         println!("{}: {}", case.name, c.summary());
     }
     Ok(())

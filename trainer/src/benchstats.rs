@@ -82,3 +82,91 @@ impl std::fmt::Display for RatioSummary {
         )
     }
 }
+
+/// The Python interpreter of the project virtualenv (`VIRTUAL_ENV`), else `python3`.
+pub fn python() -> std::process::Command {
+    let exe = std::env::var("VIRTUAL_ENV")
+        .map(|v| std::path::PathBuf::from(v).join("bin/python"))
+        .unwrap_or_else(|_| std::path::PathBuf::from("python3"));
+    std::process::Command::new(exe)
+}
+
+/// The reference side of a benchmark: a Python script that prints `ready`, then for every line
+/// `step` on its stdin runs one repetition and prints the seconds it took.
+#[derive(Debug)]
+pub struct PyServer {
+    child: std::process::Child,
+    to: std::process::ChildStdin,
+    from: std::io::BufReader<std::process::ChildStdout>,
+}
+
+impl PyServer {
+    /// Starts `python script args...` with extra environment variables.
+    pub fn start(
+        script: &std::path::Path,
+        args: &[&std::ffi::OsStr],
+        env: &[(&str, &str)],
+    ) -> std::io::Result<Self> {
+        use std::io::BufRead;
+        let mut cmd = python();
+        cmd.arg(script)
+            .args(args)
+            .stdin(std::process::Stdio::piped())
+            .stdout(std::process::Stdio::piped());
+        for (k, v) in env {
+            cmd.env(k, v);
+        }
+        let mut child = cmd.spawn()?;
+        let broken = || std::io::Error::other("the reference process has no pipes");
+        let to = child.stdin.take().ok_or_else(broken)?;
+        let mut from = std::io::BufReader::new(child.stdout.take().ok_or_else(broken)?);
+        let mut line = String::new();
+        from.read_line(&mut line)?;
+        if line.trim() != "ready" {
+            return Err(std::io::Error::other(format!(
+                "{} did not start: {line:?}",
+                script.display()
+            )));
+        }
+        Ok(Self { child, to, from })
+    }
+
+    /// Runs one repetition; returns its seconds.
+    pub fn step(&mut self) -> std::io::Result<f64> {
+        use std::io::{BufRead, Write};
+        writeln!(self.to, "step")?;
+        self.to.flush()?;
+        let mut l = String::new();
+        self.from.read_line(&mut l)?;
+        l.trim()
+            .parse()
+            .map_err(|e| std::io::Error::other(format!("reference printed {l:?}: {e}")))
+    }
+
+    /// Stops the process.
+    pub fn finish(mut self) -> std::io::Result<()> {
+        drop(self.to);
+        self.child.wait().map(|_| ())
+    }
+}
+
+/// One warm-up of each, then `reps` interleaved repetitions (A first on even, B first on odd).
+pub fn interleave<E>(
+    reps: usize,
+    mut a: impl FnMut() -> Result<f64, E>,
+    mut b: impl FnMut() -> Result<f64, E>,
+) -> Result<Comparison, E> {
+    a()?;
+    b()?;
+    let mut c = Comparison::default();
+    for i in 0..reps {
+        if i % 2 == 0 {
+            c.a.push(a()?);
+            c.b.push(b()?);
+        } else {
+            c.b.push(b()?);
+            c.a.push(a()?);
+        }
+    }
+    Ok(c)
+}
