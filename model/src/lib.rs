@@ -4,6 +4,7 @@
 //! checkpointing wrap it from the trainer crate. It also owns the configuration schema
 //! ([`config`]), because every binary (dataprep, trainer, generation) shares it.
 
+pub mod audio;
 pub mod avhubert;
 pub mod config;
 pub mod diffusion;

@@ -7,4 +7,5 @@ pub mod data;
 pub mod dist;
 pub mod dryrun;
 pub mod optim;
+pub mod step;
 pub mod tools;

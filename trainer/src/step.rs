@@ -1,0 +1,71 @@
+//! The trained model (audio path + denoiser) and its loss on a batch: the forward/backward unit
+//! the training loop repeats.
+
+use syncdiff_model::audio::AudioPath;
+use syncdiff_model::config::ModelConfig;
+use syncdiff_model::syncdiff::{Conditioning, SyncDiff, SyncDiffError};
+use tch::nn::VarStore;
+use tch::{Device, Tensor};
+
+use crate::data::Batch;
+
+/// Every trained network of SyncDiff in one VarStore: `audio.*`, `temporal.*`, `unet.*`,
+/// `bottleneck.*` (frozen audio layers are in it too, with `requires_grad = false`).
+#[derive(Debug)]
+pub struct TrainModel {
+    /// The variables.
+    pub vs: VarStore,
+    audio: AudioPath,
+    denoiser: SyncDiff,
+}
+
+impl TrainModel {
+    /// Builds the model of `cfg` on `device` (random initialisation from tch's global seed).
+    pub fn new(cfg: &ModelConfig, device: Device) -> Self {
+        let vs = VarStore::new(device);
+        let root = vs.root();
+        let audio = AudioPath::new(&root, cfg);
+        let denoiser = SyncDiff::new(root.clone(), cfg);
+        Self {
+            vs,
+            audio,
+            denoiser,
+        }
+    }
+
+    /// Parameters the optimizer updates (sorted by name; frozen audio layers excluded).
+    pub fn trainable(&self) -> Vec<(String, Tensor)> {
+        let mut v: Vec<(String, Tensor)> = self
+            .vs
+            .variables()
+            .into_iter()
+            .filter(|(_, t)| t.requires_grad())
+            .collect();
+        v.sort_by(|a, b| a.0.cmp(&b.0));
+        v
+    }
+
+    /// The denoiser.
+    pub fn denoiser(&self) -> &SyncDiff {
+        &self.denoiser
+    }
+
+    /// Cross-attention contexts of a batch (B, M, D).
+    pub fn context(&self, batch: &Batch, train: bool) -> Tensor {
+        let offsets: Vec<i64> = Vec::try_from(&batch.offsets).unwrap_or_default();
+        self.audio.batch_context(&batch.mel, &offsets, train)
+    }
+
+    /// Diffusion loss of a batch (already on the model's device): a scalar.
+    pub fn loss(&self, batch: &Batch, train: bool) -> Result<Tensor, SyncDiffError> {
+        let context = self.context(batch, train);
+        let cond = Conditioning {
+            masked: &batch.masked,
+            identity: Some(&batch.identity),
+            previous: Some(&batch.previous),
+            context: &context,
+        };
+        self.denoiser
+            .loss(&batch.z0, &batch.timesteps, &batch.noise, &cond, train)
+    }
+}
