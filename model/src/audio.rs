@@ -12,7 +12,7 @@ use crate::temporal::TemporalFilter;
 #[derive(Debug)]
 pub enum AudioEncoder {
     /// AV-HuBERT (frozen first NF layers).
-    Avhubert(AvHubert),
+    Avhubert(Box<AvHubert>),
     /// Per-frame projection.
     Mel(MelEncoder),
 }
@@ -29,7 +29,7 @@ impl AudioPath {
     pub fn new(vs: &nn::Path, cfg: &ModelConfig) -> Self {
         let encoder = match cfg.audio_encoder.kind {
             AudioEncoderKind::Avhubert => {
-                AudioEncoder::Avhubert(AvHubert::new(vs / "audio", &cfg.audio_encoder))
+                AudioEncoder::Avhubert(Box::new(AvHubert::new(vs / "audio", &cfg.audio_encoder)))
             }
             AudioEncoderKind::Mel => {
                 AudioEncoder::Mel(MelEncoder::new(vs / "audio", &cfg.audio_encoder))
