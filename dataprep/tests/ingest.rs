@@ -471,3 +471,71 @@ fn frozen_audio_features_are_cached_with_their_tag() {
         None
     );
 }
+
+#[test]
+fn face_box_sidecar_crops_each_frame() {
+    let dir = tempfile::tempdir().unwrap();
+    let (root, out) = (dir.path().join("lrs2"), dir.path().join("ds"));
+    let main = root.join("main/spk");
+    std::fs::create_dir_all(&main).unwrap();
+    // 64x64 frames: left half red, right half blue; the box is the left half.
+    let frame: Vec<u8> = (0..64 * 64)
+        .flat_map(|i| {
+            if i % 64 < 32 {
+                [230u8, 20, 20]
+            } else {
+                [20u8, 20, 230]
+            }
+        })
+        .collect();
+    video::encode(
+        &main.join("clip.mp4"),
+        &frame.repeat(10),
+        64,
+        64,
+        25,
+        Some((&vec![500i16; 6400], 16000)),
+    )
+    .unwrap();
+    std::fs::write(main.join("clip.boxes.txt"), "0 0 32 64\n".repeat(10)).unwrap();
+    std::fs::write(root.join("train.txt"), "spk/clip\n").unwrap();
+    let o = dataprep(&[
+        "lrs2",
+        "--root",
+        root.to_str().unwrap(),
+        "--out",
+        out.to_str().unwrap(),
+        "--config",
+        &debug_config(),
+    ]);
+    assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
+    let ds = Dataset::open(&out).unwrap();
+    // resample autoencoder: 8x8 latent of the 32x32 crop, values in [-1, 1]: red everywhere.
+    let lat: Vec<f32> = ds
+        .latent(0, 5)
+        .unwrap()
+        .iter()
+        .map(|v| v.to_f32())
+        .collect();
+    let (r, b) = (&lat[..64], &lat[128..]);
+    assert!(
+        r.iter().all(|&v| v > 0.6) && b.iter().all(|&v| v < -0.6),
+        "red {r:?} blue {b:?}"
+    );
+    // A box count that does not match the frames rejects the clip.
+    std::fs::write(main.join("clip.boxes.txt"), "0 0 32 64\n".repeat(3)).unwrap();
+    let out2 = dir.path().join("ds2");
+    let o = dataprep(&[
+        "lrs2",
+        "--root",
+        root.to_str().unwrap(),
+        "--out",
+        out2.to_str().unwrap(),
+        "--config",
+        &debug_config(),
+    ]);
+    assert!(o.status.success());
+    assert!(std::fs::read_to_string(out2.join("rejected.jsonl"))
+        .unwrap()
+        .contains("\"reason\":\"bad_boxes\""));
+}
