@@ -1,9 +1,11 @@
 //! Distributed runtime: MPI bootstrap, the device of each rank, and (later) gradient all-reduce.
 
 mod device;
+mod grad_sync;
 mod runtime;
 
 pub use device::{choose_device, Placement};
+pub use grad_sync::{buckets, GradSync, MpiGradSync};
 pub use runtime::Runtime;
 
 /// Errors of the distributed runtime. Messages name the rank.

@@ -55,6 +55,11 @@ impl Runtime {
         })
     }
 
+    /// The world communicator.
+    pub fn comm(&self) -> &SimpleCommunicator {
+        &self.world
+    }
+
     /// This rank.
     pub fn rank(&self) -> i32 {
         self.rank
