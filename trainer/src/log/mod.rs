@@ -1,0 +1,5 @@
+//! Logging: TensorBoard event files (rank 0).
+
+mod tensorboard;
+
+pub use tensorboard::EventWriter;
