@@ -10,3 +10,4 @@ pub mod log;
 pub mod optim;
 pub mod step;
 pub mod tools;
+pub mod train;

@@ -229,13 +229,89 @@ fn print_config_shows_overrides_and_reloads() {
     assert_eq!(text(&o).0, out);
 }
 
+/// A small synthetic data set prepared with the debug configuration.
+fn prepared_dataset(dir: &Path) -> PathBuf {
+    let root = dir.join("lrs2");
+    let opts = syncdiff_dataprep::synth::SynthOptions {
+        out: root.clone(),
+        speakers: 2,
+        clips_per_speaker: 4,
+        seconds: 1.0,
+        seed: 4,
+    };
+    syncdiff_dataprep::synth::synth(&opts, |_, _| {}).unwrap();
+    let cfg =
+        syncdiff_model::config::Config::load(&repo().join("configs/debug.yaml"), &[]).unwrap();
+    let out = dir.join("ds");
+    let ingest = syncdiff_dataprep::ingest::IngestOptions {
+        root,
+        split: "train".into(),
+        out: out.clone(),
+        batch: 16,
+        half: false,
+        rank: 0,
+        world: 1,
+    };
+    syncdiff_dataprep::ingest::ingest(&ingest, &cfg, |_, _, _| {}).unwrap();
+    out
+}
+
 #[test]
-fn training_without_dry_run_says_it_is_not_available() {
+fn two_ranks_train_and_log_to_tensorboard() {
+    let dir = tempfile::tempdir().unwrap();
+    let ds = prepared_dataset(dir.path());
+    let logs = dir.path().join("runs");
+    let set = |k: &str, v: &Path| format!("{k}={}", v.display());
+    let o = mpirun(2)
+        .args([
+            "--config",
+            "configs/debug.yaml",
+            "--resume",
+            "never",
+            "--set",
+        ])
+        .arg(set("data.dataset", &ds))
+        .arg("--set")
+        .arg(set("log.dir", &logs))
+        .args([
+            "--set",
+            "train.steps=6",
+            "--set",
+            "log.interval=2",
+            "--set",
+            "dist.checksum_interval=3",
+        ])
+        .output()
+        .unwrap();
+    let (out, err) = text(&o);
+    assert!(o.status.success(), "{out}\n{err}");
+    assert!(out.contains("[rank 0/2] step 6/6 loss"), "{out}");
+    assert!(out.contains("finished after 6 steps"), "{out}");
+    let files: Vec<_> = std::fs::read_dir(&logs)
+        .unwrap()
+        .map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
+        .collect();
+    assert!(
+        files.iter().any(|f| f.starts_with("events.out.tfevents.")),
+        "{files:?}"
+    );
+}
+
+#[test]
+fn unknown_resume_url_is_refused_until_checkpoints_exist() {
     let o = train()
-        .args(["--config", "configs/debug.yaml"])
+        .args([
+            "--config",
+            "configs/debug.yaml",
+            "--resume",
+            "s3://bucket/run",
+        ])
         .output()
         .unwrap();
     let (_, err) = text(&o);
     assert_eq!(o.status.code(), Some(1));
-    assert!(err.contains("only --dry-run is available"), "{err}");
+    assert!(
+        err.contains("--resume s3://bucket/run: checkpoints are not implemented"),
+        "{err}"
+    );
 }

@@ -54,27 +54,67 @@ fn main() -> ExitCode {
 
 fn run(cli: &Cli, config: &syncdiff_model::config::Config) -> anyhow::Result<()> {
     let rt = Runtime::init().context("cannot start MPI")?;
-    if !cli.dry_run {
+    if cli.dry_run {
+        let plan = DryRun::run(config, &rt).map_err(|e| anyhow::anyhow!("{} {e}", rt.prefix()))?;
+        if rt.is_main() {
+            println!(
+                "{} config {} (resolved; --print-config shows it)",
+                rt.prefix(),
+                cli.config.config.display()
+            );
+            for line in plan.summary(config, &rt) {
+                println!("{line}");
+            }
+            let report = ModelReport::build(config, plan.batch.micro_batch);
+            for line in report.lines(&rt.prefix(), plan.batch.micro_batch) {
+                println!("{line}");
+            }
+        }
+        rt.in_rank_order(|| println!("{}", plan.rank_line(&rt)));
+        return Ok(());
+    }
+    if cli.resume != "never" && cli.resume != "auto" {
         anyhow::bail!(
-            "{} training is not implemented in this build yet; only --dry-run is available",
-            rt.prefix()
+            "--resume {}: checkpoints are not implemented in this build yet; use --resume never",
+            cli.resume
         );
     }
-    let plan = DryRun::run(config, &rt).map_err(|e| anyhow::anyhow!("{} {e}", rt.prefix()))?;
+    // SIGUSR1 (SLURM's warning before the time limit) or SIGTERM: stop after the current step on
+    // every rank (the flag travels in the gradient all-reduce).
+    let stop = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+    for sig in [signal_hook::consts::SIGUSR1, signal_hook::consts::SIGTERM] {
+        signal_hook::flag::register(sig, stop.clone())
+            .context("cannot install the signal handlers")?;
+    }
+    let placement = syncdiff_trainer::dist::choose_device(
+        config.dist.backend,
+        rt.rank(),
+        rt.local_rank(),
+        rt.local_size(),
+        config.dist.cpu_threads,
+        0,
+    )
+    .map_err(|e| anyhow::anyhow!("{e}"))?;
+    tch::set_num_threads(placement.cpu_threads as i32);
+    let summary = syncdiff_trainer::train::train(config, &rt, &|| {
+        stop.load(std::sync::atomic::Ordering::Relaxed)
+    })
+    .map_err(|e| anyhow::anyhow!("{} {e:#}", rt.prefix()))?;
     if rt.is_main() {
         println!(
-            "{} config {} (resolved; --print-config shows it)",
+            "{} {} after {} steps in {:.1} s; last loss {:.4}; loader at epoch {} sample {}",
             rt.prefix(),
-            cli.config.config.display()
+            if summary.stopped {
+                "stopped on request"
+            } else {
+                "finished"
+            },
+            summary.steps,
+            summary.seconds,
+            summary.last_loss,
+            summary.state.epoch,
+            summary.state.consumed
         );
-        for line in plan.summary(config, &rt) {
-            println!("{line}");
-        }
-        let report = ModelReport::build(config, plan.batch.micro_batch);
-        for line in report.lines(&rt.prefix(), plan.batch.micro_batch) {
-            println!("{line}");
-        }
     }
-    rt.in_rank_order(|| println!("{}", plan.rank_line(&rt)));
     Ok(())
 }

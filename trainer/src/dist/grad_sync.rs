@@ -111,3 +111,54 @@ impl GradSync for MpiGradSync<'_> {
         Ok(any_stop)
     }
 }
+
+/// Copies rank 0's values of `params` to every rank (at start and after a resume).
+pub fn broadcast_params(comm: &SimpleCommunicator, params: &[Tensor]) -> Result<(), DistError> {
+    use mpi::collective::Root;
+    let rank = comm.rank();
+    for (i, p) in params.iter().enumerate() {
+        let mut buf: Vec<f32> =
+            Vec::try_from(p.to_kind(Kind::Float).flatten(0, -1)).map_err(|e| {
+                DistError::Backend {
+                    rank,
+                    message: format!("parameter {i}: {e}"),
+                }
+            })?;
+        comm.process_at_rank(0).broadcast_into(&mut buf[..]);
+        let src = Tensor::from_slice(&buf)
+            .view_as(p)
+            .to_kind(p.kind())
+            .to_device(p.device());
+        tch::no_grad(|| p.shallow_clone().copy_(&src));
+    }
+    Ok(())
+}
+
+/// Compares a checksum of `params` across ranks; a mismatch names the ranks that differ from rank 0.
+pub fn check_params(
+    comm: &SimpleCommunicator,
+    params: &[Tensor],
+    step: u64,
+) -> Result<(), DistError> {
+    let sum: f64 = params
+        .iter()
+        .map(|p| f64::try_from(p.to_kind(Kind::Double).abs().sum(Kind::Double)).unwrap_or(f64::NAN))
+        .sum();
+    let mut all = vec![0.0f64; comm.size() as usize];
+    comm.all_gather_into(&sum, &mut all[..]);
+    let differ: Vec<usize> = all
+        .iter()
+        .enumerate()
+        .filter(|(_, &s)| s.to_bits() != all[0].to_bits())
+        .map(|(r, _)| r)
+        .collect();
+    if differ.is_empty() {
+        Ok(())
+    } else {
+        Err(DistError::Desync {
+            rank: comm.rank(),
+            step,
+            ranks: differ,
+        })
+    }
+}

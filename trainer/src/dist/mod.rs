@@ -5,7 +5,7 @@ mod grad_sync;
 mod runtime;
 
 pub use device::{choose_device, Placement};
-pub use grad_sync::{buckets, GradSync, MpiGradSync};
+pub use grad_sync::{broadcast_params, buckets, check_params, GradSync, MpiGradSync};
 pub use runtime::Runtime;
 
 /// Errors of the distributed runtime. Messages name the rank.
@@ -27,6 +27,16 @@ pub enum DistError {
         got: f64,
         /// Value expected.
         want: f64,
+    },
+    /// Parameters differ between ranks.
+    #[error("rank {rank}: parameters differ from rank 0's at step {step} on rank(s) {ranks:?} (desynchronised replicas)")]
+    Desync {
+        /// Rank reporting.
+        rank: i32,
+        /// Step.
+        step: u64,
+        /// Ranks whose checksum differs from rank 0's.
+        ranks: Vec<usize>,
     },
     /// The configured backend cannot run on this rank.
     #[error("rank {rank}: dist.backend: {message}")]
