@@ -16,7 +16,7 @@ req="$here/requirements.txt"
 log() { printf '[setup] %s\n' "$*"; }
 
 # --- Debian packages -------------------------------------------------------------------------
-apt_pkgs=(openmpi-bin libopenmpi-dev libclang-dev clang pkg-config ffmpeg espeak-ng python3-venv)
+apt_pkgs=(openmpi-bin libopenmpi-dev libclang-dev clang pkg-config ffmpeg espeak-ng python3-venv procps)
 missing=()
 for p in "${apt_pkgs[@]}"; do
   dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q "install ok installed" || missing+=("$p")

@@ -315,3 +315,70 @@ fn unknown_resume_url_is_refused_until_checkpoints_exist() {
         "{err}"
     );
 }
+
+#[test]
+fn sigusr1_to_one_rank_stops_all_ranks_after_the_same_step() {
+    use std::io::{BufRead, BufReader};
+    let dir = tempfile::tempdir().unwrap();
+    let ds = prepared_dataset(dir.path());
+    let mut child = mpirun(2)
+        .args([
+            "--config",
+            "configs/debug.yaml",
+            "--resume",
+            "never",
+            "--set",
+        ])
+        .arg(format!("data.dataset={}", ds.display()))
+        .arg("--set")
+        .arg(format!("log.dir={}", dir.path().join("runs").display()))
+        .args(["--set", "train.steps=100000", "--set", "log.interval=1"])
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    let mut lines = BufReader::new(child.stdout.take().unwrap()).lines();
+    // Wait for training to be under way, then signal rank 1 only.
+    for line in lines.by_ref() {
+        if line.unwrap().contains("step 3/") {
+            break;
+        }
+    }
+    let pids = Command::new("pgrep")
+        .args(["-P", &child.id().to_string(), "-f", "syncdiff-train"])
+        .output()
+        .unwrap();
+    let pids: Vec<String> = String::from_utf8_lossy(&pids.stdout)
+        .split_whitespace()
+        .map(str::to_string)
+        .collect();
+    assert_eq!(pids.len(), 2, "rank processes: {pids:?}");
+    // The higher pid is the rank started second (rank 1 on one node); either works for the test.
+    let target = pids
+        .iter()
+        .max_by_key(|p| p.parse::<u64>().unwrap())
+        .unwrap();
+    assert!(Command::new("kill")
+        .args(["-USR1", target])
+        .status()
+        .unwrap()
+        .success());
+    let rest: Vec<String> = lines.map(|l| l.unwrap()).collect();
+    let status = child.wait().unwrap();
+    let out = rest.join("\n");
+    assert!(status.success(), "{out}");
+    let stopped = rest
+        .iter()
+        .find(|l| l.contains("stopped on request after"))
+        .unwrap_or_else(|| panic!("{out}"));
+    let steps: u64 = stopped
+        .split("after ")
+        .nth(1)
+        .unwrap()
+        .split(' ')
+        .next()
+        .unwrap()
+        .parse()
+        .unwrap();
+    assert!(steps < 100000, "{stopped}");
+}
