@@ -382,3 +382,37 @@ fn sigusr1_to_one_rank_stops_all_ranks_after_the_same_step() {
         .unwrap();
     assert!(steps < 100000, "{stopped}");
 }
+
+#[test]
+fn an_error_on_one_rank_ends_the_job_promptly_naming_rank_and_file() {
+    let dir = tempfile::tempdir().unwrap();
+    let ds = prepared_dataset(dir.path());
+    // Corrupt the latents of the first shard: whichever rank reads it fails.
+    let chunk = ds.join("shard-00000.zarr/latents/c/0/0/0/0");
+    assert!(chunk.exists(), "{}", chunk.display());
+    std::fs::write(&chunk, b"corrupt").unwrap();
+    let start = std::time::Instant::now();
+    let o = mpirun(2)
+        .args([
+            "--config",
+            "configs/debug.yaml",
+            "--resume",
+            "never",
+            "--set",
+        ])
+        .arg(format!("data.dataset={}", ds.display()))
+        .arg("--set")
+        .arg(format!("log.dir={}", dir.path().join("runs").display()))
+        .args(["--set", "train.steps=50"])
+        .output()
+        .unwrap();
+    let (out, err) = text(&o);
+    assert!(!o.status.success(), "{out}");
+    assert!(start.elapsed().as_secs() < 30, "took {:?}", start.elapsed());
+    assert!(
+        err.contains("aborting all 2 ranks")
+            && err.contains("shard-00000.zarr")
+            && err.contains("[rank "),
+        "{err}"
+    );
+}

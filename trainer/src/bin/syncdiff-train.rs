@@ -96,10 +96,20 @@ fn run(cli: &Cli, config: &syncdiff_model::config::Config) -> anyhow::Result<()>
     )
     .map_err(|e| anyhow::anyhow!("{e}"))?;
     tch::set_num_threads(placement.cpu_threads as i32);
-    let summary = syncdiff_trainer::train::train(config, &rt, &|| {
-        stop.load(std::sync::atomic::Ordering::Relaxed)
-    })
-    .map_err(|e| anyhow::anyhow!("{} {e:#}", rt.prefix()))?;
+    let stop_requested = || stop.load(std::sync::atomic::Ordering::Relaxed);
+    let summary = match syncdiff_trainer::train::train(config, &rt, &stop_requested) {
+        Ok(s) => s,
+        // One rank's failure ends the job at once: the others may be waiting in a collective.
+        Err(e) if rt.world_size() > 1 => {
+            eprintln!(
+                "error: {} {e:#}; aborting all {} ranks",
+                rt.prefix(),
+                rt.world_size()
+            );
+            rt.abort(1)
+        }
+        Err(e) => return Err(anyhow::anyhow!("{} {e:#}", rt.prefix())),
+    };
     if rt.is_main() {
         println!(
             "{} {} after {} steps in {:.1} s; last loss {:.4}; loader at epoch {} sample {}",

@@ -95,6 +95,12 @@ impl Runtime {
         format!("[rank {}/{}]", self.rank, self.size)
     }
 
+    /// Ends the whole job now (MPI_Abort): used when this rank fails, so no other rank is left
+    /// waiting in a collective or in MPI_Finalize.
+    pub fn abort(&self, code: i32) -> ! {
+        self.world.abort(code)
+    }
+
     /// Blocks until every rank arrives.
     pub fn barrier(&self) {
         self.world.barrier();
