@@ -15,6 +15,10 @@ fn python() -> Command {
     Command::new(exe)
 }
 
+/// The two tests run one at a time: run concurrently in one process they disagreed once in a
+/// few runs (unexplained; see the session note), alone they are bit-exact every time.
+static SERIAL: std::sync::Mutex<()> = std::sync::Mutex::new(());
+
 fn params() -> Vec<(String, Tensor)> {
     tch::manual_seed(11);
     vec![
@@ -61,6 +65,7 @@ fn run(opt: &mut AdamW, steps: std::ops::Range<i64>) {
 
 #[test]
 fn adamw_matches_torch() {
+    let _serial = SERIAL.lock().unwrap_or_else(|e| e.into_inner());
     let dir = tempfile::tempdir().unwrap();
     let p = params();
     Tensor::write_safetensors(&p, dir.path().join("params.safetensors")).unwrap();
@@ -103,6 +108,7 @@ fn adamw_matches_torch() {
 
 #[test]
 fn restored_state_continues_identically() {
+    let _serial = SERIAL.lock().unwrap_or_else(|e| e.into_inner());
     let make = || {
         let leaves: Vec<(String, Tensor)> = params()
             .into_iter()
