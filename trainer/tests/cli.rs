@@ -1,6 +1,10 @@
 //! The binaries as a user runs them: exit codes, one-line errors, `mpirun` dry runs.
 #![allow(clippy::unwrap_used)]
 
+mod common;
+
+use common::prepared_dataset;
+
 use std::path::{Path, PathBuf};
 use std::process::{Command, Output};
 
@@ -227,33 +231,6 @@ fn print_config_shows_overrides_and_reloads() {
         .unwrap();
     assert!(o.status.success(), "{}", text(&o).1);
     assert_eq!(text(&o).0, out);
-}
-
-/// A small synthetic data set prepared with the debug configuration.
-fn prepared_dataset(dir: &Path) -> PathBuf {
-    let root = dir.join("lrs2");
-    let opts = syncdiff_dataprep::synth::SynthOptions {
-        out: root.clone(),
-        speakers: 2,
-        clips_per_speaker: 4,
-        seconds: 1.0,
-        seed: 4,
-    };
-    syncdiff_dataprep::synth::synth(&opts, |_, _| {}).unwrap();
-    let cfg =
-        syncdiff_model::config::Config::load(&repo().join("configs/debug.yaml"), &[]).unwrap();
-    let out = dir.join("ds");
-    let ingest = syncdiff_dataprep::ingest::IngestOptions {
-        root,
-        split: "train".into(),
-        out: out.clone(),
-        batch: 16,
-        half: false,
-        rank: 0,
-        world: 1,
-    };
-    syncdiff_dataprep::ingest::ingest(&ingest, &cfg, |_, _, _| {}).unwrap();
-    out
 }
 
 #[test]

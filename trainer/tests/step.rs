@@ -2,10 +2,9 @@
 //! loss -> AdamW. The loss falls.
 #![allow(clippy::unwrap_used)]
 
-use std::path::Path;
+mod common;
 
 use syncdiff_dataprep::store::Dataset;
-use syncdiff_dataprep::synth::{synth, SynthOptions};
 use syncdiff_model::config::Config;
 use syncdiff_trainer::data::{Batch, LoaderState, Sampler};
 use syncdiff_trainer::optim::{AdamW, AdamWConfig};
@@ -13,31 +12,9 @@ use syncdiff_trainer::step::TrainModel;
 
 #[test]
 fn training_steps_on_synthetic_data_reduce_the_loss() {
-    let repo = Path::new(env!("CARGO_MANIFEST_DIR")).join("..");
     let dir = tempfile::tempdir().unwrap();
-    let (root, out) = (dir.path().join("lrs2"), dir.path().join("ds"));
-    synth(
-        &SynthOptions {
-            out: root.clone(),
-            speakers: 2,
-            clips_per_speaker: 4,
-            seconds: 1.0,
-            seed: 2,
-        },
-        |_, _| {},
-    )
-    .unwrap();
-    let cfg = Config::load(&repo.join("configs/debug.yaml"), &[]).unwrap();
-    let ingest = syncdiff_dataprep::ingest::IngestOptions {
-        root,
-        split: "train".into(),
-        out: out.clone(),
-        batch: 16,
-        half: false,
-        rank: 0,
-        world: 1,
-    };
-    syncdiff_dataprep::ingest::ingest(&ingest, &cfg, |_, _, _| {}).unwrap();
+    let out = common::prepared_dataset(dir.path());
+    let cfg = Config::load(&common::repo().join("configs/debug.yaml"), &[]).unwrap();
     let ds = Dataset::open(&out).unwrap();
     let frames: Vec<u64> = ds.clips().iter().map(|c| c.frames).collect();
     let np = cfg.model.priors.previous_frames;
