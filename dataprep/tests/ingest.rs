@@ -23,6 +23,19 @@ fn dataprep(args: &[&str]) -> std::process::Output {
         .unwrap()
 }
 
+/// `syncdiff-dataprep lrs2 --root ROOT --out OUT --config CONFIG` (train split).
+fn lrs2(root: &Path, out: &Path, config: &str) -> std::process::Output {
+    dataprep(&[
+        "lrs2",
+        "--root",
+        root.to_str().unwrap(),
+        "--out",
+        out.to_str().unwrap(),
+        "--config",
+        config,
+    ])
+}
+
 fn make_synth(dir: &Path, clips: u32) {
     let opts = SynthOptions {
         out: dir.to_path_buf(),
@@ -171,15 +184,7 @@ fn bad_clips_are_rejected_with_their_reason() {
     assert!(o.status.success());
     let list = "spk00/00003\nbad/undecodable\nbad/no_audio\nbad/zero_frames\nbad/wrong_fps\nbad/audio_short\nspk01/00003\n";
     std::fs::write(root.join("train.txt"), list).unwrap();
-    let o = dataprep(&[
-        "lrs2",
-        "--root",
-        root.to_str().unwrap(),
-        "--out",
-        out.to_str().unwrap(),
-        "--config",
-        &debug_config(),
-    ]);
+    let o = lrs2(&root, &out, &debug_config());
     assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
     assert!(
         String::from_utf8_lossy(&o.stdout).contains("2 clips, 50 frames"),
@@ -406,30 +411,14 @@ fn frozen_audio_features_are_cached_with_their_tag() {
     let vs = tch::nn::VarStore::new(tch::Device::Cpu);
     let enc = AvHubert::new(vs.root(), &cfg.model.audio_encoder);
     // Missing weights: a one-line error naming the key.
-    let o = dataprep(&[
-        "lrs2",
-        "--root",
-        root.to_str().unwrap(),
-        "--out",
-        out.to_str().unwrap(),
-        "--config",
-        cfg_path.to_str().unwrap(),
-    ]);
+    let o = lrs2(&root, &out, &cfg_path.display().to_string());
     let err = String::from_utf8_lossy(&o.stderr);
     assert!(
         !o.status.success() && err.contains("avhubert.safetensors") && err.lines().count() == 1,
         "{err}"
     );
     vs.save(&weights).unwrap();
-    let o = dataprep(&[
-        "lrs2",
-        "--root",
-        root.to_str().unwrap(),
-        "--out",
-        out.to_str().unwrap(),
-        "--config",
-        cfg_path.to_str().unwrap(),
-    ]);
+    let o = lrs2(&root, &out, &cfg_path.display().to_string());
     assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
     let ds = Dataset::open(&out).unwrap();
     let tag = AudioCacheTag {
@@ -499,15 +488,7 @@ fn face_box_sidecar_crops_each_frame() {
     .unwrap();
     std::fs::write(main.join("clip.boxes.txt"), "0 0 32 64\n".repeat(10)).unwrap();
     std::fs::write(root.join("train.txt"), "spk/clip\n").unwrap();
-    let o = dataprep(&[
-        "lrs2",
-        "--root",
-        root.to_str().unwrap(),
-        "--out",
-        out.to_str().unwrap(),
-        "--config",
-        &debug_config(),
-    ]);
+    let o = lrs2(&root, &out, &debug_config());
     assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
     let ds = Dataset::open(&out).unwrap();
     // resample autoencoder: 8x8 latent of the 32x32 crop, values in [-1, 1]: red everywhere.
@@ -525,15 +506,7 @@ fn face_box_sidecar_crops_each_frame() {
     // A box count that does not match the frames rejects the clip.
     std::fs::write(main.join("clip.boxes.txt"), "0 0 32 64\n".repeat(3)).unwrap();
     let out2 = dir.path().join("ds2");
-    let o = dataprep(&[
-        "lrs2",
-        "--root",
-        root.to_str().unwrap(),
-        "--out",
-        out2.to_str().unwrap(),
-        "--config",
-        &debug_config(),
-    ]);
+    let o = lrs2(&root, &out2, &debug_config());
     assert!(o.status.success());
     assert!(std::fs::read_to_string(out2.join("rejected.jsonl"))
         .unwrap()
