@@ -8,6 +8,8 @@ pub mod dist;
 pub mod dryrun;
 pub mod log;
 pub mod optim;
+pub mod preflight;
 pub mod step;
 pub mod tools;
 pub mod train;
+pub mod validate;

@@ -1,18 +1,91 @@
-//! The training loop: one screen, in a fixed order per step (lr, micro-batches with backward,
-//! gradient averaging with the stop flag, clipping, AdamW, EMA, logging, loader advance).
+//! The training loop: one screen, in a fixed order per step (lr, data, micro-batches with
+//! backward, gradient averaging with the stop flag, clipping, AdamW, EMA, logging, checksum,
+//! validation). Every blocking operation runs under the watchdog.
 
-use std::path::Path;
-use std::time::Instant;
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
 
-use anyhow::Context;
-use syncdiff_dataprep::store::Dataset;
-use syncdiff_model::config::{Config, OptimizerKind};
+use syncdiff_dataprep::store::{Dataset, StoreError};
+use syncdiff_model::config::{Config, ConfigError, DistBackend, OptimizerKind};
+use tch::{Device, Tensor};
 
-use crate::data::{Batch, LoaderState, Sampler};
-use crate::dist::{broadcast_params, check_params, GradSync, MpiGradSync, Runtime};
-use crate::log::EventWriter;
+use crate::data::{Loader, LoaderError, LoaderState, RankShare, Sampler, SamplerError};
+use crate::dist::{
+    broadcast_params, check_params, DistError, GradSync, MpiGradSync, Runtime, Watchdog,
+};
+use crate::log::{png, EventWriter, Progress};
 use crate::optim::{clip_grad_norm, lr_at, AdamW, AdamWConfig, Ema};
 use crate::step::TrainModel;
+use crate::validate::{image_decoder, ValLoss, ValidateError, Validator};
+
+/// Test-only fault injection: `RANK:STEP` perturbs one parameter on that rank after that step, so
+/// the parameter checksum has something to catch.
+pub const FAULT_DESYNC_ENV: &str = "SYNCDIFF_FAULT_DESYNC";
+
+/// Why training stopped with an error. Messages name the file, key or rank.
+#[derive(Debug, thiserror::Error)]
+pub enum TrainError {
+    /// The configuration does not fit this job.
+    #[error(transparent)]
+    Config(#[from] ConfigError),
+    /// The training data set cannot be opened.
+    #[error("data.dataset {path}: {source}")]
+    Dataset {
+        /// Data set path.
+        path: String,
+        /// Cause.
+        source: StoreError,
+    },
+    /// The data set cannot feed the configured batch.
+    #[error("data.dataset: {0}")]
+    Sampler(#[from] SamplerError),
+    /// Reading a batch failed.
+    #[error(transparent)]
+    Loader(#[from] LoaderError),
+    /// A collective failed or ranks disagree.
+    #[error(transparent)]
+    Dist(#[from] DistError),
+    /// Validation failed.
+    #[error(transparent)]
+    Validate(#[from] ValidateError),
+    /// A forward pass failed.
+    #[error(transparent)]
+    Model(#[from] syncdiff_model::syncdiff::SyncDiffError),
+    /// A tensor could not be read back.
+    #[error("tensor: {0}")]
+    Tensor(#[from] tch::TchError),
+    /// The log directory cannot be written.
+    #[error("log.dir {path}: {source}")]
+    Log {
+        /// Directory.
+        path: PathBuf,
+        /// Cause.
+        source: std::io::Error,
+    },
+    /// Something the loop does not support yet.
+    #[error("{0}")]
+    Unsupported(String),
+}
+
+/// How a process trains: where, and how it learns that it should stop.
+pub struct TrainOptions<'a> {
+    /// The rank's device (`dist::choose_device`).
+    pub device: Device,
+    /// The gradient backend (`Mpi` or `Nccl`).
+    pub backend: DistBackend,
+    /// Polled once per step: a stop request (signal) on any rank stops every rank after that step.
+    pub stop_requested: &'a dyn Fn() -> bool,
+}
+
+impl std::fmt::Debug for TrainOptions<'_> {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("TrainOptions")
+            .field("device", &self.device)
+            .field("backend", &self.backend)
+            .finish_non_exhaustive()
+    }
+}
 
 /// What a finished (or stopped) run reports.
 #[derive(Debug, Clone)]
@@ -23,48 +96,112 @@ pub struct RunSummary {
     pub state: LoaderState,
     /// Mean loss of the last logged interval.
     pub last_loss: f64,
+    /// The last validation losses, when validation ran.
+    pub last_val: Option<ValLoss>,
     /// Seconds of training.
     pub seconds: f64,
     /// Whether a stop was requested (preemption) before the planned end.
     pub stopped: bool,
 }
 
-/// Trains from a fresh start on the configured data set (CPU, MPI gradient averaging).
+/// Timings of the steps since the last log line.
+#[derive(Debug, Default)]
+struct Interval {
+    losses: Vec<f64>,
+    data: Duration,
+    all_reduce: Duration,
+    step: Duration,
+}
+
+fn desync_fault(rank: i32) -> Result<Option<u64>, TrainError> {
+    let Ok(v) = std::env::var(FAULT_DESYNC_ENV) else {
+        return Ok(None);
+    };
+    let bad = || TrainError::Unsupported(format!("{FAULT_DESYNC_ENV}={v}: expected RANK:STEP"));
+    let (r, s) = v.split_once(':').ok_or_else(bad)?;
+    let r: i32 = r.parse().map_err(|_| bad())?;
+    let s: u64 = s.parse().map_err(|_| bad())?;
+    Ok((r == rank).then_some(s))
+}
+
+fn secs(s: u64) -> Duration {
+    Duration::from_secs(s)
+}
+
+/// Trains from a fresh start on the configured data set.
 pub fn train(
     config: &Config,
     rt: &Runtime,
-    stop_requested: &dyn Fn() -> bool,
-) -> anyhow::Result<RunSummary> {
-    anyhow::ensure!(
-        config.train.optimizer == OptimizerKind::Adamw,
-        "train.optimizer: only adamw is wired into the loop"
-    );
+    opts: &TrainOptions<'_>,
+) -> Result<RunSummary, TrainError> {
+    let t = &config.train;
+    if t.optimizer != OptimizerKind::Adamw {
+        return Err(TrainError::Unsupported(
+            "train.optimizer: only adamw is wired into the loop".into(),
+        ));
+    }
     let plan = config.batch_plan(rt.world_size() as u32)?;
-    let ds = Dataset::open(Path::new(&config.data.dataset))
-        .with_context(|| format!("data.dataset {}", config.data.dataset))?;
+    let ds =
+        Dataset::open(Path::new(&config.data.dataset)).map_err(|source| TrainError::Dataset {
+            path: config.data.dataset.clone(),
+            source,
+        })?;
     let frames: Vec<u64> = ds.clips().iter().map(|c| c.frames).collect();
     let m = &config.model;
     let np = m.priors.needed_previous_frames();
-    let sampler = Sampler::new(
-        config.train.seed,
-        config.train.epoch_unit,
+    let sampler = Arc::new(Sampler::new(
+        t.seed,
+        t.epoch_unit,
         &frames,
         u64::from(np),
         u64::from(m.diffusion.timesteps),
         u64::from(plan.global_batch),
-    )?;
-    let total = config
-        .train
+    )?);
+    let total = t
         .steps
-        .unwrap_or(sampler.steps_per_epoch() * u64::from(config.train.epochs));
-    tch::manual_seed(config.train.seed as i64);
-    let model = TrainModel::new(m, tch::Device::Cpu);
+        .unwrap_or(sampler.steps_per_epoch() * u64::from(t.epochs));
+    let share = RankShare {
+        rank: rt.rank() as u64,
+        world: u64::from(plan.world_size),
+        micro: u64::from(plan.micro_batch),
+        previous: np,
+        context: u64::from(m.audio_encoder.context_frames),
+    };
+    let mut loader = Loader::new(
+        Arc::new(ds),
+        sampler.clone(),
+        share,
+        config.data.prefetch as usize,
+    );
+    let validator = match (&config.data.val_dataset, config.log.val_interval) {
+        (Some(path), n) if n > 0 => Some(Validator::new(
+            config,
+            path,
+            rt.rank() as u64,
+            u64::from(plan.world_size),
+        )?),
+        _ => None,
+    };
+
+    let device = opts.device;
+    tch::manual_seed(t.seed as i64);
+    let model = TrainModel::new(m, device);
     let params = model.trainable();
-    let tensors: Vec<tch::Tensor> = params.iter().map(|(_, t)| t.shallow_clone()).collect();
-    broadcast_params(rt.comm(), &tensors)?;
-    check_params(rt.comm(), &tensors, 0)?;
-    let t = &config.train;
-    let named: Vec<(String, tch::Tensor)> = params
+    let tensors: Vec<Tensor> = params.iter().map(|(_, t)| t.shallow_clone()).collect();
+    let dog = Watchdog::start(rt.prefix(), {
+        let abort = rt.abort_handle();
+        Box::new(move |msg| {
+            eprintln!("error: {msg}");
+            abort.abort(3)
+        })
+    });
+    let coll = secs(config.dist.collective_timeout_s);
+    {
+        let _w = dog.watch("parameter broadcast", 0, coll);
+        broadcast_params(rt.comm(), &tensors)?;
+        check_params(rt.comm(), &tensors, 0)?;
+    }
+    let named: Vec<(String, Tensor)> = params
         .iter()
         .map(|(n, p)| (n.clone(), p.shallow_clone()))
         .collect();
@@ -81,79 +218,183 @@ pub fn train(
         .ema
         .enabled
         .then(|| Ema::new(&params, t.ema.decay, t.ema.warmup));
-    let mut sync = MpiGradSync::new(rt.comm(), config.dist.bucket_mb);
+    let mut sync: Box<dyn GradSync + '_> = match opts.backend {
+        DistBackend::Nccl => Box::new(crate::dist::NcclGradSync::new(
+            rt,
+            device,
+            config.dist.bucket_mb,
+        )?),
+        _ => Box::new(MpiGradSync::new(rt.comm(), config.dist.bucket_mb)),
+    };
     let mut tb = if rt.is_main() {
-        Some(EventWriter::create(Path::new(&config.log.dir))?)
+        let dir = Path::new(&config.log.dir);
+        Some(EventWriter::create(dir).map_err(|source| TrainError::Log {
+            path: dir.to_path_buf(),
+            source,
+        })?)
     } else {
         None
     };
-    let context = u64::from(m.audio_encoder.context_frames);
-    let (mut state, mut losses, mut last_loss) = (LoaderState::default(), Vec::new(), f64::NAN);
+    let decoder = (rt.is_main() && config.log.image_interval > 0 && validator.is_some())
+        .then(|| image_decoder(config, device))
+        .flatten();
+    let fault = desync_fault(rt.rank())?;
+    let progress = Progress::new(rt.is_main() && config.log.progress, 0, total);
+    let say = |line: String| progress.println(&line);
+
+    let (mut state, mut iv) = (LoaderState::default(), Interval::default());
+    let (mut last_loss, mut last_val) = (f64::NAN, None);
     let start = Instant::now();
-    let mut step = 0;
-    let mut stopped = false;
+    let (mut step, mut stopped) = (0, false);
     while step < total {
+        let now = step + 1;
         let lr = lr_at(t, step, total);
-        let order = sampler.permutation(state.epoch);
+        let t0 = Instant::now();
+        let batches = {
+            let _w = dog.watch("data fetch", now, secs(config.dist.data_timeout_s));
+            loader.next(state, Duration::ZERO)?
+        };
+        let data_wait = t0.elapsed();
         let mut step_loss = 0.0;
-        for specs in sampler.step(
-            state,
-            rt.rank() as u64,
-            u64::from(plan.world_size),
-            u64::from(plan.micro_batch),
-            &order,
-        ) {
-            let batch = Batch::read(&ds, &specs, np, context)?;
+        for batch in &batches {
+            let batch = batch.to(device);
             // Mean over the rank's samples: each micro-batch contributes its share.
             let loss = model.loss(&batch, true)? / f64::from(plan.accumulation);
             loss.backward();
             step_loss += f64::try_from(&loss)?;
         }
-        let grads: Vec<tch::Tensor> = tensors.iter().map(tch::Tensor::grad).collect();
-        let stop = sync.sync(&grads, stop_requested())?;
+        let grads: Vec<Tensor> = tensors.iter().map(Tensor::grad).collect();
+        let t1 = Instant::now();
+        let stop = {
+            let _w = dog.watch("gradient all-reduce", now, coll);
+            sync.sync(&grads, (opts.stop_requested)())?
+        };
+        let all_reduce = t1.elapsed();
         let grad_norm = t.grad_clip.map(|c| clip_grad_norm(&grads, c));
         opt.step(lr);
         opt.zero_grad();
         if let Some(e) = &mut ema {
             e.update(&tensors);
         }
+        if fault == Some(now) {
+            tch::no_grad(|| {
+                let _ = tensors[0].shallow_clone().g_add_scalar_(1e-3);
+            });
+        }
         state = sampler.advance(state);
-        step += 1;
-        losses.push(step_loss);
-        if let Some(tb) = &mut tb {
-            if step % config.log.interval == 0 || step == total || stop {
-                last_loss = losses.iter().sum::<f64>() / losses.len().max(1) as f64;
-                tb.scalar("train/loss", last_loss as f32, step as i64)?;
-                tb.scalar("train/lr", lr as f32, step as i64)?;
-                if let Some(n) = grad_norm {
-                    tb.scalar("train/grad_norm", n as f32, step as i64)?;
-                }
-                let sps =
-                    f64::from(plan.global_batch) * step as f64 / start.elapsed().as_secs_f64();
-                tb.scalar("train/samples_per_s", sps as f32, step as i64)?;
-                println!(
-                    "{} step {step}/{total} loss {last_loss:.4} lr {lr:.2e} {sps:.1} samples/s",
-                    rt.prefix()
-                );
-                losses.clear();
+        step = now;
+        iv.losses.push(step_loss);
+        iv.data += data_wait;
+        iv.all_reduce += all_reduce;
+        iv.step += t0.elapsed();
+        let sps = f64::from(plan.global_batch) * step as f64 / start.elapsed().as_secs_f64();
+        progress.update(step, step_loss, sps);
+        if step % config.log.interval == 0 || step == total || stop {
+            last_loss = iv.losses.iter().sum::<f64>() / iv.losses.len().max(1) as f64;
+            if let Some(tb) = &mut tb {
+                log_interval(tb, &iv, step, last_loss, lr, grad_norm, sps)
+                    .map_err(|source| log_err(config, source))?;
+                let n = iv.losses.len().max(1) as f64;
+                say(format!(
+                    "{} step {step}/{total} loss {last_loss:.4} lr {lr:.2e} {sps:.1} samples/s \
+                     data {:.1} ms all-reduce {:.1} ms ({:.0}% of step)",
+                    rt.prefix(),
+                    iv.data.as_secs_f64() * 1e3 / n,
+                    iv.all_reduce.as_secs_f64() * 1e3 / n,
+                    100.0 * iv.all_reduce.as_secs_f64() / iv.step.as_secs_f64().max(1e-9),
+                ));
+            }
+            iv = Interval::default();
+        }
+        let due = |every: u64| every > 0 && (step % every == 0 || step == total || stop);
+        if due(config.dist.checksum_interval) {
+            let _w = dog.watch("parameter checksum", step, coll);
+            check_params(rt.comm(), &tensors, step)?;
+        }
+        if let Some(v) = validator.as_ref().filter(|_| due(config.log.val_interval)) {
+            let loss = {
+                let _w = dog.watch("validation", step, coll);
+                v.run(&model, device, rt.comm())?
+            };
+            last_val = Some(loss);
+            if let Some(tb) = &mut tb {
+                log_val(tb, &loss, step).map_err(|source| log_err(config, source))?;
+                say(format!(
+                    "{} val step {step}: loss true-audio {:.4} other-audio {:.4} (gap {:+.4}, {} samples)",
+                    rt.prefix(),
+                    loss.true_audio,
+                    loss.other_audio,
+                    loss.other_audio - loss.true_audio,
+                    loss.samples
+                ));
             }
         }
-        if config.dist.checksum_interval > 0 && step % config.dist.checksum_interval == 0 {
-            check_params(rt.comm(), &tensors, step)?;
+        if let (Some(v), Some((_, dec)), Some(tb)) = (&validator, &decoder, &mut tb) {
+            if due(config.log.image_interval) {
+                if let Some(img) = v.images(&model, dec, config, device, 4)? {
+                    tb.image("val/frames", &png(&img), img.width, img.height, step as i64)
+                        .map_err(|source| log_err(config, source))?;
+                }
+            }
         }
         if stop {
             stopped = true;
             break;
         }
     }
+    progress.finish();
     if let Some(tb) = &mut tb {
-        tb.flush()?;
+        tb.flush().map_err(|source| log_err(config, source))?;
     }
+    drop(dog);
     Ok(RunSummary {
         steps: step,
         state,
         last_loss,
+        last_val,
         seconds: start.elapsed().as_secs_f64(),
         stopped,
     })
+}
+
+fn log_err(config: &Config, source: std::io::Error) -> TrainError {
+    TrainError::Log {
+        path: PathBuf::from(&config.log.dir),
+        source,
+    }
+}
+
+fn log_interval(
+    tb: &mut EventWriter,
+    iv: &Interval,
+    step: u64,
+    loss: f64,
+    lr: f64,
+    grad_norm: Option<f64>,
+    sps: f64,
+) -> std::io::Result<()> {
+    let s = step as i64;
+    let n = iv.losses.len().max(1) as f64;
+    tb.scalar("train/loss", loss as f32, s)?;
+    tb.scalar("train/lr", lr as f32, s)?;
+    if let Some(g) = grad_norm {
+        tb.scalar("train/grad_norm", g as f32, s)?;
+    }
+    tb.scalar("train/samples_per_s", sps as f32, s)?;
+    tb.scalar("time/step_s", (iv.step.as_secs_f64() / n) as f32, s)?;
+    tb.scalar("time/data_wait_s", (iv.data.as_secs_f64() / n) as f32, s)?;
+    tb.scalar(
+        "time/all_reduce_s",
+        (iv.all_reduce.as_secs_f64() / n) as f32,
+        s,
+    )?;
+    let share = iv.all_reduce.as_secs_f64() / iv.step.as_secs_f64().max(1e-9);
+    tb.scalar("time/all_reduce_share", share as f32, s)
+}
+
+fn log_val(tb: &mut EventWriter, v: &ValLoss, step: u64) -> std::io::Result<()> {
+    let s = step as i64;
+    tb.scalar("val/loss_true_audio", v.true_audio as f32, s)?;
+    tb.scalar("val/loss_other_audio", v.other_audio as f32, s)?;
+    tb.scalar("val/audio_gap", (v.other_audio - v.true_audio) as f32, s)
 }

@@ -4,7 +4,14 @@
 use std::path::PathBuf;
 use std::process::Command;
 
-use syncdiff_trainer::log::EventWriter;
+use syncdiff_trainer::log::{grid, png, EventWriter};
+use tch::{Device, Kind, Tensor};
+
+fn python() -> PathBuf {
+    std::env::var("VIRTUAL_ENV")
+        .map(|v| PathBuf::from(v).join("bin/python"))
+        .unwrap_or_else(|_| PathBuf::from("python3"))
+}
 
 #[test]
 fn tensorboard_reads_our_scalars() {
@@ -16,11 +23,8 @@ fn tensorboard_reads_our_scalars() {
         w.scalar("train/lr", 1e-4, step).unwrap();
     }
     w.flush().unwrap();
-    let py = std::env::var("VIRTUAL_ENV")
-        .map(|v| PathBuf::from(v).join("bin/python"))
-        .unwrap_or_else(|_| PathBuf::from("python3"));
     let script = "import sys\nfrom tensorboard.backend.event_processing.event_accumulator import EventAccumulator\nacc = EventAccumulator(sys.argv[1]); acc.Reload()\nfor tag in sorted(acc.Tags()['scalars']):\n    print(tag, ' '.join(f'{e.step}:{e.value:.6g}' for e in acc.Scalars(tag)))\n";
-    let o = Command::new(py)
+    let o = Command::new(python())
         .arg("-c")
         .arg(script)
         .arg(dir.path())
@@ -36,4 +40,36 @@ fn tensorboard_reads_our_scalars() {
         out.contains("train/lr 0:0.0001 1:0.0001 2:0.0001 3:0.0001 4:0.0001"),
         "{out}"
     );
+}
+
+#[test]
+fn tensorboard_reads_our_image_grid_pixel_for_pixel() {
+    let dir = tempfile::tempdir().unwrap();
+    tch::manual_seed(3);
+    let a = Tensor::rand([3, 3, 6, 5], (Kind::Float, Device::Cpu)) * 2.0 - 1.0;
+    let b = Tensor::rand([3, 3, 6, 5], (Kind::Float, Device::Cpu)) * 2.0 - 1.0;
+    let g = grid(&[&a, &b]).unwrap();
+    let mut w = EventWriter::create(dir.path()).unwrap();
+    w.image("val/frames", &png(&g), g.width, g.height, 7)
+        .unwrap();
+    w.flush().unwrap();
+    let script = "import sys, io\nimport numpy as np\nfrom PIL import Image\nfrom tensorboard.backend.event_processing.event_accumulator import EventAccumulator\nacc = EventAccumulator(sys.argv[1], size_guidance={'images': 0}); acc.Reload()\ne = acc.Images('val/frames')[0]\nim = np.asarray(Image.open(io.BytesIO(e.encoded_image_string)).convert('RGB'))\nprint(e.step, e.width, e.height, im.shape[1], im.shape[0])\nsys.stdout.write(' '.join(str(int(x)) for x in im.reshape(-1)))\n";
+    let o = Command::new(python())
+        .arg("-c")
+        .arg(script)
+        .arg(dir.path())
+        .output()
+        .unwrap();
+    assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
+    let out = String::from_utf8_lossy(&o.stdout);
+    let mut lines = out.lines();
+    let dims = format!("7 {0} {1} {0} {1}", g.width, g.height);
+    assert_eq!(lines.next().unwrap(), dims);
+    let pixels: Vec<u8> = lines
+        .next()
+        .unwrap()
+        .split(' ')
+        .map(|x| x.parse().unwrap())
+        .collect();
+    assert_eq!(pixels, g.data);
 }

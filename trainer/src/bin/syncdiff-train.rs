@@ -24,6 +24,11 @@ struct Cli {
     /// the run length, check an MPI all-reduce, and exit without touching data.
     #[arg(long)]
     dry_run: bool,
+    /// Check each rank before a long run: device, gradient backend (NCCL or MPI all-reduce), the
+    /// data set (reads one sample) and write access to the checkpoint URL; exit non-zero on any
+    /// failure. `launch/preflight.sh` runs it.
+    #[arg(long, conflicts_with = "dry_run")]
+    preflight: bool,
     /// Resume policy: `auto` (newest valid checkpoint, else fresh), `never`, or a checkpoint URL.
     #[arg(long, default_value = "auto", value_name = "auto|never|URL")]
     resume: String,
@@ -73,6 +78,47 @@ fn run(cli: &Cli, config: &syncdiff_model::config::Config) -> anyhow::Result<()>
         rt.in_rank_order(|| println!("{}", plan.rank_line(&rt)));
         return Ok(());
     }
+    let placement = syncdiff_trainer::dist::choose_device(
+        config.dist.backend,
+        rt.rank(),
+        rt.local_rank(),
+        rt.local_size(),
+        config.dist.cpu_threads,
+        tch::Cuda::device_count(),
+    );
+    if cli.preflight {
+        let report = syncdiff_trainer::preflight::run(
+            config,
+            &rt,
+            placement.as_ref().map(|p| *p).map_err(|e| e.to_string()),
+        );
+        rt.in_rank_order(|| println!("{}", report.line));
+        let mut failed = [0i32];
+        mpi::collective::CommunicatorCollectives::all_reduce_into(
+            rt.comm(),
+            &[report.failures.len() as i32][..],
+            &mut failed[..],
+            mpi::collective::SystemOperation::sum(),
+        );
+        for f in &report.failures {
+            eprintln!("error: {} preflight {f}", rt.prefix());
+        }
+        if failed[0] > 0 {
+            anyhow::bail!(
+                "{} preflight: {} check(s) failed across the job",
+                rt.prefix(),
+                failed[0]
+            );
+        }
+        if rt.is_main() {
+            println!(
+                "{} preflight passed on all {} ranks",
+                rt.prefix(),
+                rt.world_size()
+            );
+        }
+        return Ok(());
+    }
     if cli.resume != "never" && cli.resume != "auto" {
         anyhow::bail!(
             "--resume {}: checkpoints are not implemented in this build yet; use --resume never",
@@ -86,18 +132,15 @@ fn run(cli: &Cli, config: &syncdiff_model::config::Config) -> anyhow::Result<()>
         signal_hook::flag::register(sig, stop.clone())
             .context("cannot install the signal handlers")?;
     }
-    let placement = syncdiff_trainer::dist::choose_device(
-        config.dist.backend,
-        rt.rank(),
-        rt.local_rank(),
-        rt.local_size(),
-        config.dist.cpu_threads,
-        0,
-    )
-    .map_err(|e| anyhow::anyhow!("{e}"))?;
+    let placement = placement.map_err(|e| anyhow::anyhow!("{e}"))?;
     tch::set_num_threads(placement.cpu_threads as i32);
     let stop_requested = || stop.load(std::sync::atomic::Ordering::Relaxed);
-    let summary = match syncdiff_trainer::train::train(config, &rt, &stop_requested) {
+    let opts = syncdiff_trainer::train::TrainOptions {
+        device: placement.device,
+        backend: placement.backend,
+        stop_requested: &stop_requested,
+    };
+    let summary = match syncdiff_trainer::train::train(config, &rt, &opts) {
         Ok(s) => s,
         // One rank's failure ends the job at once: the others may be waiting in a collective.
         Err(e) if rt.world_size() > 1 => {

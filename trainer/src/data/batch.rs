@@ -97,6 +97,21 @@ impl Batch {
         self.mel.is_empty()
     }
 
+    /// This batch's frames, timesteps and noise with the audio contexts of `other` (validation
+    /// with another clip's audio: only the audio differs between the two losses).
+    pub fn with_audio_of(&self, other: &Batch) -> Self {
+        Self {
+            z0: self.z0.shallow_clone(),
+            masked: self.masked.shallow_clone(),
+            identity: self.identity.shallow_clone(),
+            previous: self.previous.shallow_clone(),
+            mel: other.mel.iter().map(Tensor::shallow_clone).collect(),
+            offsets: other.offsets.shallow_clone(),
+            timesteps: self.timesteps.shallow_clone(),
+            noise: self.noise.shallow_clone(),
+        }
+    }
+
     /// The batch on `device`.
     pub fn to(&self, device: Device) -> Self {
         Self {

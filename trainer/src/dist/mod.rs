@@ -1,12 +1,16 @@
-//! Distributed runtime: MPI bootstrap, the device of each rank, and (later) gradient all-reduce.
+//! Distributed runtime: MPI bootstrap, the device of each rank, gradient all-reduce and the watchdog.
 
 mod device;
 mod grad_sync;
+mod nccl;
 mod runtime;
+mod watchdog;
 
 pub use device::{choose_device, Placement};
 pub use grad_sync::{broadcast_params, buckets, check_params, GradSync, MpiGradSync};
-pub use runtime::Runtime;
+pub use nccl::{nccl_available, NcclGradSync};
+pub use runtime::{AbortHandle, Runtime};
+pub use watchdog::{OnTimeout, WatchGuard, Watchdog};
 
 /// Errors of the distributed runtime. Messages name the rank.
 #[derive(Debug, thiserror::Error)]

@@ -34,7 +34,8 @@ impl std::fmt::Debug for Runtime {
 impl Runtime {
     /// Initialises MPI (works without `mpirun` too: a single-rank world).
     pub fn init() -> Result<Self, DistError> {
-        let (universe, _threading) = mpi::initialize_with_threading(Threading::Funneled)
+        // The watchdog thread may call MPI_Abort while the main thread waits in a collective.
+        let (universe, _threading) = mpi::initialize_with_threading(Threading::Multiple)
             .ok_or(DistError::AlreadyInitialized)?;
         let world = universe.world();
         let rank = world.rank();
@@ -101,6 +102,11 @@ impl Runtime {
         self.world.abort(code)
     }
 
+    /// A handle that ends the whole job from any thread (the watchdog's action).
+    pub fn abort_handle(&self) -> AbortHandle {
+        AbortHandle { _private: () }
+    }
+
     /// Blocks until every rank arrives.
     pub fn barrier(&self) {
         self.world.barrier();
@@ -138,5 +144,24 @@ impl Runtime {
             }
         }
         Ok(())
+    }
+}
+
+/// Ends the whole job from any thread: `MPI_Abort` on the world communicator.
+#[derive(Debug, Clone, Copy)]
+pub struct AbortHandle {
+    _private: (),
+}
+
+impl AbortHandle {
+    /// Aborts every rank of the job with `code`. Only obtainable from a live [`Runtime`].
+    pub fn abort(self, code: i32) -> ! {
+        // SAFETY: MPI is initialised (a Runtime exists, and it is never finalised while a handle
+        // is in use: the loop drops the watchdog before the runtime); MPI_Abort takes the world
+        // communicator and an error code and does not return.
+        unsafe {
+            mpi::ffi::MPI_Abort(mpi::ffi::RSMPI_COMM_WORLD, code);
+        }
+        std::process::abort()
     }
 }

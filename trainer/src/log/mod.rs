@@ -1,5 +1,9 @@
-//! Logging: TensorBoard event files (rank 0).
+//! Logging on rank 0: TensorBoard event files (scalars, image grids) and the progress bar.
 
+mod image;
+mod progress;
 mod tensorboard;
 
+pub use image::{grid, png, Rgb};
+pub use progress::Progress;
 pub use tensorboard::EventWriter;

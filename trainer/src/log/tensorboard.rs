@@ -1,5 +1,5 @@
 //! A TensorBoard event-file writer: TFRecord framing (length, masked CRC32C, payload, masked
-//! CRC32C) around hand-encoded `Event` protocol buffers. Scalars only for now.
+//! CRC32C) around hand-encoded `Event` protocol buffers: scalars and PNG images.
 
 use std::fs::File;
 use std::io::{BufWriter, Write};
@@ -86,6 +86,32 @@ impl EventWriter {
         bytes_field(1, tag.as_bytes(), &mut v);
         varint(2 << 3 | 5, &mut v);
         v.extend_from_slice(&value.to_le_bytes());
+        let mut summary = Vec::new();
+        bytes_field(1, &v, &mut summary);
+        let e = event(step, |e| bytes_field(5, &summary, e));
+        self.record(&e)
+    }
+
+    /// Logs a PNG image of `width` x `height` pixels under `tag` at `step`.
+    pub fn image(
+        &mut self,
+        tag: &str,
+        png: &[u8],
+        width: u32,
+        height: u32,
+        step: i64,
+    ) -> std::io::Result<()> {
+        let mut img = Vec::new();
+        varint(1 << 3, &mut img);
+        varint(u64::from(height), &mut img);
+        varint(2 << 3, &mut img);
+        varint(u64::from(width), &mut img);
+        varint(3 << 3, &mut img);
+        varint(3, &mut img); // RGB
+        bytes_field(4, png, &mut img);
+        let mut v = Vec::new();
+        bytes_field(1, tag.as_bytes(), &mut v);
+        bytes_field(4, &img, &mut v);
         let mut summary = Vec::new();
         bytes_field(1, &v, &mut summary);
         let e = event(step, |e| bytes_field(5, &summary, e));

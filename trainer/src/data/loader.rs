@@ -1,0 +1,168 @@
+//! The rank's data loader: the micro-batches of the next steps are read in the background on
+//! rayon while the current step computes. Batches are pure functions of the loader state, so
+//! prefetching never changes what a step sees.
+
+use std::collections::VecDeque;
+use std::sync::mpsc::{Receiver, RecvTimeoutError};
+use std::sync::Arc;
+use std::time::Duration;
+
+use syncdiff_dataprep::store::{Dataset, StoreError};
+
+use super::{Batch, LoaderState, Sampler};
+
+/// Why the next step's batches are not there.
+#[derive(Debug, thiserror::Error)]
+pub enum LoaderError {
+    /// Reading a sample failed (names the shard).
+    #[error(transparent)]
+    Store(#[from] StoreError),
+    /// The background read did not answer within the data timeout.
+    #[error("data fetch for loader state (epoch {epoch}, sample {consumed}) took longer than {timeout_s} s")]
+    Timeout {
+        /// Epoch.
+        epoch: u64,
+        /// Samples consumed.
+        consumed: u64,
+        /// Timeout.
+        timeout_s: f64,
+    },
+    /// The background job ended without an answer (it panicked).
+    #[error("the background reader of loader state (epoch {epoch}, sample {consumed}) died")]
+    Lost {
+        /// Epoch.
+        epoch: u64,
+        /// Samples consumed.
+        consumed: u64,
+    },
+}
+
+/// Where this rank reads from and what shape its steps have.
+#[derive(Debug, Clone, Copy)]
+pub struct RankShare {
+    /// This rank.
+    pub rank: u64,
+    /// Number of ranks.
+    pub world: u64,
+    /// Samples per micro-batch.
+    pub micro: u64,
+    /// Previous frames per sample (pose prior).
+    pub previous: u32,
+    /// Audio context frames.
+    pub context: u64,
+}
+
+type Pending = (LoaderState, Receiver<Result<Vec<Batch>, StoreError>>);
+
+/// Reads the micro-batches of each step, `depth` steps ahead.
+#[derive(Debug)]
+pub struct Loader {
+    ds: Arc<Dataset>,
+    sampler: Arc<Sampler>,
+    share: RankShare,
+    depth: usize,
+    /// The epoch order in use (one permutation per epoch, shared with the readers).
+    order: Option<(u64, Arc<Vec<u32>>)>,
+    pending: VecDeque<Pending>,
+}
+
+impl Loader {
+    /// A loader reading `depth` steps ahead (0: read on the calling thread when asked).
+    pub fn new(ds: Arc<Dataset>, sampler: Arc<Sampler>, share: RankShare, depth: usize) -> Self {
+        Self {
+            ds,
+            sampler,
+            share,
+            depth,
+            order: None,
+            pending: VecDeque::new(),
+        }
+    }
+
+    fn order(&mut self, epoch: u64) -> Arc<Vec<u32>> {
+        match &self.order {
+            Some((e, o)) if *e == epoch => o.clone(),
+            _ => {
+                let o = Arc::new(self.sampler.permutation(epoch));
+                self.order = Some((epoch, o.clone()));
+                o
+            }
+        }
+    }
+
+    fn read(
+        ds: &Dataset,
+        sampler: &Sampler,
+        share: RankShare,
+        state: LoaderState,
+        order: &[u32],
+    ) -> Result<Vec<Batch>, StoreError> {
+        sampler
+            .step(state, share.rank, share.world, share.micro, order)
+            .iter()
+            .map(|specs| Batch::read(ds, specs, share.previous, share.context))
+            .collect()
+    }
+
+    fn spawn(&mut self, state: LoaderState) {
+        let (tx, rx) = std::sync::mpsc::sync_channel(1);
+        let (ds, sampler, share) = (self.ds.clone(), self.sampler.clone(), self.share);
+        let order = self.order(state.epoch);
+        rayon::spawn(move || {
+            let _ = tx.send(Self::read(&ds, &sampler, share, state, &order));
+        });
+        self.pending.push_back((state, rx));
+    }
+
+    /// The micro-batches of the step at `state`, waiting at most `timeout` (zero: no limit);
+    /// then schedules the following steps.
+    pub fn next(
+        &mut self,
+        state: LoaderState,
+        timeout: Duration,
+    ) -> Result<Vec<Batch>, LoaderError> {
+        if self.depth == 0 {
+            let order = self.order(state.epoch);
+            return Ok(Self::read(
+                &self.ds,
+                &self.sampler,
+                self.share,
+                state,
+                &order,
+            )?);
+        }
+        if self.pending.front().is_none_or(|(s, _)| *s != state) {
+            // First call, or a jump (resume): drop what was read ahead.
+            self.pending.clear();
+            self.spawn(state);
+        }
+        let mut ahead = self.pending.back().map_or(state, |(s, _)| *s);
+        while self.pending.len() <= self.depth {
+            ahead = self.sampler.advance(ahead);
+            self.spawn(ahead);
+        }
+        let Some((_, rx)) = self.pending.pop_front() else {
+            return Err(LoaderError::Lost {
+                epoch: state.epoch,
+                consumed: state.consumed,
+            });
+        };
+        let got = if timeout.is_zero() {
+            rx.recv().map_err(|_| RecvTimeoutError::Disconnected)
+        } else {
+            rx.recv_timeout(timeout)
+        };
+        match got {
+            Ok(r) => Ok(r?),
+            Err(RecvTimeoutError::Timeout) => Err(LoaderError::Timeout {
+                epoch: state.epoch,
+                consumed: state.consumed,
+                timeout_s: timeout.as_secs_f64(),
+            }),
+            Err(RecvTimeoutError::Disconnected) => Err(LoaderError::Lost {
+                epoch: state.epoch,
+                consumed: state.consumed,
+            }),
+        }
+    }
+}
