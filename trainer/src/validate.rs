@@ -7,7 +7,7 @@ use std::path::Path;
 use mpi::collective::{CommunicatorCollectives, SystemOperation};
 use mpi::topology::SimpleCommunicator;
 use syncdiff_dataprep::store::{Dataset, StoreError};
-use syncdiff_model::config::Config;
+use syncdiff_model::config::{Config, EpochUnit};
 use syncdiff_model::syncdiff::{Conditioning, SampleOptions, SyncDiffError};
 use syncdiff_model::vq::Autoencoder;
 use tch::nn::VarStore;
@@ -92,7 +92,8 @@ impl Validator {
         let plan_global = u64::from(config.train.global_batch);
         let sampler = Sampler::new(
             config.train.seed ^ VALIDATION,
-            config.train.epoch_unit,
+            // Frames, whatever the training unit: a val split has few clips.
+            EpochUnit::Frame,
             &frames,
             np,
             u64::from(m.diffusion.timesteps),
