@@ -10,8 +10,10 @@
 #   config  the configuration resolves (syncdiff-train --print-config), dist.backend
 #   a       the launcher reaches every node: `hostname` on every rank, ranks per host
 #   b       one process per node: GPUs (nvidia-smi -L) and the NCCL library (ldconfig, torch wheel)
-#   c       syncdiff-train --preflight on every rank: MPI, device, gradient backend, one data sample,
-#           a probe object written and deleted under checkpoint.url (rank 0)
+#   c       syncdiff-train --preflight on every rank: MPI, device, gradient backend (one all-reduce),
+#           one data sample; rank 0 writes and deletes a probe file under checkpoint.url. Each rank
+#           prints "[rank r/N] host H device D <backend> all-reduce ok dataset ok (C clips, S
+#           steps/epoch) ..." and a failed check "error: [rank r/N] preflight <check>: <reason>".
 # Exit status: 0 when every check passed, 1 when any failed, 2 for a usage error.
 #
 # Options:
@@ -202,7 +204,13 @@ find_bin() {
     return 1
   fi
   for c in "$ROOT/target/release/syncdiff-train" "$ROOT/target/debug/syncdiff-train"; do
-    if [ -x "$c" ]; then BIN="$c"; return 0; fi
+    if [ -x "$c" ]; then
+      BIN="$c"
+      if [ "$c" = "$ROOT/target/release/syncdiff-train" ] && [ "$ROOT/target/debug/syncdiff-train" -nt "$c" ]; then
+        info "note: target/debug/syncdiff-train is newer than target/release; SYNCDIFF_BIN=target/debug uses it"
+      fi
+      return 0
+    fi
   done
   fail "no syncdiff-train in $ROOT/target/release or target/debug: build it (source ci/env.sh && cargo build --release --workspace --bins) or set SYNCDIFF_BIN to its directory"
   return 1
@@ -333,7 +341,7 @@ check_framework() {
     fail "c: syncdiff-train --preflight did not finish in $limit s ($n rank(s) reported ok); PREFLIGHT_TIMEOUT_S raises the limit"
   elif [ "$rc" -ne 0 ]; then
     fail "c: syncdiff-train --preflight exited $rc ($n rank(s) reported ok); the failing rank and check:"
-    grep -iE 'error|abort' "$out" | head -n 10 | sed 's/^/[preflight]      | /'
+    grep -E '^error|MPI_ABORT' "$out" | head -n 12 | sed 's/^/[preflight]      | /'
   elif [ -n "$NRANKS" ] && [ "$n" -ne "$NRANKS" ]; then
     fail "c: exit 0 but $n of $NRANKS ranks printed their '[rank r/N] host ... dataset ok' line"
   elif [ "$n" -eq 0 ] || { [ -n "$world" ] && [ "$n" -ne "$world" ]; }; then

@@ -6,6 +6,7 @@ pub mod benchstats;
 pub mod data;
 pub mod dist;
 pub mod dryrun;
+pub mod engine;
 pub mod log;
 pub mod optim;
 pub mod preflight;

@@ -8,20 +8,16 @@ use std::time::{Duration, Instant};
 
 use syncdiff_dataprep::store::{Dataset, StoreError};
 use syncdiff_model::config::{Config, ConfigError, DistBackend, OptimizerKind};
-use tch::{Device, Tensor};
+use tch::Device;
 
 use crate::data::{Loader, LoaderError, LoaderState, RankShare, Sampler, SamplerError};
-use crate::dist::{
-    broadcast_params, check_params, DistError, GradSync, MpiGradSync, Runtime, Watchdog,
-};
+use crate::dist::{DistError, Runtime};
+use crate::engine::Trainer;
 use crate::log::{png, EventWriter, Progress};
-use crate::optim::{clip_grad_norm, lr_at, AdamW, AdamWConfig, Ema};
-use crate::step::TrainModel;
+use crate::optim::lr_at;
 use crate::validate::{image_decoder, ValLoss, ValidateError, Validator};
 
-/// Test-only fault injection: `RANK:STEP` perturbs one parameter on that rank after that step, so
-/// the parameter checksum has something to catch.
-pub const FAULT_DESYNC_ENV: &str = "SYNCDIFF_FAULT_DESYNC";
+pub use crate::engine::FAULT_DESYNC_ENV;
 
 /// Why training stopped with an error. Messages name the file, key or rank.
 #[derive(Debug, thiserror::Error)]
@@ -113,21 +109,6 @@ struct Interval {
     step: Duration,
 }
 
-fn desync_fault(rank: i32) -> Result<Option<u64>, TrainError> {
-    let Ok(v) = std::env::var(FAULT_DESYNC_ENV) else {
-        return Ok(None);
-    };
-    let bad = || TrainError::Unsupported(format!("{FAULT_DESYNC_ENV}={v}: expected RANK:STEP"));
-    let (r, s) = v.split_once(':').ok_or_else(bad)?;
-    let r: i32 = r.parse().map_err(|_| bad())?;
-    let s: u64 = s.parse().map_err(|_| bad())?;
-    Ok((r == rank).then_some(s))
-}
-
-fn secs(s: u64) -> Duration {
-    Duration::from_secs(s)
-}
-
 /// Trains from a fresh start on the configured data set.
 pub fn train(
     config: &Config,
@@ -184,48 +165,7 @@ pub fn train(
     };
 
     let device = opts.device;
-    tch::manual_seed(t.seed as i64);
-    let model = TrainModel::new(m, device);
-    let params = model.trainable();
-    let tensors: Vec<Tensor> = params.iter().map(|(_, t)| t.shallow_clone()).collect();
-    let dog = Watchdog::start(rt.prefix(), {
-        let abort = rt.abort_handle();
-        Box::new(move |msg| {
-            eprintln!("error: {msg}");
-            abort.abort(3)
-        })
-    });
-    let coll = secs(config.dist.collective_timeout_s);
-    {
-        let _w = dog.watch("parameter broadcast", 0, coll);
-        broadcast_params(rt.comm(), &tensors)?;
-        check_params(rt.comm(), &tensors, 0)?;
-    }
-    let named: Vec<(String, Tensor)> = params
-        .iter()
-        .map(|(n, p)| (n.clone(), p.shallow_clone()))
-        .collect();
-    let mut opt = AdamW::new(
-        named,
-        AdamWConfig {
-            beta1: t.betas[0],
-            beta2: t.betas[1],
-            eps: t.eps,
-            weight_decay: t.weight_decay,
-        },
-    );
-    let mut ema = t
-        .ema
-        .enabled
-        .then(|| Ema::new(&params, t.ema.decay, t.ema.warmup));
-    let mut sync: Box<dyn GradSync + '_> = match opts.backend {
-        DistBackend::Nccl => Box::new(crate::dist::NcclGradSync::new(
-            rt,
-            device,
-            config.dist.bucket_mb,
-        )?),
-        _ => Box::new(MpiGradSync::new(rt.comm(), config.dist.bucket_mb)),
-    };
+    let mut trainer = Trainer::new(config, rt, opts)?;
     let mut tb = if rt.is_main() {
         let dir = Path::new(&config.log.dir);
         Some(EventWriter::create(dir).map_err(|source| TrainError::Log {
@@ -238,7 +178,6 @@ pub fn train(
     let decoder = (rt.is_main() && config.log.image_interval > 0 && validator.is_some())
         .then(|| image_decoder(config, device))
         .flatten();
-    let fault = desync_fault(rt.rank())?;
     let progress = Progress::new(rt.is_main() && config.log.progress, 0, total);
     let say = |line: String| progress.println(&line);
 
@@ -249,50 +188,25 @@ pub fn train(
     while step < total {
         let now = step + 1;
         let lr = lr_at(t, step, total);
-        let t0 = Instant::now();
-        let batches = {
-            let _w = dog.watch("data fetch", now, secs(config.dist.data_timeout_s));
-            loader.next(state, Duration::ZERO)?
-        };
-        let data_wait = t0.elapsed();
-        let mut step_loss = 0.0;
-        for batch in &batches {
-            let batch = batch.to(device);
-            // Mean over the rank's samples: each micro-batch contributes its share.
-            let loss = model.loss(&batch, true)? / f64::from(plan.accumulation);
-            loss.backward();
-            step_loss += f64::try_from(&loss)?;
-        }
-        let grads: Vec<Tensor> = tensors.iter().map(Tensor::grad).collect();
-        let t1 = Instant::now();
-        let stop = {
-            let _w = dog.watch("gradient all-reduce", now, coll);
-            sync.sync(&grads, (opts.stop_requested)())?
-        };
-        let all_reduce = t1.elapsed();
-        let grad_norm = t.grad_clip.map(|c| clip_grad_norm(&grads, c));
-        opt.step(lr);
-        opt.zero_grad();
-        if let Some(e) = &mut ema {
-            e.update(&tensors);
-        }
-        if fault == Some(now) {
-            tch::no_grad(|| {
-                let _ = tensors[0].shallow_clone().g_add_scalar_(1e-3);
-            });
-        }
+        let st = trainer.step(
+            now,
+            lr,
+            || Ok(loader.next(state, Duration::ZERO)?),
+            (opts.stop_requested)(),
+        )?;
+        let stop = st.stop;
         state = sampler.advance(state);
         step = now;
-        iv.losses.push(step_loss);
-        iv.data += data_wait;
-        iv.all_reduce += all_reduce;
-        iv.step += t0.elapsed();
+        iv.losses.push(st.loss);
+        iv.data += st.data;
+        iv.all_reduce += st.all_reduce;
+        iv.step += st.total;
         let sps = f64::from(plan.global_batch) * step as f64 / start.elapsed().as_secs_f64();
-        progress.update(step, step_loss, sps);
+        progress.update(step, st.loss, sps);
         if step % config.log.interval == 0 || step == total || stop {
             last_loss = iv.losses.iter().sum::<f64>() / iv.losses.len().max(1) as f64;
             if let Some(tb) = &mut tb {
-                log_interval(tb, &iv, step, last_loss, lr, grad_norm, sps)
+                log_interval(tb, &iv, step, last_loss, lr, st.grad_norm, sps)
                     .map_err(|source| log_err(config, source))?;
                 let n = iv.losses.len().max(1) as f64;
                 say(format!(
@@ -308,13 +222,14 @@ pub fn train(
         }
         let due = |every: u64| every > 0 && (step % every == 0 || step == total || stop);
         if due(config.dist.checksum_interval) {
-            let _w = dog.watch("parameter checksum", step, coll);
-            check_params(rt.comm(), &tensors, step)?;
+            trainer.check_params(step)?;
         }
         if let Some(v) = validator.as_ref().filter(|_| due(config.log.val_interval)) {
             let loss = {
-                let _w = dog.watch("validation", step, coll);
-                v.run(&model, device, rt.comm())?
+                let _w = trainer
+                    .watchdog()
+                    .watch("validation", step, trainer.collective_timeout());
+                v.run(&trainer.model, device, rt.comm())?
             };
             last_val = Some(loss);
             if let Some(tb) = &mut tb {
@@ -331,7 +246,7 @@ pub fn train(
         }
         if let (Some(v), Some((_, dec)), Some(tb)) = (&validator, &decoder, &mut tb) {
             if due(config.log.image_interval) {
-                if let Some(img) = v.images(&model, dec, config, device, 4)? {
+                if let Some(img) = v.images(&trainer.model, dec, config, device, 4)? {
                     tb.image("val/frames", &png(&img), img.width, img.height, step as i64)
                         .map_err(|source| log_err(config, source))?;
                 }
@@ -346,7 +261,6 @@ pub fn train(
     if let Some(tb) = &mut tb {
         tb.flush().map_err(|source| log_err(config, source))?;
     }
-    drop(dog);
     Ok(RunSummary {
         steps: step,
         state,

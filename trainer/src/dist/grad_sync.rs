@@ -33,12 +33,27 @@ pub fn buckets(numels: &[usize], bucket: usize) -> Vec<std::ops::Range<usize>> {
     out
 }
 
-/// The MPI backend (CPU tensors).
+/// The MPI backend (CPU tensors), without copies: like DDP's `gradient_as_bucket_view`, each
+/// gradient is a view into a flat bucket buffer, so the backward pass accumulates straight into
+/// the buffer that is all-reduced. Every bucket has two buffers: the gradients alias one, the sum
+/// lands in the other, and the gradients are re-pointed (`set_data`, no copy) at the sum. The
+/// only pass over the data besides MPI's is the division by the world size.
 pub struct MpiGradSync<'a> {
     comm: &'a SimpleCommunicator,
     bucket_elems: usize,
     /// Divide the sum by the world size (always, except to show in a test what omitting it does).
     pub average: bool,
+    layout: Option<Layout>,
+}
+
+/// The bucket buffers of one gradient set.
+struct Layout {
+    numels: Vec<usize>,
+    groups: Vec<std::ops::Range<usize>>,
+    /// Per bucket, two float32 buffers of its elements (+1 for the stop flag in the last one).
+    buffers: Vec<[Tensor; 2]>,
+    /// Which buffer of each bucket the gradients alias.
+    current: usize,
 }
 
 impl std::fmt::Debug for MpiGradSync<'_> {
@@ -46,6 +61,7 @@ impl std::fmt::Debug for MpiGradSync<'_> {
         f.debug_struct("MpiGradSync")
             .field("bucket_elems", &self.bucket_elems)
             .field("average", &self.average)
+            .field("buckets", &self.layout.as_ref().map(|l| l.groups.len()))
             .finish()
     }
 }
@@ -57,57 +73,130 @@ impl<'a> MpiGradSync<'a> {
             comm,
             bucket_elems: ((bucket_mb * (1u64 << 20) as f64) / 4.0).max(1.0) as usize,
             average: true,
+            layout: None,
+        }
+    }
+
+    fn err(&self, message: String) -> DistError {
+        DistError::Backend {
+            rank: self.comm.rank(),
+            message,
+        }
+    }
+
+    /// Points every gradient at its place in buffer `which` of its bucket; with `keep`, copies
+    /// the gradient's values there first (when it does not alias it already).
+    fn alias(layout: &Layout, grads: &[Tensor], which: usize, keep: bool) {
+        for (b, range) in layout.groups.iter().enumerate() {
+            let buf = &layout.buffers[b][which];
+            let mut offset = 0i64;
+            for g in &grads[range.clone()] {
+                let n = g.numel() as i64;
+                let view = buf.narrow(0, offset, n).view(g.size().as_slice());
+                if g.data_ptr() != view.data_ptr() {
+                    let mut g = g.shallow_clone();
+                    tch::no_grad(|| {
+                        if keep {
+                            view.shallow_clone().copy_(&g);
+                        }
+                        g.set_data(&view);
+                    });
+                }
+                offset += n;
+            }
         }
     }
 }
 
+/// Sums `send` over ranks into `recv` (equal lengths, contiguous float32 CPU tensors).
+fn all_reduce(comm: &SimpleCommunicator, send: &Tensor, recv: &Tensor) {
+    let n = send.numel();
+    // SAFETY: both tensors are contiguous float32 CPU buffers of n elements, allocated by
+    // `Layout` and alive for this call; they are distinct allocations, and nothing else reads or
+    // writes them while MPI runs.
+    let (s, r) = unsafe {
+        (
+            std::slice::from_raw_parts(send.data_ptr() as *const f32, n),
+            std::slice::from_raw_parts_mut(recv.data_ptr() as *mut f32, n),
+        )
+    };
+    comm.all_reduce_into(s, r, SystemOperation::sum());
+}
+
 impl GradSync for MpiGradSync<'_> {
     fn sync(&mut self, grads: &[Tensor], stop: bool) -> Result<bool, DistError> {
-        let world = self.comm.size() as f32;
-        let numels: Vec<usize> = grads.iter().map(Tensor::numel).collect();
-        let groups = buckets(&numels, self.bucket_elems);
-        let mut any_stop = stop;
-        for (b, range) in groups.iter().enumerate() {
-            let parts: Vec<Tensor> = grads[range.clone()]
-                .iter()
-                .map(|g| g.to_kind(Kind::Float).flatten(0, -1))
-                .collect();
-            let mut send: Vec<f32> =
-                Vec::try_from(Tensor::cat(&parts, 0)).map_err(|e| DistError::Backend {
-                    rank: self.comm.rank(),
-                    message: format!("gradient bucket {b}: {e}"),
-                })?;
-            let last = b + 1 == groups.len();
-            if last {
-                send.push(if stop { 1.0 } else { 0.0 });
+        for (i, g) in grads.iter().enumerate() {
+            if !g.defined() {
+                return Err(self.err(format!(
+                    "parameter {i} has no gradient (not used in the forward pass)"
+                )));
             }
-            let mut recv = vec![0.0f32; send.len()];
-            self.comm
-                .all_reduce_into(&send[..], &mut recv[..], SystemOperation::sum());
-            if last {
-                any_stop = recv.pop().unwrap_or(0.0) > 0.0;
-            }
-            if self.average {
-                recv.iter_mut().for_each(|v| *v /= world);
-            }
-            let flat = Tensor::from_slice(&recv);
-            let mut offset = 0i64;
-            for g in &grads[range.clone()] {
-                let n = g.numel() as i64;
-                let mut g = g.shallow_clone();
-                tch::no_grad(|| g.copy_(&flat.narrow(0, offset, n).view_as(&g)));
-                offset += n;
+            if g.kind() != Kind::Float || g.device() != tch::Device::Cpu {
+                return Err(self.err(format!(
+                    "parameter {i}: the MPI backend reduces float32 CPU gradients, got {:?} on {:?}",
+                    g.kind(),
+                    g.device()
+                )));
             }
         }
-        if groups.is_empty() {
+        let numels: Vec<usize> = grads.iter().map(Tensor::numel).collect();
+        if self.layout.as_ref().is_none_or(|l| l.numels != numels) {
+            let groups = buckets(&numels, self.bucket_elems);
+            let buffers = groups
+                .iter()
+                .enumerate()
+                .map(|(b, r)| {
+                    let n: usize = numels[r.clone()].iter().sum();
+                    let n = (n + usize::from(b + 1 == groups.len())) as i64;
+                    let z = || Tensor::zeros([n], (Kind::Float, tch::Device::Cpu));
+                    [z(), z()]
+                })
+                .collect();
+            self.layout = Some(Layout {
+                numels,
+                groups,
+                buffers,
+                current: 0,
+            });
+        }
+        let world = self.comm.size();
+        let (average, comm) = (self.average, self.comm);
+        let Some(layout) = self.layout.as_mut() else {
+            return Err(self.err("no bucket layout".into()));
+        };
+        let cur = layout.current;
+        // Gradients replaced since the last step (e.g. set to None) are copied in and re-aliased.
+        Self::alias(layout, grads, cur, true);
+        let mut any_stop = stop;
+        let last = layout.groups.len().saturating_sub(1);
+        for (b, [x, y]) in layout.buffers.iter().enumerate() {
+            let (send, recv) = if cur == 0 { (x, y) } else { (y, x) };
+            let n = send.numel() as i64 - i64::from(b == last);
+            tch::no_grad(|| {
+                if average {
+                    let _ = send.narrow(0, 0, n).g_mul_scalar_(1.0 / f64::from(world));
+                }
+                if b == last {
+                    let _ = send.narrow(0, n, 1).fill_(if stop { 1.0 } else { 0.0 });
+                }
+            });
+            all_reduce(comm, send, recv);
+            if b == last {
+                any_stop = f64::try_from(recv.get(n)).unwrap_or(0.0) > 0.0;
+            }
+        }
+        if layout.groups.is_empty() {
             let mut recv = [0.0f32];
-            self.comm.all_reduce_into(
+            comm.all_reduce_into(
                 &[if stop { 1.0f32 } else { 0.0 }][..],
                 &mut recv[..],
                 SystemOperation::sum(),
             );
             any_stop = recv[0] > 0.0;
         }
+        layout.current = 1 - cur;
+        // The sums are the gradients now.
+        Self::alias(layout, grads, layout.current, false);
         Ok(any_stop)
     }
 }

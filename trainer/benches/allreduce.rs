@@ -1,0 +1,140 @@
+//! Gradient all-reduce over 2 MPI ranks on the real gradient set of a configuration (the shapes
+//! of every trained parameter of TrainModel), interleaved against the limit: one raw MPI
+//! all-reduce of a single buffer of the same size plus one memcpy of those bytes.
+//!
+//! ```text
+//! source ci/env.sh && cargo bench -p syncdiff-trainer --bench allreduce
+//! ```
+//! Started without `mpirun`, it starts itself under `mpirun -n 2`. Prints, per gradient set, the
+//! bucketed (dist.bucket_mb) and per-tensor syncs against the limit. Target: bucketed <= 1.1x.
+
+use std::path::{Path, PathBuf};
+use std::time::Instant;
+
+use mpi::collective::{CommunicatorCollectives, SystemOperation};
+use syncdiff_model::config::{Config, Override};
+use syncdiff_trainer::benchstats::interleave;
+use syncdiff_trainer::dist::{GradSync, MpiGradSync, Runtime};
+use syncdiff_trainer::step::TrainModel;
+use tch::{Device, Kind, Tensor};
+
+fn repo() -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR")).join("..")
+}
+
+fn reps() -> usize {
+    std::env::var("BENCH_REPS")
+        .ok()
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(20)
+}
+
+fn relaunch() -> anyhow::Result<()> {
+    let exe = std::env::current_exe()?;
+    let status = std::process::Command::new("mpirun")
+        .env("OMPI_ALLOW_RUN_AS_ROOT", "1")
+        .env("OMPI_ALLOW_RUN_AS_ROOT_CONFIRM", "1")
+        .args(["--oversubscribe", "-n", "2"])
+        .arg(exe)
+        .args(std::env::args_os().skip(1))
+        .status()?;
+    anyhow::ensure!(status.success(), "mpirun -n 2 failed: {status}");
+    Ok(())
+}
+
+fn main() -> anyhow::Result<()> {
+    if std::env::var_os("OMPI_COMM_WORLD_SIZE").is_none() {
+        return relaunch();
+    }
+    tch::set_num_threads(1);
+    let rt = Runtime::init()?;
+    let comm = rt.comm();
+    let reps = reps();
+    let cases: [(&str, Vec<&str>); 2] = [
+        ("debug config", vec![]),
+        (
+            "mid-size (paper UNet layout at width 64, mel encoder 768)",
+            vec![
+                "model.unet.model_channels=64",
+                "model.unet.channel_mult=[1, 2, 3, 4]",
+                "model.unet.num_res_blocks=2",
+                "model.unet.attention_resolutions=[8, 4, 2]",
+                "model.unet.head_dim=32",
+                "model.unet.norm_num_groups=32",
+                "model.audio_encoder.embed_dim=768",
+            ],
+        ),
+    ];
+    if rt.is_main() {
+        println!("gradient all-reduce, 2 ranks, 1 thread each, {reps} interleaved repetitions");
+    }
+    for (name, sets) in cases {
+        let sets: Vec<Override> = sets
+            .iter()
+            .map(|s| Override::parse(s))
+            .collect::<Result<_, _>>()?;
+        let config = Config::load(&repo().join("configs/debug.yaml"), &sets)?;
+        tch::manual_seed(0);
+        let model = TrainModel::new(&config.model, Device::Cpu);
+        let params: Vec<Tensor> = model.trainable().into_iter().map(|(_, t)| t).collect();
+        // Define every gradient (values do not matter for the timing).
+        let loss = params
+            .iter()
+            .map(|p| p.sum(Kind::Float))
+            .fold(Tensor::zeros([], (Kind::Float, Device::Cpu)), |a, b| a + b);
+        loss.backward();
+        let grads: Vec<Tensor> = params.iter().map(Tensor::grad).collect();
+        let total: usize = grads.iter().map(Tensor::numel).sum();
+        let send = vec![1.0f32; total];
+        let mut recv = vec![0.0f32; total];
+        let mut copy = vec![0.0f32; total];
+
+        // Max over ranks of each rank's time for `op`, started together.
+        let timed = |op: &mut dyn FnMut()| -> f64 {
+            comm.barrier();
+            let start = Instant::now();
+            op();
+            let mine = start.elapsed().as_secs_f64();
+            let mut all = 0.0f64;
+            comm.all_reduce_into(&mine, &mut all, SystemOperation::max());
+            all
+        };
+        let mut limit = || -> Result<f64, std::io::Error> {
+            Ok(timed(&mut || {
+                comm.all_reduce_into(&send[..], &mut recv[..], SystemOperation::sum());
+                copy.copy_from_slice(&recv);
+            }))
+        };
+        let mut bucketed = MpiGradSync::new(comm, config.dist.bucket_mb);
+        let mut per_tensor = MpiGradSync::new(comm, 1e-9);
+        let bucketed_cmp = interleave(
+            reps,
+            || {
+                let mut r = Ok(false);
+                let t = timed(&mut || r = bucketed.sync(&grads, false));
+                r.map(|_| t).map_err(std::io::Error::other)
+            },
+            &mut limit,
+        )?;
+        let per_tensor_cmp = interleave(
+            reps,
+            || {
+                let mut r = Ok(false);
+                let t = timed(&mut || r = per_tensor.sync(&grads, false));
+                r.map(|_| t).map_err(std::io::Error::other)
+            },
+            &mut limit,
+        )?;
+        if rt.is_main() {
+            println!(
+                "{name}: {} tensors, {:.1} MB of float32 gradients, buckets of {} MB",
+                grads.len(),
+                total as f64 * 4.0 / 1e6,
+                config.dist.bucket_mb
+            );
+            println!("  bucketed / limit: {}", bucketed_cmp.summary());
+            println!("  per-tensor / limit: {}", per_tensor_cmp.summary());
+        }
+    }
+    Ok(())
+}

@@ -1,0 +1,257 @@
+//! The training step of `syncdiff-train` (the loop's `Trainer::step`: data, forward and backward
+//! of the whole TrainModel, clipping, AdamW, EMA) measured two ways, interleaved:
+//!
+//! (a) with the real loader (background reads from a prepared data set) vs a bare PyTorch eager
+//!     loop over the same model on one pre-built batch (trainer/benches/torch_train_step.py, same
+//!     threads, AdamW foreach=False, EMA as a for loop). Target: interval upper bound <= 1.05.
+//! (c) with the real loader vs the same step fed pre-built batches from memory. Target: <= 1.05.
+//!
+//! ```text
+//! source ci/env.sh && cargo bench -p syncdiff-trainer --bench train_step
+//! BENCH_REPS=20 BENCH_THREADS=2 cargo bench -p syncdiff-trainer --bench train_step
+//! ```
+
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use std::time::Duration;
+
+use anyhow::Context;
+use syncdiff_dataprep::store::Dataset;
+use syncdiff_model::config::{Config, DistBackend, Override, TemporalTokens};
+use syncdiff_model::unet::UnetShape;
+use syncdiff_trainer::benchstats::{interleave, PyServer};
+use syncdiff_trainer::data::{Batch, Loader, LoaderState, RankShare, Sampler};
+use syncdiff_trainer::dist::Runtime;
+use syncdiff_trainer::engine::Trainer;
+use syncdiff_trainer::train::TrainOptions;
+use tch::{Device, Tensor};
+
+fn env_or(name: &str, default: usize) -> usize {
+    std::env::var(name)
+        .ok()
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(default)
+}
+
+fn repo() -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR")).join("..")
+}
+
+/// The debug configuration and a mid-size one (the paper's UNet layout at width 64 on 32x32
+/// latents, 768-wide audio context), each with `sets` applied.
+fn cases() -> Vec<(&'static str, Vec<&'static str>)> {
+    vec![
+        ("debug config (configs/debug.yaml)", vec![]),
+        (
+            "mid-size (paper UNet layout at width 64, 32x32 latents, mel encoder 768)",
+            vec![
+                "data.resolution=128",
+                "model.unet.model_channels=64",
+                "model.unet.channel_mult=[1, 2, 3, 4]",
+                "model.unet.num_res_blocks=2",
+                "model.unet.attention_resolutions=[8, 4, 2]",
+                "model.unet.head_dim=32",
+                "model.unet.norm_num_groups=32",
+                "model.audio_encoder.embed_dim=768",
+            ],
+        ),
+    ]
+}
+
+fn prepare(dir: &Path, config: &Config) -> anyhow::Result<PathBuf> {
+    let root = dir.join("lrs2");
+    if !root.exists() {
+        syncdiff_dataprep::synth::synth(
+            &syncdiff_dataprep::synth::SynthOptions {
+                out: root.clone(),
+                speakers: 2,
+                clips_per_speaker: 4,
+                seconds: 2.0,
+                seed: 1,
+            },
+            |_, _| {},
+        )?;
+    }
+    let out = dir.join(format!("ds-{}", config.data.resolution));
+    let opts = syncdiff_dataprep::ingest::IngestOptions {
+        root,
+        split: "train".into(),
+        out: out.clone(),
+        batch: 16,
+        half: false,
+        rank: 0,
+        world: 1,
+    };
+    syncdiff_dataprep::ingest::ingest(&opts, config, |_, _, _| {})?;
+    Ok(out)
+}
+
+/// The batch and schedule the Python side trains on.
+fn write_batch(path: &Path, b: &Batch, trainer: &Trainer<'_>) -> anyhow::Result<()> {
+    let ac = Tensor::from_slice(trainer.model.denoiser().schedule().alphas_cumprod());
+    let mut named: Vec<(String, Tensor)> = vec![
+        ("z0".into(), b.z0.shallow_clone()),
+        ("masked".into(), b.masked.shallow_clone()),
+        ("identity".into(), b.identity.shallow_clone()),
+        ("previous".into(), b.previous.shallow_clone()),
+        ("timesteps".into(), b.timesteps.shallow_clone()),
+        ("noise".into(), b.noise.shallow_clone()),
+        ("offsets".into(), b.offsets.shallow_clone()),
+        ("alphas_cumprod".into(), ac),
+    ];
+    for (i, m) in b.mel.iter().enumerate() {
+        named.push((format!("mel_{i}"), m.shallow_clone()));
+    }
+    Tensor::write_safetensors(&named, path)?;
+    Ok(())
+}
+
+fn main() -> anyhow::Result<()> {
+    let threads = env_or("BENCH_THREADS", 2);
+    let reps = env_or("BENCH_REPS", 20);
+    tch::set_num_threads(threads as i32);
+    let rt = Runtime::init()?;
+    let dir = tempfile::tempdir()?;
+    println!(
+        "syncdiff-train step (Trainer::step, 1 rank); {threads} threads, {reps} interleaved repetitions"
+    );
+    for (name, sets) in cases() {
+        let sets: Vec<Override> = sets
+            .iter()
+            .map(|s| Override::parse(s))
+            .collect::<Result<_, _>>()?;
+        let mut config = Config::load(&repo().join("configs/debug.yaml"), &sets)?;
+        let ds_path = prepare(dir.path(), &config)?;
+        config.data.dataset = ds_path.display().to_string();
+        let m = &config.model;
+        anyhow::ensure!(
+            m.priors.reference.uses_identity() && m.priors.reference.uses_bottleneck(),
+            "the Python model implements the rnd+prv- prior only"
+        );
+        let ds = Arc::new(Dataset::open(&ds_path)?);
+        let frames: Vec<u64> = ds.clips().iter().map(|c| c.frames).collect();
+        let np = m.priors.needed_previous_frames();
+        let plan = config.batch_plan(1)?;
+        let sampler = Arc::new(Sampler::new(
+            config.train.seed,
+            config.train.epoch_unit,
+            &frames,
+            u64::from(np),
+            u64::from(m.diffusion.timesteps),
+            u64::from(plan.global_batch),
+        )?);
+        let share = RankShare {
+            rank: 0,
+            world: 1,
+            micro: u64::from(plan.micro_batch),
+            previous: np,
+            context: u64::from(m.audio_encoder.context_frames),
+        };
+        let mut loader = Loader::new(
+            ds.clone(),
+            sampler.clone(),
+            share,
+            config.data.prefetch as usize,
+        );
+        // Pre-built: the batches of the first 8 steps, read once.
+        let mut prebuilt = Vec::new();
+        let mut s = LoaderState::default();
+        let mut direct = Loader::new(ds.clone(), sampler.clone(), share, 0);
+        for _ in 0..8 {
+            prebuilt.push(direct.next(s, Duration::ZERO)?);
+            s = sampler.advance(s);
+        }
+        let opts = TrainOptions {
+            device: Device::Cpu,
+            backend: DistBackend::Mpi,
+            stop_requested: &|| false,
+        };
+        let mut trainer = Trainer::new(&config, &rt, &opts)?;
+        let parameters: i64 = trainer
+            .model
+            .trainable()
+            .iter()
+            .map(|(_, t)| t.numel() as i64)
+            .sum();
+        let shape = UnetShape::new(
+            &m.unet,
+            m.unet_in_channels(),
+            m.unet_out_channels(),
+            m.context_dim(),
+        );
+        let first = prebuilt[0]
+            .first()
+            .context("no micro-batch in the first step")?;
+        anyhow::ensure!(
+            plan.accumulation == 1,
+            "the Python loop runs one micro-batch"
+        );
+        let batch_path = dir.path().join("batch.safetensors");
+        write_batch(&batch_path, first, &trainer)?;
+        let t = &config.train;
+        let spec = serde_json::json!({
+            "channels": shape.channels, "attention": shape.attention,
+            "num_res_blocks": shape.num_res_blocks, "head_dim": shape.head_dim,
+            "depth": shape.depth, "groups": shape.groups, "in_channels": shape.in_channels,
+            "out_channels": shape.out_channels, "context_dim": shape.context_dim,
+            "size": config.latent_side(), "threads": threads,
+            "mel_input": m.audio_encoder.input_dim, "temporal_hidden": m.temporal.hidden,
+            "window": m.temporal.window, "all_tokens": m.temporal.tokens == TemporalTokens::All,
+            "previous": np, "latent_channels": m.latent_channels(),
+            "prediction": format!("{:?}", m.diffusion.prediction).to_lowercase(),
+            "lr": t.lr, "betas": t.betas, "eps": t.eps, "weight_decay": t.weight_decay,
+            "grad_clip": t.grad_clip.unwrap_or(f64::INFINITY), "ema_decay": t.ema.decay,
+            "parameters": parameters,
+        });
+        let spec_path = dir.path().join("spec.json");
+        std::fs::write(&spec_path, spec.to_string())?;
+        let mut py = PyServer::start(
+            &repo().join("trainer/benches/torch_train_step.py"),
+            &[spec_path.as_os_str(), batch_path.as_os_str()],
+            &[],
+        )?;
+        let (mut state, mut step) = (LoaderState::default(), 0u64);
+        let mut k = 0usize;
+        let lr = t.lr;
+        let mut with_loader = |trainer: &mut Trainer<'_>| -> anyhow::Result<f64> {
+            step += 1;
+            let st = trainer.step(step, lr, || Ok(loader.next(state, Duration::ZERO)?), false)?;
+            state = sampler.advance(state);
+            Ok(st.total.as_secs_f64())
+        };
+        let mut with_prebuilt = |trainer: &mut Trainer<'_>| -> anyhow::Result<f64> {
+            k += 1;
+            let b: Vec<Batch> = prebuilt[k % prebuilt.len()]
+                .iter()
+                .map(|b| b.with_audio_of(b))
+                .collect();
+            let st = trainer.step(k as u64, lr, || Ok(b), false)?;
+            Ok(st.total.as_secs_f64())
+        };
+        let trainer = std::cell::RefCell::new(&mut trainer);
+        let a = interleave(
+            reps,
+            || with_loader(&mut trainer.borrow_mut()),
+            || Ok(py.step()?),
+        )?;
+        let c = interleave(
+            reps,
+            || with_loader(&mut trainer.borrow_mut()),
+            || with_prebuilt(&mut trainer.borrow_mut()),
+        )?;
+        py.finish()?;
+        println!(
+            "{name} ({parameters} trained parameters, batch {}):",
+            plan.global_batch
+        );
+        println!(
+            "  (a) ours with the loader / PyTorch eager loop: {}",
+            a.summary()
+        );
+        println!(
+            "  (c) ours with the loader / ours with pre-built batches: {}",
+            c.summary()
+        );
+    }
+    Ok(())
+}

@@ -1,0 +1,218 @@
+//! One rank's training state and its optimizer step: the model, AdamW, EMA and the gradient
+//! backend, each blocking operation under the watchdog. `train::train` drives it with the loader;
+//! the benchmarks drive it with pre-built batches.
+
+use std::time::{Duration, Instant};
+
+use syncdiff_model::config::{BatchPlan, Config, DistBackend};
+use tch::{Device, Tensor};
+
+use crate::data::Batch;
+use crate::dist::{
+    broadcast_params, check_params, GradSync, MpiGradSync, NcclGradSync, Runtime, Watchdog,
+};
+use crate::optim::{clip_grad_norm, AdamW, AdamWConfig, Ema};
+use crate::step::TrainModel;
+use crate::train::{TrainError, TrainOptions};
+
+/// Test-only fault injection: `RANK:STEP` perturbs one parameter on that rank after that step, so
+/// the parameter checksum has something to catch.
+pub const FAULT_DESYNC_ENV: &str = "SYNCDIFF_FAULT_DESYNC";
+
+/// What one optimizer step measured.
+#[derive(Debug, Clone, Copy)]
+pub struct StepStats {
+    /// Mean loss over this rank's samples.
+    pub loss: f64,
+    /// Global gradient norm before clipping (when clipping is on).
+    pub grad_norm: Option<f64>,
+    /// Some rank asked to stop after this step.
+    pub stop: bool,
+    /// Waiting for the batches.
+    pub data: Duration,
+    /// Gradient all-reduce.
+    pub all_reduce: Duration,
+    /// The whole step.
+    pub total: Duration,
+}
+
+/// The rank's model, optimizer, EMA and gradient backend.
+pub struct Trainer<'a> {
+    rt: &'a Runtime,
+    /// The networks.
+    pub model: TrainModel,
+    /// Trained parameters, in the optimizer's (name) order.
+    tensors: Vec<Tensor>,
+    opt: AdamW,
+    ema: Option<Ema>,
+    sync: Box<dyn GradSync + 'a>,
+    dog: Watchdog,
+    device: Device,
+    plan: BatchPlan,
+    grad_clip: Option<f64>,
+    collective_timeout: Duration,
+    data_timeout: Duration,
+    fault: Option<u64>,
+}
+
+impl std::fmt::Debug for Trainer<'_> {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Trainer")
+            .field("device", &self.device)
+            .field("plan", &self.plan)
+            .field("parameters", &self.tensors.len())
+            .finish_non_exhaustive()
+    }
+}
+
+fn desync_fault(rank: i32) -> Result<Option<u64>, TrainError> {
+    let Ok(v) = std::env::var(FAULT_DESYNC_ENV) else {
+        return Ok(None);
+    };
+    let bad = || TrainError::Unsupported(format!("{FAULT_DESYNC_ENV}={v}: expected RANK:STEP"));
+    let (r, s) = v.split_once(':').ok_or_else(bad)?;
+    let r: i32 = r.parse().map_err(|_| bad())?;
+    let s: u64 = s.parse().map_err(|_| bad())?;
+    Ok((r == rank).then_some(s))
+}
+
+impl<'a> Trainer<'a> {
+    /// Builds the model on the rank's device from the seed, copies rank 0's parameters to every
+    /// rank and checks them, and sets up AdamW, EMA, the gradient backend and the watchdog.
+    pub fn new(
+        config: &Config,
+        rt: &'a Runtime,
+        opts: &TrainOptions<'_>,
+    ) -> Result<Self, TrainError> {
+        let t = &config.train;
+        let plan = config.batch_plan(rt.world_size() as u32)?;
+        let device = opts.device;
+        tch::manual_seed(t.seed as i64);
+        let model = TrainModel::new(&config.model, device);
+        let params = model.trainable();
+        let tensors: Vec<Tensor> = params.iter().map(|(_, t)| t.shallow_clone()).collect();
+        let dog = Watchdog::start(rt.prefix(), {
+            let abort = rt.abort_handle();
+            Box::new(move |msg| {
+                eprintln!("error: {msg}");
+                abort.abort(3)
+            })
+        });
+        let collective_timeout = Duration::from_secs(config.dist.collective_timeout_s);
+        {
+            let _w = dog.watch("parameter broadcast", 0, collective_timeout);
+            broadcast_params(rt.comm(), &tensors)?;
+            check_params(rt.comm(), &tensors, 0)?;
+        }
+        let opt = AdamW::new(
+            params
+                .iter()
+                .map(|(n, p)| (n.clone(), p.shallow_clone()))
+                .collect(),
+            AdamWConfig {
+                beta1: t.betas[0],
+                beta2: t.betas[1],
+                eps: t.eps,
+                weight_decay: t.weight_decay,
+            },
+        );
+        let ema = t
+            .ema
+            .enabled
+            .then(|| Ema::new(&params, t.ema.decay, t.ema.warmup));
+        let sync: Box<dyn GradSync + 'a> = match opts.backend {
+            DistBackend::Nccl => Box::new(NcclGradSync::new(rt, device, config.dist.bucket_mb)?),
+            _ => Box::new(MpiGradSync::new(rt.comm(), config.dist.bucket_mb)),
+        };
+        Ok(Self {
+            rt,
+            model,
+            tensors,
+            opt,
+            ema,
+            sync,
+            dog,
+            device,
+            plan,
+            grad_clip: t.grad_clip,
+            collective_timeout,
+            data_timeout: Duration::from_secs(config.dist.data_timeout_s),
+            fault: desync_fault(rt.rank())?,
+        })
+    }
+
+    /// The watchdog (for the loop's own collectives).
+    pub fn watchdog(&self) -> &Watchdog {
+        &self.dog
+    }
+
+    /// The collective timeout.
+    pub fn collective_timeout(&self) -> Duration {
+        self.collective_timeout
+    }
+
+    /// Optimizer step number `step` (1-based) at learning rate `lr`: fetch this rank's
+    /// micro-batches, forward and backward each (accumulating), average the gradients over
+    /// ranks with the stop flag, clip, AdamW, EMA.
+    pub fn step(
+        &mut self,
+        step: u64,
+        lr: f64,
+        fetch: impl FnOnce() -> Result<Vec<Batch>, TrainError>,
+        stop: bool,
+    ) -> Result<StepStats, TrainError> {
+        let t0 = Instant::now();
+        let batches = {
+            let _w = self.dog.watch("data fetch", step, self.data_timeout);
+            fetch()?
+        };
+        let data = t0.elapsed();
+        let mut loss_sum = 0.0;
+        for batch in &batches {
+            let batch = batch.to(self.device);
+            // Mean over the rank's samples: each micro-batch contributes its share.
+            let loss = self.model.loss(&batch, true)? / f64::from(self.plan.accumulation);
+            loss.backward();
+            loss_sum += f64::try_from(&loss)?;
+        }
+        let grads: Vec<Tensor> = self.tensors.iter().map(Tensor::grad).collect();
+        let t1 = Instant::now();
+        // One rank has nothing to average with: skip the copies.
+        let stop = if self.rt.world_size() > 1 {
+            let _w = self
+                .dog
+                .watch("gradient all-reduce", step, self.collective_timeout);
+            self.sync.sync(&grads, stop)?
+        } else {
+            stop
+        };
+        let all_reduce = t1.elapsed();
+        let grad_norm = self.grad_clip.map(|c| clip_grad_norm(&grads, c));
+        self.opt.step(lr);
+        self.opt.zero_grad();
+        if let Some(e) = &mut self.ema {
+            e.update(&self.tensors);
+        }
+        if self.fault == Some(step) {
+            tch::no_grad(|| {
+                let _ = self.tensors[0].shallow_clone().g_add_scalar_(1e-3);
+            });
+        }
+        Ok(StepStats {
+            loss: loss_sum,
+            grad_norm,
+            stop,
+            data,
+            all_reduce,
+            total: t0.elapsed(),
+        })
+    }
+
+    /// Compares the parameter checksum across ranks (a collective).
+    pub fn check_params(&self, step: u64) -> Result<(), TrainError> {
+        let _w = self
+            .dog
+            .watch("parameter checksum", step, self.collective_timeout);
+        Ok(check_params(self.rt.comm(), &self.tensors, step)?)
+    }
+}
