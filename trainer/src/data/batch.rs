@@ -27,13 +27,13 @@ pub struct Batch {
     pub noise: Tensor,
 }
 
-fn latent(v: &[half::f16], shape: [i64; 3]) -> Tensor {
-    let f: Vec<f32> = v.iter().map(|x| x.to_f32()).collect();
-    Tensor::from_slice(&f).view(shape)
+fn extend_f32(out: &mut Vec<f32>, v: &[half::f16]) {
+    out.extend(v.iter().map(|x| x.to_f32()));
 }
 
 impl Batch {
     /// Reads the samples `specs` (NP previous frames, audio contexts of at most `context` frames).
+    /// Each field is gathered into one buffer and becomes one tensor.
     pub fn read(
         ds: &Dataset,
         specs: &[SampleSpec],
@@ -41,16 +41,16 @@ impl Batch {
         context: u64,
     ) -> Result<Self, StoreError> {
         let [c, h, w] = ds.manifest().meta.latent_shape.map(|x| x as i64);
-        let shape = [c, h, w];
-        let (mut z0, mut masked, mut identity, mut prev, mut mel, mut offsets, mut noise) = (
-            Vec::new(),
-            Vec::new(),
-            Vec::new(),
-            Vec::new(),
-            Vec::new(),
-            Vec::new(),
-            Vec::new(),
+        let (b, np, frame) = (specs.len() as i64, i64::from(previous), (c * h * w) as usize);
+        let cap = specs.len() * frame;
+        let (mut z0, mut masked, mut identity, mut noise) = (
+            Vec::with_capacity(cap),
+            Vec::with_capacity(cap),
+            Vec::with_capacity(cap),
+            Vec::with_capacity(cap),
         );
+        let mut prev = Vec::with_capacity(cap * previous as usize);
+        let (mut mel, mut offsets) = (Vec::with_capacity(specs.len()), Vec::new());
         for s in specs {
             let x = ds.sample(&SampleRequest {
                 clip: s.clip,
@@ -59,31 +59,31 @@ impl Batch {
                 previous,
                 context_frames: context,
             })?;
-            z0.push(latent(&x.target, shape));
-            masked.push(latent(&x.masked, shape));
-            identity.push(latent(&x.identity, shape));
-            let p: Vec<Tensor> = x.previous.iter().map(|v| latent(v, shape)).collect();
-            prev.push(if p.is_empty() {
-                Tensor::zeros([0, c, h, w], (Kind::Float, Device::Cpu))
-            } else {
-                Tensor::stack(&p, 0)
-            });
+            extend_f32(&mut z0, &x.target);
+            extend_f32(&mut masked, &x.masked);
+            extend_f32(&mut identity, &x.identity);
+            for p in &x.previous {
+                extend_f32(&mut prev, p);
+            }
             mel.push(Tensor::from_slice(&x.mel).view([x.context_len as i64, 104]));
             offsets.push(x.offset as i64);
-            noise.push(
-                Tensor::from_slice(&gaussian(s.noise_seed, (c * h * w) as usize)).view(shape),
-            );
+            noise.extend(gaussian(s.noise_seed, frame));
         }
         let timesteps: Vec<i64> = specs.iter().map(|s| s.timestep as i64).collect();
+        let frames = |v: &[f32]| Tensor::from_slice(v).view([b, c, h, w]);
         Ok(Self {
-            z0: Tensor::stack(&z0, 0),
-            masked: Tensor::stack(&masked, 0),
-            identity: Tensor::stack(&identity, 0),
-            previous: Tensor::stack(&prev, 0),
+            z0: frames(&z0),
+            masked: frames(&masked),
+            identity: frames(&identity),
+            previous: if prev.is_empty() {
+                Tensor::zeros([b, 0, c, h, w], (Kind::Float, Device::Cpu))
+            } else {
+                Tensor::from_slice(&prev).view([b, np, c, h, w])
+            },
             mel,
             offsets: Tensor::from_slice(&offsets),
             timesteps: Tensor::from_slice(&timesteps),
-            noise: Tensor::stack(&noise, 0),
+            noise: frames(&noise),
         })
     }
 

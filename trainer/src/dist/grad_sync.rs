@@ -52,6 +52,8 @@ struct Layout {
     groups: Vec<std::ops::Range<usize>>,
     /// Per bucket, two float32 buffers of its elements (+1 for the stop flag in the last one).
     buffers: Vec<[Tensor; 2]>,
+    /// Per buffer index, each gradient's view into its bucket's buffer, and its address.
+    views: [Vec<(Tensor, usize)>; 2],
     /// Which buffer of each bucket the gradients alias.
     current: usize,
 }
@@ -87,22 +89,15 @@ impl<'a> MpiGradSync<'a> {
     /// Points every gradient at its place in buffer `which` of its bucket; with `keep`, copies
     /// the gradient's values there first (when it does not alias it already).
     fn alias(layout: &Layout, grads: &[Tensor], which: usize, keep: bool) {
-        for (b, range) in layout.groups.iter().enumerate() {
-            let buf = &layout.buffers[b][which];
-            let mut offset = 0i64;
-            for g in &grads[range.clone()] {
-                let n = g.numel() as i64;
-                let view = buf.narrow(0, offset, n).view(g.size().as_slice());
-                if g.data_ptr() != view.data_ptr() {
-                    let mut g = g.shallow_clone();
-                    tch::no_grad(|| {
-                        if keep {
-                            view.shallow_clone().copy_(&g);
-                        }
-                        g.set_data(&view);
-                    });
-                }
-                offset += n;
+        for (g, (view, ptr)) in grads.iter().zip(&layout.views[which]) {
+            if g.data_ptr() as usize != *ptr {
+                let mut g = g.shallow_clone();
+                tch::no_grad(|| {
+                    if keep {
+                        view.shallow_clone().copy_(&g);
+                    }
+                    g.set_data(view);
+                });
             }
         }
     }
@@ -151,11 +146,27 @@ impl GradSync for MpiGradSync<'_> {
                     let z = || Tensor::zeros([n], (Kind::Float, tch::Device::Cpu));
                     [z(), z()]
                 })
-                .collect();
+                .collect::<Vec<[Tensor; 2]>>();
+            let views = [0, 1].map(|which| {
+                let mut out = Vec::with_capacity(grads.len());
+                for (range, bufs) in groups.iter().zip(&buffers) {
+                    let buf: &Tensor = &bufs[which];
+                    let mut offset = 0i64;
+                    for g in &grads[range.clone()] {
+                        let n = g.numel() as i64;
+                        let v = buf.narrow(0, offset, n).view(g.size().as_slice());
+                        let ptr = v.data_ptr() as usize;
+                        out.push((v, ptr));
+                        offset += n;
+                    }
+                }
+                out
+            });
             self.layout = Some(Layout {
                 numels,
                 groups,
                 buffers,
+                views,
                 current: 0,
             });
         }

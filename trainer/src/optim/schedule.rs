@@ -1,7 +1,7 @@
 //! Learning-rate schedule and gradient clipping.
 
 use syncdiff_model::config::{LrSchedule, TrainConfig};
-use tch::{Kind, Tensor};
+use tch::Tensor;
 
 /// Learning rate at optimizer step `step` (0-based) of `total`: linear warm-up from 0 to
 /// `train.lr` over `warmup_steps`, then constant, cosine or linear decay to `min_lr` at the end.
@@ -24,9 +24,14 @@ pub fn lr_at(cfg: &TrainConfig, step: u64, total: u64) -> f64 {
 
 /// Scales gradients so their global L2 norm is at most `max_norm`; returns the norm before.
 pub fn clip_grad_norm(grads: &[Tensor], max_norm: f64) -> f64 {
+    // Per-tensor norms in the gradients' own precision (one pass each, like torch's
+    // clip_grad_norm_), combined in f64.
     let sq: f64 = grads
         .iter()
-        .map(|g| f64::try_from(g.to_kind(Kind::Double).square().sum(Kind::Double)).unwrap_or(0.0))
+        .map(|g| {
+            let n = f64::try_from(g.norm()).unwrap_or(0.0);
+            n * n
+        })
         .sum();
     let norm = sq.sqrt();
     if norm > max_norm && norm > 0.0 {
