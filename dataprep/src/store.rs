@@ -385,8 +385,11 @@ impl FrameArray {
             .chain(self.array.shape()[1..].iter().map(|&n| 0..n))
             .collect();
         let subset = ArraySubset::new_with_ranges(&ranges);
+        // A read is a few small subchunks: decoding them on the calling thread beats fanning
+        // out to rayon (parallelism comes from reading many samples at once).
+        let options = CodecOptions::default().with_concurrent_target(1);
         self.array
-            .retrieve_array_subset_sharded_opt::<T>(&self.cache, &subset, &CodecOptions::default())
+            .retrieve_array_subset_sharded_opt::<T>(&self.cache, &subset, &options)
             .map_err(|e| zerr(path)(&e))
     }
 }

@@ -157,10 +157,12 @@ fn main() -> anyhow::Result<()> {
         let mut prebuilt = Vec::new();
         let mut s = LoaderState::default();
         let mut direct = Loader::new(ds.clone(), sampler.clone(), share, 0);
+        let read_start = std::time::Instant::now();
         for _ in 0..8 {
             prebuilt.push(direct.next(s, Duration::ZERO)?);
             s = sampler.advance(s);
         }
+        let read_s = read_start.elapsed().as_secs_f64() / 8.0;
         let opts = TrainOptions {
             device: Device::Cpu,
             backend: DistBackend::Mpi,
@@ -212,10 +214,12 @@ fn main() -> anyhow::Result<()> {
         )?;
         let (mut state, mut step) = (LoaderState::default(), 0u64);
         let mut k = 0usize;
+        let mut waits = Vec::new();
         let lr = t.lr;
         let mut with_loader = |trainer: &mut Trainer<'_>| -> anyhow::Result<f64> {
             step += 1;
             let st = trainer.step(step, lr, || Ok(loader.next(state, Duration::ZERO)?), false)?;
+            waits.push(st.data.as_secs_f64());
             state = sampler.advance(state);
             Ok(st.total.as_secs_f64())
         };
@@ -228,6 +232,13 @@ fn main() -> anyhow::Result<()> {
             let st = trainer.step(k as u64, lr, || Ok(b), false)?;
             Ok(st.total.as_secs_f64())
         };
+        // Warm-up beyond interleave's one repetition: the first steps of both sides are slow
+        // while the allocators grow their caches.
+        for _ in 0..env_or("BENCH_WARMUP", 5) {
+            with_loader(&mut trainer)?;
+            with_prebuilt(&mut trainer)?;
+            py.step()?;
+        }
         let trainer = std::cell::RefCell::new(&mut trainer);
         let a = interleave(
             reps,
@@ -252,6 +263,24 @@ fn main() -> anyhow::Result<()> {
             "  (c) ours with the loader / ours with pre-built batches: {}",
             c.summary()
         );
+        if std::env::var_os("BENCH_VERBOSE").is_some() {
+            println!(
+                "  reading one step's batches on the calling thread: {:.3} ms",
+                read_s * 1e3
+            );
+            println!(
+                "  median wait for the loader: {:.3} ms",
+                syncdiff_trainer::benchstats::median(&waits) * 1e3
+            );
+            for (label, x) in [("a", &a), ("c", &c)] {
+                let pairs: Vec<String> =
+                    x.a.iter()
+                        .zip(&x.b)
+                        .map(|(p, q)| format!("{p:.4}/{q:.4}"))
+                        .collect();
+                println!("  ({label}) seconds ours/reference: {}", pairs.join(" "));
+            }
+        }
     }
     Ok(())
 }

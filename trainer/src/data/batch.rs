@@ -41,7 +41,11 @@ impl Batch {
         context: u64,
     ) -> Result<Self, StoreError> {
         let [c, h, w] = ds.manifest().meta.latent_shape.map(|x| x as i64);
-        let (b, np, frame) = (specs.len() as i64, i64::from(previous), (c * h * w) as usize);
+        let (b, np, frame) = (
+            specs.len() as i64,
+            i64::from(previous),
+            (c * h * w) as usize,
+        );
         let cap = specs.len() * frame;
         let (mut z0, mut masked, mut identity, mut noise) = (
             Vec::with_capacity(cap),

@@ -1,6 +1,10 @@
-//! The rank's data loader: the micro-batches of the next steps are read in the background on
-//! rayon while the current step computes. Batches are pure functions of the loader state, so
-//! prefetching never changes what a step sees.
+//! The rank's data loader: the micro-batches of the next steps are read in the background on a
+//! small rayon pool while the current step computes. Batches are pure functions of the loader
+//! state, so prefetching never changes what a step sees.
+//!
+//! The pool's threads run at a lower scheduling priority (nice +10): reading is far cheaper than a
+//! step and starts `prefetch` steps early, so it only needs the CPU time the step leaves idle and
+//! should not take cores from the step's own threads (which matters on CPU-only ranks).
 
 use std::collections::VecDeque;
 use std::sync::mpsc::{Receiver, RecvTimeoutError};
@@ -64,6 +68,21 @@ pub struct Loader {
     /// The epoch order in use (one permutation per epoch, shared with the readers).
     order: Option<(u64, Arc<Vec<u32>>)>,
     pending: VecDeque<Pending>,
+    /// Background readers (None: the global pool, when a pool cannot be built).
+    pool: Option<Arc<rayon::ThreadPool>>,
+}
+
+/// Threads reading ahead.
+const READERS: usize = 2;
+
+/// Lowers the calling thread's priority (Linux: the nice value is per thread).
+fn lower_priority() {
+    // SAFETY: gettid and setpriority take plain integers and only affect this thread's
+    // scheduling; failure (e.g. a sandbox forbidding it) is harmless and ignored.
+    unsafe {
+        let tid = libc::syscall(libc::SYS_gettid) as libc::id_t;
+        libc::setpriority(libc::PRIO_PROCESS, tid, 10);
+    }
 }
 
 impl Loader {
@@ -76,6 +95,17 @@ impl Loader {
             depth,
             order: None,
             pending: VecDeque::new(),
+            pool: (depth > 0)
+                .then(|| {
+                    rayon::ThreadPoolBuilder::new()
+                        .num_threads(READERS)
+                        .thread_name(|i| format!("loader-{i}"))
+                        .start_handler(|_| lower_priority())
+                        .build()
+                        .ok()
+                })
+                .flatten()
+                .map(Arc::new),
         }
     }
 
@@ -108,9 +138,13 @@ impl Loader {
         let (tx, rx) = std::sync::mpsc::sync_channel(1);
         let (ds, sampler, share) = (self.ds.clone(), self.sampler.clone(), self.share);
         let order = self.order(state.epoch);
-        rayon::spawn(move || {
+        let job = move || {
             let _ = tx.send(Self::read(&ds, &sampler, share, state, &order));
-        });
+        };
+        match &self.pool {
+            Some(pool) => pool.spawn(job),
+            None => rayon::spawn(job),
+        }
         self.pending.push_back((state, rx));
     }
 
