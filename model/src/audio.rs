@@ -46,12 +46,19 @@ impl AudioPath {
     }
 
     /// Cross-attention context of one sample: mel (T, 104) context, target at `offset` ->
-    /// (1, M, D) with M = 1 (pooled) or W.
-    pub fn context(&self, mel: &Tensor, offset: i64, train: bool) -> Tensor {
+    /// (1, M, D) with M = 1 (pooled) or W. In training, `keep(i)` decides whether AV-HuBERT layer
+    /// i runs (layerdrop; called only when layerdrop > 0).
+    pub fn context(
+        &self,
+        mel: &Tensor,
+        offset: i64,
+        train: bool,
+        keep: impl FnMut(usize) -> bool,
+    ) -> Tensor {
         let x = mel.unsqueeze(0);
         // (1, T, 104) -> (1, T, D)
         let f = match &self.encoder {
-            AudioEncoder::Avhubert(e) => e.forward(&x, train, |_| true),
+            AudioEncoder::Avhubert(e) => e.forward(&x, train, keep),
             AudioEncoder::Mel(e) => e.forward(&x),
         };
         let centre = Tensor::from_slice(&[offset]).to_device(mel.device());
@@ -60,12 +67,20 @@ impl AudioPath {
     }
 
     /// Contexts of a batch, each encoded on its own (contexts differ in length; nothing of one
-    /// sample leaks into another's features): (B, M, D).
-    pub fn batch_context(&self, mels: &[Tensor], offsets: &[i64], train: bool) -> Tensor {
+    /// sample leaks into another's features): (B, M, D). `keep(s, i)`: whether layer i runs for
+    /// sample s (layerdrop).
+    pub fn batch_context(
+        &self,
+        mels: &[Tensor],
+        offsets: &[i64],
+        train: bool,
+        keep: impl Fn(usize, usize) -> bool,
+    ) -> Tensor {
         let parts: Vec<Tensor> = mels
             .iter()
             .zip(offsets)
-            .map(|(m, &o)| self.context(m, o, train))
+            .enumerate()
+            .map(|(s, (m, &o))| self.context(m, o, train, |i| keep(s, i)))
             .collect();
         Tensor::cat(&parts, 0)
     }

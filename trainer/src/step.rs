@@ -1,6 +1,7 @@
 //! The trained model (audio path + denoiser) and its loss on a batch: the forward/backward unit
 //! the training loop repeats.
 
+use syncdiff_dataprep::rng::Rng;
 use syncdiff_model::audio::AudioPath;
 use syncdiff_model::config::ModelConfig;
 use syncdiff_model::syncdiff::{Conditioning, SyncDiff, SyncDiffError};
@@ -17,7 +18,11 @@ pub struct TrainModel {
     pub vs: VarStore,
     audio: AudioPath,
     denoiser: SyncDiff,
+    layerdrop: f64,
 }
+
+/// Separates the layerdrop stream from the sample's other random choices.
+const LAYERDROP: u64 = 0x6c64_726f;
 
 impl TrainModel {
     /// Builds the model of `cfg` on `device` (random initialisation from tch's global seed).
@@ -30,6 +35,7 @@ impl TrainModel {
             vs,
             audio,
             denoiser,
+            layerdrop: cfg.audio_encoder.layerdrop,
         }
     }
 
@@ -53,7 +59,13 @@ impl TrainModel {
     /// Cross-attention contexts of a batch (B, M, D).
     pub fn context(&self, batch: &Batch, train: bool) -> Tensor {
         let offsets: Vec<i64> = Vec::try_from(&batch.offsets).unwrap_or_default();
-        self.audio.batch_context(&batch.mel, &offsets, train)
+        // Layerdrop decisions keyed by each sample's seed: the same on any world size.
+        let p = self.layerdrop;
+        self.audio
+            .batch_context(&batch.mel, &offsets, train, |s, layer| {
+                let seed = batch.seeds.get(s).copied().unwrap_or(0);
+                Rng::new(&[seed, LAYERDROP, layer as u64]).uniform() >= p
+            })
     }
 
     /// Diffusion loss of a batch (already on the model's device): a scalar.

@@ -25,6 +25,8 @@ pub struct Batch {
     pub timesteps: Tensor,
     /// Noise (B, C, h, w) from each sample's own seed.
     pub noise: Tensor,
+    /// Each sample's seed (noise and layerdrop decisions derive from it).
+    pub seeds: Vec<u64>,
 }
 
 fn extend_f32(out: &mut Vec<f32>, v: &[half::f16]) {
@@ -88,6 +90,7 @@ impl Batch {
             offsets: Tensor::from_slice(&offsets),
             timesteps: Tensor::from_slice(&timesteps),
             noise: frames(&noise),
+            seeds: specs.iter().map(|s| s.noise_seed).collect(),
         })
     }
 
@@ -113,6 +116,7 @@ impl Batch {
             offsets: other.offsets.shallow_clone(),
             timesteps: self.timesteps.shallow_clone(),
             noise: self.noise.shallow_clone(),
+            seeds: self.seeds.clone(),
         }
     }
 
@@ -127,6 +131,7 @@ impl Batch {
             offsets: self.offsets.to_device(device),
             timesteps: self.timesteps.to_device(device),
             noise: self.noise.to_device(device),
+            seeds: self.seeds.clone(),
         }
     }
 }
