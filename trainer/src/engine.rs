@@ -4,7 +4,7 @@
 
 use std::time::{Duration, Instant};
 
-use syncdiff_model::config::{BatchPlan, Config, DistBackend};
+use syncdiff_model::config::{BatchPlan, Config, DistBackend, OptimizerKind};
 use tch::{Device, Tensor};
 
 use crate::data::Batch;
@@ -18,6 +18,53 @@ use crate::train::{TrainError, TrainOptions};
 /// Test-only fault injection: `RANK:STEP` perturbs one parameter on that rank after that step, so
 /// the parameter checksum has something to catch.
 pub const FAULT_DESYNC_ENV: &str = "SYNCDIFF_FAULT_DESYNC";
+
+/// The configured optimizer.
+#[derive(Debug)]
+pub enum Optimizer {
+    /// AdamW with its moments.
+    AdamW(AdamW),
+    /// Plain SGD (no state; for tests): p <- p (1 - lr wd) - lr g.
+    Sgd {
+        /// Parameters.
+        params: Vec<Tensor>,
+        /// Decoupled weight decay.
+        weight_decay: f64,
+    },
+}
+
+impl Optimizer {
+    /// One update at learning rate `lr` from the current gradients.
+    pub fn step(&mut self, lr: f64) {
+        match self {
+            Self::AdamW(o) => o.step(lr),
+            Self::Sgd {
+                params,
+                weight_decay,
+            } => tch::no_grad(|| {
+                for p in params.iter() {
+                    let g = p.grad();
+                    if !g.defined() {
+                        continue;
+                    }
+                    let mut p = p.shallow_clone();
+                    if *weight_decay != 0.0 {
+                        let _ = p.g_mul_scalar_(1.0 - lr * *weight_decay);
+                    }
+                    let _ = p.g_add_(&(g * -lr));
+                }
+            }),
+        }
+    }
+
+    /// Zeroes the gradients.
+    pub fn zero_grad(&mut self) {
+        match self {
+            Self::AdamW(o) => o.zero_grad(),
+            Self::Sgd { params, .. } => params.iter_mut().for_each(Tensor::zero_grad),
+        }
+    }
+}
 
 /// What one optimizer step measured.
 #[derive(Debug, Clone, Copy)]
@@ -43,7 +90,7 @@ pub struct Trainer<'a> {
     pub model: TrainModel,
     /// Trained parameters, in the optimizer's (name) order.
     tensors: Vec<Tensor>,
-    opt: AdamW,
+    opt: Optimizer,
     ema: Option<Ema>,
     sync: Box<dyn GradSync + 'a>,
     dog: Watchdog,
@@ -104,18 +151,24 @@ impl<'a> Trainer<'a> {
             broadcast_params(rt.comm(), &tensors)?;
             check_params(rt.comm(), &tensors, 0)?;
         }
-        let opt = AdamW::new(
-            params
-                .iter()
-                .map(|(n, p)| (n.clone(), p.shallow_clone()))
-                .collect(),
-            AdamWConfig {
-                beta1: t.betas[0],
-                beta2: t.betas[1],
-                eps: t.eps,
+        let opt = match t.optimizer {
+            OptimizerKind::Adamw => Optimizer::AdamW(AdamW::new(
+                params
+                    .iter()
+                    .map(|(n, p)| (n.clone(), p.shallow_clone()))
+                    .collect(),
+                AdamWConfig {
+                    beta1: t.betas[0],
+                    beta2: t.betas[1],
+                    eps: t.eps,
+                    weight_decay: t.weight_decay,
+                },
+            )),
+            OptimizerKind::Sgd => Optimizer::Sgd {
+                params: tensors.iter().map(Tensor::shallow_clone).collect(),
                 weight_decay: t.weight_decay,
             },
-        );
+        };
         let ema = t
             .ema
             .enabled

@@ -7,7 +7,7 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use syncdiff_dataprep::store::{Dataset, StoreError};
-use syncdiff_model::config::{Config, ConfigError, DistBackend, OptimizerKind};
+use syncdiff_model::config::{Config, ConfigError, DistBackend};
 use tch::Device;
 
 use crate::data::{Loader, LoaderError, LoaderState, RankShare, Sampler, SamplerError};
@@ -116,11 +116,6 @@ pub fn train(
     opts: &TrainOptions<'_>,
 ) -> Result<RunSummary, TrainError> {
     let t = &config.train;
-    if t.optimizer != OptimizerKind::Adamw {
-        return Err(TrainError::Unsupported(
-            "train.optimizer: only adamw is wired into the loop".into(),
-        ));
-    }
     let plan = config.batch_plan(rt.world_size() as u32)?;
     let ds =
         Dataset::open(Path::new(&config.data.dataset)).map_err(|source| TrainError::Dataset {

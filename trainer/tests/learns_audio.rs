@@ -60,8 +60,7 @@ fn validation_loss_with_the_true_audio_ends_below_other_audio() {
     assert!(o.status.success(), "{out}\n{err}");
     let last = out
         .lines()
-        .filter(|l| l.contains("val step"))
-        .next_back()
+        .rfind(|l| l.contains("val step"))
         .unwrap_or_else(|| panic!("{out}"));
     println!("{out}");
     assert!(last.contains(&format!("val step {steps}:")), "{last}");
