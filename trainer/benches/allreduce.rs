@@ -50,7 +50,8 @@ fn main() -> anyhow::Result<()> {
     let rt = Runtime::init()?;
     let comm = rt.comm();
     let reps = reps();
-    let cases: [(&str, &str, Vec<&str>); 3] = [
+    // The paper's set (2.3 GB, buffers x4 per rank) does not fit 2 ranks in this machine's 24 GB.
+    let cases: [(&str, &str, Vec<&str>); 2] = [
         ("debug config", "configs/debug.yaml", vec![]),
         (
             "mid-size (paper UNet layout at width 64, mel encoder 768)",
@@ -65,7 +66,6 @@ fn main() -> anyhow::Result<()> {
                 "model.audio_encoder.embed_dim=768",
             ],
         ),
-        ("paper config", "configs/syncdiff-lrs2.yaml", vec![]),
     ];
     if rt.is_main() {
         println!("gradient all-reduce, 2 ranks, 1 thread each, {reps} interleaved repetitions");
