@@ -167,6 +167,7 @@ fn main() -> anyhow::Result<()> {
             device: Device::Cpu,
             backend: DistBackend::Mpi,
             stop_requested: &|| false,
+            resume: syncdiff_trainer::ckpt::ResumePolicy::Never,
         };
         let mut trainer = Trainer::new(&config, &rt, &opts)?;
         let parameters: i64 = trainer

@@ -2,11 +2,15 @@
 //! backend, each blocking operation under the watchdog. `train::train` drives it with the loader;
 //! the benchmarks drive it with pre-built batches.
 
+use std::path::Path;
 use std::time::{Duration, Instant};
+
+use syncdiff_dataprep::rng::Rng;
 
 use syncdiff_model::config::{BatchPlan, Config, DistBackend, OptimizerKind};
 use tch::{Device, Tensor};
 
+use crate::ckpt::{to_host, CkptError, Restored};
 use crate::data::Batch;
 use crate::dist::{
     broadcast_params, check_params, GradSync, MpiGradSync, NcclGradSync, Runtime, Watchdog,
@@ -100,7 +104,15 @@ pub struct Trainer<'a> {
     collective_timeout: Duration,
     data_timeout: Duration,
     fault: Option<u64>,
+    seed: u64,
+    ema_decay: (f64, bool),
 }
+
+/// Named tensors.
+pub type Named = Vec<(String, Tensor)>;
+
+/// Separates the per-step libtorch seed (dropout masks) from other streams.
+const TORCH_STEP: u64 = 0x746f_7263;
 
 impl std::fmt::Debug for Trainer<'_> {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
@@ -136,6 +148,20 @@ impl<'a> Trainer<'a> {
         let device = opts.device;
         tch::manual_seed(t.seed as i64);
         let model = TrainModel::new(&config.model, device);
+        // Pretrained AV-HuBERT (`syncdiff convert avhubert`), before the broadcast.
+        if let Some(w) = &config.model.audio_encoder.weights {
+            if config.model.audio_encoder.kind == syncdiff_model::config::AudioEncoderKind::Avhubert
+            {
+                let path = Path::new(w);
+                syncdiff_model::weights::read(path)
+                    .and_then(|file| {
+                        syncdiff_model::weights::load_into(&model.vs, "audio.", path, &file)
+                    })
+                    .map_err(|e| {
+                        TrainError::Weights(format!("model.audio_encoder.weights: {e}"))
+                    })?;
+            }
+        }
         let params = model.trainable();
         let tensors: Vec<Tensor> = params.iter().map(|(_, t)| t.shallow_clone()).collect();
         let dog = Watchdog::start(rt.prefix(), {
@@ -191,6 +217,8 @@ impl<'a> Trainer<'a> {
             collective_timeout,
             data_timeout: Duration::from_secs(config.dist.data_timeout_s),
             fault: desync_fault(rt.rank())?,
+            seed: t.seed,
+            ema_decay: (t.ema.decay, t.ema.warmup),
         })
     }
 
@@ -215,6 +243,8 @@ impl<'a> Trainer<'a> {
         stop: bool,
     ) -> Result<StepStats, TrainError> {
         let t0 = Instant::now();
+        // libtorch's generator (dropout) restarts from (seed, step): a resumed run draws the same.
+        tch::manual_seed(Rng::new(&[self.seed, TORCH_STEP, step]).next_u64() as i64);
         let batches = {
             let _w = self.dog.watch("data fetch", step, self.data_timeout);
             fetch()?
@@ -259,6 +289,53 @@ impl<'a> Trainer<'a> {
             all_reduce,
             total: t0.elapsed(),
         })
+    }
+
+    /// Copies of the model, EMA and optimizer tensors in host memory (for a checkpoint).
+    pub fn snapshot(&self) -> (Named, Named, Named) {
+        let mut model: Vec<(String, Tensor)> = self.model.vs.variables().into_iter().collect();
+        model.sort_by(|a, b| a.0.cmp(&b.0));
+        let ema = self.ema.as_ref().map(Ema::state).unwrap_or_default();
+        let opt = match &self.opt {
+            Optimizer::AdamW(o) => o.state(),
+            Optimizer::Sgd { .. } => Vec::new(),
+        };
+        (to_host(model), to_host(ema), to_host(opt))
+    }
+
+    /// Loads a checkpoint's model, EMA and optimizer state (strict names and shapes), then
+    /// re-broadcasts rank 0's parameters and compares checksums (a collective).
+    pub fn restore(&mut self, r: &Restored, url: &str, step: u64) -> Result<(), TrainError> {
+        let bad = |message: String| {
+            TrainError::Ckpt(CkptError::Incompatible {
+                url: url.to_string(),
+                message,
+            })
+        };
+        let path = Path::new(url).join(crate::ckpt::MODEL);
+        syncdiff_model::weights::load_into(&self.model.vs, "", &path, &r.model)
+            .map_err(|e| bad(e.to_string()))?;
+        match (&mut self.opt, &r.optimizer) {
+            (Optimizer::AdamW(o), Some(s)) => o.load_state(s).map_err(|e| bad(e.to_string()))?,
+            (Optimizer::AdamW(_), None) => {
+                eprintln!("warning: {url} has no optimizer state; AdamW moments start at zero")
+            }
+            (Optimizer::Sgd { .. }, _) => {}
+        }
+        match (&mut self.ema, &r.ema) {
+            (Some(e), Some(s)) => e.load_state(s).map_err(|e| bad(e.to_string()))?,
+            (Some(e), None) => {
+                eprintln!("warning: {url} has no EMA; the EMA starts from the loaded weights");
+                *e = Ema::new(&self.model.trainable(), self.ema_decay.0, self.ema_decay.1);
+            }
+            (None, _) => {}
+        }
+        let _w = self
+            .dog
+            .watch("parameter broadcast", step, self.collective_timeout);
+        broadcast_params(self.rt.comm(), &self.tensors)?;
+        check_params(self.rt.comm(), &self.tensors, step)?;
+        Ok(())
     }
 
     /// Compares the parameter checksum across ranks (a collective).

@@ -3,6 +3,7 @@
 //! `syncdiff-dataprep`.
 
 pub mod benchstats;
+pub mod ckpt;
 pub mod data;
 pub mod dist;
 pub mod dryrun;

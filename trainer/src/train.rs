@@ -10,6 +10,10 @@ use syncdiff_dataprep::store::{Dataset, StoreError};
 use syncdiff_model::config::{Config, ConfigError, DistBackend};
 use tch::Device;
 
+use crate::ckpt::{
+    self, sha256_file, CkptError, ResumePolicy, Retention, Retry, SaveReport, Saver, Snapshot,
+    Store, TrainerState,
+};
 use crate::data::{Loader, LoaderError, LoaderState, RankShare, Sampler, SamplerError};
 use crate::dist::{DistError, Runtime};
 use crate::engine::Trainer;
@@ -62,6 +66,12 @@ pub enum TrainError {
     /// Something the loop does not support yet.
     #[error("{0}")]
     Unsupported(String),
+    /// External weights cannot be loaded.
+    #[error("{0}")]
+    Weights(String),
+    /// A checkpoint could not be saved or resumed.
+    #[error(transparent)]
+    Ckpt(#[from] crate::ckpt::CkptError),
 }
 
 /// How a process trains: where, and how it learns that it should stop.
@@ -72,6 +82,8 @@ pub struct TrainOptions<'a> {
     pub backend: DistBackend,
     /// Polled once per step: a stop request (signal) on any rank stops every rank after that step.
     pub stop_requested: &'a dyn Fn() -> bool,
+    /// `--resume`.
+    pub resume: ResumePolicy,
 }
 
 impl std::fmt::Debug for TrainOptions<'_> {
@@ -79,6 +91,7 @@ impl std::fmt::Debug for TrainOptions<'_> {
         f.debug_struct("TrainOptions")
             .field("device", &self.device)
             .field("backend", &self.backend)
+            .field("resume", &self.resume)
             .finish_non_exhaustive()
     }
 }
@@ -109,7 +122,112 @@ struct Interval {
     step: Duration,
 }
 
-/// Trains from a fresh start on the configured data set.
+/// The checkpoint side of the loop (rank 0 saves; every rank resumes).
+struct Checkpoints {
+    store: Arc<Store>,
+    saver: Option<Saver>,
+    staging: PathBuf,
+    state: TrainerState,
+    config_yaml: String,
+    last_saved: Option<u64>,
+}
+
+impl Checkpoints {
+    fn open(config: &Config, rt: &Runtime, dataset_sha256: &str) -> Result<Self, TrainError> {
+        let c = &config.checkpoint;
+        let store = Arc::new(Store::open(
+            &c.url,
+            Retry {
+                attempts: c.retries,
+                backoff: Duration::from_secs_f64(c.retry_backoff_s),
+            },
+        )?);
+        let mut external = std::collections::BTreeMap::new();
+        for (key, path) in [
+            ("vq_f4", &config.model.autoencoder.weights),
+            ("avhubert", &config.model.audio_encoder.weights),
+        ] {
+            if let (Some(p), true) = (path, rt.is_main()) {
+                let (_, sha) = sha256_file(Path::new(p))
+                    .map_err(|e| TrainError::Weights(format!("{key} weights {p}: {e}")))?;
+                external.insert(key.to_string(), sha);
+            }
+        }
+        let staging = std::env::temp_dir().join(format!("syncdiff-save-{}", std::process::id()));
+        let retention = Retention {
+            keep_last: c.keep_last,
+            keep_every: c.keep_every,
+        };
+        Ok(Self {
+            saver: rt
+                .is_main()
+                .then(|| Saver::new(store.clone(), staging.clone(), retention)),
+            store,
+            staging,
+            state: TrainerState {
+                format: crate::ckpt::FORMAT,
+                step: 0,
+                epoch: 0,
+                consumed: 0,
+                seed: config.train.seed,
+                world_size: rt.world_size() as u32,
+                global_batch: config.train.global_batch,
+                dataset_sha256: dataset_sha256.to_string(),
+                external_weights: external,
+                saved_unix: 0,
+            },
+            config_yaml: config.to_yaml(),
+            last_saved: None,
+        })
+    }
+
+    fn snapshot(&self, trainer: &Trainer<'_>, step: u64, at: LoaderState) -> Snapshot {
+        let (model, ema, optimizer) = trainer.snapshot();
+        Snapshot {
+            model,
+            ema,
+            optimizer,
+            state: TrainerState {
+                step,
+                epoch: at.epoch,
+                consumed: at.consumed,
+                saved_unix: crate::ckpt::now_unix(),
+                ..self.state.clone()
+            },
+            config_yaml: self.config_yaml.clone(),
+        }
+    }
+
+    /// Line for a finished save, or a warning for a failed background save (training goes on:
+    /// the previous checkpoint stays the newest valid one).
+    fn report(prefix: &str, r: Result<SaveReport, CkptError>) -> String {
+        match r {
+            Ok(r) => format!(
+                "{prefix} checkpoint step {} saved to {} ({:.1} MB in {:.1} s{})",
+                r.step,
+                r.url,
+                r.bytes as f64 / 1e6,
+                r.seconds,
+                if r.deleted.is_empty() {
+                    String::new()
+                } else {
+                    format!("; retention deleted {}", r.deleted.join(", "))
+                }
+            ),
+            Err(e) => format!(
+                "{prefix} warning: {e}; training goes on, the previous checkpoint stays the newest"
+            ),
+        }
+    }
+}
+
+impl Drop for Checkpoints {
+    fn drop(&mut self) {
+        let _ = std::fs::remove_dir_all(&self.staging);
+    }
+}
+
+/// Trains on the configured data set, from the checkpoint `--resume` picks or from scratch.
 pub fn train(
     config: &Config,
     rt: &Runtime,
@@ -123,6 +241,8 @@ pub fn train(
             source,
         })?;
     let frames: Vec<u64> = ds.clips().iter().map(|c| c.frames).collect();
+    let mut ckpts = Checkpoints::open(config, rt, ds.sha256())?;
+    let resumed = ckpt::resume(&opts.resume, &ckpts.store, rt)?;
     let m = &config.model;
     let np = m.priors.needed_previous_frames();
     let sampler = Arc::new(Sampler::new(
@@ -161,6 +281,30 @@ pub fn train(
 
     let device = opts.device;
     let mut trainer = Trainer::new(config, rt, opts)?;
+    let (mut state, mut step) = (LoaderState::default(), 0);
+    if let Some((url, r)) = &resumed {
+        let saved = Config::from_yaml(&r.config_yaml, &format!("{url}/config.yaml"), &[])
+            .map_err(|e| incompatible(url, e.to_string()))?;
+        ckpt::check_compatible(&r.state, &saved, config, &ckpts.state.dataset_sha256)
+            .map_err(|m| incompatible(url, m))?;
+        trainer.restore(r, url, r.state.step)?;
+        state = LoaderState {
+            epoch: r.state.epoch,
+            consumed: r.state.consumed,
+        };
+        step = r.state.step;
+        ckpts.last_saved = Some(step);
+        if rt.is_main() {
+            println!(
+                "{} resumed from {url} at step {step} (epoch {}, sample {}; saved by {} ranks)",
+                rt.prefix(),
+                state.epoch,
+                state.consumed,
+                r.state.world_size
+            );
+        }
+    }
+    drop(resumed);
     let mut tb = if rt.is_main() {
         let dir = Path::new(&config.log.dir);
         Some(EventWriter::create(dir).map_err(|source| TrainError::Log {
@@ -173,13 +317,13 @@ pub fn train(
     let decoder = (rt.is_main() && config.log.image_interval > 0 && validator.is_some())
         .then(|| image_decoder(config, device))
         .flatten();
-    let progress = Progress::new(rt.is_main() && config.log.progress, 0, total);
+    let progress = Progress::new(rt.is_main() && config.log.progress, step, total);
     let say = |line: String| progress.println(&line);
 
-    let (mut state, mut iv) = (LoaderState::default(), Interval::default());
+    let (first, mut iv) = (step, Interval::default());
     let (mut last_loss, mut last_val) = (f64::NAN, None);
     let start = Instant::now();
-    let (mut step, mut stopped) = (0, false);
+    let mut stopped = false;
     while step < total {
         let now = step + 1;
         let lr = lr_at(t, step, total);
@@ -196,7 +340,8 @@ pub fn train(
         iv.data += st.data;
         iv.all_reduce += st.all_reduce;
         iv.step += st.total;
-        let sps = f64::from(plan.global_batch) * step as f64 / start.elapsed().as_secs_f64();
+        let sps =
+            f64::from(plan.global_batch) * (step - first) as f64 / start.elapsed().as_secs_f64();
         progress.update(step, st.loss, sps);
         if step % config.log.interval == 0 || step == total || stop {
             last_loss = iv.losses.iter().sum::<f64>() / iv.losses.len().max(1) as f64;
@@ -251,8 +396,31 @@ pub fn train(
             stopped = true;
             break;
         }
+        let every = config.checkpoint.interval;
+        if every > 0 && step % every == 0 && step < total && ckpts.saver.is_some() {
+            let snap = ckpts.snapshot(&trainer, step, state);
+            if let Some(saver) = &mut ckpts.saver {
+                if let Some(r) = saver.save_async(snap) {
+                    say(Checkpoints::report(&rt.prefix(), r));
+                }
+                ckpts.last_saved = Some(step);
+            }
+        }
     }
     progress.finish();
+    // The last state is always saved (end of run or stop request), waiting for the upload.
+    if ckpts.saver.is_some() {
+        let snap = (ckpts.last_saved != Some(step)).then(|| ckpts.snapshot(&trainer, step, state));
+        if let Some(saver) = &mut ckpts.saver {
+            if let Some(r) = saver.wait() {
+                say(Checkpoints::report(&rt.prefix(), r));
+            }
+            if let Some(snap) = snap {
+                let r = saver.save_blocking(snap)?;
+                say(Checkpoints::report(&rt.prefix(), Ok(r)));
+            }
+        }
+    }
     if let Some(tb) = &mut tb {
         tb.flush().map_err(|source| log_err(config, source))?;
     }
@@ -263,6 +431,13 @@ pub fn train(
         last_val,
         seconds: start.elapsed().as_secs_f64(),
         stopped,
+    })
+}
+
+fn incompatible(url: &str, message: String) -> TrainError {
+    TrainError::Ckpt(CkptError::Incompatible {
+        url: url.to_string(),
+        message,
     })
 }
 

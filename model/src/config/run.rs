@@ -227,6 +227,10 @@ pub struct CheckpointConfig {
     pub keep_last: u32,
     /// Also keep every checkpoint whose step is a multiple of this (none: keep no extra).
     pub keep_every: Option<u64>,
+    /// Attempts per storage operation (upload, download, list, delete) before it fails.
+    pub retries: u32,
+    /// Wait before the second attempt, doubled for each further one.
+    pub retry_backoff_s: f64,
 }
 
 impl Default for CheckpointConfig {
@@ -236,6 +240,8 @@ impl Default for CheckpointConfig {
             interval: 5000,
             keep_last: 3,
             keep_every: None,
+            retries: 4,
+            retry_backoff_s: 2.0,
         }
     }
 }

@@ -252,7 +252,21 @@ impl Config {
         ensure(!self.checkpoint.url.is_empty(), "checkpoint.url", || {
             "must not be empty".into()
         })?;
+        // Credentials come from the environment only: refuse them in the URL (without echoing).
+        let url = &self.checkpoint.url;
+        let authority = url
+            .split_once("://")
+            .map_or("", |(_, rest)| rest.split('/').next().unwrap_or_default());
+        ensure(!authority.contains('@'), "checkpoint.url", || {
+            "holds credentials (user:secret@); give them in the environment (AWS_*, GOOGLE_*, AZURE_*) instead".into()
+        })?;
         positive(self.checkpoint.keep_last, "checkpoint.keep_last")?;
+        positive(self.checkpoint.retries, "checkpoint.retries")?;
+        ensure(
+            self.checkpoint.retry_backoff_s >= 0.0,
+            "checkpoint.retry_backoff_s",
+            || "must not be negative".into(),
+        )?;
         if let Some(k) = self.checkpoint.keep_every {
             positive(k, "checkpoint.keep_every")?;
         }

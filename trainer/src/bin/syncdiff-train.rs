@@ -119,12 +119,6 @@ fn run(cli: &Cli, config: &syncdiff_model::config::Config) -> anyhow::Result<()>
         }
         return Ok(());
     }
-    if cli.resume != "never" && cli.resume != "auto" {
-        anyhow::bail!(
-            "--resume {}: checkpoints are not implemented in this build yet; use --resume never",
-            cli.resume
-        );
-    }
     // SIGUSR1 (SLURM's warning before the time limit) or SIGTERM: stop after the current step on
     // every rank (the flag travels in the gradient all-reduce).
     let stop = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
@@ -139,6 +133,7 @@ fn run(cli: &Cli, config: &syncdiff_model::config::Config) -> anyhow::Result<()>
         device: placement.device,
         backend: placement.backend,
         stop_requested: &stop_requested,
+        resume: syncdiff_trainer::ckpt::ResumePolicy::parse(&cli.resume),
     };
     let summary = match syncdiff_trainer::train::train(config, &rt, &opts) {
         Ok(s) => s,

@@ -11,6 +11,7 @@ use super::DistError;
 pub struct Runtime {
     // Field order matters: communicators must drop before the universe finalises MPI.
     world: SimpleCommunicator,
+    node: SimpleCommunicator,
     _universe: Universe,
     rank: i32,
     size: i32,
@@ -47,6 +48,7 @@ impl Runtime {
         let host = mpi::environment::processor_name().unwrap_or_else(|_| "unknown-host".into());
         Ok(Self {
             world,
+            node,
             _universe: universe,
             rank,
             size,
@@ -59,6 +61,11 @@ impl Runtime {
     /// The world communicator.
     pub fn comm(&self) -> &SimpleCommunicator {
         &self.world
+    }
+
+    /// The ranks of this node (rank 0 of it is the node's leader).
+    pub fn node_comm(&self) -> &SimpleCommunicator {
+        &self.node
     }
 
     /// This rank.

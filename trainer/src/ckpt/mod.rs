@@ -1,0 +1,96 @@
+//! Checkpoints on object storage: the storage layer (`store`), the file layout (`format`),
+//! background saves with retention (`save`), finding and verifying (`load`), resuming on any
+//! world size with one download per node (`resume`), and what may change on resume (`compat`).
+
+mod compat;
+mod format;
+mod load;
+mod resume;
+mod save;
+mod store;
+
+pub use compat::check_compatible;
+pub use format::{
+    now_unix, parse_step_dir, step_dir, FileEntry, Manifest, TrainerState, CONFIG, EMA, FORMAT,
+    MANIFEST, MODEL, OPTIMIZER, STATE,
+};
+pub use load::{exact, fetch, list, newest_valid, read, split_url, Chosen, Listed, Restored};
+pub use resume::{resume, ResumePolicy};
+pub use save::{
+    apply_retention, to_host, write, Retention, SaveReport, Saver, Snapshot, FAULT_KILL_AFTER_ENV,
+};
+pub use store::{hex, redact, sha256_file, Retry, Store};
+
+/// Checkpoint errors. Messages name the URL or file; none holds a credential.
+#[derive(Debug, thiserror::Error)]
+pub enum CkptError {
+    /// The URL cannot be used.
+    #[error("checkpoint.url {url}: {message}")]
+    Url {
+        /// URL.
+        url: String,
+        /// Why.
+        message: String,
+    },
+    /// A storage operation failed after its retries.
+    #[error("{what} {url} failed after {attempts} attempt(s): {message}")]
+    Storage {
+        /// Object URL.
+        url: String,
+        /// upload, download, list or delete.
+        what: String,
+        /// Attempts made.
+        attempts: u32,
+        /// The last error (credentials redacted).
+        message: String,
+    },
+    /// A local file could not be read or written.
+    #[error("{path}: {message}")]
+    Io {
+        /// Local path.
+        path: String,
+        /// Why.
+        message: String,
+    },
+    /// A downloaded file does not match the manifest.
+    #[error("{url} is damaged: {message}")]
+    Corrupt {
+        /// Object URL.
+        url: String,
+        /// What differs.
+        message: String,
+    },
+    /// No such checkpoint.
+    #[error("{url}: no such checkpoint")]
+    NotFound {
+        /// URL.
+        url: String,
+    },
+    /// The checkpoint has no valid manifest.
+    #[error("{url} is not a valid checkpoint: {message}")]
+    Invalid {
+        /// URL.
+        url: String,
+        /// Why.
+        message: String,
+    },
+    /// Writing a checkpoint failed before upload (e.g. NaN weights).
+    #[error("checkpoint of step {step} not saved: {message}")]
+    Save {
+        /// Step.
+        step: u64,
+        /// Why.
+        message: String,
+    },
+    /// The checkpoint cannot continue this run.
+    #[error("cannot resume from {url}: {message}")]
+    Incompatible {
+        /// Checkpoint URL.
+        url: String,
+        /// Which key differs and how.
+        message: String,
+    },
+    /// Another rank failed during the resume.
+    #[error("resume: {0}")]
+    Resume(String),
+}

@@ -1,0 +1,419 @@
+//! One storage layer over object_store: local paths and `file://`, `s3://`, `gs://`, `az://`.
+//! Credentials come from the environment (or instance metadata) through object_store's builders;
+//! nothing secret is taken from URLs or configs, and error messages pass through [`redact`].
+//!
+//! The API is blocking (the trainer is not async): each store owns a small tokio runtime. Every
+//! operation is retried with exponential backoff (`checkpoint.retries`, `retry_backoff_s`), each
+//! failed attempt reported on stderr.
+
+use std::io::Read;
+use std::path::Path;
+use std::sync::Arc;
+use std::time::Duration;
+
+use futures::StreamExt;
+use object_store::path::Path as ObjPath;
+use object_store::{ObjectStore, ObjectStoreExt, PutPayload, RetryConfig, WriteMultipart};
+use sha2::{Digest, Sha256};
+
+use super::CkptError;
+
+/// Part size of multipart uploads (S3 needs at least 5 MiB per part).
+const PART: usize = 16 << 20;
+/// Files up to this size go in one request.
+const SINGLE_PUT_MAX: u64 = 32 << 20;
+
+/// Environment variables whose values must never appear in a message.
+const SECRET_VARS: &[&str] = &[
+    "AWS_SECRET_ACCESS_KEY",
+    "AWS_SESSION_TOKEN",
+    "AWS_ACCESS_KEY_ID",
+    "GOOGLE_SERVICE_ACCOUNT_KEY",
+    "GOOGLE_APPLICATION_CREDENTIALS_JSON",
+    "AZURE_STORAGE_ACCOUNT_KEY",
+    "AZURE_STORAGE_ACCESS_KEY",
+    "AZURE_STORAGE_SAS_KEY",
+    "AZURE_STORAGE_TOKEN",
+    "AZURE_CLIENT_SECRET",
+];
+
+/// Replaces the value of every credential variable set in the environment by `***`.
+pub fn redact(message: &str) -> String {
+    let mut out = message.to_string();
+    for var in SECRET_VARS {
+        if let Ok(v) = std::env::var(var) {
+            if v.len() >= 4 {
+                out = out.replace(&v, "***");
+            }
+        }
+    }
+    out
+}
+
+/// How often and how patiently to retry.
+#[derive(Debug, Clone, Copy)]
+pub struct Retry {
+    /// Attempts per operation (>= 1).
+    pub attempts: u32,
+    /// Wait before the second attempt; doubled for each further one.
+    pub backoff: Duration,
+}
+
+/// A checkpoint location: an object store and a prefix inside it.
+pub struct Store {
+    inner: Arc<dyn ObjectStore>,
+    prefix: ObjPath,
+    url: String,
+    retry: Retry,
+    rt: tokio::runtime::Runtime,
+    /// The directory, for local stores (empty directories are removed after deletes).
+    local: Option<std::path::PathBuf>,
+}
+
+impl std::fmt::Debug for Store {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Store")
+            .field("url", &self.url)
+            .field("retry", &self.retry)
+            .finish_non_exhaustive()
+    }
+}
+
+/// Transient errors are retried; a missing object or a refused credential is not.
+fn transient(e: &object_store::Error) -> bool {
+    !matches!(
+        e,
+        object_store::Error::NotFound { .. }
+            | object_store::Error::AlreadyExists { .. }
+            | object_store::Error::Precondition { .. }
+            | object_store::Error::NotSupported { .. }
+            | object_store::Error::NotImplemented { .. }
+            | object_store::Error::InvalidPath { .. }
+            | object_store::Error::PermissionDenied { .. }
+            | object_store::Error::Unauthenticated { .. }
+    )
+}
+
+/// The store's own HTTP retries stay short: ours (reported) wrap them.
+fn http_retry() -> RetryConfig {
+    RetryConfig {
+        max_retries: 2,
+        retry_timeout: Duration::from_secs(20),
+        ..RetryConfig::default()
+    }
+}
+
+impl Store {
+    /// Opens `url`: a local path, `file:///abs/dir`, `s3://bucket/prefix`, `gs://bucket/prefix`
+    /// or `az://container/prefix`. Local directories are created.
+    pub fn open(url: &str, retry: Retry) -> Result<Self, CkptError> {
+        let bad = |message: String| CkptError::Url {
+            url: url.to_string(),
+            message,
+        };
+        let (scheme, rest) = url.split_once("://").unwrap_or(("", url));
+        let (bucket, prefix) = rest.split_once('/').unwrap_or((rest, ""));
+        if !scheme.is_empty() && scheme != "file" && bucket.contains('@') {
+            return Err(bad(
+                "credentials in the URL are refused; use the environment".into(),
+            ));
+        }
+        let store_err = |e: object_store::Error| bad(redact(&e.to_string()));
+        let local = matches!(scheme, "" | "file")
+            .then(|| std::path::PathBuf::from(if scheme == "file" { rest } else { url }));
+        let (inner, prefix): (Arc<dyn ObjectStore>, &str) = match scheme {
+            "" | "file" => {
+                let dir = if scheme == "file" { rest } else { url };
+                std::fs::create_dir_all(dir)
+                    .map_err(|e| bad(format!("cannot create the directory: {e}")))?;
+                let fs = object_store::local::LocalFileSystem::new_with_prefix(dir)
+                    .map_err(store_err)?;
+                (Arc::new(fs), "")
+            }
+            "s3" => (
+                Arc::new(
+                    object_store::aws::AmazonS3Builder::from_env()
+                        .with_bucket_name(bucket)
+                        .with_retry(http_retry())
+                        .build()
+                        .map_err(store_err)?,
+                ),
+                prefix,
+            ),
+            "gs" => (
+                Arc::new(
+                    object_store::gcp::GoogleCloudStorageBuilder::from_env()
+                        .with_bucket_name(bucket)
+                        .with_retry(http_retry())
+                        .build()
+                        .map_err(store_err)?,
+                ),
+                prefix,
+            ),
+            "az" => (
+                Arc::new(
+                    object_store::azure::MicrosoftAzureBuilder::from_env()
+                        .with_container_name(bucket)
+                        .with_retry(http_retry())
+                        .build()
+                        .map_err(store_err)?,
+                ),
+                prefix,
+            ),
+            other => {
+                return Err(bad(format!(
+                    "unsupported scheme {other}://; use a path, file://, s3://, gs:// or az://"
+                )))
+            }
+        };
+        let rt = tokio::runtime::Builder::new_multi_thread()
+            .worker_threads(2)
+            .thread_name("ckpt-io")
+            .enable_all()
+            .build()
+            .map_err(|e| bad(format!("cannot start the I/O runtime: {e}")))?;
+        Ok(Self {
+            inner,
+            prefix: ObjPath::from(prefix.trim_end_matches('/')),
+            url: url.trim_end_matches('/').to_string(),
+            retry,
+            rt,
+            local,
+        })
+    }
+
+    /// The URL as given (it holds no secret: credentials in URLs are refused).
+    pub fn url(&self) -> &str {
+        &self.url
+    }
+
+    /// The retry policy.
+    pub fn retry(&self) -> Retry {
+        self.retry
+    }
+
+    /// `url/rel`, for messages.
+    pub fn display(&self, rel: &str) -> String {
+        format!("{}/{rel}", self.url)
+    }
+
+    fn path(&self, rel: &str) -> ObjPath {
+        let mut p = self.prefix.clone();
+        for part in rel.split('/').filter(|s| !s.is_empty()) {
+            p = p.join(part);
+        }
+        p
+    }
+
+    /// Runs `op` up to `retry.attempts` times, reporting each failed attempt.
+    fn retrying<T>(
+        &self,
+        what: &str,
+        rel: &str,
+        mut op: impl FnMut() -> Result<T, object_store::Error>,
+    ) -> Result<T, CkptError> {
+        let mut wait = self.retry.backoff;
+        let mut attempt = 1;
+        loop {
+            match op() {
+                Ok(v) => return Ok(v),
+                Err(e) if transient(&e) && attempt < self.retry.attempts => {
+                    eprintln!(
+                        "warning: {what} {}: attempt {attempt}/{} failed: {}; retrying in {:.1} s",
+                        self.display(rel),
+                        self.retry.attempts,
+                        redact(&e.to_string()),
+                        wait.as_secs_f64()
+                    );
+                    std::thread::sleep(wait);
+                    wait *= 2;
+                    attempt += 1;
+                }
+                Err(e) => {
+                    return Err(CkptError::Storage {
+                        url: self.display(rel),
+                        what: what.to_string(),
+                        attempts: attempt,
+                        message: redact(&e.to_string()),
+                    })
+                }
+            }
+        }
+    }
+
+    /// Writes `data` to `rel` in one request.
+    pub fn put_bytes(&self, rel: &str, data: &[u8]) -> Result<(), CkptError> {
+        let path = self.path(rel);
+        let payload = bytes::Bytes::copy_from_slice(data);
+        self.retrying("upload", rel, || {
+            self.rt
+                .block_on(self.inner.put(&path, PutPayload::from(payload.clone())))
+                .map(|_| ())
+        })
+    }
+
+    /// Uploads a local file to `rel` (multipart above 32 MiB; an unfinished multipart upload is
+    /// aborted); returns its size and sha256, computed from the bytes sent.
+    pub fn put_file(&self, rel: &str, file: &Path) -> Result<(u64, String), CkptError> {
+        let local = |e: std::io::Error| CkptError::Io {
+            path: file.display().to_string(),
+            message: e.to_string(),
+        };
+        let size = std::fs::metadata(file).map_err(local)?.len();
+        let path = self.path(rel);
+        if size <= SINGLE_PUT_MAX {
+            let data = std::fs::read(file).map_err(local)?;
+            self.put_bytes(rel, &data)?;
+            return Ok((size, hex(&Sha256::digest(&data))));
+        }
+        let mut sha = String::new();
+        self.retrying("upload", rel, || {
+            let mut f = std::fs::File::open(file).map_err(io_as_store)?;
+            self.rt.block_on(async {
+                let upload = self.inner.put_multipart(&path).await?;
+                let mut w = WriteMultipart::new_with_chunk_size(upload, PART);
+                let mut hasher = Sha256::new();
+                let mut buf = vec![0u8; PART];
+                loop {
+                    let n = match f.read(&mut buf) {
+                        Ok(n) => n,
+                        Err(e) => {
+                            let _ = w.abort().await;
+                            return Err(io_as_store(e));
+                        }
+                    };
+                    if n == 0 {
+                        break;
+                    }
+                    hasher.update(&buf[..n]);
+                    if let Err(e) = w.wait_for_capacity(4).await {
+                        let _ = w.abort().await;
+                        return Err(e);
+                    }
+                    w.write(&buf[..n]);
+                }
+                // finish() aborts the upload itself when completing it fails.
+                w.finish().await?;
+                sha = hex(&hasher.finalize());
+                Ok(())
+            })
+        })?;
+        Ok((size, sha))
+    }
+
+    /// Reads `rel` whole.
+    pub fn get_bytes(&self, rel: &str) -> Result<Vec<u8>, CkptError> {
+        let path = self.path(rel);
+        self.retrying("download", rel, || {
+            self.rt.block_on(async {
+                let r = self.inner.get(&path).await?;
+                Ok(r.bytes().await?.to_vec())
+            })
+        })
+    }
+
+    /// Downloads `rel` into the local file `dest`; returns its size and sha256.
+    pub fn get_file(&self, rel: &str, dest: &Path) -> Result<(u64, String), CkptError> {
+        use std::io::Write;
+        let path = self.path(rel);
+        self.retrying("download", rel, || {
+            let mut out = std::fs::File::create(dest).map_err(io_as_store)?;
+            self.rt.block_on(async {
+                let mut stream = self.inner.get(&path).await?.into_stream();
+                let (mut size, mut hasher) = (0u64, Sha256::new());
+                while let Some(chunk) = stream.next().await {
+                    let chunk = chunk?;
+                    hasher.update(&chunk);
+                    out.write_all(&chunk).map_err(io_as_store)?;
+                    size += chunk.len() as u64;
+                }
+                out.flush().map_err(io_as_store)?;
+                Ok((size, hex(&hasher.finalize())))
+            })
+        })
+    }
+
+    /// Names of the "directories" directly under the prefix.
+    pub fn list_dirs(&self) -> Result<Vec<String>, CkptError> {
+        let prefix = (!self.prefix.as_ref().is_empty()).then_some(&self.prefix);
+        let listed = self.retrying("list", "", || {
+            self.rt.block_on(self.inner.list_with_delimiter(prefix))
+        })?;
+        let mut dirs: Vec<String> = listed
+            .common_prefixes
+            .iter()
+            .filter_map(|p| p.filename().map(str::to_string))
+            .collect();
+        dirs.sort();
+        Ok(dirs)
+    }
+
+    /// Objects under `dir` (relative names and sizes).
+    pub fn list_files(&self, dir: &str) -> Result<Vec<(String, u64)>, CkptError> {
+        let path = self.path(dir);
+        let metas = self.retrying("list", dir, || {
+            self.rt.block_on(async {
+                let mut out = Vec::new();
+                let mut s = self.inner.list(Some(&path));
+                while let Some(m) = s.next().await {
+                    out.push(m?);
+                }
+                Ok(out)
+            })
+        })?;
+        let base = path.as_ref().len();
+        Ok(metas
+            .into_iter()
+            .map(|m| {
+                let full = m.location.as_ref();
+                let rel = full.get(base..).unwrap_or(full).trim_start_matches('/');
+                (rel.to_string(), m.size)
+            })
+            .collect())
+    }
+
+    /// Deletes the object `rel`.
+    pub fn delete(&self, rel: &str) -> Result<(), CkptError> {
+        let path = self.path(rel);
+        self.retrying("delete", rel, || self.rt.block_on(self.inner.delete(&path)))
+    }
+
+    /// Deletes every object under `dir`.
+    pub fn delete_dir(&self, dir: &str) -> Result<(), CkptError> {
+        for (name, _) in self.list_files(dir)? {
+            self.delete(&format!("{dir}/{name}"))?;
+        }
+        if let Some(root) = &self.local {
+            // Object stores have no directories; a file system keeps an empty one.
+            let _ = std::fs::remove_dir(root.join(dir));
+        }
+        Ok(())
+    }
+}
+
+fn io_as_store(e: std::io::Error) -> object_store::Error {
+    object_store::Error::Generic {
+        store: "local file",
+        source: Box::new(e),
+    }
+}
+
+/// Lower-case hex of a digest.
+pub fn hex(bytes: &[u8]) -> String {
+    bytes.iter().map(|b| format!("{b:02x}")).collect()
+}
+
+/// sha256 of a local file, streamed.
+pub fn sha256_file(path: &Path) -> std::io::Result<(u64, String)> {
+    let mut f = std::fs::File::open(path)?;
+    let (mut hasher, mut size, mut buf) = (Sha256::new(), 0u64, vec![0u8; 1 << 20]);
+    loop {
+        let n = f.read(&mut buf)?;
+        if n == 0 {
+            break;
+        }
+        hasher.update(&buf[..n]);
+        size += n as u64;
+    }
+    Ok((size, hex(&hasher.finalize())))
+}
