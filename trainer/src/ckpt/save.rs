@@ -15,8 +15,8 @@ use super::load::list;
 use super::store::Store;
 use super::CkptError;
 
-/// Test-only fault injection: `FILE` kills the process (abort) right after uploading that file of
-/// a checkpoint, leaving a save cut off mid-way.
+/// Test-only fault injection: `FILE@STEP` kills the process (abort) right after uploading that
+/// file of the checkpoint of that step, leaving a save cut off mid-way.
 pub const FAULT_KILL_AFTER_ENV: &str = "SYNCDIFF_FAULT_KILL_AFTER";
 
 /// Everything a checkpoint holds, on the host.
@@ -178,7 +178,10 @@ pub fn write(
         std::fs::write(local.join(format::STATE), state).map_err(io(&local))?;
         std::fs::write(local.join(format::CONFIG), &snap.config_yaml).map_err(io(&local))?;
         names.extend([format::STATE, format::CONFIG]);
-        let kill_after = std::env::var(FAULT_KILL_AFTER_ENV).ok();
+        let kill_after = std::env::var(FAULT_KILL_AFTER_ENV).ok().and_then(|v| {
+            let (file, at) = v.split_once('@')?;
+            (at.parse::<u64>().ok()? == step).then(|| file.to_string())
+        });
         let mut files = Vec::new();
         for name in names {
             let (bytes, sha256) = store.put_file(&format!("{dir}/{name}"), &local.join(name))?;

@@ -80,3 +80,81 @@ pub fn python() -> PathBuf {
         .map(|v| PathBuf::from(v).join("bin/python"))
         .unwrap_or_else(|_| PathBuf::from("python3"))
 }
+
+/// A real S3 server (PyPI moto) on 127.0.0.1, killed on drop. `env()` gives the variables that
+/// point object_store at it.
+pub struct MotoServer {
+    child: std::process::Child,
+    /// Its port.
+    pub port: u16,
+}
+
+impl MotoServer {
+    /// Starts `moto_server` on a free port and waits until it answers.
+    pub fn start() -> Self {
+        let port = std::net::TcpListener::bind("127.0.0.1:0")
+            .unwrap()
+            .local_addr()
+            .unwrap()
+            .port();
+        Self::start_on(port)
+    }
+
+    /// Starts it on `port` (a restart of the same endpoint).
+    pub fn start_on(port: u16) -> Self {
+        let bin = python().with_file_name("moto_server");
+        let child = Command::new(bin)
+            .args(["-H", "127.0.0.1", "-p", &port.to_string()])
+            .stdout(std::process::Stdio::null())
+            .stderr(std::process::Stdio::null())
+            .spawn()
+            .unwrap();
+        let start = std::time::Instant::now();
+        while std::net::TcpStream::connect(("127.0.0.1", port)).is_err() {
+            assert!(start.elapsed().as_secs() < 30, "moto_server did not start");
+            std::thread::sleep(std::time::Duration::from_millis(100));
+        }
+        Self { child, port }
+    }
+
+    /// Creates a bucket (moto accepts an unsigned PUT).
+    pub fn create_bucket(&self, bucket: &str) {
+        use std::io::{Read, Write};
+        let mut s = std::net::TcpStream::connect(("127.0.0.1", self.port)).unwrap();
+        write!(
+            s,
+            "PUT /{bucket} HTTP/1.1\r\nHost: 127.0.0.1:{}\r\nContent-Length: 0\r\nConnection: close\r\n\r\n",
+            self.port
+        )
+        .unwrap();
+        let mut reply = String::new();
+        s.read_to_string(&mut reply).unwrap();
+        assert!(reply.starts_with("HTTP/1.1 200"), "{reply}");
+    }
+
+    /// Environment for object_store's `from_env` (fake credentials; moto does not check them).
+    pub fn env(&self) -> Vec<(&'static str, String)> {
+        vec![
+            (
+                "AWS_ENDPOINT_URL",
+                format!("http://127.0.0.1:{}", self.port),
+            ),
+            ("AWS_ALLOW_HTTP", "true".into()),
+            ("AWS_REGION", "us-east-1".into()),
+            ("AWS_ACCESS_KEY_ID", "testing-key-id".into()),
+            ("AWS_SECRET_ACCESS_KEY", "testing-secret-9f8e7d".into()),
+        ]
+    }
+
+    /// Stops the server (its data is lost, as with a restarted in-memory server).
+    pub fn stop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+impl Drop for MotoServer {
+    fn drop(&mut self) {
+        self.stop();
+    }
+}
