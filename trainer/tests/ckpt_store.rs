@@ -88,3 +88,46 @@ fn a_flipped_byte_makes_auto_fall_back_to_the_next_older_checkpoint() {
         .unwrap();
     assert_eq!(chosen.step, 10);
 }
+
+#[test]
+fn weights_with_nan_are_never_saved() {
+    let dir = tempfile::tempdir().unwrap();
+    let store = Store::open(dir.path().join("ckpt").to_str().unwrap(), retry()).unwrap();
+    let snap = ckpt_common::snapshot(3, 1);
+    let _ = snap.model[0].1.get(0).get(0).fill_(f64::NAN);
+    let e = write(
+        &store,
+        &dir.path().join("stage"),
+        Retention {
+            keep_last: 1,
+            keep_every: None,
+        },
+        snap,
+    )
+    .unwrap_err()
+    .to_string();
+    assert!(
+        e.starts_with("checkpoint of step 3 not saved:") && e.contains("unet.a"),
+        "{e}"
+    );
+    assert!(list(&store).unwrap().iter().all(|c| c.manifest.is_none()));
+}
+
+#[test]
+fn credentials_in_a_url_are_refused_without_being_echoed() {
+    let e = Store::open("s3://AKIDEXAMPLE:hunter2secret@bucket/run", retry())
+        .unwrap_err()
+        .to_string();
+    assert!(e.contains("credentials in the URL are refused"), "{e}");
+    assert!(!e.contains("hunter2secret"), "{e}");
+    let path = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../configs/debug.yaml");
+    let set = syncdiff_model::config::Override::parse("checkpoint.url=s3://AKID:hunter2secret@b/r")
+        .unwrap();
+    let e = syncdiff_model::config::Config::load(&path, &[set])
+        .unwrap_err()
+        .to_string();
+    assert!(
+        e.contains("checkpoint.url") && !e.contains("hunter2secret"),
+        "{e}"
+    );
+}

@@ -356,3 +356,91 @@ fn an_s3_server_restarted_during_a_run_does_not_lose_it_and_secrets_stay_hidden(
         assert!(!text.contains(&secret), "secret in output");
     }
 }
+
+#[test]
+fn ckpt_list_inspect_and_export_a_bundle() {
+    let dir = tempfile::tempdir().unwrap();
+    let ds = prepared_dataset(dir.path());
+    let ckpt = dir.path().join("ckpt");
+    let url = ckpt.display().to_string();
+    let o = train()
+        .args(args(&ds, &url, &dir.path().join("runs"), 4))
+        .args(["--set", "checkpoint.interval=2", "--resume", "never"])
+        .output()
+        .unwrap();
+    assert!(o.status.success(), "{}", text(&o).1);
+    let tool = |a: &[&str]| {
+        Command::new(env!("CARGO_BIN_EXE_syncdiff"))
+            .current_dir(repo())
+            .args(a)
+            .output()
+            .unwrap()
+    };
+    let (out, _) = text(&tool(&["ckpt", "list", &url]));
+    assert!(
+        out.contains("step-000000002") && out.contains("step-000000004"),
+        "{out}"
+    );
+    assert!(
+        out.contains(&format!("--resume auto would use {url}/step-000000004")),
+        "{out}"
+    );
+    let step4 = format!("{url}/step-000000004");
+    let (out, _) = text(&tool(&[
+        "ckpt",
+        "inspect",
+        &step4,
+        "--config",
+        "configs/debug.yaml",
+        "--set",
+        "model.unet.model_channels=32",
+    ]));
+    assert!(
+        out.contains("valid (every file's size and sha256 verified)"),
+        "{out}"
+    );
+    assert!(
+        out.contains("cannot resume it: model.unet.model_channels is 32"),
+        "{out}"
+    );
+
+    let bundle = dir.path().join("bundle");
+    let o = tool(&["ckpt", "export", &step4, "--out", bundle.to_str().unwrap()]);
+    assert!(o.status.success(), "{}", text(&o).1);
+    let cfg = syncdiff_model::config::Config::load(&bundle.join("config.yaml"), &[]).unwrap();
+    assert!(!cfg.to_yaml().contains(dir.path().to_str().unwrap()));
+    let w: std::collections::BTreeMap<String, tch::Tensor> =
+        tch::Tensor::read_safetensors(bundle.join("weights.safetensors"))
+            .unwrap()
+            .into_iter()
+            .collect();
+    let ema: std::collections::BTreeMap<String, tch::Tensor> =
+        tch::Tensor::read_safetensors(ckpt.join("step-000000004/ema.safetensors"))
+            .unwrap()
+            .into_iter()
+            .collect();
+    let model: std::collections::BTreeMap<String, tch::Tensor> =
+        tch::Tensor::read_safetensors(ckpt.join("step-000000004/model.safetensors"))
+            .unwrap()
+            .into_iter()
+            .collect();
+    assert_eq!(w.len(), model.len());
+    for (name, t) in &ema {
+        if name != "ema_updates" {
+            assert!(w[name].equal(t), "{name} is not the EMA weight");
+        }
+    }
+
+    // A flipped byte: inspect fails naming the file.
+    let f = ckpt.join("step-000000004/optimizer.safetensors");
+    let mut bytes = std::fs::read(&f).unwrap();
+    bytes[100] ^= 1;
+    std::fs::write(&f, bytes).unwrap();
+    let o = tool(&["ckpt", "inspect", &step4]);
+    let (_, err) = text(&o);
+    assert!(!o.status.success());
+    assert!(
+        err.contains("step-000000004/optimizer.safetensors is damaged"),
+        "{err}"
+    );
+}

@@ -65,11 +65,25 @@ pub struct Override {
     pub value: Value,
 }
 
+/// `arg` with the `user:secret@` part of a URL in it replaced by `***@`: messages quote
+/// overrides, and a credential must not reach a log even when given by mistake.
+fn without_credentials(arg: &str) -> String {
+    let Some((head, rest)) = arg.split_once("://") else {
+        return arg.to_string();
+    };
+    let authority = rest.split('/').next().unwrap_or_default();
+    match authority.rsplit_once('@') {
+        Some((_, host)) => format!("{head}://***@{host}{}", &rest[authority.len()..]),
+        None => arg.to_string(),
+    }
+}
+
 impl Override {
     /// Parses `key.path=value`; the value is YAML (`3`, `0.1`, `[1, 2]`, `null`, `s3://b/x`).
     pub fn parse(arg: &str) -> Result<Self, ConfigError> {
+        let shown = without_credentials(arg);
         let bad = |message: &str| ConfigError::BadOverride {
-            arg: arg.to_string(),
+            arg: shown.clone(),
             message: message.to_string(),
         };
         let (key, raw) = arg
@@ -85,7 +99,7 @@ impl Override {
             serde_saphyr::from_str::<Value>(raw).map_err(|e| bad(&one_line(&e.to_string())))?
         };
         Ok(Self {
-            arg: arg.to_string(),
+            arg: shown,
             path,
             value,
         })

@@ -5,6 +5,9 @@
 //! syncdiff convert vq-f4 --ckpt model.ckpt --out vq.safetensors [--config C.yaml]
 //! syncdiff forward --module vq-encode --config C.yaml --weights W.safetensors \
 //!                  --input I.safetensors --output O.safetensors
+//! syncdiff ckpt list s3://bucket/run                          # checkpoints under a URL
+//! syncdiff ckpt inspect s3://bucket/run/step-000005000 [--config C.yaml]
+//! syncdiff ckpt export s3://bucket/run/step-000005000 --out bundle/
 //! ```
 
 use std::path::PathBuf;
@@ -56,6 +59,44 @@ enum Command {
         /// Where to write the outputs (safetensors).
         #[arg(long)]
         output: PathBuf,
+    },
+    /// Checkpoints: list, inspect, export.
+    Ckpt {
+        #[command(subcommand)]
+        what: Ckpt,
+    },
+}
+
+#[derive(Debug, Subcommand)]
+enum Ckpt {
+    /// List the checkpoints under a URL (path, file://, s3://, gs://, az://), valid or not.
+    List {
+        /// Checkpoint URL (`checkpoint.url` of the run).
+        url: String,
+    },
+    /// Download and verify one checkpoint; show its state and files, and with --config the
+    /// configuration differences and whether that configuration can resume it.
+    Inspect {
+        /// `URL/step-NNNNNNNNN`.
+        url: String,
+        /// Compare with this configuration.
+        #[arg(long)]
+        config: Option<PathBuf>,
+        /// Overrides for --config.
+        #[arg(long = "set", value_name = "KEY.PATH=VALUE")]
+        set: Vec<String>,
+    },
+    /// Write an inference bundle (EMA weights, autoencoder weights, config without
+    /// machine-specific paths) that `syncdiff generate` accepts.
+    Export {
+        /// `URL/step-NNNNNNNNN`.
+        url: String,
+        /// Output directory.
+        #[arg(long)]
+        out: PathBuf,
+        /// The VQ-f4 weights, when the path in the checkpoint's config is not valid here.
+        #[arg(long)]
+        autoencoder: Option<PathBuf>,
     },
 }
 
@@ -141,6 +182,31 @@ fn main() -> ExitCode {
                 tools::forward::run(&module, &c, weights.as_deref(), &input, &output, layers)
             }
             Err(code) => return code,
+        },
+        Command::Ckpt { what } => match what {
+            Ckpt::List { url } => tools::ckpt::list(&url),
+            Ckpt::Inspect { url, config, set } => {
+                let cfg = match config {
+                    None => None,
+                    Some(path) => {
+                        let args = ConfigArgs {
+                            config: path,
+                            set,
+                            print_config: false,
+                        };
+                        match load(&args) {
+                            Ok(c) => Some(c),
+                            Err(code) => return code,
+                        }
+                    }
+                };
+                tools::ckpt::inspect(&url, cfg.as_ref())
+            }
+            Ckpt::Export {
+                url,
+                out,
+                autoencoder,
+            } => tools::ckpt::export(&url, &out, autoencoder.as_deref()),
         },
     };
     match result {

@@ -19,7 +19,7 @@ pub use resume::{resume, ResumePolicy};
 pub use save::{
     apply_retention, to_host, write, Retention, SaveReport, Saver, Snapshot, FAULT_KILL_AFTER_ENV,
 };
-pub use store::{hex, redact, sha256_file, Retry, Store};
+pub use store::{hex, redact, safe_url, sha256_file, Retry, Store};
 
 /// Checkpoint errors. Messages name the URL or file; none holds a credential.
 #[derive(Debug, thiserror::Error)]

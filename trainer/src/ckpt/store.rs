@@ -50,6 +50,20 @@ pub fn redact(message: &str) -> String {
     out
 }
 
+/// `url` with any `user:secret@` part replaced by `***@` (for messages).
+pub fn safe_url(url: &str) -> String {
+    match url.split_once("://") {
+        Some((scheme, rest)) => {
+            let (authority, path) = rest.split_once('/').unwrap_or((rest, ""));
+            match authority.rsplit_once('@') {
+                Some((_, host)) => format!("{scheme}://***@{host}/{path}"),
+                None => url.to_string(),
+            }
+        }
+        None => url.to_string(),
+    }
+}
+
 /// How often and how patiently to retry.
 #[derive(Debug, Clone, Copy)]
 pub struct Retry {
@@ -108,7 +122,7 @@ impl Store {
     /// or `az://container/prefix`. Local directories are created.
     pub fn open(url: &str, retry: Retry) -> Result<Self, CkptError> {
         let bad = |message: String| CkptError::Url {
-            url: url.to_string(),
+            url: safe_url(url),
             message,
         };
         let (scheme, rest) = url.split_once("://").unwrap_or(("", url));

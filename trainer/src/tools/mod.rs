@@ -1,4 +1,5 @@
-//! `syncdiff` subcommands that work on weights and tensors: `convert`, `forward`.
+//! `syncdiff` subcommands: `convert`, `forward` (weights and tensors), `ckpt` (checkpoints).
 
+pub mod ckpt;
 pub mod convert;
 pub mod forward;
