@@ -126,7 +126,6 @@ struct Interval {
 struct Checkpoints {
     store: Arc<Store>,
     saver: Option<Saver>,
-    staging: PathBuf,
     state: TrainerState,
     config_yaml: String,
     last_saved: Option<u64>,
@@ -153,17 +152,13 @@ impl Checkpoints {
                 external.insert(key.to_string(), sha);
             }
         }
-        let staging = std::env::temp_dir().join(format!("syncdiff-save-{}", std::process::id()));
         let retention = Retention {
             keep_last: c.keep_last,
             keep_every: c.keep_every,
         };
         Ok(Self {
-            saver: rt
-                .is_main()
-                .then(|| Saver::new(store.clone(), staging.clone(), retention)),
+            saver: rt.is_main().then(|| Saver::new(store.clone(), retention)),
             store,
-            staging,
             state: TrainerState {
                 format: crate::ckpt::FORMAT,
                 step: 0,
@@ -218,12 +213,6 @@ impl Checkpoints {
                 "{prefix} warning: {e}; training goes on, the previous checkpoint stays the newest"
             ),
         }
-    }
-}
-
-impl Drop for Checkpoints {
-    fn drop(&mut self) {
-        let _ = std::fs::remove_dir_all(&self.staging);
     }
 }
 

@@ -32,7 +32,7 @@ fn retention_keeps_the_newest_and_the_multiples_and_removes_cut_off_saves() {
         keep_every: None,
     };
     for step in 1..=7 {
-        write(&store, &dir.path().join("stage"), none, snapshot(step, 1)).unwrap();
+        write(&store, none, snapshot(step, 1)).unwrap();
     }
     // A save cut off before its manifest at step 4 (older than the newest) and at step 9 (newer:
     // maybe still being written by someone: never touched).
@@ -74,7 +74,7 @@ fn a_flipped_byte_makes_auto_fall_back_to_the_next_older_checkpoint() {
         keep_every: None,
     };
     for step in [10, 20] {
-        write(&store, &dir.path().join("stage"), keep, snapshot(step, 1)).unwrap();
+        write(&store, keep, snapshot(step, 1)).unwrap();
     }
     let model = url.join("step-000000020").join(MODEL);
     let mut bytes = std::fs::read(&model).unwrap();
@@ -97,7 +97,6 @@ fn weights_with_nan_are_never_saved() {
     let _ = snap.model[0].1.get(0).get(0).fill_(f64::NAN);
     let e = write(
         &store,
-        &dir.path().join("stage"),
         Retention {
             keep_last: 1,
             keep_every: None,

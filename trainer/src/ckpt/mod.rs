@@ -6,6 +6,7 @@ mod compat;
 mod format;
 mod load;
 mod resume;
+mod safetensors;
 mod save;
 mod store;
 

@@ -1,9 +1,8 @@
 //! Saving: the loop hands over a [`Snapshot`] (tensors already copied to host memory) and goes
-//! on; a background thread writes the files to a local staging directory (refusing NaN/Inf),
-//! uploads them, writes `manifest.json` last, then applies retention. At most one save is in
+//! on; a background thread streams each file to the store (refusing NaN/Inf, hashing on the
+//! way), writes `manifest.json` last, then applies retention. At most one save is in
 //! flight: the next waits for the previous.
 
-use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::thread::JoinHandle;
 use std::time::Instant;
@@ -12,6 +11,7 @@ use tch::Tensor;
 
 use super::format::{self, FileEntry, Manifest, TrainerState};
 use super::load::list;
+use super::safetensors::encode;
 use super::store::Store;
 use super::CkptError;
 
@@ -81,17 +81,15 @@ pub struct SaveReport {
 #[derive(Debug)]
 pub struct Saver {
     store: Arc<Store>,
-    staging: PathBuf,
     retention: Retention,
     pending: Option<JoinHandle<Result<SaveReport, CkptError>>>,
 }
 
 impl Saver {
-    /// Saves under `store`, staging files in `staging` (a local directory).
-    pub fn new(store: Arc<Store>, staging: PathBuf, retention: Retention) -> Self {
+    /// Saves under `store`.
+    pub fn new(store: Arc<Store>, retention: Retention) -> Self {
         Self {
             store,
-            staging,
             retention,
             pending: None,
         }
@@ -107,7 +105,7 @@ impl Saver {
         let h = self.pending.take()?;
         Some(h.join().unwrap_or_else(|_| {
             Err(CkptError::Io {
-                path: self.staging.display().to_string(),
+                path: self.store.url().to_string(),
                 message: "the checkpoint writer thread panicked".into(),
             })
         }))
@@ -117,11 +115,10 @@ impl Saver {
     /// previous save's outcome.
     pub fn save_async(&mut self, snap: Snapshot) -> Option<Result<SaveReport, CkptError>> {
         let previous = self.wait();
-        let (store, staging, retention) =
-            (self.store.clone(), self.staging.clone(), self.retention);
+        let (store, retention) = (self.store.clone(), self.retention);
         self.pending = std::thread::Builder::new()
             .name("ckpt-save".into())
-            .spawn(move || write(&store, &staging, retention, snap))
+            .spawn(move || write(&store, retention, snap))
             .ok();
         previous
     }
@@ -131,90 +128,62 @@ impl Saver {
         if let Some(Err(e)) = self.wait() {
             eprintln!("warning: {e}");
         }
-        write(&self.store, &self.staging, self.retention, snap)
+        write(&self.store, self.retention, snap)
     }
 }
 
-fn io(path: &Path) -> impl Fn(std::io::Error) -> CkptError + '_ {
-    move |e| CkptError::Io {
-        path: path.display().to_string(),
-        message: e.to_string(),
-    }
-}
-
-/// Writes one checkpoint: staged files, uploads, manifest last, retention.
-pub fn write(
-    store: &Store,
-    staging: &Path,
-    retention: Retention,
-    snap: Snapshot,
-) -> Result<SaveReport, CkptError> {
+/// Writes one checkpoint: each file streamed to the store (hashed on the way), the manifest
+/// last, then retention.
+pub fn write(store: &Store, retention: Retention, snap: Snapshot) -> Result<SaveReport, CkptError> {
     let start = Instant::now();
     let step = snap.state.step;
     let dir = format::step_dir(step);
-    let local = staging.join(&dir);
-    std::fs::create_dir_all(&local).map_err(io(&local))?;
-    let result = (|| {
-        let mut names = Vec::new();
-        for (name, tensors) in [
-            (format::MODEL, &snap.model),
-            (format::EMA, &snap.ema),
-            (format::OPTIMIZER, &snap.optimizer),
-        ] {
-            if tensors.is_empty() {
-                continue;
-            }
-            let path = local.join(name);
-            syncdiff_model::weights::save(tensors, &path).map_err(|e| CkptError::Save {
-                step,
-                message: e.to_string(),
-            })?;
-            names.push(name);
-        }
-        let state = serde_json::to_vec_pretty(&snap.state).map_err(|e| CkptError::Save {
-            step,
-            message: e.to_string(),
-        })?;
-        std::fs::write(local.join(format::STATE), state).map_err(io(&local))?;
-        std::fs::write(local.join(format::CONFIG), &snap.config_yaml).map_err(io(&local))?;
-        names.extend([format::STATE, format::CONFIG]);
-        let kill_after = std::env::var(FAULT_KILL_AFTER_ENV).ok().and_then(|v| {
-            let (file, at) = v.split_once('@')?;
-            (at.parse::<u64>().ok()? == step).then(|| file.to_string())
+    let failed = |message: String| CkptError::Save { step, message };
+    let kill_after = std::env::var(FAULT_KILL_AFTER_ENV).ok().and_then(|v| {
+        let (file, at) = v.split_once('@')?;
+        (at.parse::<u64>().ok()? == step).then(|| file.to_string())
+    });
+    let mut files = Vec::new();
+    let mut upload = |name: &str, chunks: &[&[u8]]| -> Result<(), CkptError> {
+        let (bytes, sha256) = store.put_chunks(&format!("{dir}/{name}"), chunks)?;
+        files.push(FileEntry {
+            name: name.to_string(),
+            bytes,
+            sha256,
         });
-        let mut files = Vec::new();
-        for name in names {
-            let (bytes, sha256) = store.put_file(&format!("{dir}/{name}"), &local.join(name))?;
-            files.push(FileEntry {
-                name: name.to_string(),
-                bytes,
-                sha256,
-            });
-            if kill_after.as_deref() == Some(name) {
-                eprintln!("fault injection: killing the process after uploading {name}");
-                std::process::abort();
-            }
+        if kill_after.as_deref() == Some(name) {
+            eprintln!("fault injection: killing the process after uploading {name}");
+            std::process::abort();
         }
-        let manifest = Manifest {
-            format: format::FORMAT,
-            step,
-            saved_unix: format::now_unix(),
-            files,
-        };
-        let text = serde_json::to_vec_pretty(&manifest).map_err(|e| CkptError::Save {
-            step,
-            message: e.to_string(),
-        })?;
-        store.put_bytes(&format!("{dir}/{}", format::MANIFEST), &text)?;
-        Ok(manifest.bytes() + text.len() as u64)
-    })();
-    let _ = std::fs::remove_dir_all(&local);
-    let bytes = result?;
+        Ok(())
+    };
+    for (name, tensors) in [
+        (format::MODEL, &snap.model),
+        (format::EMA, &snap.ema),
+        (format::OPTIMIZER, &snap.optimizer),
+    ] {
+        if tensors.is_empty() {
+            continue;
+        }
+        let encoded = encode(tensors).map_err(failed)?;
+        upload(name, &encoded.chunks())?;
+    }
+    let state = serde_json::to_vec_pretty(&snap.state).map_err(|e| failed(e.to_string()))?;
+    upload(format::STATE, &[&state])?;
+    upload(format::CONFIG, &[snap.config_yaml.as_bytes()])?;
+    let manifest = Manifest {
+        format: format::FORMAT,
+        step,
+        saved_unix: format::now_unix(),
+        files,
+    };
+    let text = serde_json::to_vec_pretty(&manifest).map_err(|e| failed(e.to_string()))?;
+    store.put_bytes(&format!("{dir}/{}", format::MANIFEST), &text)?;
     let deleted = apply_retention(store, retention)?;
     Ok(SaveReport {
         step,
         url: store.display(&dir),
-        bytes,
+        bytes: manifest.bytes() + text.len() as u64,
         seconds: start.elapsed().as_secs_f64(),
         deleted,
     })

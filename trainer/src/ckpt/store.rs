@@ -266,45 +266,32 @@ impl Store {
         })
     }
 
-    /// Uploads a local file to `rel` (multipart above 32 MiB; an unfinished multipart upload is
-    /// aborted); returns its size and sha256, computed from the bytes sent.
-    pub fn put_file(&self, rel: &str, file: &Path) -> Result<(u64, String), CkptError> {
-        let local = |e: std::io::Error| CkptError::Io {
-            path: file.display().to_string(),
-            message: e.to_string(),
-        };
-        let size = std::fs::metadata(file).map_err(local)?.len();
-        let path = self.path(rel);
+    /// Uploads the concatenation of `chunks` to `rel` (one request up to 32 MiB, else a
+    /// multipart upload, aborted when it fails); returns its size and sha256, computed from the
+    /// bytes sent.
+    pub fn put_chunks(&self, rel: &str, chunks: &[&[u8]]) -> Result<(u64, String), CkptError> {
+        let size: u64 = chunks.iter().map(|c| c.len() as u64).sum();
         if size <= SINGLE_PUT_MAX {
-            let data = std::fs::read(file).map_err(local)?;
+            let data = chunks.concat();
             self.put_bytes(rel, &data)?;
             return Ok((size, hex(&Sha256::digest(&data))));
         }
+        let path = self.path(rel);
         let mut sha = String::new();
         self.retrying("upload", rel, || {
-            let mut f = std::fs::File::open(file).map_err(io_as_store)?;
             self.rt.block_on(async {
                 let upload = self.inner.put_multipart(&path).await?;
                 let mut w = WriteMultipart::new_with_chunk_size(upload, PART);
                 let mut hasher = Sha256::new();
-                let mut buf = vec![0u8; PART];
-                loop {
-                    let n = match f.read(&mut buf) {
-                        Ok(n) => n,
-                        Err(e) => {
+                for chunk in chunks {
+                    for piece in chunk.chunks(PART) {
+                        if let Err(e) = w.wait_for_capacity(4).await {
                             let _ = w.abort().await;
-                            return Err(io_as_store(e));
+                            return Err(e);
                         }
-                    };
-                    if n == 0 {
-                        break;
+                        hasher.update(piece);
+                        w.write(piece);
                     }
-                    hasher.update(&buf[..n]);
-                    if let Err(e) = w.wait_for_capacity(4).await {
-                        let _ = w.abort().await;
-                        return Err(e);
-                    }
-                    w.write(&buf[..n]);
                 }
                 // finish() aborts the upload itself when completing it fails.
                 w.finish().await?;

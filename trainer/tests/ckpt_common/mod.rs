@@ -46,9 +46,9 @@ pub fn round_trip(store: &Store, tmp: &Path) {
         keep_last: 3,
         keep_every: None,
     };
-    write(store, &tmp.join("stage"), keep, snapshot(5, 1)).unwrap();
+    write(store, keep, snapshot(5, 1)).unwrap();
     let want = snapshot(10, 2);
-    let report = write(store, &tmp.join("stage"), keep, snapshot(10, 2)).unwrap();
+    let report = write(store, keep, snapshot(10, 2)).unwrap();
     assert!(report.bytes > 40 << 20, "{report:?}");
     let listed = list(store).unwrap();
     assert_eq!(

@@ -1,0 +1,293 @@
+//! Checkpoint cost, measured in one run:
+//!
+//! 1. wall time of N training steps (debug config, 1 rank) with an asynchronous save every K
+//!    steps vs the same N steps without saves (target <= 1.10x), and with synchronous saves;
+//! 2. save throughput (snapshot to manifest) vs a plain object_store put of the same bytes to
+//!    the same store (target >= 0.8), for the mid-size model (model + EMA + AdamW moments).
+//!
+//! ```text
+//! source ci/env.sh && cargo bench -p syncdiff-trainer --bench ckpt_save
+//! BENCH_URL=s3://bucket/bench cargo bench ...   # another store (credentials from the environment)
+//! ```
+
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use syncdiff_dataprep::store::Dataset;
+use syncdiff_model::config::{Config, DistBackend, Override};
+use syncdiff_trainer::benchstats::{interleave, Comparison};
+use syncdiff_trainer::ckpt::{
+    now_unix, write, ResumePolicy, Retention, Retry, Saver, Snapshot, Store, TrainerState,
+};
+use syncdiff_trainer::data::{Loader, LoaderState, RankShare, Sampler};
+use syncdiff_trainer::dist::Runtime;
+use syncdiff_trainer::engine::Trainer;
+use syncdiff_trainer::train::TrainOptions;
+use tch::Device;
+
+fn env_or(name: &str, default: usize) -> usize {
+    std::env::var(name)
+        .ok()
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(default)
+}
+
+fn repo() -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR")).join("..")
+}
+
+fn state(step: u64) -> TrainerState {
+    TrainerState {
+        format: 1,
+        step,
+        epoch: 0,
+        consumed: 0,
+        seed: 0,
+        world_size: 1,
+        global_batch: 4,
+        dataset_sha256: "bench".into(),
+        external_weights: Default::default(),
+        saved_unix: now_unix(),
+    }
+}
+
+fn snapshot(trainer: &Trainer<'_>, step: u64, config: &Config) -> Snapshot {
+    let (model, ema, optimizer) = trainer.snapshot();
+    Snapshot {
+        model,
+        ema,
+        optimizer,
+        state: state(step),
+        config_yaml: config.to_yaml(),
+    }
+}
+
+#[derive(Clone, Copy, PartialEq)]
+enum Mode {
+    None,
+    Async,
+    Sync,
+}
+
+fn main() -> anyhow::Result<()> {
+    let reps = env_or("BENCH_REPS", 10);
+    let steps = env_or("BENCH_STEPS", 40) as u64;
+    let every = env_or("BENCH_EVERY", 5) as u64;
+    tch::set_num_threads(env_or("BENCH_THREADS", 2) as i32);
+    let rt = Runtime::init()?;
+    let dir = tempfile::tempdir()?;
+    let url = std::env::var("BENCH_URL")
+        .unwrap_or_else(|_| dir.path().join("ckpt").display().to_string());
+    let retry = Retry {
+        attempts: 3,
+        backoff: Duration::from_secs(1),
+    };
+    let store = Arc::new(Store::open(&url, retry)?);
+    let keep = Retention {
+        keep_last: 2,
+        keep_every: None,
+    };
+
+    // 1. Steps with and without saves, debug configuration.
+    let mut config = Config::load(&repo().join("configs/debug.yaml"), &[])?;
+    let root = dir.path().join("lrs2");
+    syncdiff_dataprep::synth::synth(
+        &syncdiff_dataprep::synth::SynthOptions {
+            out: root.clone(),
+            speakers: 2,
+            clips_per_speaker: 4,
+            seconds: 2.0,
+            seed: 1,
+        },
+        |_, _| {},
+    )?;
+    let ds_path = dir.path().join("ds");
+    syncdiff_dataprep::ingest::ingest(
+        &syncdiff_dataprep::ingest::IngestOptions {
+            root,
+            split: "train".into(),
+            out: ds_path.clone(),
+            batch: 16,
+            half: false,
+            rank: 0,
+            world: 1,
+        },
+        &config,
+        |_, _, _| {},
+    )?;
+    config.data.dataset = ds_path.display().to_string();
+    let ds = Arc::new(Dataset::open(&ds_path)?);
+    let frames: Vec<u64> = ds.clips().iter().map(|c| c.frames).collect();
+    let m = &config.model;
+    let np = m.priors.needed_previous_frames();
+    let sampler = Arc::new(Sampler::new(
+        0,
+        config.train.epoch_unit,
+        &frames,
+        u64::from(np),
+        u64::from(m.diffusion.timesteps),
+        4,
+    )?);
+    let share = RankShare {
+        rank: 0,
+        world: 1,
+        micro: 4,
+        previous: np,
+        context: u64::from(m.audio_encoder.context_frames),
+    };
+    let opts = TrainOptions {
+        device: Device::Cpu,
+        backend: DistBackend::Mpi,
+        stop_requested: &|| false,
+        resume: ResumePolicy::Never,
+    };
+    let mut trainer = Trainer::new(&config, &rt, &opts)?;
+    if std::env::var_os("BENCH_VERBOSE").is_some() {
+        let t = Instant::now();
+        for _ in 0..10 {
+            let _ = snapshot(&trainer, 1, &config);
+        }
+        println!(
+            "  snapshot (host copies) {:.2} ms",
+            t.elapsed().as_secs_f64() * 100.0
+        );
+        let t = Instant::now();
+        for k in 0..10 {
+            write(&store, keep, snapshot(&trainer, 1_000_000 + k, &config))?;
+        }
+        println!(
+            "  snapshot + write {:.2} ms",
+            t.elapsed().as_secs_f64() * 100.0
+        );
+    }
+    let mut loader = Loader::new(ds.clone(), sampler.clone(), share, 2);
+    let mut saver = Saver::new(store.clone(), keep);
+    let (mut state_at, mut step) = (LoaderState::default(), 0u64);
+    let mut run = |mode: Mode| -> anyhow::Result<f64> {
+        let start = Instant::now();
+        for i in 1..=steps {
+            step += 1;
+            trainer.step(
+                step,
+                3e-4,
+                || Ok(loader.next(state_at, Duration::ZERO)?),
+                false,
+            )?;
+            state_at = sampler.advance(state_at);
+            if i % every == 0 {
+                match mode {
+                    Mode::None => {}
+                    Mode::Async => {
+                        if let Some(r) = saver.save_async(snapshot(&trainer, step, &config)) {
+                            r?;
+                        }
+                    }
+                    Mode::Sync => {
+                        saver.save_blocking(snapshot(&trainer, step, &config))?;
+                    }
+                }
+            }
+        }
+        // The run is not over until its last save is.
+        if let Some(r) = saver.wait() {
+            r?;
+        }
+        Ok(start.elapsed().as_secs_f64())
+    };
+    for mode in [Mode::None, Mode::Async, Mode::Sync] {
+        run(mode)?; // warm-up
+    }
+    let (mut with_async, mut with_sync) = (Comparison::default(), Comparison::default());
+    for i in 0..reps {
+        let order = match i % 3 {
+            0 => [Mode::None, Mode::Async, Mode::Sync],
+            1 => [Mode::Async, Mode::Sync, Mode::None],
+            _ => [Mode::Sync, Mode::None, Mode::Async],
+        };
+        let mut t = [0.0; 3];
+        for mode in order {
+            let s = run(mode)?;
+            t[mode as usize] = s;
+        }
+        with_async.a.push(t[Mode::Async as usize]);
+        with_async.b.push(t[Mode::None as usize]);
+        with_sync.a.push(t[Mode::Sync as usize]);
+        with_sync.b.push(t[Mode::None as usize]);
+    }
+    println!(
+        "{steps} debug-config steps, a save every {every} steps to {url}, {reps} rotated repetitions:"
+    );
+    println!("  async saves / no saves: {}", with_async.summary());
+    println!("  sync saves / no saves:  {}", with_sync.summary());
+    drop(trainer);
+
+    // 2. Throughput of one save vs a plain put of the same bytes, mid-size model.
+    let sets: Vec<Override> = [
+        "model.unet.model_channels=64",
+        "model.unet.channel_mult=[1, 2, 3, 4]",
+        "model.unet.num_res_blocks=2",
+        "model.unet.attention_resolutions=[8, 4, 2]",
+        "model.unet.head_dim=32",
+        "model.unet.norm_num_groups=32",
+        "model.audio_encoder.embed_dim=768",
+    ]
+    .iter()
+    .map(|s| Override::parse(s))
+    .collect::<Result<_, _>>()?;
+    let mut mid = Config::load(&repo().join("configs/debug.yaml"), &sets)?;
+    mid.data.dataset = config.data.dataset.clone();
+    let trainer = Trainer::new(&mid, &rt, &opts)?;
+    // Its own store: retention of part 1 must not see these steps.
+    let store = Store::open(&format!("{url}/mid"), retry)?;
+    let keep = Retention {
+        keep_last: 1000,
+        keep_every: None,
+    };
+    // The bytes a save uploads, once, for the plain put.
+    let probe = write(&store, keep, snapshot(&trainer, 1, &mid))?;
+    let files: Vec<(String, Vec<u8>)> = [
+        "model.safetensors",
+        "ema.safetensors",
+        "optimizer.safetensors",
+    ]
+    .iter()
+    .filter_map(|f| {
+        let rel = format!("step-000000001/{f}");
+        store.get_bytes(&rel).ok().map(|b| (f.to_string(), b))
+    })
+    .collect();
+    let bytes: usize = files.iter().map(|(_, b)| b.len()).sum();
+    let mut k = 1u64;
+    let cmp = interleave(
+        reps.min(6),
+        || -> anyhow::Result<f64> {
+            k += 1;
+            // Timed from the hand-over: the host copy is the loop's part (measured above).
+            let snap = snapshot(&trainer, k, &mid);
+            let start = Instant::now();
+            write(&store, keep, snap)?;
+            Ok(start.elapsed().as_secs_f64())
+        },
+        || -> anyhow::Result<f64> {
+            let start = Instant::now();
+            for (name, data) in &files {
+                store.put_bytes(&format!("plain/{name}"), data)?;
+            }
+            Ok(start.elapsed().as_secs_f64())
+        },
+    )?;
+    let s = cmp.summary();
+    println!(
+        "save of the mid-size model ({:.0} MB, {} MB in the probe save) vs plain put of the same bytes:",
+        bytes as f64 / 1e6,
+        probe.bytes / 1_000_000
+    );
+    println!(
+        "  {s}; throughput ours {:.0} MB/s vs plain {:.0} MB/s: ratio {:.2}",
+        bytes as f64 / 1e6 / s.a_median,
+        bytes as f64 / 1e6 / s.b_median,
+        s.b_median / s.a_median
+    );
+    Ok(())
+}
