@@ -35,6 +35,9 @@ const SECRET_VARS: &[&str] = &[
     "AZURE_STORAGE_SAS_KEY",
     "AZURE_STORAGE_TOKEN",
     "AZURE_CLIENT_SECRET",
+    "AZURE_STORAGE_CLIENT_SECRET",
+    "AZURE_STORAGE_SAS_TOKEN",
+    "GOOGLE_BEARER_TOKEN",
 ];
 
 /// Replaces the value of every credential variable set in the environment by `***`.
