@@ -284,22 +284,41 @@ fn two_ranks_train_validate_and_log_to_tensorboard() {
 }
 
 #[test]
-fn unknown_resume_url_is_refused_until_checkpoints_exist() {
-    let o = train()
-        .args([
-            "--config",
-            "configs/debug.yaml",
-            "--resume",
-            "s3://bucket/run",
-        ])
-        .output()
-        .unwrap();
-    let (_, err) = text(&o);
-    assert_eq!(o.status.code(), Some(1));
-    assert!(
-        err.contains("--resume s3://bucket/run: checkpoints are not implemented"),
-        "{err}"
-    );
+fn a_missing_or_malformed_resume_url_is_a_clear_error() {
+    let dir = tempfile::tempdir().unwrap();
+    let ds = prepared_dataset(dir.path());
+    let ckpt = dir.path().join("ckpt");
+    for (resume, want) in [
+        (
+            format!("{}/step-000000007", ckpt.display()),
+            format!(
+                "resume: {}/step-000000007: no such checkpoint",
+                ckpt.display()
+            ),
+        ),
+        (
+            "s3://bucket/run".to_string(),
+            "--resume URL must end in /step-NNNNNNNNN".to_string(),
+        ),
+    ] {
+        let o = train()
+            .args([
+                "--config",
+                "configs/debug.yaml",
+                "--resume",
+                &resume,
+                "--set",
+            ])
+            .arg(format!("data.dataset={}", ds.display()))
+            .arg("--set")
+            .arg(format!("checkpoint.url={}", ckpt.display()))
+            .output()
+            .unwrap();
+        let (_, err) = text(&o);
+        assert_eq!(o.status.code(), Some(1), "{err}");
+        assert!(!err.contains("panicked"), "{err}");
+        assert!(err.contains(&want), "{err}");
+    }
 }
 
 #[test]
