@@ -8,6 +8,7 @@ pub mod data;
 pub mod dist;
 pub mod dryrun;
 pub mod engine;
+pub mod eval;
 pub mod log;
 pub mod optim;
 pub mod preflight;
