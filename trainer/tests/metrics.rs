@@ -172,3 +172,68 @@ fn metrics_refuse_mismatched_or_tiny_images() {
     );
     assert!(psnr(&va, &va, None).unwrap().is_infinite());
 }
+
+#[test]
+fn syncdiff_eval_scores_videos_and_names_missing_predictions() {
+    let dir = tempfile::tempdir().unwrap();
+    syncdiff_dataprep::synth::synth(
+        &syncdiff_dataprep::synth::SynthOptions {
+            out: dir.path().join("lrs2"),
+            speakers: 1,
+            clips_per_speaker: 2,
+            seconds: 1.0,
+            seed: 5,
+        },
+        |_, _| {},
+    )
+    .unwrap();
+    let (gt, pred) = (dir.path().join("gt"), dir.path().join("pred"));
+    std::fs::create_dir_all(&gt).unwrap();
+    std::fs::create_dir_all(&pred).unwrap();
+    for c in ["00001", "00002"] {
+        std::fs::copy(
+            dir.path().join(format!("lrs2/main/spk00/{c}.mp4")),
+            gt.join(format!("{c}.mp4")),
+        )
+        .unwrap();
+    }
+    // Prediction 1: the other clip (same face, other mouth); prediction 2: the clip itself.
+    std::fs::copy(gt.join("00002.mp4"), pred.join("00001.mp4")).unwrap();
+    std::fs::copy(gt.join("00002.mp4"), pred.join("00002.mp4")).unwrap();
+    let report = dir.path().join("eval.json");
+    let run = || {
+        Command::new(env!("CARGO_BIN_EXE_syncdiff"))
+            .args([
+                "eval",
+                "--pred",
+                pred.to_str().unwrap(),
+                "--gt",
+                gt.to_str().unwrap(),
+            ])
+            .args(["--report", report.to_str().unwrap()])
+            .output()
+            .unwrap()
+    };
+    let o = run();
+    assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
+    let r: serde_json::Value = serde_json::from_slice(&std::fs::read(&report).unwrap()).unwrap();
+    let v = r["videos"].as_array().unwrap();
+    assert_eq!(v.len(), 2);
+    assert!(v[0]["frames"].as_u64().unwrap() >= 20);
+    let ssim0 = v[0]["ssim"].as_f64().unwrap();
+    assert!(ssim0 < 1.0 && ssim0 > 0.3, "{ssim0}");
+    // Identical videos: SSIM 1, PSNR infinite (null in JSON).
+    assert!((v[1]["ssim"].as_f64().unwrap() - 1.0).abs() < 1e-12);
+    assert!(v[1]["psnr"].is_null());
+    // The mouth differs more than the frame as a whole.
+    assert!(v[0]["mouth_ssim"].as_f64().unwrap() < ssim0);
+
+    std::fs::remove_file(pred.join("00002.mp4")).unwrap();
+    let o = run();
+    let err = String::from_utf8_lossy(&o.stderr);
+    assert!(!o.status.success());
+    assert!(
+        err.contains("00002.mp4: no prediction for the ground truth"),
+        "{err}"
+    );
+}

@@ -8,6 +8,7 @@
 //! syncdiff ckpt list s3://bucket/run                          # checkpoints under a URL
 //! syncdiff ckpt inspect s3://bucket/run/step-000005000 [--config C.yaml]
 //! syncdiff ckpt export s3://bucket/run/step-000005000 --out bundle/
+//! syncdiff eval --pred out/ --gt gt/ [--mouth 0.25,0.5,0.5,0.5] [--report eval.json]
 //! ```
 
 use std::path::PathBuf;
@@ -59,6 +60,22 @@ enum Command {
         /// Where to write the outputs (safetensors).
         #[arg(long)]
         output: PathBuf,
+    },
+    /// PSNR and SSIM (scikit-image definitions), full frame and mouth region, of every video of
+    /// --gt against the video of the same name in --pred; a table and a JSON report.
+    Eval {
+        /// Directory of generated videos.
+        #[arg(long)]
+        pred: PathBuf,
+        /// Directory of ground-truth videos (*.mp4).
+        #[arg(long)]
+        gt: PathBuf,
+        /// Mouth box as fractions of the frame: x,y,w,h.
+        #[arg(long, default_value = "0.25,0.5,0.5,0.5")]
+        mouth: String,
+        /// Where to write the JSON report.
+        #[arg(long, default_value = "eval.json")]
+        report: PathBuf,
     },
     /// Checkpoints: list, inspect, export.
     Ckpt {
@@ -182,6 +199,18 @@ fn main() -> ExitCode {
                 tools::forward::run(&module, &c, weights.as_deref(), &input, &output, layers)
             }
             Err(code) => return code,
+        },
+        Command::Eval {
+            pred,
+            gt,
+            mouth,
+            report,
+        } => match tools::eval::MouthBox::parse(&mouth) {
+            Ok(m) => tools::eval::run(&pred, &gt, &report, m),
+            Err(e) => {
+                eprintln!("error: {e}");
+                return ExitCode::from(2);
+            }
         },
         Command::Ckpt { what } => match what {
             Ckpt::List { url } => tools::ckpt::list(&url),

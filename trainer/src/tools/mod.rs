@@ -1,5 +1,6 @@
-//! `syncdiff` subcommands: `convert`, `forward` (weights and tensors), `ckpt` (checkpoints).
+//! `syncdiff` subcommands: `convert`, `forward` (weights and tensors), `ckpt` (checkpoints), `eval`.
 
 pub mod ckpt;
 pub mod convert;
+pub mod eval;
 pub mod forward;
