@@ -179,7 +179,7 @@ pub fn run(pred: &Path, gt: &Path, report: &Path, mouth: MouthBox) -> anyhow::Re
     out.push(format!(
         "{:<20} {:>7} {:>8.3} {:>7.4} {:>11.3} {:>11.4}",
         "mean",
-        summary["frames"],
+        summary["frames"].to_string(),
         all(|v| v.psnr),
         all(|v| v.ssim),
         all(|v| v.mouth_psnr),
