@@ -4,6 +4,8 @@
 //! logging, the distributed settings, sampling. The world size may change when it divides the
 //! global batch.
 
+use std::collections::BTreeMap;
+
 use syncdiff_model::config::Config;
 
 use super::format::TrainerState;
@@ -11,20 +13,28 @@ use super::format::TrainerState;
 /// Keys of `model` that name files, not shapes: they may differ between clusters.
 const PATHS: &[&str] = &["autoencoder.weights", "audio_encoder.weights"];
 
-fn flatten(prefix: &str, v: &serde_json::Value, out: &mut Vec<(String, String)>) {
-    match v {
-        serde_json::Value::Object(m) => {
-            for (k, x) in m {
-                let key = if prefix.is_empty() {
-                    k.clone()
-                } else {
-                    format!("{prefix}.{k}")
-                };
-                flatten(&key, x, out);
+/// Every leaf of `v` as `dotted.key -> JSON text`, keys sorted (for comparing configurations).
+pub fn flatten(v: &serde_json::Value) -> BTreeMap<String, String> {
+    fn walk(prefix: &str, v: &serde_json::Value, out: &mut BTreeMap<String, String>) {
+        match v {
+            serde_json::Value::Object(m) => {
+                for (k, x) in m {
+                    let key = if prefix.is_empty() {
+                        k.clone()
+                    } else {
+                        format!("{prefix}.{k}")
+                    };
+                    walk(&key, x, out);
+                }
+            }
+            other => {
+                out.insert(prefix.to_string(), other.to_string());
             }
         }
-        other => out.push((prefix.to_string(), other.to_string())),
     }
+    let mut out = BTreeMap::new();
+    walk("", v, &mut out);
+    out
 }
 
 /// Checks that a checkpoint (its state and resolved config) can continue the run of `now`
@@ -67,11 +77,10 @@ pub fn check_compatible(
             ));
         }
     }
-    let as_json = |c: &Config| serde_json::to_value(&c.model).unwrap_or_default();
-    let (mut was, mut is) = (Vec::new(), Vec::new());
-    flatten("", &as_json(saved_config), &mut was);
-    flatten("", &as_json(now), &mut is);
-    for ((k, a), (_, b)) in was.iter().zip(&is) {
+    let as_json = |c: &Config| flatten(&serde_json::to_value(&c.model).unwrap_or_default());
+    let (was, is) = (as_json(saved_config), as_json(now));
+    for (k, a) in &was {
+        let b = is.get(k).map_or("-", String::as_str);
         if a != b && !PATHS.contains(&k.as_str()) {
             return Err(format!(
                 "model.{k} is {b}, the checkpoint has {a}; the model cannot change on resume"

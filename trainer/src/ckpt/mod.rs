@@ -10,7 +10,7 @@ mod safetensors;
 mod save;
 mod store;
 
-pub use compat::check_compatible;
+pub use compat::{check_compatible, flatten};
 pub use format::{
     now_unix, parse_step_dir, step_dir, FileEntry, Manifest, TrainerState, CONFIG, EMA, FORMAT,
     MANIFEST, MODEL, OPTIMIZER, STATE,

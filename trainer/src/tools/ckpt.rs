@@ -72,24 +72,6 @@ fn split(url: &str) -> anyhow::Result<(Store, String)> {
     Ok((Store::open(base, retry())?, dir.to_string()))
 }
 
-fn flatten(prefix: &str, v: &serde_json::Value, out: &mut BTreeMap<String, String>) {
-    match v {
-        serde_json::Value::Object(m) => {
-            for (k, x) in m {
-                let key = if prefix.is_empty() {
-                    k.clone()
-                } else {
-                    format!("{prefix}.{k}")
-                };
-                flatten(&key, x, out);
-            }
-        }
-        other => {
-            out.insert(prefix.to_string(), other.to_string());
-        }
-    }
-}
-
 /// `syncdiff ckpt inspect URL/step-N [--config C]`: downloads and verifies the checkpoint, prints
 /// its state, files and, given a configuration, the differences and whether it could resume.
 pub fn inspect(url: &str, config: Option<&Config>) -> anyhow::Result<String> {
@@ -124,9 +106,8 @@ pub fn inspect(url: &str, config: Option<&Config>) -> anyhow::Result<String> {
     if let Some(now) = config {
         let saved = Config::from_yaml(&r.config_yaml, &format!("{url}/config.yaml"), &[])
             .with_context(|| format!("{url}/config.yaml"))?;
-        let (mut a, mut b) = (BTreeMap::new(), BTreeMap::new());
-        flatten("", &serde_json::to_value(&saved)?, &mut a);
-        flatten("", &serde_json::to_value(now)?, &mut b);
+        let a = ckpt::flatten(&serde_json::to_value(&saved)?);
+        let b = ckpt::flatten(&serde_json::to_value(now)?);
         let diffs: Vec<String> = a
             .iter()
             .filter(|(k, v)| b.get(*k) != Some(v))
