@@ -3,7 +3,7 @@
 
 mod common;
 
-use common::{mpirun, prepared, prepared_dataset, repo, text};
+use common::{mpirun, prepared, prepared_dataset, rank_pids, repo, signal, text};
 
 use std::path::{Path, PathBuf};
 use std::process::{Command, Output};
@@ -349,25 +349,10 @@ fn sigusr1_to_one_rank_stops_all_ranks_after_the_same_step() {
             break;
         }
     }
-    let pids = Command::new("pgrep")
-        .args(["-P", &child.id().to_string(), "-f", "syncdiff-train"])
-        .output()
-        .unwrap();
-    let pids: Vec<String> = String::from_utf8_lossy(&pids.stdout)
-        .split_whitespace()
-        .map(str::to_string)
-        .collect();
+    let pids = rank_pids(child.id());
     assert_eq!(pids.len(), 2, "rank processes: {pids:?}");
-    // The higher pid is the rank started second (rank 1 on one node); either works for the test.
-    let target = pids
-        .iter()
-        .max_by_key(|p| p.parse::<u64>().unwrap())
-        .unwrap();
-    assert!(Command::new("kill")
-        .args(["-USR1", target])
-        .status()
-        .unwrap()
-        .success());
+    let (_, target) = *pids.iter().find(|(r, _)| *r == 1).unwrap();
+    assert!(signal(target, "-USR1"));
     let rest: Vec<String> = lines.map(|l| l.unwrap()).collect();
     let status = child.wait().unwrap();
     let out = rest.join("\n");

@@ -6,10 +6,10 @@ mod common;
 
 use std::io::{BufRead, BufReader};
 use std::path::Path;
-use std::process::{Command, Stdio};
+use std::process::Stdio;
 use std::time::{Duration, Instant};
 
-use common::{mpirun, prepared, prepared_dataset, repo, text};
+use common::{mpirun, prepared, prepared_dataset, rank_pids, repo, signal, text};
 use syncdiff_dataprep::store::Dataset;
 use syncdiff_model::config::Config;
 use syncdiff_trainer::data::{LoaderState, Sampler};
@@ -108,35 +108,6 @@ fn an_error_on_rank_1_only_ends_the_job_within_30_s_naming_rank_and_file() {
         "{err}"
     );
     assert!(!err.contains("error: [rank 0/2]"), "{err}");
-}
-
-fn rank_pids(mpirun_pid: u32) -> Vec<(u32, u32)> {
-    let o = Command::new("pgrep")
-        .args(["-P", &mpirun_pid.to_string(), "-f", "syncdiff-train"])
-        .output()
-        .unwrap();
-    String::from_utf8_lossy(&o.stdout)
-        .split_whitespace()
-        .map(|p| {
-            let pid: u32 = p.parse().unwrap();
-            let env = std::fs::read(format!("/proc/{pid}/environ")).unwrap();
-            let rank = env
-                .split(|&b| b == 0)
-                .filter_map(|v| std::str::from_utf8(v).ok())
-                .find_map(|v| v.strip_prefix("OMPI_COMM_WORLD_RANK="))
-                .unwrap()
-                .parse()
-                .unwrap();
-            (rank, pid)
-        })
-        .collect()
-}
-
-fn signal(pid: u32, sig: &str) -> bool {
-    Command::new("kill")
-        .args([sig, &pid.to_string()])
-        .status()
-        .is_ok_and(|s| s.success())
 }
 
 #[test]

@@ -10,7 +10,7 @@ use std::process::{Command, Stdio};
 use std::sync::mpsc;
 use std::time::{Duration, Instant};
 
-use common::{mpirun, prepared_dataset, repo, text, MotoServer};
+use common::{mpirun, prepared_dataset, rank_pids, repo, signal, text, MotoServer};
 
 fn args(ds: &Path, ckpt: &str, logs: &Path, steps: u64) -> Vec<String> {
     [
@@ -90,17 +90,6 @@ fn manifest_hashes(dir: &Path) -> Vec<(String, String)> {
         .collect()
 }
 
-fn rank_pids(mpirun_pid: u32) -> Vec<String> {
-    let o = Command::new("pgrep")
-        .args(["-P", &mpirun_pid.to_string(), "-f", "syncdiff-train"])
-        .output()
-        .unwrap();
-    String::from_utf8_lossy(&o.stdout)
-        .split_whitespace()
-        .map(str::to_string)
-        .collect()
-}
-
 const STEPS: u64 = 40;
 
 #[test]
@@ -135,11 +124,7 @@ fn a_stopped_and_resumed_run_ends_bit_identical_to_an_uninterrupted_one() {
     let mut seen = Vec::new();
     wait_for(&rx, "step 3/", &mut seen);
     let pids = rank_pids(child.id());
-    assert!(Command::new("kill")
-        .args(["-USR1", &pids[0]])
-        .status()
-        .unwrap()
-        .success());
+    assert!(signal(pids[0].1, "-USR1"));
     assert!(child.wait().unwrap().success());
     seen.extend(rx.try_iter());
     let stopped = seen
@@ -324,11 +309,7 @@ fn an_s3_server_restarted_during_a_run_does_not_lose_it_and_secrets_stay_hidden(
             break;
         }
     }
-    assert!(Command::new("kill")
-        .args(["-USR1", &child.id().to_string()])
-        .status()
-        .unwrap()
-        .success());
+    assert!(signal(child.id(), "-USR1"));
     let status = child.wait().unwrap();
     seen.extend(rx.try_iter());
     let all = seen.join("\n");

@@ -158,3 +158,34 @@ impl Drop for MotoServer {
         self.stop();
     }
 }
+
+/// (rank, pid) of every rank process `mpirun` started, the rank read from its environment.
+pub fn rank_pids(mpirun_pid: u32) -> Vec<(u32, u32)> {
+    let o = Command::new("pgrep")
+        .args(["-P", &mpirun_pid.to_string(), "-f", "syncdiff-train"])
+        .output()
+        .unwrap();
+    String::from_utf8_lossy(&o.stdout)
+        .split_whitespace()
+        .map(|p| {
+            let pid: u32 = p.parse().unwrap();
+            let env = std::fs::read(format!("/proc/{pid}/environ")).unwrap();
+            let rank = env
+                .split(|&b| b == 0)
+                .filter_map(|v| std::str::from_utf8(v).ok())
+                .find_map(|v| v.strip_prefix("OMPI_COMM_WORLD_RANK="))
+                .unwrap()
+                .parse()
+                .unwrap();
+            (rank, pid)
+        })
+        .collect()
+}
+
+/// Sends `sig` (e.g. `-USR1`) to `pid`; whether `kill` succeeded.
+pub fn signal(pid: u32, sig: &str) -> bool {
+    Command::new("kill")
+        .args([sig, &pid.to_string()])
+        .status()
+        .is_ok_and(|s| s.success())
+}
