@@ -8,26 +8,14 @@
 //! Started without `mpirun`, it starts itself under `mpirun -n 2`. Prints, per gradient set, the
 //! bucketed (dist.bucket_mb) and per-tensor syncs against the limit. Target: bucketed <= 1.1x.
 
-use std::path::{Path, PathBuf};
 use std::time::Instant;
 
 use mpi::collective::{CommunicatorCollectives, SystemOperation};
-use syncdiff_model::config::{Config, Override};
+use syncdiff_trainer::benchdata::{debug_config, env_or, MID_SIZE};
 use syncdiff_trainer::benchstats::interleave;
 use syncdiff_trainer::dist::{GradSync, MpiGradSync, Runtime};
 use syncdiff_trainer::step::TrainModel;
 use tch::{Device, Kind, Tensor};
-
-fn repo() -> PathBuf {
-    Path::new(env!("CARGO_MANIFEST_DIR")).join("..")
-}
-
-fn reps() -> usize {
-    std::env::var("BENCH_REPS")
-        .ok()
-        .and_then(|v| v.parse().ok())
-        .unwrap_or(20)
-}
 
 fn relaunch() -> anyhow::Result<()> {
     let exe = std::env::current_exe()?;
@@ -49,33 +37,20 @@ fn main() -> anyhow::Result<()> {
     tch::set_num_threads(1);
     let rt = Runtime::init()?;
     let comm = rt.comm();
-    let reps = reps();
+    let reps = env_or("BENCH_REPS", 20);
     // The paper's set (2.3 GB, buffers x4 per rank) does not fit 2 ranks in this machine's 24 GB.
-    let cases: [(&str, &str, Vec<&str>); 2] = [
-        ("debug config", "configs/debug.yaml", vec![]),
+    let cases: [(&str, &[&str]); 2] = [
+        ("debug config", &[]),
         (
             "mid-size (paper UNet layout at width 64, mel encoder 768)",
-            "configs/debug.yaml",
-            vec![
-                "model.unet.model_channels=64",
-                "model.unet.channel_mult=[1, 2, 3, 4]",
-                "model.unet.num_res_blocks=2",
-                "model.unet.attention_resolutions=[8, 4, 2]",
-                "model.unet.head_dim=32",
-                "model.unet.norm_num_groups=32",
-                "model.audio_encoder.embed_dim=768",
-            ],
+            MID_SIZE,
         ),
     ];
     if rt.is_main() {
         println!("gradient all-reduce, 2 ranks, 1 thread each, {reps} interleaved repetitions");
     }
-    for (name, file, sets) in cases {
-        let sets: Vec<Override> = sets
-            .iter()
-            .map(|s| Override::parse(s))
-            .collect::<Result<_, _>>()?;
-        let config = Config::load(&repo().join(file), &sets)?;
+    for (name, sets) in cases {
+        let config = debug_config(sets)?;
         // The shapes of every trained parameter; the gradients are plain tensors of those shapes
         // (the sync re-points any tensor), so the model itself need not stay in memory.
         let shapes: Vec<Vec<i64>> = {

@@ -10,12 +10,12 @@
 //! BENCH_URL=s3://bucket/bench cargo bench ...   # another store (credentials from the environment)
 //! ```
 
-use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use syncdiff_dataprep::store::Dataset;
-use syncdiff_model::config::{Config, DistBackend, Override};
+use syncdiff_model::config::{Config, DistBackend};
+use syncdiff_trainer::benchdata::{debug_config, env_or, synthetic_dataset, MID_SIZE};
 use syncdiff_trainer::benchstats::{interleave, Comparison};
 use syncdiff_trainer::ckpt::{
     now_unix, write, ResumePolicy, Retention, Retry, Saver, Snapshot, Store, TrainerState,
@@ -25,17 +25,6 @@ use syncdiff_trainer::dist::Runtime;
 use syncdiff_trainer::engine::Trainer;
 use syncdiff_trainer::train::TrainOptions;
 use tch::Device;
-
-fn env_or(name: &str, default: usize) -> usize {
-    std::env::var(name)
-        .ok()
-        .and_then(|v| v.parse().ok())
-        .unwrap_or(default)
-}
-
-fn repo() -> PathBuf {
-    Path::new(env!("CARGO_MANIFEST_DIR")).join("..")
-}
 
 fn state(step: u64) -> TrainerState {
     TrainerState {
@@ -90,32 +79,8 @@ fn main() -> anyhow::Result<()> {
     };
 
     // 1. Steps with and without saves, debug configuration.
-    let mut config = Config::load(&repo().join("configs/debug.yaml"), &[])?;
-    let root = dir.path().join("lrs2");
-    syncdiff_dataprep::synth::synth(
-        &syncdiff_dataprep::synth::SynthOptions {
-            out: root.clone(),
-            speakers: 2,
-            clips_per_speaker: 4,
-            seconds: 2.0,
-            seed: 1,
-        },
-        |_, _| {},
-    )?;
-    let ds_path = dir.path().join("ds");
-    syncdiff_dataprep::ingest::ingest(
-        &syncdiff_dataprep::ingest::IngestOptions {
-            root,
-            split: "train".into(),
-            out: ds_path.clone(),
-            batch: 16,
-            half: false,
-            rank: 0,
-            world: 1,
-        },
-        &config,
-        |_, _, _| {},
-    )?;
+    let mut config = debug_config(&[])?;
+    let ds_path = synthetic_dataset(dir.path(), &config)?;
     config.data.dataset = ds_path.display().to_string();
     let ds = Arc::new(Dataset::open(&ds_path)?);
     let frames: Vec<u64> = ds.clips().iter().map(|c| c.frames).collect();
@@ -223,19 +188,7 @@ fn main() -> anyhow::Result<()> {
     drop(trainer);
 
     // 2. Throughput of one save vs a plain put of the same bytes, mid-size model.
-    let sets: Vec<Override> = [
-        "model.unet.model_channels=64",
-        "model.unet.channel_mult=[1, 2, 3, 4]",
-        "model.unet.num_res_blocks=2",
-        "model.unet.attention_resolutions=[8, 4, 2]",
-        "model.unet.head_dim=32",
-        "model.unet.norm_num_groups=32",
-        "model.audio_encoder.embed_dim=768",
-    ]
-    .iter()
-    .map(|s| Override::parse(s))
-    .collect::<Result<_, _>>()?;
-    let mut mid = Config::load(&repo().join("configs/debug.yaml"), &sets)?;
+    let mut mid = debug_config(MID_SIZE)?;
     mid.data.dataset = config.data.dataset.clone();
     let trainer = Trainer::new(&mid, &rt, &opts)?;
     // Its own store: retention of part 1 must not see these steps.

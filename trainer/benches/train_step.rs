@@ -11,14 +11,15 @@
 //! BENCH_REPS=20 BENCH_THREADS=2 cargo bench -p syncdiff-trainer --bench train_step
 //! ```
 
-use std::path::{Path, PathBuf};
+use std::path::Path;
 use std::sync::Arc;
 use std::time::Duration;
 
 use anyhow::Context;
 use syncdiff_dataprep::store::Dataset;
-use syncdiff_model::config::{Config, DistBackend, Override, TemporalTokens};
+use syncdiff_model::config::{DistBackend, TemporalTokens};
 use syncdiff_model::unet::UnetShape;
+use syncdiff_trainer::benchdata::{debug_config, env_or, repo, synthetic_dataset, MID_SIZE};
 use syncdiff_trainer::benchstats::{interleave, PyServer};
 use syncdiff_trainer::data::{Batch, Loader, LoaderState, RankShare, Sampler};
 use syncdiff_trainer::dist::Runtime;
@@ -26,64 +27,17 @@ use syncdiff_trainer::engine::Trainer;
 use syncdiff_trainer::train::TrainOptions;
 use tch::{Device, Tensor};
 
-fn env_or(name: &str, default: usize) -> usize {
-    std::env::var(name)
-        .ok()
-        .and_then(|v| v.parse().ok())
-        .unwrap_or(default)
-}
-
-fn repo() -> PathBuf {
-    Path::new(env!("CARGO_MANIFEST_DIR")).join("..")
-}
-
-/// The debug configuration and a mid-size one (the paper's UNet layout at width 64 on 32x32
-/// latents, 768-wide audio context), each with `sets` applied.
+/// The debug configuration and the mid-size one (at 32x32 latents), as `--set` overrides.
 fn cases() -> Vec<(&'static str, Vec<&'static str>)> {
+    let mut mid = vec!["data.resolution=128"];
+    mid.extend_from_slice(MID_SIZE);
     vec![
         ("debug config (configs/debug.yaml)", vec![]),
         (
             "mid-size (paper UNet layout at width 64, 32x32 latents, mel encoder 768)",
-            vec![
-                "data.resolution=128",
-                "model.unet.model_channels=64",
-                "model.unet.channel_mult=[1, 2, 3, 4]",
-                "model.unet.num_res_blocks=2",
-                "model.unet.attention_resolutions=[8, 4, 2]",
-                "model.unet.head_dim=32",
-                "model.unet.norm_num_groups=32",
-                "model.audio_encoder.embed_dim=768",
-            ],
+            mid,
         ),
     ]
-}
-
-fn prepare(dir: &Path, config: &Config) -> anyhow::Result<PathBuf> {
-    let root = dir.join("lrs2");
-    if !root.exists() {
-        syncdiff_dataprep::synth::synth(
-            &syncdiff_dataprep::synth::SynthOptions {
-                out: root.clone(),
-                speakers: 2,
-                clips_per_speaker: 4,
-                seconds: 2.0,
-                seed: 1,
-            },
-            |_, _| {},
-        )?;
-    }
-    let out = dir.join(format!("ds-{}", config.data.resolution));
-    let opts = syncdiff_dataprep::ingest::IngestOptions {
-        root,
-        split: "train".into(),
-        out: out.clone(),
-        batch: 16,
-        half: false,
-        rank: 0,
-        world: 1,
-    };
-    syncdiff_dataprep::ingest::ingest(&opts, config, |_, _, _| {})?;
-    Ok(out)
 }
 
 /// The batch and schedule the Python side trains on.
@@ -116,12 +70,8 @@ fn main() -> anyhow::Result<()> {
         "syncdiff-train step (Trainer::step, 1 rank); {threads} threads, {reps} interleaved repetitions"
     );
     for (name, sets) in cases() {
-        let sets: Vec<Override> = sets
-            .iter()
-            .map(|s| Override::parse(s))
-            .collect::<Result<_, _>>()?;
-        let mut config = Config::load(&repo().join("configs/debug.yaml"), &sets)?;
-        let ds_path = prepare(dir.path(), &config)?;
+        let mut config = debug_config(&sets)?;
+        let ds_path = synthetic_dataset(dir.path(), &config)?;
         config.data.dataset = ds_path.display().to_string();
         let m = &config.model;
         anyhow::ensure!(

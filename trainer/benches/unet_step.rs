@@ -9,11 +9,11 @@
 //! with its bootstrap 95% interval. Targets: interval upper bound <= 0.9 at the debug
 //! configuration, <= 1.05 at the mid-size one.
 
-use std::path::{Path, PathBuf};
 use std::time::Instant;
 
 use syncdiff_model::config::{Config, UnetConfig};
 use syncdiff_model::unet::{Unet, UnetShape};
+use syncdiff_trainer::benchdata::{env_or, repo};
 use syncdiff_trainer::benchstats::{interleave, PyServer};
 use syncdiff_trainer::optim::{AdamW, AdamWConfig};
 use tch::nn::VarStore;
@@ -25,17 +25,6 @@ struct Case {
     batch: i64,
     size: i64,
     tokens: i64,
-}
-
-fn env_or(name: &str, default: usize) -> usize {
-    std::env::var(name)
-        .ok()
-        .and_then(|v| v.parse().ok())
-        .unwrap_or(default)
-}
-
-fn repo() -> PathBuf {
-    Path::new(env!("CARGO_MANIFEST_DIR")).join("..")
 }
 
 fn cases() -> anyhow::Result<Vec<Case>> {

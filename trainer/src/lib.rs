@@ -2,6 +2,7 @@
 //! generation and evaluation. The networks live in `syncdiff-model`; the data format in
 //! `syncdiff-dataprep`.
 
+pub mod benchdata;
 pub mod benchstats;
 pub mod ckpt;
 pub mod data;
