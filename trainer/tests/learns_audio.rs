@@ -27,16 +27,7 @@ fn validation_loss_with_the_true_audio_ends_below_other_audio() {
     let mut sets = Vec::new();
     for split in ["train", "val"] {
         let out = dir.path().join(split);
-        let opts = syncdiff_dataprep::ingest::IngestOptions {
-            root: root.clone(),
-            split: split.into(),
-            out: out.clone(),
-            batch: 16,
-            half: false,
-            rank: 0,
-            world: 1,
-        };
-        syncdiff_dataprep::ingest::ingest(&opts, &cfg, |_, _, _| {}).unwrap();
+        common::ingest(&root, split, &out, &cfg);
         let key = if split == "train" {
             "dataset"
         } else {

@@ -42,17 +42,22 @@ pub fn prepared(dir: &Path, split: &str, sets: &[&str]) -> PathBuf {
     let cfg =
         syncdiff_model::config::Config::load(&repo().join("configs/debug.yaml"), &sets).unwrap();
     let out = dir.join(format!("ds-{split}"));
-    let ingest = syncdiff_dataprep::ingest::IngestOptions {
-        root,
+    ingest(&root, split, &out, &cfg);
+    out
+}
+
+/// Ingests split `split` of the LRS2-layout tree `root` into `out` with `cfg` (one rank).
+pub fn ingest(root: &Path, split: &str, out: &Path, cfg: &syncdiff_model::config::Config) {
+    let opts = syncdiff_dataprep::ingest::IngestOptions {
+        root: root.to_path_buf(),
         split: split.into(),
-        out: out.clone(),
+        out: out.to_path_buf(),
         batch: 16,
         half: false,
         rank: 0,
         world: 1,
     };
-    syncdiff_dataprep::ingest::ingest(&ingest, &cfg, |_, _, _| {}).unwrap();
-    out
+    syncdiff_dataprep::ingest::ingest(&opts, cfg, |_, _, _| {}).unwrap();
 }
 
 /// `mpirun -n N syncdiff-train ...`, allowed to run as root and to oversubscribe the 2 cores.
