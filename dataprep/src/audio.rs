@@ -144,6 +144,74 @@ impl LogFbank {
 
     /// Log filterbank energies, row-major (frames x nfilt). `samples` are int16-scale values.
     pub fn compute(&self, samples: &[f64]) -> Vec<f64> {
+        let mut out = Vec::with_capacity(self.num_frames(samples.len()) * self.params.nfilt);
+        self.each_frame(samples, |power| self.log_energies(power, &mut out));
+        out
+    }
+
+    /// MFCCs as python_speech_features `mfcc` computes them with its defaults (13 cepstra of
+    /// these filters, DCT-II orthonormal, lifter 22, the first replaced by the log frame
+    /// energy), row-major (frames x 13): the audio features of SyncNet.
+    pub fn mfcc(&self, samples: &[f64]) -> Vec<f64> {
+        const CEPS: usize = 13;
+        const LIFTER: f64 = 22.0;
+        let nf = self.params.nfilt;
+        let mut out = Vec::with_capacity(self.num_frames(samples.len()) * CEPS);
+        let mut logs = Vec::with_capacity(nf);
+        let lift: Vec<f64> = (0..CEPS)
+            .map(|n| 1.0 + LIFTER / 2.0 * (std::f64::consts::PI * n as f64 / LIFTER).sin())
+            .collect();
+        self.each_frame(samples, |power| {
+            logs.clear();
+            self.log_energies(power, &mut logs);
+            let energy: f64 = power[..=self.params.nfft / 2]
+                .iter()
+                .map(|&v| f64::from(v))
+                .sum();
+            out.push(if energy == 0.0 {
+                f64::EPSILON.ln()
+            } else {
+                energy.ln()
+            });
+            for (k, l) in lift.iter().enumerate().skip(1) {
+                let c: f64 = logs
+                    .iter()
+                    .enumerate()
+                    .map(|(n, &x)| {
+                        x * (std::f64::consts::PI * k as f64 * (2 * n + 1) as f64 / (2 * nf) as f64)
+                            .cos()
+                    })
+                    .sum();
+                out.push(c * (2.0 / nf as f64).sqrt() * l);
+            }
+        });
+        out
+    }
+
+    /// Appends the log energies of the filters for one power spectrum.
+    fn log_energies(&self, power: &[f32], out: &mut Vec<f64>) {
+        for (first, w) in &self.filters {
+            let mut acc = [0.0f32; LANES];
+            for (wc, pc) in w
+                .chunks_exact(LANES)
+                .zip(power[*first..].chunks_exact(LANES))
+            {
+                for l in 0..LANES {
+                    acc[l] += wc[l] * pc[l];
+                }
+            }
+            let e: f32 = acc.iter().sum();
+            // Exact zeros become machine epsilon, as in python_speech_features.
+            out.push(if e == 0.0 {
+                f64::EPSILON.ln()
+            } else {
+                f64::from(e.ln())
+            });
+        }
+    }
+
+    /// Calls `f` with the power spectrum (nfft/2 + 1 bins, then zeros) of every frame.
+    fn each_frame(&self, samples: &[f64], mut visit: impl FnMut(&[f32])) {
         let p = &self.params;
         let frames = self.num_frames(samples.len());
         let nbins = p.nfft / 2 + 1;
@@ -163,7 +231,6 @@ impl LogFbank {
         let mut scratch = vec![Complex::new(0.0f32, 0.0); self.fft.get_inplace_scratch_len()];
         // Power spectrum with LANES zeros of slack for the padded filters.
         let mut power = vec![0.0f32; nbins + LANES];
-        let mut out = Vec::with_capacity(frames * p.nfilt);
         let scale = 1.0 / p.nfft as f32;
         for f in 0..frames {
             // Rectangular window: the frame as it is, zero-padded to nfft, packed in pairs.
@@ -201,26 +268,8 @@ impl LogFbank {
             {
                 *pw = split(*zk, *zmk, *w);
             }
-            for (first, w) in &self.filters {
-                let mut acc = [0.0f32; LANES];
-                for (wc, pc) in w
-                    .chunks_exact(LANES)
-                    .zip(power[*first..].chunks_exact(LANES))
-                {
-                    for l in 0..LANES {
-                        acc[l] += wc[l] * pc[l];
-                    }
-                }
-                let e: f32 = acc.iter().sum();
-                // Exact zeros become machine epsilon, as in python_speech_features.
-                out.push(if e == 0.0 {
-                    f64::EPSILON.ln()
-                } else {
-                    f64::from(e.ln())
-                });
-            }
+            visit(&power);
         }
-        out
     }
 }
 

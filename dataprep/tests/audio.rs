@@ -1,4 +1,4 @@
-//! Filterbank parity with python_speech_features (run live) on real speech from espeak-ng.
+//! Filterbank and MFCC parity with python_speech_features (run live) on real speech from espeak-ng.
 #![allow(clippy::unwrap_used)]
 
 use std::path::{Path, PathBuf};
@@ -108,6 +108,18 @@ fn logfbank_matches_python_speech_features() {
             ours.len() / 26
         );
         assert!(err <= 1e-3, "{n} samples: max abs error {err}");
+
+        // MFCC (SyncNet's features): same frames, 13 cepstra.
+        let m = fb.mfcc(&samples[..n]);
+        let r: Vec<f32> = Vec::try_from(reference[&format!("mfcc_{n}")].flatten(0, -1)).unwrap();
+        assert_eq!(m.len(), r.len(), "mfcc values for {n} samples");
+        let err = m
+            .iter()
+            .zip(&r)
+            .map(|(a, b)| (a - f64::from(*b)).abs() / (1.0 + f64::from(*b).abs()))
+            .fold(0.0, f64::max);
+        println!("{n} samples: mfcc max relative error {err:.2e}");
+        assert!(err <= 1e-3, "{n} samples mfcc: max relative error {err}");
 
         // Stacking by 4 and per-frame layer norm, checked on their own.
         let mut st = stack_frames(&ours, 26, 4);

@@ -36,6 +36,15 @@ pub struct SampleOptions<'a> {
     pub inpaint: Option<(&'a Tensor, &'a Tensor)>,
 }
 
+/// Which random draw of a DDIM step a noise tensor is for.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum StepNoise {
+    /// The stochastic part of step i (eta > 0).
+    Ddim(usize),
+    /// The noise that re-noises the inpainting reference at step i.
+    Inpaint(usize),
+}
+
 /// Why a forward pass cannot run.
 #[derive(Debug, thiserror::Error)]
 pub enum SyncDiffError {
@@ -150,14 +159,16 @@ impl SyncDiff {
         Ok(out.mse_loss(&self.schedule.target(z0, t, noise), tch::Reduction::Mean))
     }
 
-    /// DDIM sampling from x_T = `noise`: (B, C, h, w). `step_noise(i)` gives the extra noise of
-    /// step i when eta > 0. Returns the predicted clean latent (B, C, h, w).
+    /// DDIM sampling from x_T = `noise`: (B, C, h, w). `step_noise(n)` gives the noise (like
+    /// x_T) of step i's draws: `StepNoise::Ddim(i)` when eta > 0, `StepNoise::Inpaint(i)` for the
+    /// re-noised reference; `None` draws from libtorch's generator. Returns the predicted clean
+    /// latent (B, C, h, w).
     pub fn sample(
         &self,
         cond: &Conditioning<'_>,
         noise: &Tensor,
         opts: &SampleOptions<'_>,
-        mut step_noise: impl FnMut(usize) -> Option<Tensor>,
+        mut step_noise: impl FnMut(StepNoise) -> Option<Tensor>,
     ) -> Result<Tensor, SyncDiffError> {
         tch::no_grad(|| {
             let b = noise.size()[0];
@@ -170,15 +181,15 @@ impl SyncDiff {
             {
                 let tt = Tensor::full([b], t, (Kind::Int64, x.device()));
                 if let Some((reference, keep)) = opts.inpaint {
-                    let renoised = self.schedule.q_sample(
-                        reference,
-                        &tt,
-                        &noise.zeros_like().normal_(0.0, 1.0),
-                    );
+                    let draw = step_noise(StepNoise::Inpaint(i))
+                        .unwrap_or_else(|| noise.zeros_like().normal_(0.0, 1.0));
+                    let renoised = self.schedule.q_sample(reference, &tt, &draw);
                     x = &renoised * keep + &x * (1.0 - keep);
                 }
                 let out = self.predict(&x, &tt, cond, false)?;
-                let extra = step_noise(i);
+                let extra = (opts.eta > 0.0)
+                    .then(|| step_noise(StepNoise::Ddim(i)))
+                    .flatten();
                 x = self
                     .schedule
                     .ddim_step(&out, t, &x, opts.steps, opts.eta, extra.as_ref());

@@ -10,6 +10,7 @@ pub mod dist;
 pub mod dryrun;
 pub mod engine;
 pub mod eval;
+pub mod generate;
 pub mod log;
 pub mod optim;
 pub mod preflight;

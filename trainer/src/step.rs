@@ -51,6 +51,11 @@ impl TrainModel {
         v
     }
 
+    /// The audio path (audio encoder and temporal filter).
+    pub fn audio(&self) -> &AudioPath {
+        &self.audio
+    }
+
     /// The denoiser.
     pub fn denoiser(&self) -> &SyncDiff {
         &self.denoiser

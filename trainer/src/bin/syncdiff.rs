@@ -8,7 +8,9 @@
 //! syncdiff ckpt list s3://bucket/run                          # checkpoints under a URL
 //! syncdiff ckpt inspect s3://bucket/run/step-000005000 [--config C.yaml]
 //! syncdiff ckpt export s3://bucket/run/step-000005000 --out bundle/
-//! syncdiff eval --pred out/ --gt gt/ [--mouth 0.25,0.5,0.5,0.5] [--report eval.json]
+//! syncdiff generate --checkpoint bundle/ --video ref.mp4 --audio drive.wav --out out.mp4
+//! syncdiff generate --checkpoint s3://bucket/run/step-000005000 --list pairs.txt --batch 8
+//! syncdiff eval --pred out/ --gt gt/ [--syncnet syncnet.pt] [--lpips lpips.pt] [--openings]
 //! ```
 
 use std::path::PathBuf;
@@ -16,7 +18,7 @@ use std::process::ExitCode;
 
 use clap::{Parser, Subcommand};
 use syncdiff_model::config::{Config, ConfigArgs};
-use syncdiff_trainer::tools;
+use syncdiff_trainer::{generate, tools};
 
 /// SyncDiff tools.
 #[derive(Debug, Parser)]
@@ -61,13 +63,62 @@ enum Command {
         #[arg(long)]
         output: PathBuf,
     },
-    /// PSNR and SSIM (scikit-image definitions), full frame and mouth region, of every video of
-    /// --gt against the video of the same name in --pred; a table and a JSON report.
+    /// Lip-synced video: the reference video's face speaking the driving audio (EMA weights by
+    /// default). Many clips: --list FILE with lines `VIDEO AUDIO OUT`; under mpirun ranks split it.
+    Generate {
+        /// Inference bundle (`syncdiff ckpt export`), checkpoint `URL/step-NNNNNNNNN`, or a
+        /// checkpoint URL (its newest valid checkpoint).
+        #[arg(long)]
+        checkpoint: String,
+        /// Reference video (identity and pose; 25 fps, at least the model's resolution).
+        #[arg(long)]
+        video: Option<PathBuf>,
+        /// Driving audio (wav, mp4, anything ffmpeg reads); sets the output length.
+        #[arg(long)]
+        audio: Option<PathBuf>,
+        /// Output mp4.
+        #[arg(long)]
+        out: Option<PathBuf>,
+        /// A list of jobs, one `VIDEO AUDIO OUT` per line (# comments).
+        #[arg(long, conflicts_with_all = ["video", "audio", "out"])]
+        list: Option<PathBuf>,
+        /// Clips generated together on the device.
+        #[arg(long, default_value_t = 8)]
+        batch: usize,
+        /// DDIM steps [default: the model's sample.ddim_steps].
+        #[arg(long)]
+        steps: Option<usize>,
+        /// DDIM eta [default: sample.eta].
+        #[arg(long)]
+        eta: Option<f64>,
+        /// Blend the re-noised reference outside the mask at every step (DiffTalk) [default:
+        /// sample.inpaint].
+        #[arg(long)]
+        inpaint: Option<bool>,
+        /// Seed of the sampling noise.
+        #[arg(long, default_value_t = 0)]
+        seed: u64,
+        /// Use the live weights of a checkpoint instead of its EMA.
+        #[arg(long)]
+        live_weights: bool,
+        /// VQ-f4 weights, when the path in the model's configuration is not valid here.
+        #[arg(long)]
+        autoencoder: Option<PathBuf>,
+        /// auto (this rank's GPU if any), cpu, cuda, cuda:N.
+        #[arg(long, default_value = "auto")]
+        device: String,
+        /// Leave clips whose output already exists.
+        #[arg(long)]
+        skip_existing: bool,
+    },
+    /// Scores generated videos against ground truth: PSNR and SSIM (scikit-image definitions),
+    /// full frame and mouth region; optional LSE-C/D, LPIPS, WER and (synthetic data set) the
+    /// mouth-opening error. A table and a JSON report.
     Eval {
         /// Directory of generated videos.
         #[arg(long)]
         pred: PathBuf,
-        /// Directory of ground-truth videos (*.mp4).
+        /// Directory of ground-truth videos (*.mp4); each needs a prediction of the same name.
         #[arg(long)]
         gt: PathBuf,
         /// Mouth box as fractions of the frame: x,y,w,h.
@@ -76,6 +127,28 @@ enum Command {
         /// Where to write the JSON report.
         #[arg(long, default_value = "eval.json")]
         report: PathBuf,
+        /// SyncNet as TorchScript (methods forward_lip, forward_aud): LSE-C and LSE-D.
+        #[arg(long)]
+        syncnet: Option<PathBuf>,
+        /// Audio-video offsets LSE searches, +- frames.
+        #[arg(long, default_value_t = 15)]
+        vshift: i64,
+        /// LPIPS as TorchScript (forward(x, y) on [-1, 1] images).
+        #[arg(long)]
+        lpips: Option<PathBuf>,
+        /// Lip reader for WER: a shell command whose last stdout line is the transcript of
+        /// `{video}`; references from `<name>.txt` (LRS2 `Text:` line) in --truth-dir.
+        #[arg(long)]
+        wer_cmd: Option<String>,
+        /// Synthetic data set: mouth opening read from the frames vs `<name>.mouth.txt`.
+        #[arg(long)]
+        openings: bool,
+        /// Where the `.mouth.txt` and `.txt` references are [default: --gt].
+        #[arg(long)]
+        truth_dir: Option<PathBuf>,
+        /// Device of the TorchScript metrics: cpu, cuda, cuda:N.
+        #[arg(long, default_value = "cpu")]
+        device: String,
     },
     /// Checkpoints: list, inspect, export.
     Ckpt {
@@ -200,18 +273,94 @@ fn main() -> ExitCode {
             }
             Err(code) => return code,
         },
+        Command::Generate {
+            checkpoint,
+            video,
+            audio,
+            out,
+            list,
+            batch,
+            steps,
+            eta,
+            inpaint,
+            seed,
+            live_weights,
+            autoencoder,
+            device,
+            skip_existing,
+        } => tools::generate::jobs(list.as_deref(), video, audio, out).and_then(|jobs| {
+            tools::generate::run(&tools::generate::Request {
+                checkpoint,
+                jobs,
+                batch,
+                steps,
+                eta,
+                inpaint,
+                seed,
+                weights: if live_weights {
+                    generate::WeightChoice::Live
+                } else {
+                    generate::WeightChoice::Ema
+                },
+                autoencoder,
+                device,
+                skip_existing,
+            })
+        }),
         Command::Eval {
             pred,
             gt,
             mouth,
             report,
-        } => match tools::eval::MouthBox::parse(&mouth) {
-            Ok(m) => tools::eval::run(&pred, &gt, &report, m),
-            Err(e) => {
-                eprintln!("error: {e}");
-                return ExitCode::from(2);
+            syncnet,
+            vshift,
+            lpips,
+            wer_cmd,
+            openings,
+            truth_dir,
+            device,
+        } => {
+            let parsed = tools::eval::MouthBox::parse(&mouth).and_then(|m| {
+                let d = match device.as_str() {
+                    "cpu" => tch::Device::Cpu,
+                    "cuda" => tch::Device::Cuda(0),
+                    s => match s.strip_prefix("cuda:").and_then(|i| i.parse().ok()) {
+                        Some(i) => tch::Device::Cuda(i),
+                        None => return Err(format!("--device {s}: expected cpu, cuda or cuda:N")),
+                    },
+                };
+                if d != tch::Device::Cpu && !tch::Cuda::is_available() {
+                    return Err(format!(
+                        "--device {device}: no CUDA GPU is visible to libtorch"
+                    ));
+                }
+                if vshift < 1 {
+                    return Err(format!("--vshift {vshift}: must be at least 1"));
+                }
+                Ok((m, d))
+            });
+            match parsed {
+                Ok((m, d)) => tools::eval::run(
+                    &pred,
+                    &gt,
+                    &tools::eval::EvalOptions {
+                        mouth: m,
+                        report,
+                        syncnet,
+                        vshift,
+                        lpips,
+                        wer_cmd,
+                        openings,
+                        truth_dir,
+                        device: d,
+                    },
+                ),
+                Err(e) => {
+                    eprintln!("error: {e}");
+                    return ExitCode::from(2);
+                }
             }
-        },
+        }
         Command::Ckpt { what } => match what {
             Ckpt::List { url } => tools::ckpt::list(&url),
             Ckpt::Inspect { url, config, set } => {

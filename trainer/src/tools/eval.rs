@@ -1,14 +1,17 @@
-//! `syncdiff eval --pred DIR --gt DIR`: PSNR and SSIM (scikit-image definitions) per frame and
-//! averaged, on the full frame and on the mouth region, for every video of `gt` that has a
-//! prediction of the same name in `pred`. Writes a JSON report and returns a table.
-//! (LSE-C/D, LPIPS and the WER hook of issue 8 are not written yet.)
+//! `syncdiff eval --pred DIR --gt DIR`: for every video of `gt` with a prediction of the same
+//! name in `pred`: PSNR and SSIM (scikit-image definitions) per frame and averaged, on the full
+//! frame and the mouth region; LSE-C/D with `--syncnet`; LPIPS with `--lpips`; WER with
+//! `--wer-cmd`; and, on the synthetic data set, the mouth-opening error and correlation with
+//! `--openings`. Writes a JSON report and returns a table.
 
-use std::path::Path;
+use std::path::{Path, PathBuf};
 
 use anyhow::{bail, Context};
 use serde::Serialize;
+use syncdiff_dataprep::video;
+use tch::Device;
 
-use crate::eval::{psnr, ssim, Region, View};
+use crate::eval::{self, mouth, psnr, ssim, wer, Lse, Region, Script, View};
 
 /// The mouth region as fractions of the frame: x, y, width, height.
 #[derive(Debug, Clone, Copy)]
@@ -56,6 +59,44 @@ impl MouthBox {
     }
 }
 
+/// What to compute.
+#[derive(Debug, Clone)]
+pub struct EvalOptions {
+    /// Mouth region of PSNR/SSIM.
+    pub mouth: MouthBox,
+    /// Where the JSON report goes.
+    pub report: PathBuf,
+    /// SyncNet as TorchScript (LSE-C/D).
+    pub syncnet: Option<PathBuf>,
+    /// Offsets searched by LSE, +- frames.
+    pub vshift: i64,
+    /// LPIPS as TorchScript.
+    pub lpips: Option<PathBuf>,
+    /// Lip-reader command for WER (`{video}` is replaced by the path).
+    pub wer_cmd: Option<String>,
+    /// Synthetic data: mouth opening read from the frames vs `<truth dir>/<name>.mouth.txt`.
+    pub openings: bool,
+    /// Where the `.mouth.txt` / `.txt` references are (default: `--gt`).
+    pub truth_dir: Option<PathBuf>,
+    /// Device of the TorchScript metrics.
+    pub device: Device,
+}
+
+/// Mouth-opening scores of one video (synthetic data set).
+#[derive(Debug, Clone, Serialize)]
+pub struct OpeningScores {
+    /// Mean absolute error of the opening read from the prediction against the truth.
+    pub mae: f64,
+    /// Pearson correlation of the two (null when either is constant).
+    pub corr: Option<f64>,
+    /// The error of holding the ground truth's first frame ("copy the identity frame").
+    pub copy_identity_mae: f64,
+    /// The reader's own error on the ground-truth frames.
+    pub reader_mae_gt: f64,
+    /// Openings read from the prediction.
+    pub predicted: Vec<f64>,
+}
+
 /// Scores of one video.
 #[derive(Debug, Clone, Serialize)]
 pub struct VideoScores {
@@ -71,6 +112,14 @@ pub struct VideoScores {
     pub mouth_psnr: f64,
     /// Mean SSIM of the mouth region.
     pub mouth_ssim: f64,
+    /// LSE-C/D of the prediction (with its own audio track).
+    pub lse: Option<Lse>,
+    /// Mean LPIPS against the ground truth.
+    pub lpips: Option<f64>,
+    /// Lip-reading word errors.
+    pub wer: Option<wer::Wer>,
+    /// Mouth-opening scores.
+    pub openings: Option<OpeningScores>,
     /// Per-frame [psnr, ssim, mouth psnr, mouth ssim] (infinite PSNR written as null).
     pub per_frame: Vec<[f64; 4]>,
 }
@@ -80,18 +129,30 @@ fn mean_finite(v: impl Iterator<Item = f64>) -> f64 {
         .filter(|x| x.is_finite())
         .fold((0.0, 0usize), |(s, n), x| (s + x, n + 1));
     if n == 0 {
-        f64::INFINITY
+        f64::NAN
     } else {
         s / n as f64
     }
 }
 
-fn score(name: &str, gt: &Path, pred: &Path, mouth: MouthBox) -> anyhow::Result<VideoScores> {
-    let info = syncdiff_dataprep::video::probe(gt)?;
+/// The loaded TorchScript metrics.
+struct Nets {
+    syncnet: Option<Script>,
+    lpips: Option<Script>,
+}
+
+fn score(
+    name: &str,
+    gt: &Path,
+    pred: &Path,
+    opts: &EvalOptions,
+    nets: &Nets,
+) -> anyhow::Result<VideoScores> {
+    let info = video::probe(gt)?;
     let (w, h) = (info.width as usize, info.height as usize);
-    let a = syncdiff_dataprep::video::decode_frames(gt, info.width, info.height)?;
+    let a = video::decode_frames(gt, info.width, info.height)?;
     // The prediction is compared at the ground truth's size.
-    let b = syncdiff_dataprep::video::decode_frames(pred, info.width, info.height)?;
+    let b = video::decode_frames(pred, info.width, info.height)?;
     let size = w * h * 3;
     let (na, nb) = (a.len() / size, b.len() / size);
     if na != nb {
@@ -100,9 +161,10 @@ fn score(name: &str, gt: &Path, pred: &Path, mouth: MouthBox) -> anyhow::Result<
             na.min(nb)
         );
     }
-    let region = mouth.region(w, h);
+    let n = na.min(nb);
+    let region = opts.mouth.region(w, h);
     let mut per_frame = Vec::new();
-    for i in 0..na.min(nb) {
+    for i in 0..n {
         let frame = i * size..(i + 1) * size;
         let x = View {
             data: &a[frame.clone()],
@@ -121,6 +183,59 @@ fn score(name: &str, gt: &Path, pred: &Path, mouth: MouthBox) -> anyhow::Result<
             ssim(&x, &y, Some(region))?,
         ]);
     }
+    let lse = match &nets.syncnet {
+        Some(net) => {
+            let av = video::decode_av(pred, Some(eval::CROP), 16_000)?;
+            if !av.has_audio {
+                bail!(
+                    "{}: no audio track to score lip sync against",
+                    pred.display()
+                );
+            }
+            Some(
+                eval::lse(net, &av.rgb, &av.audio, opts.vshift, 20)
+                    .with_context(|| pred.display().to_string())?,
+            )
+        }
+        None => None,
+    };
+    let lpips = match &nets.lpips {
+        Some(net) => Some(
+            eval::lpips(net, &b[..n * size], &a[..n * size], w, h)
+                .with_context(|| pred.display().to_string())?,
+        ),
+        None => None,
+    };
+    let stem = name.trim_end_matches(".mp4");
+    let truth_dir = opts
+        .truth_dir
+        .as_deref()
+        .unwrap_or(gt.parent().unwrap_or(Path::new(".")));
+    let wer = match &opts.wer_cmd {
+        Some(cmd) => {
+            let reference = wer::read_reference(&truth_dir.join(format!("{stem}.txt")))
+                .map_err(anyhow::Error::msg)?;
+            Some(wer::score(cmd, pred, &reference).map_err(anyhow::Error::msg)?)
+        }
+        None => None,
+    };
+    let openings = if opts.openings {
+        let truth = mouth::read_truth(&truth_dir.join(format!("{stem}.mouth.txt")))
+            .map_err(anyhow::Error::msg)?;
+        let predicted = mouth::openings(&b[..n * size], w, h);
+        let on_gt = mouth::openings(&a[..n * size], w, h);
+        let first = vec![on_gt.first().copied().unwrap_or(0.0); n];
+        let corr = mouth::pearson(&predicted, &truth);
+        Some(OpeningScores {
+            mae: mouth::mae(&predicted, &truth),
+            corr: corr.is_finite().then_some(corr),
+            copy_identity_mae: mouth::mae(&first, &truth),
+            reader_mae_gt: mouth::mae(&on_gt, &truth),
+            predicted,
+        })
+    } else {
+        None
+    };
     let col = |k: usize| mean_finite(per_frame.iter().map(|f| f[k]));
     Ok(VideoScores {
         name: name.to_string(),
@@ -129,12 +244,55 @@ fn score(name: &str, gt: &Path, pred: &Path, mouth: MouthBox) -> anyhow::Result<
         ssim: col(1),
         mouth_psnr: col(2),
         mouth_ssim: col(3),
+        lse,
+        lpips,
+        wer,
+        openings,
         per_frame,
     })
 }
 
-/// Scores every `*.mp4` of `gt` against the same name in `pred`; writes `report` (JSON).
-pub fn run(pred: &Path, gt: &Path, report: &Path, mouth: MouthBox) -> anyhow::Result<String> {
+/// One column of the table: header, width, and the value of a video (None: not computed).
+type Column = (&'static str, usize, fn(&VideoScores) -> Option<f64>);
+
+fn columns(opts: &EvalOptions) -> Vec<Column> {
+    let mut c: Vec<Column> = vec![
+        ("PSNR", 8, |v| Some(v.psnr)),
+        ("SSIM", 7, |v| Some(v.ssim)),
+        ("mouth PSNR", 11, |v| Some(v.mouth_psnr)),
+        ("mouth SSIM", 11, |v| Some(v.mouth_ssim)),
+    ];
+    if opts.syncnet.is_some() {
+        c.push(("LSE-C", 7, |v| v.lse.map(|l| l.lse_c)));
+        c.push(("LSE-D", 7, |v| v.lse.map(|l| l.lse_d)));
+    }
+    if opts.lpips.is_some() {
+        c.push(("LPIPS", 7, |v| v.lpips));
+    }
+    if opts.wer_cmd.is_some() {
+        c.push(("WER %", 7, |v| {
+            v.wer
+                .as_ref()
+                .map(|w| 100.0 * w.errors as f64 / w.words.max(1) as f64)
+        }));
+    }
+    if opts.openings {
+        c.push(("open MAE", 9, |v| v.openings.as_ref().map(|o| o.mae)));
+        c.push(("open corr", 10, |v| {
+            v.openings.as_ref().and_then(|o| o.corr)
+        }));
+        c.push(("copy-id MAE", 12, |v| {
+            v.openings.as_ref().map(|o| o.copy_identity_mae)
+        }));
+        c.push(("reader MAE", 11, |v| {
+            v.openings.as_ref().map(|o| o.reader_mae_gt)
+        }));
+    }
+    c
+}
+
+/// Scores every `*.mp4` of `gt` against the same name in `pred`; writes the JSON report.
+pub fn run(pred: &Path, gt: &Path, opts: &EvalOptions) -> anyhow::Result<String> {
     let mut names: Vec<String> = std::fs::read_dir(gt)
         .with_context(|| format!("--gt {}", gt.display()))?
         .filter_map(|e| e.ok())
@@ -145,46 +303,97 @@ pub fn run(pred: &Path, gt: &Path, report: &Path, mouth: MouthBox) -> anyhow::Re
     if names.is_empty() {
         bail!("--gt {}: no .mp4 files", gt.display());
     }
+    let nets = Nets {
+        syncnet: opts
+            .syncnet
+            .as_deref()
+            .map(|p| Script::load(p, opts.device))
+            .transpose()?,
+        lpips: opts
+            .lpips
+            .as_deref()
+            .map(|p| Script::load(p, opts.device))
+            .transpose()?,
+    };
     let mut videos = Vec::new();
     for name in &names {
         let p = pred.join(name);
         if !p.exists() {
             bail!("{}: no prediction for the ground truth {name}", p.display());
         }
-        videos.push(score(name, &gt.join(name), &p, mouth)?);
+        let mut gt_opts = opts.clone();
+        gt_opts.truth_dir = Some(opts.truth_dir.clone().unwrap_or_else(|| gt.to_path_buf()));
+        videos.push(score(name, &gt.join(name), &p, &gt_opts, &nets)?);
     }
-    let all = |f: fn(&VideoScores) -> f64| mean_finite(videos.iter().map(f));
-    let summary = serde_json::json!({
-        "videos": videos.len(),
-        "frames": videos.iter().map(|v| v.frames).sum::<usize>(),
-        "psnr": all(|v| v.psnr),
-        "ssim": all(|v| v.ssim),
-        "mouth_psnr": all(|v| v.mouth_psnr),
-        "mouth_ssim": all(|v| v.mouth_ssim),
-        "mouth_box": mouth.0,
-    });
+    let cols = columns(opts);
+    let mean = |f: fn(&VideoScores) -> Option<f64>| mean_finite(videos.iter().filter_map(f));
+    let mut summary = serde_json::Map::new();
+    summary.insert("videos".into(), videos.len().into());
+    summary.insert(
+        "frames".into(),
+        videos.iter().map(|v| v.frames).sum::<usize>().into(),
+    );
+    for (name, _, f) in &cols {
+        let key = name
+            .to_lowercase()
+            .replace([' ', '-'], "_")
+            .replace('%', "pct");
+        let v = mean(*f);
+        summary.insert(
+            key,
+            if v.is_finite() {
+                v.into()
+            } else {
+                serde_json::Value::Null
+            },
+        );
+    }
+    if opts.wer_cmd.is_some() {
+        let (e, w) = videos
+            .iter()
+            .filter_map(|v| v.wer.as_ref())
+            .fold((0, 0), |(e, w), x| (e + x.errors, w + x.words));
+        summary.insert(
+            "corpus_wer_pct".into(),
+            (100.0 * e as f64 / w.max(1) as f64).into(),
+        );
+    }
+    summary.insert("mouth_box".into(), opts.mouth.0.to_vec().into());
     let json = serde_json::json!({ "summary": summary, "videos": videos });
-    std::fs::write(report, serde_json::to_vec_pretty(&json)?)
-        .with_context(|| format!("--report {}", report.display()))?;
-    let mut out = vec![format!(
-        "{:<20} {:>7} {:>8} {:>7} {:>11} {:>11}",
-        "video", "frames", "PSNR", "SSIM", "mouth PSNR", "mouth SSIM"
-    )];
+    std::fs::write(&opts.report, serde_json::to_vec_pretty(&json)?)
+        .with_context(|| format!("--report {}", opts.report.display()))?;
+    let mut out = vec![format!("{:<20} {:>7}", "video", "frames")];
+    for (name, width, _) in &cols {
+        out[0] += &format!(" {name:>width$}");
+    }
+    let row = |label: &str, frames: usize, values: Vec<Option<f64>>| {
+        let mut line = format!("{label:<20} {frames:>7}");
+        for ((name, width, _), value) in cols.iter().zip(values) {
+            let prec = if name.contains("PSNR") || name.starts_with("WER") {
+                3
+            } else {
+                4
+            };
+            line += &match value {
+                Some(x) if x.is_finite() => format!(" {x:>width$.prec$}"),
+                _ => format!(" {:>width$}", "-"),
+            };
+        }
+        line
+    };
     for v in &videos {
-        out.push(format!(
-            "{:<20} {:>7} {:>8.3} {:>7.4} {:>11.3} {:>11.4}",
-            v.name, v.frames, v.psnr, v.ssim, v.mouth_psnr, v.mouth_ssim
+        out.push(row(
+            &v.name,
+            v.frames,
+            cols.iter().map(|c| (c.2)(v)).collect(),
         ));
     }
-    out.push(format!(
-        "{:<20} {:>7} {:>8.3} {:>7.4} {:>11.3} {:>11.4}",
+    let total = videos.iter().map(|v| v.frames).sum();
+    out.push(row(
         "mean",
-        summary["frames"].to_string(),
-        all(|v| v.psnr),
-        all(|v| v.ssim),
-        all(|v| v.mouth_psnr),
-        all(|v| v.mouth_ssim)
+        total,
+        cols.iter().map(|c| Some(mean(c.2))).collect(),
     ));
-    out.push(format!("report: {}", report.display()));
+    out.push(format!("report: {}", opts.report.display()));
     Ok(out.join("\n"))
 }

@@ -4,3 +4,4 @@ pub mod ckpt;
 pub mod convert;
 pub mod eval;
 pub mod forward;
+pub mod generate;

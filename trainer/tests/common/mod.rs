@@ -16,7 +16,7 @@ pub fn prepared_dataset(dir: &Path) -> PathBuf {
 
 /// The synthetic clips (2 speakers x 4 clips of 1 s: 2 train and 1 val clip each), made once
 /// per directory.
-fn synthetic(dir: &Path) -> PathBuf {
+pub fn synthetic(dir: &Path) -> PathBuf {
     let root = dir.join("lrs2");
     if !root.exists() {
         let opts = syncdiff_dataprep::synth::SynthOptions {

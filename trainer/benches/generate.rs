@@ -1,0 +1,97 @@
+//! `syncdiff generate` throughput at the debug configuration: 8 clips generated as one batch vs
+//! the same 8 clips one at a time, interleaved. Both run the same model code (inputs prepared
+//! once; decoding the videos and writing the mp4s cost the same either way and are timed apart).
+//!
+//! ```text
+//! source ci/env.sh && cargo bench -p syncdiff-trainer --bench generate
+//! ```
+//! Prints frames per second of each and the speedup (one at a time / batched) with its bootstrap
+//! 95% interval. Target: >= 3.
+
+use std::time::Instant;
+
+use syncdiff_trainer::benchdata::{debug_config, env_or};
+use syncdiff_trainer::benchstats::{interleave, median};
+use syncdiff_trainer::generate::{self, GenerateOptions, Generator, Job, Prepared};
+use tch::Device;
+
+fn main() -> anyhow::Result<()> {
+    let threads = env_or("BENCH_THREADS", 2);
+    let reps = env_or("BENCH_REPS", 7);
+    tch::set_num_threads(threads as i32);
+    let dir = tempfile::tempdir()?;
+    let root = dir.path().join("lrs2");
+    syncdiff_dataprep::synth::synth(
+        &syncdiff_dataprep::synth::SynthOptions {
+            out: root.clone(),
+            speakers: 2,
+            clips_per_speaker: 4,
+            seconds: 1.0,
+            seed: 2,
+        },
+        |_, _| {},
+    )?;
+    let config = debug_config(&[])?;
+    tch::manual_seed(0);
+    let g = Generator::random(config, Device::Cpu)?;
+    let clip = |s: usize, c: usize| root.join(format!("main/spk{s:02}/{:05}.mp4", c + 1));
+    let start = Instant::now();
+    let prepared: Vec<Prepared> = (0..8)
+        .map(|i| {
+            let job = Job {
+                video: clip(i % 2, i / 2),
+                audio: clip((i + 1) % 2, i / 2),
+                out: dir.path().join(format!("out/{i}.mp4")),
+            };
+            generate::prepare(&g, &job)
+        })
+        .collect::<Result<_, _>>()?;
+    let prepare_s = start.elapsed().as_secs_f64();
+    let frames: usize = prepared.iter().map(|p| p.frames).sum();
+    let opts = GenerateOptions {
+        steps: g.config.sample.ddim_steps as usize,
+        eta: 0.0,
+        inpaint: false,
+        seed: 0,
+    };
+    let all: Vec<&Prepared> = prepared.iter().collect();
+    let batched = || -> anyhow::Result<f64> {
+        let t = Instant::now();
+        generate::generate_batch(&g, &all, &opts, |_| {})?;
+        Ok(t.elapsed().as_secs_f64())
+    };
+    let single = || -> anyhow::Result<f64> {
+        let t = Instant::now();
+        for p in &all {
+            generate::generate_batch(&g, &[p], &opts, |_| {})?;
+        }
+        Ok(t.elapsed().as_secs_f64())
+    };
+    println!(
+        "generate, debug config, 8 clips x 1 s ({frames} frames), {} DDIM steps, {threads} threads, {reps} interleaved repetitions",
+        opts.steps
+    );
+    let cmp = interleave(reps, single, batched)?;
+    let s = cmp.summary();
+    let start = Instant::now();
+    let outs = generate::generate_batch(&g, &all, &opts, |_| {})?;
+    let gen_s = start.elapsed().as_secs_f64();
+    let start = Instant::now();
+    for (p, o) in prepared.iter().zip(&outs) {
+        generate::write(p, o)?;
+    }
+    let write_s = start.elapsed().as_secs_f64();
+    println!(
+        "one at a time: {:.1} frames/s; batched (8): {:.1} frames/s",
+        frames as f64 / median(&cmp.a),
+        frames as f64 / median(&cmp.b)
+    );
+    println!(
+        "speedup (one at a time / batched): median {:.2}x, 95% interval [{:.2}, {:.2}] (target >= 3)",
+        s.median, s.low, s.high
+    );
+    println!(
+        "end to end for the batch: prepare (decode + encode + audio) {prepare_s:.2} s, generate {gen_s:.2} s, write mp4s {write_s:.2} s"
+    );
+    Ok(())
+}

@@ -1,0 +1,216 @@
+//! LSE-C and LSE-D (Wav2Lip's lip-sync metrics) with a user-supplied SyncNet, computed as
+//! syncnet_python's `SyncNetInstance.evaluate` does:
+//!
+//! - frames: 224x224 face crops (here: the whole frame, scaled by ffmpeg's area filter; LRS2
+//!   frames are face crops), BGR channel order, raw 0..255 values, shape (1, 3, T, 224, 224);
+//! - audio: 16 kHz mono int16 -> python_speech_features `mfcc` (13 x N, 100 Hz);
+//! - windows v = 0 .. min(T, samples / 640) - 5: frames v..v+5 through `forward_lip`, MFCC
+//!   columns 4v..4v+20 through `forward_aud` (1024-d each);
+//! - for each window, the distance from its lip feature to the audio features shifted by
+//!   -vshift..=vshift (zero-padded) (`pairwise_distance`, eps 1e-6); mean over windows;
+//! - LSE-D = the minimum of that mean, LSE-C = its median minus the minimum, offset = vshift
+//!   minus the position of the minimum.
+//!
+//! The SyncNet comes as TorchScript with methods `forward_lip` ((B, 3, 5, 224, 224) -> (B, 1024))
+//! and `forward_aud` ((B, 1, 13, 20) -> (B, 1024)); docs/evaluation.md shows how to script the
+//! pretrained syncnet_python model.
+
+use std::path::{Path, PathBuf};
+
+use serde::Serialize;
+use syncdiff_dataprep::audio::{FbankParams, LogFbank};
+use tch::{CModule, Device, IValue, Kind, Tensor};
+
+/// Side of SyncNet's face crops.
+pub const CROP: u32 = 224;
+/// Frames per lip window.
+const WINDOW: i64 = 5;
+/// Audio samples per video frame (16 kHz / 25 fps).
+const SAMPLES_PER_FRAME: usize = 640;
+
+/// Why a TorchScript metric cannot run.
+#[derive(Debug, thiserror::Error)]
+pub enum ScriptError {
+    /// The module cannot be loaded.
+    #[error("{path}: cannot load TorchScript: {message}")]
+    Load {
+        /// File.
+        path: PathBuf,
+        /// libtorch's message (first line).
+        message: String,
+    },
+    /// Running the module failed (wrong method names or shapes).
+    #[error("{path}: {message}")]
+    Run {
+        /// File.
+        path: PathBuf,
+        /// What failed.
+        message: String,
+    },
+    /// The video is too short for one window.
+    #[error("{0}")]
+    Input(String),
+}
+
+fn first_line(e: impl std::fmt::Display) -> String {
+    e.to_string().lines().next().unwrap_or("").to_string()
+}
+
+/// A TorchScript module on a device.
+#[derive(Debug)]
+pub struct Script {
+    module: CModule,
+    path: PathBuf,
+    device: Device,
+}
+
+impl Script {
+    /// Loads a TorchScript file onto `device` (evaluation mode).
+    pub fn load(path: &Path, device: Device) -> Result<Self, ScriptError> {
+        let mut module = CModule::load_on_device(path, device).map_err(|e| ScriptError::Load {
+            path: path.to_path_buf(),
+            message: first_line(e),
+        })?;
+        module.set_eval();
+        Ok(Self {
+            module,
+            path: path.to_path_buf(),
+            device,
+        })
+    }
+
+    /// The device inputs go to.
+    pub fn device(&self) -> Device {
+        self.device
+    }
+
+    /// Calls `method` (`forward` included) with tensor inputs; the output must be a tensor.
+    pub fn call(&self, method: &str, inputs: &[Tensor]) -> Result<Tensor, ScriptError> {
+        let args: Vec<IValue> = inputs
+            .iter()
+            .map(|t| IValue::Tensor(t.shallow_clone()))
+            .collect();
+        let out = tch::no_grad(|| self.module.method_is(method, &args)).map_err(|e| {
+            ScriptError::Run {
+                path: self.path.clone(),
+                message: format!("{method}: {}", first_line(e)),
+            }
+        })?;
+        match out {
+            IValue::Tensor(t) => Ok(t),
+            other => Err(ScriptError::Run {
+                path: self.path.clone(),
+                message: format!("{method} returned {other:?}, not a tensor"),
+            }),
+        }
+    }
+}
+
+/// LSE scores of one video.
+#[derive(Debug, Clone, Copy, Serialize)]
+pub struct Lse {
+    /// Median minus minimum of the mean distance over offsets (higher: better sync).
+    pub lse_c: f64,
+    /// Minimum over offsets of the mean distance (lower: better sync).
+    pub lse_d: f64,
+    /// Audio-video offset at the minimum, in frames.
+    pub offset: i64,
+    /// 5-frame windows scored.
+    pub windows: usize,
+}
+
+/// LSE-C/D of frames `rgb` ((T, 224, 224, 3) RGB24 bytes) and their audio (16 kHz mono).
+pub fn lse(
+    net: &Script,
+    rgb: &[u8],
+    audio: &[i16],
+    vshift: i64,
+    batch: i64,
+) -> Result<Lse, ScriptError> {
+    let side = i64::from(CROP);
+    let t = (rgb.len() / (CROP * CROP * 3) as usize) as i64;
+    let usable = t.min((audio.len() / SAMPLES_PER_FRAME) as i64);
+    let windows = usable - WINDOW;
+    if windows < 1 {
+        return Err(ScriptError::Input(format!(
+            "{usable} frames with audio: SyncNet needs more than {WINDOW}"
+        )));
+    }
+    let dev = net.device();
+    // (T, H, W, RGB) -> (1, BGR, T, H, W), values 0..255.
+    let video = Tensor::from_slice(rgb)
+        .view([t, side, side, 3])
+        .flip([3])
+        .permute([3, 0, 1, 2])
+        .unsqueeze(0)
+        .to_kind(Kind::Float)
+        .to_device(dev);
+    let samples: Vec<f64> = audio.iter().map(|&v| f64::from(v)).collect();
+    let mfcc = LogFbank::new(FbankParams::default()).mfcc(&samples);
+    let n = (mfcc.len() / 13) as i64;
+    let cc = Tensor::from_slice(&mfcc)
+        .view([n, 13])
+        .transpose(0, 1)
+        .unsqueeze(0)
+        .unsqueeze(0)
+        .to_kind(Kind::Float)
+        .to_device(dev);
+    let (mut lip, mut aud) = (Vec::new(), Vec::new());
+    for start in (0..windows).step_by(batch.max(1) as usize) {
+        let end = (start + batch).min(windows);
+        let v: Vec<Tensor> = (start..end).map(|i| video.narrow(2, i, WINDOW)).collect();
+        let a: Vec<Tensor> = (start..end).map(|i| cc.narrow(3, 4 * i, 20)).collect();
+        lip.push(net.call("forward_lip", &[Tensor::cat(&v, 0)])?);
+        aud.push(net.call("forward_aud", &[Tensor::cat(&a, 0)])?);
+    }
+    let lip = Tensor::cat(&lip, 0)
+        .to_kind(Kind::Float)
+        .to_device(Device::Cpu);
+    let aud = Tensor::cat(&aud, 0)
+        .to_kind(Kind::Float)
+        .to_device(Device::Cpu);
+    if lip.dim() != 2 || lip.size() != aud.size() {
+        return Err(ScriptError::Run {
+            path: net.path.clone(),
+            message: format!(
+                "forward_lip gave {:?} and forward_aud {:?}; expected two (windows, D) tensors",
+                lip.size(),
+                aud.size()
+            ),
+        });
+    }
+    let mean = mean_distances(&lip, &aud, vshift);
+    let values: Vec<f64> = Vec::try_from(&mean).unwrap_or_default();
+    let (idx, min) =
+        values.iter().enumerate().fold(
+            (0, f64::INFINITY),
+            |(bi, bv), (i, &v)| {
+                if v < bv {
+                    (i, v)
+                } else {
+                    (bi, bv)
+                }
+            },
+        );
+    // torch.median: the lower of the two middle values for an even count.
+    let median = f64::try_from(mean.median()).unwrap_or(f64::NAN);
+    Ok(Lse {
+        lse_c: median - min,
+        lse_d: min,
+        offset: vshift - idx as i64,
+        windows: windows as usize,
+    })
+}
+
+/// Mean over windows of the distance between each lip feature and the audio features shifted by
+/// -vshift..=vshift (zero rows outside): (2 vshift + 1,).
+fn mean_distances(lip: &Tensor, aud: &Tensor, vshift: i64) -> Tensor {
+    let (w, d) = lip.size2().unwrap_or((0, 0));
+    let span = 2 * vshift + 1;
+    let padded = aud.constant_pad_nd([0, 0, vshift, vshift]);
+    // (W, span, D): row i holds padded[i .. i + span].
+    let shifted = padded.unfold(0, span, 1).permute([0, 2, 1]);
+    let lips = lip.unsqueeze(1).expand([w, span, d], false);
+    let dist = Tensor::pairwise_distance(&lips, &shifted, 2.0, 1e-6, false);
+    dist.mean_dim(0, false, Kind::Float)
+}

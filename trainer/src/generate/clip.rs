@@ -1,0 +1,272 @@
+//! One generation job: the reference video and driving audio read and turned into the model's
+//! inputs (latents of every masked reference frame, the identity latent, the audio context of
+//! every output frame), and the generated frames written back as an mp4 with the driving audio.
+
+use std::path::{Path, PathBuf};
+
+use syncdiff_dataprep::audio::{mel_group_features, FbankParams, LogFbank};
+use syncdiff_dataprep::lrs2::frames_to_tensors;
+use syncdiff_dataprep::store::context_window;
+use syncdiff_dataprep::video;
+use tch::{Device, Kind, Tensor};
+
+use super::{GenerateError, Generator};
+
+/// Frame rate of every video the model sees and makes.
+pub const FPS: u32 = 25;
+/// Audio rate of the filterbank (and of the output's audio track).
+pub const RATE: u32 = 16_000;
+
+/// Reference video, driving audio, output path.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Job {
+    /// Reference video: identity (its first frame) and the masked frames.
+    pub video: PathBuf,
+    /// Driving audio: a wav, an mp4 or anything ffmpeg reads with an audio stream.
+    pub audio: PathBuf,
+    /// Output mp4.
+    pub out: PathBuf,
+}
+
+/// Reads a list file: one job per line, `VIDEO AUDIO OUT` separated by whitespace; blank lines
+/// and lines starting with `#` are skipped. Relative paths are taken as they are (relative to
+/// the working directory).
+pub fn read_list(path: &Path) -> Result<Vec<Job>, GenerateError> {
+    let text = std::fs::read_to_string(path).map_err(|e| GenerateError::Input {
+        path: path.to_path_buf(),
+        message: e.to_string(),
+    })?;
+    let mut jobs = Vec::new();
+    for (i, line) in text.lines().enumerate() {
+        let line = line.trim();
+        if line.is_empty() || line.starts_with('#') {
+            continue;
+        }
+        let parts: Vec<&str> = line.split_whitespace().collect();
+        let [v, a, o] = parts[..] else {
+            return Err(GenerateError::Input {
+                path: path.to_path_buf(),
+                message: format!(
+                    "line {}: expected `VIDEO AUDIO OUT`, found {} field(s)",
+                    i + 1,
+                    parts.len()
+                ),
+            });
+        };
+        jobs.push(Job {
+            video: v.into(),
+            audio: a.into(),
+            out: o.into(),
+        });
+    }
+    Ok(jobs)
+}
+
+/// A job's inputs on the model's device.
+#[derive(Debug)]
+pub struct Prepared {
+    /// The job.
+    pub job: Job,
+    /// Output frames (the driving audio's length at 25 fps).
+    pub frames: usize,
+    /// Size of the reference video (the output is resized back to it).
+    pub width: u32,
+    /// Height of the reference video.
+    pub height: u32,
+    /// Driving audio, mono 16 kHz (muxed into the output).
+    pub audio: Vec<i16>,
+    /// Reference frame used at each output frame (the video ping-pongs when shorter than the audio).
+    pub source_frame: Vec<usize>,
+    /// Latent of the identity frame (C, h, w).
+    pub identity: Tensor,
+    /// Latents of the reference frames as they are (N, C, h, w): the pose of frame 0 and the
+    /// inpainting reference.
+    pub reference: Tensor,
+    /// Latents of the masked reference frames (N, C, h, w).
+    pub masked: Tensor,
+    /// Cross-attention context of every output frame (N, M, D).
+    pub context: Tensor,
+}
+
+fn input(path: &Path, message: impl Into<String>) -> GenerateError {
+    GenerateError::Input {
+        path: path.to_path_buf(),
+        message: message.into(),
+    }
+}
+
+/// Which reference frame drives output frame t: forward, then backward, and so on.
+pub fn ping_pong(t: usize, available: usize) -> usize {
+    if available <= 1 {
+        return 0;
+    }
+    let period = 2 * (available - 1);
+    let k = t % period;
+    if k < available {
+        k
+    } else {
+        period - k
+    }
+}
+
+/// Reads and checks a job's files and computes its model inputs.
+pub fn prepare(g: &Generator, job: &Job) -> Result<Prepared, GenerateError> {
+    let res = g.resolution();
+    for p in [&job.video, &job.audio] {
+        if !p.is_file() {
+            return Err(input(p, "no such file"));
+        }
+    }
+    let info = video::probe(&job.video)?;
+    if (info.fps - f64::from(FPS)).abs() > 0.01 {
+        return Err(input(
+            &job.video,
+            format!(
+                "{:.3} fps; the model works at {FPS} fps (convert with `ffmpeg -i IN -r {FPS} OUT.mp4`)",
+                info.fps
+            ),
+        ));
+    }
+    if info.width < res || info.height < res {
+        return Err(input(
+            &job.video,
+            format!(
+                "{}x{} is smaller than the model's input {res}x{res}",
+                info.width, info.height
+            ),
+        ));
+    }
+    let audio = video::decode_audio(&job.audio, RATE).map_err(|e| match e {
+        video::VideoError::Failed { path, message } if message.contains("matches no streams") => {
+            input(&path, "no audio stream")
+        }
+        e => e.into(),
+    })?;
+    let frames = audio.len() * FPS as usize / RATE as usize;
+    if frames == 0 {
+        return Err(input(
+            &job.audio,
+            format!(
+                "{:.3} s of audio is shorter than one video frame ({:.2} s)",
+                audio.len() as f64 / f64::from(RATE),
+                1.0 / f64::from(FPS)
+            ),
+        ));
+    }
+    let av = video::decode_av(&job.video, Some(res), RATE)?;
+    let available = av.rgb.len() / (res * res * 3) as usize;
+    if available == 0 {
+        return Err(input(&job.video, "no frames decoded"));
+    }
+    let source_frame: Vec<usize> = (0..frames).map(|t| ping_pong(t, available)).collect();
+    let (x, masked) = frames_to_tensors(
+        &av.rgb,
+        available,
+        res,
+        g.config.data.mask_fraction,
+        g.device,
+    );
+    let index = Tensor::from_slice(&source_frame.iter().map(|&i| i as i64).collect::<Vec<i64>>())
+        .to_device(g.device);
+    let (reference, masked_latents) = tch::no_grad(|| {
+        let encode = |x: &Tensor| encode_batched(g, x);
+        let r = encode(&x);
+        let m = encode(&masked);
+        (r.index_select(0, &index), m.index_select(0, &index))
+    });
+    let identity = reference.get(0);
+    let context = audio_context(g, &audio, frames);
+    Ok(Prepared {
+        job: job.clone(),
+        frames,
+        width: info.width,
+        height: info.height,
+        audio,
+        source_frame,
+        identity,
+        reference,
+        masked: masked_latents,
+        context,
+    })
+}
+
+/// Encodes frames (N, 3, S, S) 16 at a time.
+fn encode_batched(g: &Generator, x: &Tensor) -> Tensor {
+    let n = x.size()[0];
+    let parts: Vec<Tensor> = (0..n)
+        .step_by(16)
+        .map(|s| g.autoencoder.encode(&x.narrow(0, s, 16.min(n - s))))
+        .collect();
+    Tensor::cat(&parts, 0)
+}
+
+/// The cross-attention context of every output frame: the audio window around it (as in
+/// training: `context_frames` frames centred where the clip allows) through the audio path.
+fn audio_context(g: &Generator, audio: &[i16], frames: usize) -> Tensor {
+    let fb = LogFbank::new(FbankParams::default());
+    let samples: Vec<f64> = audio.iter().map(|&v| f64::from(v)).collect();
+    let mel = Tensor::from_slice(&mel_group_features(&fb, &samples, frames))
+        .view([frames as i64, 104])
+        .to_device(g.device);
+    let max = u64::from(g.config.model.audio_encoder.context_frames);
+    let mut parts = Vec::new();
+    for chunk in (0..frames).collect::<Vec<_>>().chunks(32) {
+        let (mels, offsets): (Vec<Tensor>, Vec<i64>) = chunk
+            .iter()
+            .map(|&t| {
+                let (start, len) = context_window(t as u64, frames as u64, max);
+                (
+                    mel.narrow(0, start as i64, len as i64),
+                    (t as u64 - start) as i64,
+                )
+            })
+            .unzip();
+        parts.push(tch::no_grad(|| {
+            g.model
+                .audio()
+                .batch_context(&mels, &offsets, false, |_, _| true)
+        }));
+    }
+    Tensor::cat(&parts, 0)
+}
+
+/// Writes generated frames (N, 3, S, S) in [-1, 1] as the job's mp4: resized to the reference
+/// video's size, muxed with the driving audio. Written under a temporary name and renamed, so an
+/// interrupted run never leaves a file that looks finished.
+pub fn write(p: &Prepared, frames: &Tensor) -> Result<(), GenerateError> {
+    let (w, h) = (i64::from(p.width), i64::from(p.height));
+    let rgb = tch::no_grad(|| {
+        let x = frames.to_device(Device::Cpu).to_kind(Kind::Float);
+        let x = if x.size()[2..] == [h, w] {
+            x
+        } else {
+            x.upsample_bilinear2d([h, w], false, None, None)
+        };
+        ((x.clamp(-1.0, 1.0) + 1.0) * 127.5)
+            .round()
+            .to_kind(Kind::Uint8)
+            .permute([0, 2, 3, 1])
+            .contiguous()
+    });
+    let bytes =
+        Vec::<u8>::try_from(rgb.flatten(0, -1)).map_err(|e| GenerateError::Model(e.to_string()))?;
+    if let Some(dir) = p.job.out.parent().filter(|d| !d.as_os_str().is_empty()) {
+        std::fs::create_dir_all(dir).map_err(|e| input(dir, e.to_string()))?;
+    }
+    let name = p
+        .job
+        .out
+        .file_name()
+        .and_then(|n| n.to_str())
+        .unwrap_or("out.mp4");
+    let partial = p.job.out.with_file_name(format!(".partial.{name}"));
+    video::encode(
+        &partial,
+        &bytes,
+        p.width,
+        p.height,
+        FPS,
+        Some((&p.audio, RATE)),
+    )?;
+    std::fs::rename(&partial, &p.job.out).map_err(|e| input(&p.job.out, e.to_string()))
+}
