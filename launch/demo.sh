@@ -21,7 +21,7 @@
 set -euo pipefail
 cd "$(dirname "${BASH_SOURCE[0]}")/.."
 
-STEPS="${DEMO_STEPS:-900}"
+STEPS="${DEMO_STEPS:-1200}"
 STOP_AT="${STOP_AT:-$((STEPS / 2))}"
 OUT=data/demo
 log() { echo "[demo $(date +%H:%M:%S)] $*"; }

@@ -10,7 +10,7 @@
 
 use std::time::Instant;
 
-use syncdiff_model::config::{Config, PredictionTarget, TemporalTokens};
+use syncdiff_model::config::{Config, PredictionTarget};
 use syncdiff_model::syncdiff::{Conditioning, SampleOptions, SyncDiff};
 use syncdiff_model::unet::UnetShape;
 use syncdiff_trainer::benchdata::{env_or, repo};
@@ -33,10 +33,7 @@ fn main() -> anyhow::Result<()> {
             m.unet_out_channels(),
             m.context_dim(),
         );
-        let tokens = match m.temporal.tokens {
-            TemporalTokens::Pooled => 1,
-            TemporalTokens::All => i64::from(m.temporal.window),
-        };
+        let tokens = i64::from(m.context_tokens());
         let steps = config.sample.ddim_steps as usize;
         let size = i64::from(config.latent_side());
         let c = i64::from(m.latent_channels());

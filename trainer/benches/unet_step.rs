@@ -30,10 +30,7 @@ struct Case {
 fn cases() -> anyhow::Result<Vec<Case>> {
     let debug = Config::load(&repo().join("configs/debug.yaml"), &[])?;
     let m = &debug.model;
-    let tokens = |c: &Config| match c.model.temporal.tokens {
-        syncdiff_model::config::TemporalTokens::Pooled => 1,
-        syncdiff_model::config::TemporalTokens::All => i64::from(c.model.temporal.window),
-    };
+    let tokens = |c: &Config| i64::from(c.model.context_tokens());
     // The paper's block layout at a quarter of its width, on 32x32 latents.
     let mid = UnetConfig {
         model_channels: 64,

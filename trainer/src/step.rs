@@ -19,10 +19,12 @@ pub struct TrainModel {
     audio: AudioPath,
     denoiser: SyncDiff,
     layerdrop: f64,
+    previous_noise: f64,
 }
 
-/// Separates the layerdrop stream from the sample's other random choices.
+/// Separate the layerdrop and pose-noise streams from the sample's other random choices.
 const LAYERDROP: u64 = 0x6c64_726f;
+const POSE_NOISE: u64 = 0x706f_7365;
 
 impl TrainModel {
     /// Builds the model of `cfg` on `device` (random initialisation from tch's global seed).
@@ -36,6 +38,7 @@ impl TrainModel {
             audio,
             denoiser,
             layerdrop: cfg.audio_encoder.layerdrop,
+            previous_noise: cfg.priors.previous_noise,
         }
     }
 
@@ -73,13 +76,36 @@ impl TrainModel {
             })
     }
 
+    /// Unit Gaussian noise like `batch.previous`, keyed by each sample's seed (the same on any
+    /// world size).
+    fn pose_noise(&self, batch: &Batch) -> Tensor {
+        let size = batch.previous.size();
+        let per: i64 = size[1..].iter().product();
+        let parts: Vec<Tensor> = batch
+            .seeds
+            .iter()
+            .map(|&seed| {
+                let key = Rng::new(&[seed, POSE_NOISE]).next_u64();
+                Tensor::from_slice(&crate::data::gaussian(key, per as usize))
+            })
+            .collect();
+        Tensor::stack(&parts, 0)
+            .view(size.as_slice())
+            .to_device(batch.previous.device())
+    }
+
     /// Diffusion loss of a batch (already on the model's device): a scalar.
     pub fn loss(&self, batch: &Batch, train: bool) -> Result<Tensor, SyncDiffError> {
         let context = self.context(batch, train);
+        let previous = if train && self.previous_noise > 0.0 {
+            &batch.previous + self.pose_noise(batch) * self.previous_noise
+        } else {
+            batch.previous.shallow_clone()
+        };
         let cond = Conditioning {
             masked: &batch.masked,
             identity: Some(&batch.identity),
-            previous: Some(&batch.previous),
+            previous: Some(&previous),
             context: &context,
         };
         self.denoiser

@@ -47,6 +47,14 @@ impl ModelConfig {
     pub fn context_dim(&self) -> u32 {
         self.audio_encoder.embed_dim
     }
+
+    /// Tokens of the cross-attention context: 1 (pooled) or the temporal window.
+    pub fn context_tokens(&self) -> u32 {
+        match self.temporal.tokens {
+            TemporalTokens::Pooled => 1,
+            TemporalTokens::All => self.temporal.window,
+        }
+    }
 }
 
 /// Which image autoencoder encodes frames.
@@ -295,6 +303,11 @@ pub struct PriorsConfig {
     pub reference: ReferenceMode,
     /// Previous frames used as pose prior (NP, Table 5).
     pub previous_frames: u32,
+    /// Standard deviation of Gaussian noise added to the previous-frame latents in training only
+    /// (not in the paper: 0 there). At inference the pose prior is a *generated* frame whose
+    /// errors compound frame after frame; training on perturbed pose frames makes the model
+    /// lean less on them. Used by the CPU demo.
+    pub previous_noise: f64,
 }
 
 impl Default for PriorsConfig {
@@ -302,6 +315,7 @@ impl Default for PriorsConfig {
         Self {
             reference: ReferenceMode::RndPrvMinus,
             previous_frames: 1,
+            previous_noise: 0.0,
         }
     }
 }

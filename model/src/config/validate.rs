@@ -171,6 +171,12 @@ impl Config {
         if m.priors.reference.uses_previous() {
             positive(m.priors.previous_frames, "model.priors.previous_frames")?;
         }
+        let noise = m.priors.previous_noise;
+        ensure(
+            noise.is_finite() && noise >= 0.0,
+            "model.priors.previous_noise",
+            || format!("{noise}: must be >= 0"),
+        )?;
         Ok(())
     }
 

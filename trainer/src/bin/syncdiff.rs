@@ -146,7 +146,7 @@ enum Command {
         /// Where the `.mouth.txt` and `.txt` references are [default: --gt].
         #[arg(long)]
         truth_dir: Option<PathBuf>,
-        /// Device of the TorchScript metrics: cpu, cuda, cuda:N.
+        /// Device of the TorchScript metrics: cpu, cuda, cuda:N, auto (a GPU when there is one).
         #[arg(long, default_value = "cpu")]
         device: String,
     },
@@ -321,19 +321,7 @@ fn main() -> ExitCode {
             device,
         } => {
             let parsed = tools::eval::MouthBox::parse(&mouth).and_then(|m| {
-                let d = match device.as_str() {
-                    "cpu" => tch::Device::Cpu,
-                    "cuda" => tch::Device::Cuda(0),
-                    s => match s.strip_prefix("cuda:").and_then(|i| i.parse().ok()) {
-                        Some(i) => tch::Device::Cuda(i),
-                        None => return Err(format!("--device {s}: expected cpu, cuda or cuda:N")),
-                    },
-                };
-                if d != tch::Device::Cpu && !tch::Cuda::is_available() {
-                    return Err(format!(
-                        "--device {device}: no CUDA GPU is visible to libtorch"
-                    ));
-                }
+                let d = tools::generate::device(&device, 0).map_err(|e| e.to_string())?;
                 if vshift < 1 {
                     return Err(format!("--vshift {vshift}: must be at least 1"));
                 }

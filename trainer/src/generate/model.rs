@@ -86,6 +86,22 @@ impl Generator {
         let label = PathBuf::from(&source);
         syncdiff_model::weights::load_into(&model.vs, "", &label, &tensors)
             .map_err(|e| GenerateError::Model(e.to_string()))?;
+        Self::assemble(config, model, device, source)
+    }
+
+    /// A model of `config` with random weights (for benchmarks and tests of the machinery).
+    pub fn random(config: Config, device: Device) -> Result<Self, GenerateError> {
+        let model = TrainModel::new(&config.model, device);
+        Self::assemble(config, model, device, "random weights".into())
+    }
+
+    /// Adds the configured autoencoder to a model.
+    fn assemble(
+        config: Config,
+        model: TrainModel,
+        device: Device,
+        source: String,
+    ) -> Result<Self, GenerateError> {
         let (ae_vs, autoencoder, _) = syncdiff_dataprep::ingest::load_autoencoder(&config, device)
             .map_err(|e| GenerateError::Model(e.to_string()))?;
         Ok(Self {
@@ -95,21 +111,6 @@ impl Generator {
             _ae_vs: ae_vs,
             device,
             source,
-        })
-    }
-
-    /// A model of `config` with random weights (for benchmarks and tests of the machinery).
-    pub fn random(config: Config, device: Device) -> Result<Self, GenerateError> {
-        let model = TrainModel::new(&config.model, device);
-        let (ae_vs, autoencoder, _) = syncdiff_dataprep::ingest::load_autoencoder(&config, device)
-            .map_err(|e| GenerateError::Model(e.to_string()))?;
-        Ok(Self {
-            config,
-            model,
-            autoencoder,
-            _ae_vs: ae_vs,
-            device,
-            source: "random weights".into(),
         })
     }
 

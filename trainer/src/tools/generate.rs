@@ -41,8 +41,8 @@ pub struct Request {
     pub skip_existing: bool,
 }
 
-/// The device: `auto` takes this rank's GPU when there is one.
-fn device(spec: &str, local_rank: usize) -> anyhow::Result<Device> {
+/// The device of `--device`: `auto` takes this rank's GPU when there is one.
+pub fn device(spec: &str, local_rank: usize) -> anyhow::Result<Device> {
     let gpus = tch::Cuda::device_count() as usize;
     let cuda = |i: usize| {
         if i < gpus {
