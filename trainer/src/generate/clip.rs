@@ -270,3 +270,39 @@ pub fn write(p: &Prepared, frames: &Tensor) -> Result<(), GenerateError> {
     )?;
     std::fs::rename(&partial, &p.job.out).map_err(|e| input(&p.job.out, e.to_string()))
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn ping_pong_runs_forward_then_backward() {
+        let order: Vec<usize> = (0..9).map(|t| ping_pong(t, 4)).collect();
+        assert_eq!(order, [0, 1, 2, 3, 2, 1, 0, 1, 2]);
+        assert_eq!(ping_pong(5, 1), 0);
+        assert_eq!(ping_pong(3, 10), 3);
+    }
+
+    #[test]
+    fn list_lines_are_parsed_and_bad_lines_named() {
+        let dir = tempfile::tempdir().unwrap_or_else(|e| panic!("{e}"));
+        let p = dir.path().join("pairs.txt");
+        std::fs::write(
+            &p,
+            "# header\n\na.mp4  b.wav out/a.mp4\nc.mp4 d.mp4 e.mp4\n",
+        )
+        .unwrap_or_else(|e| panic!("{e}"));
+        let jobs = read_list(&p).unwrap_or_else(|e| panic!("{e}"));
+        assert_eq!(jobs.len(), 2);
+        assert_eq!(jobs[0].out, PathBuf::from("out/a.mp4"));
+        std::fs::write(&p, "a.mp4 b.wav\n").unwrap_or_else(|e| panic!("{e}"));
+        let err = read_list(&p)
+            .err()
+            .map(|e| e.to_string())
+            .unwrap_or_default();
+        assert!(
+            err.contains("pairs.txt: line 1: expected `VIDEO AUDIO OUT`, found 2"),
+            "{err}"
+        );
+    }
+}
