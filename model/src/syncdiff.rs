@@ -70,12 +70,7 @@ pub struct SyncDiff {
 impl SyncDiff {
     /// Builds the denoiser of `cfg` under `vs`.
     pub fn new(vs: nn::Path, cfg: &ModelConfig) -> Self {
-        let shape = UnetShape::new(
-            &cfg.unet,
-            cfg.unet_in_channels(),
-            cfg.unet_out_channels(),
-            cfg.context_dim(),
-        );
+        let shape = UnetShape::of(cfg);
         let np = i64::from(cfg.priors.previous_frames);
         let c = i64::from(cfg.latent_channels());
         // One 1x1 conv per previous frame (groups = NP): C channels -> 1 channel each.

@@ -65,6 +65,16 @@ impl UnetShape {
             dropout: cfg.dropout,
         }
     }
+
+    /// The shape of the denoiser's UNet in `model`: priors in, one latent out, audio context.
+    pub fn of(model: &crate::config::ModelConfig) -> Self {
+        Self::new(
+            &model.unet,
+            model.unet_in_channels(),
+            model.unet_out_channels(),
+            model.context_dim(),
+        )
+    }
 }
 
 /// Sinusoidal embedding of the timesteps, `[cos | sin]` (LDM; diffusers `flip_sin_to_cos=True`,

@@ -27,12 +27,7 @@ fn main() -> anyhow::Result<()> {
     for name in ["debug", "demo"] {
         let config = Config::load(&repo().join(format!("configs/{name}.yaml")), &[])?;
         let m = &config.model;
-        let shape = UnetShape::new(
-            &m.unet,
-            m.unet_in_channels(),
-            m.unet_out_channels(),
-            m.context_dim(),
-        );
+        let shape = UnetShape::of(m);
         let tokens = i64::from(m.context_tokens());
         let steps = config.sample.ddim_steps as usize;
         let size = i64::from(config.latent_side());

@@ -39,12 +39,7 @@ fn cases() -> anyhow::Result<Vec<Case>> {
     Ok(vec![
         Case {
             name: "debug config (configs/debug.yaml)",
-            shape: UnetShape::new(
-                &m.unet,
-                m.unet_in_channels(),
-                m.unet_out_channels(),
-                m.context_dim(),
-            ),
+            shape: UnetShape::of(m),
             batch: i64::from(debug.train.global_batch),
             size: i64::from(debug.latent_side()),
             tokens: tokens(&debug),

@@ -242,12 +242,7 @@ impl ModelReport {
             .filter(|c| !c.2 && c.0.starts_with("AV-HuBERT") && !config.data.cache_audio_features)
             .map(|c| c.1)
             .sum();
-        let shape = UnetShape::new(
-            &m.unet,
-            m.unet_in_channels(),
-            m.unet_out_channels(),
-            m.context_dim(),
-        );
+        let shape = UnetShape::of(m);
         let side = i64::from(config.latent_side());
         let f32b = 4;
         let memory = MemoryEstimate {

@@ -114,12 +114,7 @@ pub fn run(
         }
         "unet" => {
             let m = &config.model;
-            let shape = UnetShape::new(
-                &m.unet,
-                m.unet_in_channels(),
-                m.unet_out_channels(),
-                m.context_dim(),
-            );
+            let shape = UnetShape::of(m);
             let unet = Unet::new(vs.root(), &shape);
             weights::load(&vs, w)?;
             let x = input(&inputs, "sample", input_path)?;
