@@ -230,6 +230,17 @@ fn a_clip_generated_in_a_batch_equals_the_clip_generated_alone() {
         println!("eta {eta}: max abs difference {diff:.2e} (images in [-1, 1])");
         assert!(diff < 1e-4, "eta {eta}: {diff}");
         assert_eq!(both[1].size(), [25, 3, 32, 32]);
+        // Split over two worker models (`--workers 2`): the same result.
+        let mut workers: Vec<Generator> = (0..2)
+            .map(|_| {
+                Generator::load(&s(&model), WeightChoice::Ema, None, tch::Device::Cpu).unwrap()
+            })
+            .collect();
+        let split =
+            generate::generate_batch_parallel(&mut workers, &[&a, &b], &opts, |_| {}).unwrap();
+        let diff = f64::try_from((&split[1] - &alone[0]).abs().max()).unwrap();
+        println!("eta {eta}: 2 workers, max abs difference {diff:.2e}");
+        assert!(diff < 1e-4, "eta {eta}, 2 workers: {diff}");
         // Another seed gives another sample.
         let other = GenerateOptions { seed: 8, ..opts };
         let reseeded = generate::generate_batch(&g, &[&b], &other, |_| {}).unwrap();

@@ -75,21 +75,135 @@ fn clip_key(job: &Job) -> u64 {
     })
 }
 
+/// One frame step of some clips: their inputs, moved to whichever thread samples them.
+struct Chunk {
+    masked: Tensor,
+    identity: Tensor,
+    context: Tensor,
+    previous: Tensor,
+    /// Inpainting reference latents, when inpainting.
+    reference: Option<Tensor>,
+    /// Noise keys of the clips.
+    keys: Vec<u64>,
+    /// Frame index.
+    t: u64,
+}
+
+/// Samples one chunk: (latents (B, C, h, w), images (B, 3, S, S) on the CPU).
+fn sample_chunk(
+    g: &Generator,
+    c: Chunk,
+    opts: &GenerateOptions,
+) -> Result<(Tensor, Tensor), GenerateError> {
+    let shape = c.identity.size()[1..].to_vec();
+    let numel: i64 = shape.iter().product();
+    let noise_of = |extra: &[u64]| {
+        let parts: Vec<Tensor> = c
+            .keys
+            .iter()
+            .map(|&key| {
+                let mut k = vec![opts.seed, key, c.t];
+                k.extend_from_slice(extra);
+                let seed = Rng::new(&k).next_u64();
+                Tensor::from_slice(&gaussian(seed, numel as usize)).view(shape.as_slice())
+            })
+            .collect();
+        Tensor::stack(&parts, 0).to_device(g.device)
+    };
+    let keep = opts.inpaint.then(|| inpaint_keep(g, &shape));
+    let sample_opts = SampleOptions {
+        steps: opts.steps,
+        eta: opts.eta,
+        inpaint: c.reference.as_ref().zip(keep.as_ref()),
+    };
+    let cond = Conditioning {
+        masked: &c.masked,
+        identity: Some(&c.identity),
+        previous: Some(&c.previous),
+        context: &c.context,
+    };
+    let z = g
+        .model
+        .denoiser()
+        .sample(&cond, &noise_of(&[]), &sample_opts, |n| {
+            Some(match n {
+                StepNoise::Ddim(i) => noise_of(&[STEP_NOISE, i as u64]),
+                StepNoise::Inpaint(i) => noise_of(&[INPAINT_NOISE, i as u64]),
+            })
+        })?;
+    let images = tch::no_grad(|| g.autoencoder.decode(&z))
+        .clamp(-1.0, 1.0)
+        .to_kind(Kind::Float)
+        .to_device(tch::Device::Cpu);
+    Ok((z, images))
+}
+
 /// Generates every clip of `batch` together; `progress(frames)` after each frame step with the
 /// number of frames just made. Returns each clip's frames (N_i, 3, S, S) in [-1, 1] on the CPU.
 pub fn generate_batch(
     g: &Generator,
     batch: &[&Prepared],
     opts: &GenerateOptions,
+    progress: impl FnMut(usize),
+) -> Result<Vec<Tensor>, GenerateError> {
+    let np = g.config.model.priors.needed_previous_frames() as i64;
+    frame_steps(batch, np, opts.inpaint, 1, progress, |chunks| {
+        chunks
+            .into_iter()
+            .map(|c| sample_chunk(g, c, opts))
+            .collect()
+    })
+}
+
+/// As [`generate_batch`], with each frame step's clips split among `workers` (copies of one
+/// model, each sampled on its own thread). On CPUs, workers with one libtorch thread each use
+/// the cores better than one model with several intra-op threads on small tensors. The result
+/// equals [`generate_batch`]'s up to floating-point summation order.
+pub fn generate_batch_parallel(
+    workers: &mut [Generator],
+    batch: &[&Prepared],
+    opts: &GenerateOptions,
+    progress: impl FnMut(usize),
+) -> Result<Vec<Tensor>, GenerateError> {
+    let Some(first) = workers.first() else {
+        return Err(GenerateError::Model("no generator to run".into()));
+    };
+    let np = first.config.model.priors.needed_previous_frames() as i64;
+    let parts = workers.len();
+    frame_steps(batch, np, opts.inpaint, parts, progress, |chunks| {
+        std::thread::scope(|s| {
+            let handles: Vec<_> = workers
+                .iter_mut()
+                .zip(chunks)
+                .map(|(g, c)| s.spawn(move || sample_chunk(g, c, opts)))
+                .collect();
+            handles
+                .into_iter()
+                .map(|h| {
+                    h.join().unwrap_or_else(|_| {
+                        Err(GenerateError::Model("a generation worker panicked".into()))
+                    })
+                })
+                .collect()
+        })
+    })
+}
+
+/// The autoregressive loop over frames: builds each frame step's inputs for the clips still
+/// running, in up to `parts` chunks, hands them to `sample`, and feeds the latents back as the
+/// next pose prior.
+fn frame_steps(
+    batch: &[&Prepared],
+    np: i64,
+    inpaint: bool,
+    parts: usize,
     mut progress: impl FnMut(usize),
+    mut sample: impl FnMut(Vec<Chunk>) -> Result<Vec<(Tensor, Tensor)>, GenerateError>,
 ) -> Result<Vec<Tensor>, GenerateError> {
     let Some(longest) = batch.iter().map(|p| p.frames).max() else {
         return Ok(Vec::new());
     };
-    let np = g.config.model.priors.needed_previous_frames() as i64;
     let keys: Vec<u64> = batch.iter().map(|p| clip_key(&p.job)).collect();
-    let shape = batch[0].identity.size();
-    let numel: i64 = shape.iter().product();
     // Pose prior of each clip: its last NP generated latents (the reference's first frame before
     // anything is generated).
     let mut previous: Vec<Tensor> = batch
@@ -104,66 +218,37 @@ pub fn generate_batch(
         })
         .collect();
     let mut outputs: Vec<Vec<Tensor>> = batch.iter().map(|_| Vec::new()).collect();
-    let keep = opts.inpaint.then(|| inpaint_keep(g, &shape));
     for t in 0..longest {
         let active: Vec<usize> = (0..batch.len()).filter(|&i| batch[i].frames > t).collect();
-        let stack = |f: &dyn Fn(&Prepared) -> Tensor| {
-            Tensor::stack(&active.iter().map(|&i| f(batch[i])).collect::<Vec<_>>(), 0)
-        };
-        let masked = stack(&|p| p.masked.get(t as i64));
-        let identity = stack(&|p| p.identity.shallow_clone());
-        let context = stack(&|p| p.context.get(t as i64));
-        let prev = Tensor::stack(
-            &active
-                .iter()
-                .map(|&i| previous[i].shallow_clone())
-                .collect::<Vec<_>>(),
-            0,
-        );
-        let noise_of = |extra: &[u64]| {
-            let parts: Vec<Tensor> = active
-                .iter()
-                .map(|&i| {
-                    let mut k = vec![opts.seed, keys[i], t as u64];
-                    k.extend_from_slice(extra);
-                    let seed = Rng::new(&k).next_u64();
-                    Tensor::from_slice(&gaussian(seed, numel as usize)).view(shape.as_slice())
-                })
-                .collect();
-            Tensor::stack(&parts, 0).to_device(g.device)
-        };
-        let noise = noise_of(&[]);
-        let reference = opts.inpaint.then(|| stack(&|p| p.reference.get(t as i64)));
-        let sample_opts = SampleOptions {
-            steps: opts.steps,
-            eta: opts.eta,
-            inpaint: reference.as_ref().zip(keep.as_ref()),
-        };
-        let cond = Conditioning {
-            masked: &masked,
-            identity: Some(&identity),
-            previous: Some(&prev),
-            context: &context,
-        };
-        let z = g
-            .model
-            .denoiser()
-            .sample(&cond, &noise, &sample_opts, |n| {
-                Some(match n {
-                    StepNoise::Ddim(i) => noise_of(&[STEP_NOISE, i as u64]),
-                    StepNoise::Inpaint(i) => noise_of(&[INPAINT_NOISE, i as u64]),
-                })
-            })?;
-        let images = tch::no_grad(|| g.autoencoder.decode(&z))
-            .clamp(-1.0, 1.0)
-            .to_kind(Kind::Float)
-            .to_device(tch::Device::Cpu);
-        for (j, &i) in active.iter().enumerate() {
-            let zi = z.get(j as i64).unsqueeze(0);
-            if np > 0 {
-                previous[i] = Tensor::cat(&[previous[i].narrow(0, 1, np - 1), zi], 0);
+        let size = active.len().div_ceil(parts.max(1));
+        let groups: Vec<&[usize]> = active.chunks(size.max(1)).collect();
+        let chunks: Vec<Chunk> = groups
+            .iter()
+            .map(|group| {
+                let stack = |f: &dyn Fn(usize) -> Tensor| {
+                    Tensor::stack(&group.iter().map(|&i| f(i)).collect::<Vec<_>>(), 0)
+                };
+                let ti = t as i64;
+                Chunk {
+                    masked: stack(&|i| batch[i].masked.get(ti)),
+                    identity: stack(&|i| batch[i].identity.shallow_clone()),
+                    context: stack(&|i| batch[i].context.get(ti)),
+                    previous: stack(&|i| previous[i].shallow_clone()),
+                    reference: inpaint.then(|| stack(&|i| batch[i].reference.get(ti))),
+                    keys: group.iter().map(|&i| keys[i]).collect(),
+                    t: t as u64,
+                }
+            })
+            .collect();
+        let results = sample(chunks)?;
+        for (group, (z, images)) in groups.iter().zip(results) {
+            for (j, &i) in group.iter().enumerate() {
+                let zi = z.get(j as i64).unsqueeze(0);
+                if np > 0 {
+                    previous[i] = Tensor::cat(&[previous[i].narrow(0, 1, np - 1), zi], 0);
+                }
+                outputs[i].push(images.get(j as i64));
             }
-            outputs[i].push(images.get(j as i64));
         }
         progress(active.len());
     }

@@ -39,6 +39,8 @@ pub struct Request {
     pub device: String,
     /// Skip clips whose output exists.
     pub skip_existing: bool,
+    /// CPU worker threads, each with its own copy of the model and one libtorch thread.
+    pub workers: usize,
 }
 
 /// The device of `--device`: `auto` takes this rank's GPU when there is one.
@@ -116,12 +118,28 @@ pub fn run(req: &Request) -> anyhow::Result<String> {
         .into_iter()
         .partition(|j| req.skip_existing && j.out.is_file());
     let skipped = existing.len();
-    let g = Generator::load(
-        &req.checkpoint,
-        req.weights,
-        req.autoencoder.as_deref(),
-        device,
-    )?;
+    if req.workers > 1 && device != Device::Cpu {
+        bail!(
+            "--workers {}: worker threads are for CPUs; on a GPU use a larger --batch",
+            req.workers
+        );
+    }
+    let load = || {
+        Generator::load(
+            &req.checkpoint,
+            req.weights,
+            req.autoencoder.as_deref(),
+            device,
+        )
+    };
+    let mut workers = Vec::new();
+    for _ in 1..req.workers {
+        workers.push(load()?);
+    }
+    if req.workers > 1 {
+        tch::set_num_threads(1);
+    }
+    let mut g = load()?;
     let s = &g.config.sample;
     let opts = GenerateOptions {
         steps: req.steps.unwrap_or(s.ddim_steps as usize),
@@ -160,7 +178,18 @@ pub fn run(req: &Request) -> anyhow::Result<String> {
             mine.len()
         ));
         let refs: Vec<&generate::Prepared> = prepared.iter().collect();
-        let outputs = generate::generate_batch(&g, &refs, &opts, |n| progress.inc(n as u64))?;
+        let outputs = if workers.is_empty() {
+            generate::generate_batch(&g, &refs, &opts, |n| progress.inc(n as u64))?
+        } else {
+            let mut all: Vec<Generator> = std::mem::take(&mut workers);
+            all.push(g);
+            let out = generate::generate_batch_parallel(&mut all, &refs, &opts, |n| {
+                progress.inc(n as u64)
+            });
+            g = all.pop().ok_or_else(|| anyhow::anyhow!("no generator"))?;
+            workers = all;
+            out?
+        };
         for (p, out) in prepared.iter().zip(&outputs) {
             match generate::write(p, out) {
                 Ok(()) => {
