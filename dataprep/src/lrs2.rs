@@ -223,20 +223,25 @@ pub fn frames_to_tensors(
     (x, masked)
 }
 
-/// Encodes frames in batches of `batch` on `device`; `half` encodes in float16 (CUDA only).
-pub fn encode_latents(ae: &Autoencoder, x: &Tensor, batch: i64, half: bool) -> Vec<f16> {
+/// Encodes frames (N, 3, S, S) in batches of `batch` on their device; `half` encodes in float16
+/// (CUDA only). Returns float32 latents on the same device.
+pub fn encode_batches(ae: &Autoencoder, x: &Tensor, batch: i64, half: bool) -> Tensor {
     let n = x.size()[0];
     let parts: Vec<Tensor> = (0..n)
         .step_by(batch.max(1) as usize)
         .map(|start| {
             let b = x.narrow(0, start, batch.min(n - start));
             let b = if half { b.to_kind(Kind::Half) } else { b };
-            tch::no_grad(|| ae.encode(&b))
-                .to_kind(Kind::Float)
-                .to_device(Device::Cpu)
+            tch::no_grad(|| ae.encode(&b)).to_kind(Kind::Float)
         })
         .collect();
-    let flat: Vec<f32> = Vec::try_from(Tensor::cat(&parts, 0).flatten(0, -1)).unwrap_or_default();
+    Tensor::cat(&parts, 0)
+}
+
+/// [`encode_batches`] as float16 values on the host, in store order.
+pub fn encode_latents(ae: &Autoencoder, x: &Tensor, batch: i64, half: bool) -> Vec<f16> {
+    let all = encode_batches(ae, x, batch, half).to_device(Device::Cpu);
+    let flat: Vec<f32> = Vec::try_from(all.flatten(0, -1)).unwrap_or_default();
     flat.into_iter().map(f16::from_f32).collect()
 }
 

@@ -62,7 +62,7 @@ fn main() -> anyhow::Result<()> {
         generate::generate_batch(&g, &all, &opts, |_| {})?;
         Ok(t.elapsed().as_secs_f64())
     };
-    let single = || -> anyhow::Result<f64> {
+    let mut single = || -> anyhow::Result<f64> {
         let t = Instant::now();
         for p in &all {
             generate::generate_batch(&g, &[p], &opts, |_| {})?;
@@ -73,7 +73,7 @@ fn main() -> anyhow::Result<()> {
         "generate, debug config, 8 clips x 1 s ({frames} frames), {} DDIM steps, {threads} threads, {reps} interleaved repetitions",
         opts.steps
     );
-    let cmp = interleave(reps, single, batched)?;
+    let cmp = interleave(reps, &mut single, batched)?;
     let s = cmp.summary();
     let start = Instant::now();
     let outs = generate::generate_batch(&g, &all, &opts, |_| {})?;
@@ -105,19 +105,12 @@ fn main() -> anyhow::Result<()> {
             Generator::random(debug_config(&[])?, Device::Cpu).map_err(anyhow::Error::from)
         })
         .collect::<anyhow::Result<_>>()?;
-    let single1 = || -> anyhow::Result<f64> {
-        let t = Instant::now();
-        for p in &all {
-            generate::generate_batch(&g, &[p], &opts, |_| {})?;
-        }
-        Ok(t.elapsed().as_secs_f64())
-    };
     let parallel = || -> anyhow::Result<f64> {
         let t = Instant::now();
         generate::generate_batch_parallel(&mut workers, &all, &opts, |_| {})?;
         Ok(t.elapsed().as_secs_f64())
     };
-    let cmp = interleave(reps, single1, parallel)?;
+    let cmp = interleave(reps, &mut single, parallel)?;
     let s = cmp.summary();
     println!(
         "one at a time, 1 thread: {:.1} frames/s; batched (8) over 2 workers x 1 thread: {:.1} frames/s",

@@ -8,7 +8,7 @@ use syncdiff_model::syncdiff::{Conditioning, SyncDiff, SyncDiffError};
 use tch::nn::VarStore;
 use tch::{Device, Tensor};
 
-use crate::data::Batch;
+use crate::data::{keyed_noise, Batch};
 
 /// Every trained network of SyncDiff in one VarStore: `audio.*`, `temporal.*`, `unet.*`,
 /// `bottleneck.*` (frozen audio layers are in it too, with `requires_grad = false`).
@@ -79,19 +79,8 @@ impl TrainModel {
     /// Unit Gaussian noise like `batch.previous`, keyed by each sample's seed (the same on any
     /// world size).
     fn pose_noise(&self, batch: &Batch) -> Tensor {
-        let size = batch.previous.size();
-        let per: i64 = size[1..].iter().product();
-        let parts: Vec<Tensor> = batch
-            .seeds
-            .iter()
-            .map(|&seed| {
-                let key = Rng::new(&[seed, POSE_NOISE]).next_u64();
-                Tensor::from_slice(&crate::data::gaussian(key, per as usize))
-            })
-            .collect();
-        Tensor::stack(&parts, 0)
-            .view(size.as_slice())
-            .to_device(batch.previous.device())
+        let keys: Vec<Vec<u64>> = batch.seeds.iter().map(|&s| vec![s, POSE_NOISE]).collect();
+        keyed_noise(&keys, &batch.previous.size()[1..]).to_device(batch.previous.device())
     }
 
     /// Diffusion loss of a batch (already on the model's device): a scalar.

@@ -109,3 +109,36 @@ fn layerdrop_decisions_follow_each_samples_seed() {
     let f = model.context(&other, false);
     assert_eq!(f64::try_from((&e - &f).abs().max()).unwrap(), 0.0);
 }
+
+#[test]
+fn pose_noise_perturbs_training_only_and_follows_each_samples_seed() {
+    use syncdiff_model::config::Override;
+    let dir = tempfile::tempdir().unwrap();
+    let out = common::prepared_dataset(dir.path());
+    let load = |noise: &str| {
+        let sets = [Override::parse(&format!("model.priors.previous_noise={noise}")).unwrap()];
+        Config::load(&common::repo().join("configs/debug.yaml"), &sets).unwrap()
+    };
+    let (plain, noisy) = (load("0.0"), load("1.0"));
+    let ds = Dataset::open(&out).unwrap();
+    let frames: Vec<u64> = ds.clips().iter().map(|c| c.frames).collect();
+    let np = plain.model.priors.previous_frames;
+    let sampler = Sampler::new(0, plain.train.epoch_unit, &frames, u64::from(np), 1000, 4).unwrap();
+    let specs = sampler
+        .step(LoaderState::default(), 0, 1, 4, &sampler.permutation(0))
+        .concat();
+    let ctx = u64::from(plain.model.audio_encoder.context_frames);
+    let batch = Batch::read(&ds, &specs, np, ctx).unwrap();
+    let model = |cfg: &Config| {
+        tch::manual_seed(0);
+        TrainModel::new(&cfg.model, tch::Device::Cpu)
+    };
+    let (a, b) = (model(&plain), model(&noisy));
+    let loss = |m: &TrainModel, train: bool| f64::try_from(m.loss(&batch, train).unwrap()).unwrap();
+    // Training: the pose frame is perturbed, the same way every time (keyed by sample seeds).
+    assert_ne!(loss(&a, true), loss(&b, true));
+    let _ = tch::Tensor::randn([100], (tch::Kind::Float, tch::Device::Cpu));
+    assert_eq!(loss(&b, true), loss(&b, true));
+    // Evaluation: no noise.
+    assert_eq!(loss(&a, false), loss(&b, false));
+}

@@ -9,4 +9,4 @@ mod sampler;
 pub use batch::Batch;
 pub use loader::{Loader, LoaderError, RankShare};
 
-pub use sampler::{gaussian, LoaderState, SampleSpec, Sampler, SamplerError};
+pub use sampler::{gaussian, keyed_noise, LoaderState, SampleSpec, Sampler, SamplerError};

@@ -11,6 +11,7 @@
 use serde::{Deserialize, Serialize};
 use syncdiff_dataprep::rng::Rng;
 use syncdiff_model::config::EpochUnit;
+use tch::Tensor;
 
 /// Keys separating the random streams.
 const PERMUTATION: u64 = 0x7065_726d;
@@ -234,4 +235,18 @@ pub fn gaussian(seed: u64, n: usize) -> Vec<f32> {
     }
     out.truncate(n);
     out
+}
+
+/// Standard normal noise of shape (B, ..sample) on the CPU: sample b drawn by [`gaussian`] from
+/// the seed `Rng::new(keys[b]).next_u64()`, so each sample's noise depends on its keys alone.
+pub fn keyed_noise(keys: &[Vec<u64>], sample: &[i64]) -> Tensor {
+    let n: i64 = sample.iter().product();
+    let parts: Vec<Tensor> = keys
+        .iter()
+        .map(|k| {
+            let seed = Rng::new(k).next_u64();
+            Tensor::from_slice(&gaussian(seed, n as usize)).view(sample)
+        })
+        .collect();
+    Tensor::stack(&parts, 0)
 }

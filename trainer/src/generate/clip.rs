@@ -5,7 +5,7 @@
 use std::path::{Path, PathBuf};
 
 use syncdiff_dataprep::audio::{mel_group_features, FbankParams, LogFbank};
-use syncdiff_dataprep::lrs2::frames_to_tensors;
+use syncdiff_dataprep::lrs2::{encode_batches, frames_to_tensors};
 use syncdiff_dataprep::store::context_window;
 use syncdiff_dataprep::video;
 use tch::{Device, Kind, Tensor};
@@ -75,8 +75,6 @@ pub struct Prepared {
     pub height: u32,
     /// Driving audio, mono 16 kHz (muxed into the output).
     pub audio: Vec<i16>,
-    /// Reference frame used at each output frame (the video ping-pongs when shorter than the audio).
-    pub source_frame: Vec<usize>,
     /// Latent of the identity frame (C, h, w).
     pub identity: Tensor,
     /// Latents of the reference frames as they are (N, C, h, w): the pose of frame 0 and the
@@ -158,7 +156,6 @@ pub fn prepare(g: &Generator, job: &Job) -> Result<Prepared, GenerateError> {
     if available == 0 {
         return Err(input(&job.video, "no frames decoded"));
     }
-    let source_frame: Vec<usize> = (0..frames).map(|t| ping_pong(t, available)).collect();
     let (x, masked) = frames_to_tensors(
         &av.rgb,
         available,
@@ -166,14 +163,13 @@ pub fn prepare(g: &Generator, job: &Job) -> Result<Prepared, GenerateError> {
         g.config.data.mask_fraction,
         g.device,
     );
-    let index = Tensor::from_slice(&source_frame.iter().map(|&i| i as i64).collect::<Vec<i64>>())
-        .to_device(g.device);
-    let (reference, masked_latents) = tch::no_grad(|| {
-        let encode = |x: &Tensor| encode_batched(g, x);
-        let r = encode(&x);
-        let m = encode(&masked);
-        (r.index_select(0, &index), m.index_select(0, &index))
-    });
+    // Reference frame of each output frame: the video ping-pongs when shorter than the audio.
+    let order: Vec<i64> = (0..frames)
+        .map(|t| ping_pong(t, available) as i64)
+        .collect();
+    let index = Tensor::from_slice(&order).to_device(g.device);
+    let encode = |x: &Tensor| encode_batches(&g.autoencoder, x, 16, false).index_select(0, &index);
+    let (reference, masked_latents) = (encode(&x), encode(&masked));
     let identity = reference.get(0);
     let context = audio_context(g, &audio, frames);
     Ok(Prepared {
@@ -182,22 +178,11 @@ pub fn prepare(g: &Generator, job: &Job) -> Result<Prepared, GenerateError> {
         width: info.width,
         height: info.height,
         audio,
-        source_frame,
         identity,
         reference,
         masked: masked_latents,
         context,
     })
-}
-
-/// Encodes frames (N, 3, S, S) 16 at a time.
-fn encode_batched(g: &Generator, x: &Tensor) -> Tensor {
-    let n = x.size()[0];
-    let parts: Vec<Tensor> = (0..n)
-        .step_by(16)
-        .map(|s| g.autoencoder.encode(&x.narrow(0, s, 16.min(n - s))))
-        .collect();
-    Tensor::cat(&parts, 0)
 }
 
 /// The cross-attention context of every output frame: the audio window around it (as in

@@ -12,11 +12,10 @@ pub use model::{Generator, WeightChoice};
 
 use std::path::PathBuf;
 
-use syncdiff_dataprep::rng::Rng;
 use syncdiff_model::syncdiff::{Conditioning, SampleOptions, StepNoise, SyncDiffError};
 use tch::{Kind, Tensor};
 
-use crate::data::gaussian;
+use crate::data::keyed_noise;
 
 /// Why generation failed.
 #[derive(Debug, thiserror::Error)]
@@ -96,19 +95,13 @@ fn sample_chunk(
     opts: &GenerateOptions,
 ) -> Result<(Tensor, Tensor), GenerateError> {
     let shape = c.identity.size()[1..].to_vec();
-    let numel: i64 = shape.iter().product();
     let noise_of = |extra: &[u64]| {
-        let parts: Vec<Tensor> = c
+        let keys: Vec<Vec<u64>> = c
             .keys
             .iter()
-            .map(|&key| {
-                let mut k = vec![opts.seed, key, c.t];
-                k.extend_from_slice(extra);
-                let seed = Rng::new(&k).next_u64();
-                Tensor::from_slice(&gaussian(seed, numel as usize)).view(shape.as_slice())
-            })
+            .map(|&key| [&[opts.seed, key, c.t][..], extra].concat())
             .collect();
-        Tensor::stack(&parts, 0).to_device(g.device)
+        keyed_noise(&keys, &shape).to_device(g.device)
     };
     let keep = opts.inpaint.then(|| inpaint_keep(g, &shape));
     let sample_opts = SampleOptions {

@@ -207,6 +207,7 @@ fn score(
         None => None,
     };
     let stem = name.trim_end_matches(".mp4");
+    // References default to the ground truth's directory (`--gt`).
     let truth_dir = opts
         .truth_dir
         .as_deref()
@@ -321,9 +322,7 @@ pub fn run(pred: &Path, gt: &Path, opts: &EvalOptions) -> anyhow::Result<String>
         if !p.exists() {
             bail!("{}: no prediction for the ground truth {name}", p.display());
         }
-        let mut gt_opts = opts.clone();
-        gt_opts.truth_dir = Some(opts.truth_dir.clone().unwrap_or_else(|| gt.to_path_buf()));
-        videos.push(score(name, &gt.join(name), &p, &gt_opts, &nets)?);
+        videos.push(score(name, &gt.join(name), &p, opts, &nets)?);
     }
     let cols = columns(opts);
     let mean = |f: fn(&VideoScores) -> Option<f64>| mean_finite(videos.iter().filter_map(f));

@@ -132,14 +132,14 @@ pub fn run(req: &Request) -> anyhow::Result<String> {
             device,
         )
     };
-    let mut workers = Vec::new();
-    for _ in 1..req.workers {
-        workers.push(load()?);
-    }
-    if req.workers > 1 {
+    // One model, or one per CPU worker thread (each with one libtorch thread).
+    let mut models: Vec<Generator> = (0..req.workers.max(1))
+        .map(|_| load())
+        .collect::<Result<_, _>>()?;
+    if models.len() > 1 {
         tch::set_num_threads(1);
     }
-    let mut g = load()?;
+    let g = &models[0];
     let s = &g.config.sample;
     let opts = GenerateOptions {
         steps: req.steps.unwrap_or(s.ddim_steps as usize),
@@ -147,11 +147,11 @@ pub fn run(req: &Request) -> anyhow::Result<String> {
         inpaint: req.inpaint.unwrap_or(s.inpaint),
         seed: req.seed,
     };
-    if opts.steps == 0 || opts.steps > g.config.model.diffusion.timesteps as usize {
+    let timesteps = g.config.model.diffusion.timesteps;
+    if opts.steps == 0 || opts.steps > timesteps as usize {
         bail!(
-            "--steps {}: must be between 1 and the model's {} diffusion timesteps",
-            opts.steps,
-            g.config.model.diffusion.timesteps
+            "--steps {}: must be between 1 and the model's {timesteps} diffusion timesteps",
+            opts.steps
         );
     }
     let progress = bar(0);
@@ -160,7 +160,7 @@ pub fn run(req: &Request) -> anyhow::Result<String> {
     for chunk in mine.chunks(req.batch.max(1)) {
         let mut prepared = Vec::new();
         for job in chunk {
-            match generate::prepare(&g, job) {
+            match generate::prepare(&models[0], job) {
                 Ok(p) => {
                     progress.inc_length(p.frames as u64);
                     prepared.push(p);
@@ -178,17 +178,11 @@ pub fn run(req: &Request) -> anyhow::Result<String> {
             mine.len()
         ));
         let refs: Vec<&generate::Prepared> = prepared.iter().collect();
-        let outputs = if workers.is_empty() {
-            generate::generate_batch(&g, &refs, &opts, |n| progress.inc(n as u64))?
+        let tick = |n: usize| progress.inc(n as u64);
+        let outputs = if models.len() == 1 {
+            generate::generate_batch(&models[0], &refs, &opts, tick)?
         } else {
-            let mut all: Vec<Generator> = std::mem::take(&mut workers);
-            all.push(g);
-            let out = generate::generate_batch_parallel(&mut all, &refs, &opts, |n| {
-                progress.inc(n as u64)
-            });
-            g = all.pop().ok_or_else(|| anyhow::anyhow!("no generator"))?;
-            workers = all;
-            out?
+            generate::generate_batch_parallel(&mut models, &refs, &opts, tick)?
         };
         for (p, out) in prepared.iter().zip(&outputs) {
             match generate::write(p, out) {
