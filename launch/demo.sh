@@ -42,7 +42,8 @@ if [ ! -f "$OUT/lrs2/test.txt" ]; then
   "$BIN/syncdiff-dataprep" synth --out "$OUT/lrs2" --speakers 8 --clips-per-speaker 12 --seconds 3
 fi
 for split in train val test; do
-  "$BIN/syncdiff-dataprep" lrs2 --root "$OUT/lrs2" --split "$split" --out "$OUT/$split" --config configs/demo.yaml
+  # --rebuild: shards left by an earlier demo with other settings are rebuilt, not refused.
+  "$BIN/syncdiff-dataprep" lrs2 --root "$OUT/lrs2" --split "$split" --out "$OUT/$split" --config configs/demo.yaml --rebuild
 done
 
 # ---- training, stopped with SIGUSR1 and resumed ----

@@ -63,6 +63,10 @@ fn build(dir: &Path) -> anyhow::Result<()> {
         split: "train".into(),
         filterbank: serde_json::json!({}),
         audio_cache: None,
+        resolution: 256,
+        fps: 25,
+        sample_rate: 16000,
+        mask_fraction: 0.5,
     };
     let clips: Vec<ClipData> = (0..CLIPS).map(clip).collect();
     let entries = clips

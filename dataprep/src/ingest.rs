@@ -17,7 +17,7 @@ use tch::Device;
 use crate::audio::{FbankParams, LogFbank};
 use crate::lrs2::{decode_clip, encode_clip, read_filelist, ClipSettings, Rejection};
 use crate::store::{
-    shard_name, write_manifest, write_shard, AudioCacheTag, Manifest, ShardEntry, StoreError,
+    shard_name, write_manifest, write_shard, AudioCacheTag, Manifest, ShardRecord, StoreError,
     StoreMeta, FORMAT_VERSION,
 };
 
@@ -38,6 +38,8 @@ pub struct IngestOptions {
     pub rank: usize,
     /// Number of ranks.
     pub world: usize,
+    /// Rebuild finished shards whose recorded settings differ from this run's (else refuse).
+    pub rebuild: bool,
 }
 
 /// Why the ingest stopped (bad clips never stop it: they are rejected).
@@ -57,6 +59,55 @@ pub enum IngestError {
     /// The autoencoder weights could not be loaded.
     #[error(transparent)]
     Weights(#[from] syncdiff_model::weights::WeightsError),
+    /// The output holds shards prepared with other settings.
+    #[error(
+        "{path} was prepared with other settings ({differences}; stored -> now); adding to it \
+         would mix two data sets: use another --out, or --rebuild to rebuild those shards"
+    )]
+    Settings {
+        /// The shard.
+        path: PathBuf,
+        /// `key: stored -> now`, joined.
+        differences: String,
+    },
+}
+
+/// A finished shard's record; an `entry.json` of an older build (no settings) is
+/// [`IngestError::Settings`] too: what shaped it is unknown.
+fn read_record(path: &Path) -> Result<ShardRecord<Vec<Rejection>>, IngestError> {
+    let p = path.join("entry.json");
+    let text = std::fs::read(&p).map_err(|e| IngestError::Io {
+        path: p.clone(),
+        message: e.to_string(),
+    })?;
+    serde_json::from_slice(&text).map_err(|e| IngestError::Settings {
+        path: path.to_path_buf(),
+        differences: format!("its entry.json records no settings ({e}): an older build made it"),
+    })
+}
+
+/// The record of the finished shard at `path`, when it was built with `meta` from the clips
+/// `ids`.
+fn check_record(
+    path: &Path,
+    meta: &StoreMeta,
+    ids: &[String],
+) -> Result<ShardRecord<Vec<Rejection>>, IngestError> {
+    let record = read_record(path)?;
+    let mut differences = record.meta.differences(meta);
+    if record.entry.clips.len() + record.rejected.len() != ids.len()
+        || !record.entry.clips.iter().all(|c| ids.contains(c))
+    {
+        differences.push("clips: the filelist or data.clips_per_shard changed".into());
+    }
+    if differences.is_empty() {
+        Ok(record)
+    } else {
+        Err(IngestError::Settings {
+            path: path.to_path_buf(),
+            differences: differences.join(", "),
+        })
+    }
 }
 
 /// Rank and world size from the MPI launcher's environment (1 process without one).
@@ -183,6 +234,47 @@ impl AudioCache {
     }
 }
 
+/// The metadata an ingest with `cfg` records: every setting that shapes the shards.
+pub fn meta_for(
+    cfg: &Config,
+    split: &str,
+    autoencoder_sha256: String,
+    audio_cache: Option<AudioCacheTag>,
+) -> StoreMeta {
+    let side = u64::from(cfg.data.resolution / cfg.model.autoencoder.downsample_factor());
+    let fb = FbankParams::default();
+    StoreMeta {
+        format_version: FORMAT_VERSION,
+        autoencoder: format!("{:?}", cfg.model.autoencoder.kind).to_lowercase(),
+        autoencoder_sha256,
+        latent_shape: [u64::from(cfg.model.latent_channels()), side, side],
+        split: split.to_string(),
+        audio_cache,
+        filterbank: serde_json::json!({
+            "sample_rate": fb.sample_rate, "winlen": fb.frame_len, "winstep": fb.frame_step,
+            "nfilt": fb.nfilt, "nfft": fb.nfft, "preemph": fb.preemph, "stack": fb.stack,
+            "norm": "per-frame layer norm"
+        }),
+        resolution: cfg.data.resolution,
+        fps: cfg.data.fps,
+        sample_rate: cfg.data.sample_rate,
+        mask_fraction: cfg.data.mask_fraction,
+    }
+}
+
+/// How a prepared data set's settings differ from what `cfg` would prepare (`key: stored ->
+/// configured`), leaving out what the configuration cannot know (the split, the audio cache,
+/// the autoencoder weights' sha256: compare that where the weights are hashed).
+pub fn differences_from_config(meta: &StoreMeta, cfg: &Config) -> Vec<String> {
+    let want = meta_for(
+        cfg,
+        &meta.split,
+        meta.autoencoder_sha256.clone(),
+        meta.audio_cache.clone(),
+    );
+    meta.differences(&want)
+}
+
 /// Summary of a run on this rank.
 #[derive(Debug, Default)]
 pub struct IngestReport {
@@ -241,23 +333,18 @@ pub fn ingest(
         // float16 weights and inputs (meant for GPUs; works, slowly, on CPU).
         vs.half();
     }
-    let factor = cfg.model.autoencoder.downsample_factor();
-    let side = u64::from(cfg.data.resolution / factor);
     let fb = LogFbank::new(FbankParams::default());
     let audio_cache = if cfg.data.cache_audio_features {
         Some(AudioCache::load(cfg, device)?)
     } else {
         None
     };
-    let meta = StoreMeta {
-        format_version: FORMAT_VERSION,
-        autoencoder: format!("{:?}", cfg.model.autoencoder.kind).to_lowercase(),
-        autoencoder_sha256: ae_sha,
-        latent_shape: [u64::from(cfg.model.latent_channels()), side, side],
-        split: opts.split.clone(),
-        audio_cache: audio_cache.as_ref().map(|c| c.tag.clone()),
-        filterbank: serde_json::json!({"sample_rate": 16000, "winlen": 400, "winstep": 160, "nfilt": 26, "nfft": 512, "preemph": 0.97, "stack": 4, "norm": "per-frame layer norm"}),
-    };
+    let meta = meta_for(
+        cfg,
+        &opts.split,
+        ae_sha,
+        audio_cache.as_ref().map(|c| c.tag.clone()),
+    );
     let settings = ClipSettings {
         resolution: cfg.data.resolution,
         fps: f64::from(cfg.data.fps),
@@ -273,9 +360,30 @@ pub fn ingest(
     let total: usize = mine.iter().map(|&i| shards[i].len()).sum();
     let mut report = IngestReport::default();
     let mut done = 0usize;
+    // Finished shards built with other settings are refused (or, with --rebuild, rebuilt):
+    // all checked before any work, and the manifest goes first so it never describes shards it
+    // does not match.
+    let mut redo = vec![false; shards.len()];
     for &i in &mine {
         let path = opts.out.join(shard_name(i));
         if path.join("entry.json").exists() {
+            match check_record(&path, &meta, shards[i]) {
+                Ok(_) => {}
+                Err(IngestError::Settings { .. }) if opts.rebuild => redo[i] = true,
+                Err(e) => return Err(e),
+            }
+        }
+    }
+    if redo.iter().any(|&r| r) {
+        let m = opts.out.join("manifest.json");
+        match std::fs::remove_file(&m) {
+            Err(e) if e.kind() != std::io::ErrorKind::NotFound => return Err(io(&m)(e)),
+            _ => {}
+        }
+    }
+    for &i in &mine {
+        let path = opts.out.join(shard_name(i));
+        if path.join("entry.json").exists() && !redo[i] {
             report.skipped += 1;
             done += shards[i].len();
             progress(done, total, report.frames);
@@ -314,24 +422,26 @@ pub fn ingest(
         report.write_s += t0.elapsed().as_secs_f64();
         report.built += 1;
     }
-    report.manifest_written = finish(&opts.out, shards.len(), &meta)?;
+    report.manifest_written = finish(&opts.out, &shards, &meta)?;
     Ok(report)
 }
 
-/// Writes `rejected.jsonl` and `manifest.json` when every shard is finished; false otherwise.
-pub fn finish(out: &Path, shards: usize, meta: &StoreMeta) -> Result<bool, IngestError> {
-    let mut entries = Vec::with_capacity(shards);
+/// Writes `rejected.jsonl` and `manifest.json` when every shard (`shards[i]`: its clip ids) is
+/// finished; false otherwise. Every shard must have been built with `meta` from its clips (the
+/// other ranks' too), so the manifest describes exactly what is there.
+pub fn finish(out: &Path, shards: &[&[String]], meta: &StoreMeta) -> Result<bool, IngestError> {
+    let mut entries = Vec::with_capacity(shards.len());
     let mut rejected = String::new();
-    for i in 0..shards {
-        let p = out.join(shard_name(i)).join("entry.json");
-        let Ok(text) = std::fs::read(&p) else {
+    for (i, ids) in shards.iter().enumerate() {
+        let path = out.join(shard_name(i));
+        if !path.join("entry.json").exists() {
             return Ok(false);
-        };
-        let (entry, rej): (ShardEntry, Vec<Rejection>) =
-            serde_json::from_slice(&text).map_err(|e| IngestError::Io {
-                path: p.clone(),
-                message: e.to_string(),
-            })?;
+        }
+        let ShardRecord {
+            entry,
+            rejected: rej,
+            ..
+        } = check_record(&path, meta, ids)?;
         for r in rej {
             rejected += &serde_json::to_string(&r).unwrap_or_default();
             rejected.push('\n');

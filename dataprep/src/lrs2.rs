@@ -22,11 +22,16 @@ use crate::video;
 pub struct Rejection {
     /// `<speaker>/<clip>`.
     pub clip: String,
-    /// Short reason code: undecodable, no_audio, zero_frames, wrong_fps, audio_short, bad_boxes.
+    /// Short reason code: missing, undecodable, truncated, no_audio, zero_frames, wrong_fps,
+    /// audio_short, bad_boxes.
     pub reason: String,
     /// Details.
     pub detail: String,
 }
+
+/// How much shorter than its container's duration a clip's decoded video and audio may be
+/// before it counts as truncated (three frames at 25 fps; or 4 % of the duration, if more).
+pub const TRUNCATION_TOLERANCE_S: f64 = 0.12;
 
 /// Settings of the per-clip work.
 #[derive(Debug, Clone)]
@@ -147,6 +152,13 @@ pub fn decode_clip(
     fb: &LogFbank,
 ) -> Result<DecodedClip, Rejection> {
     let path = mp4(root, id);
+    if !path.is_file() {
+        return Err(reject(
+            id,
+            "missing",
+            format!("{} does not exist", path.display()),
+        ));
+    }
     let size = s.resolution;
     let has_boxes = root.join("main").join(format!("{id}.boxes.txt")).exists();
     // One ffmpeg pass: frames (scaled here unless boxes need the source frames) and audio.
@@ -172,6 +184,31 @@ pub fn decode_clip(
     let frames = av.rgb.len() / (av.width * av.height * 3) as usize;
     if frames == 0 {
         return Err(reject(id, "zero_frames", "no frames decoded"));
+    }
+    // A cut-off file decodes what it has and says so at error level; its container still
+    // states the whole duration.
+    let decoded_s = (frames as f64 / s.fps).max(av.audio.len() as f64 / f64::from(s.sample_rate));
+    let first_error = av
+        .errors
+        .first()
+        .map_or(String::new(), |e| format!("; ffmpeg: {e}"));
+    if let Some(d) = av.duration_s {
+        if d - decoded_s > TRUNCATION_TOLERANCE_S.max(0.04 * d) {
+            return Err(reject(
+                id,
+                "truncated",
+                format!(
+                    "{frames} frames ({decoded_s:.2} s) decoded of the {d:.2} s the container states{first_error}"
+                ),
+            ));
+        }
+    }
+    if !av.errors.is_empty() {
+        return Err(reject(
+            id,
+            "undecodable",
+            format!("{} decoding error(s){first_error}", av.errors.len()),
+        ));
     }
     let rgb = if has_boxes {
         let b = boxes(root, id, frames)?.unwrap_or_default();

@@ -64,6 +64,10 @@ enum Command {
         /// Encode in float16 (for GPUs; slow on CPU). Its error against float32: docs/dataprep.md.
         #[arg(long)]
         half: bool,
+        /// Rebuild finished shards that were prepared with other settings (resolution,
+        /// autoencoder, mask, filterbank, clips) instead of refusing to mix them with new ones.
+        #[arg(long)]
+        rebuild: bool,
     },
     /// Summarise a prepared data set.
     Inspect {
@@ -91,7 +95,7 @@ fn main() -> ExitCode {
             r.map(|n| format!("wrote {n} clips to {} ({} s each; train/val/test lists beside main/)", out.display(), seconds))
                 .map_err(anyhow::Error::from)
         }
-        Command::Lrs2 { root, split, out, config, batch, half } => {
+        Command::Lrs2 { root, split, out, config, batch, half, rebuild } => {
             let cfg = match config.load() {
                 Ok(c) => c,
                 Err(e) => {
@@ -100,7 +104,7 @@ fn main() -> ExitCode {
                 }
             };
             let (rank, world) = ingest::launcher_rank();
-            let opts = ingest::IngestOptions { root, split, out: out.clone(), batch, half, rank, world };
+            let opts = ingest::IngestOptions { root, split, out: out.clone(), batch, half, rank, world, rebuild };
             let bar = if rank == 0 { indicatif::ProgressBar::new(0) } else { indicatif::ProgressBar::hidden() };
             bar.set_style(
                 indicatif::ProgressStyle::with_template("lrs2 {bar:30} {pos}/{len} clips, {msg}, ETA {eta}")

@@ -24,8 +24,9 @@ use zarrs::array::{
 use zarrs::filesystem::FilesystemStore;
 use zarrs::group::GroupBuilder;
 
-/// Version of the store layout written here.
-pub const FORMAT_VERSION: u32 = 1;
+/// Version of the store layout written here (2: the settings that shaped the shards are
+/// recorded in the manifest and in every shard's `entry.json`).
+pub const FORMAT_VERSION: u32 = 2;
 /// Frames per shard file (outer chunk) of the per-frame arrays.
 pub const FRAMES_PER_CHUNK: u64 = 256;
 /// Width of one mel row.
@@ -107,7 +108,9 @@ pub struct AudioCacheTag {
     pub context_frames: u64,
 }
 
-/// What every shard of a data set shares.
+/// What every shard of a data set shares: every setting that shaped the shards. A re-run of
+/// the ingest with other settings refuses to add to them ([`StoreMeta::differences`]), and the
+/// trainer checks them against its configuration.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct StoreMeta {
     /// Layout version.
@@ -120,11 +123,76 @@ pub struct StoreMeta {
     pub latent_shape: [u64; 3],
     /// Split the clips come from.
     pub split: String,
-    /// Filterbank parameters, for the record.
+    /// Filterbank parameters.
     pub filterbank: serde_json::Value,
     /// Present when the shards hold `audio_features` (cached frozen audio-encoder output).
     #[serde(default)]
     pub audio_cache: Option<AudioCacheTag>,
+    /// `data.resolution`: side of the frames the autoencoder saw.
+    #[serde(default)]
+    pub resolution: u32,
+    /// `data.fps`.
+    #[serde(default)]
+    pub fps: u32,
+    /// `data.sample_rate`.
+    #[serde(default)]
+    pub sample_rate: u32,
+    /// `data.mask_fraction`: lower fraction of the face box zeroed in the masked frame.
+    #[serde(default)]
+    pub mask_fraction: f64,
+}
+
+impl StoreMeta {
+    /// The settings that differ between `self` (what is stored) and `now`, as
+    /// `key: stored -> now` (keys as in the manifest's `meta`, nested ones dotted).
+    pub fn differences(&self, now: &StoreMeta) -> Vec<String> {
+        let (a, b) = (
+            serde_json::to_value(self).unwrap_or_default(),
+            serde_json::to_value(now).unwrap_or_default(),
+        );
+        let mut out = Vec::new();
+        diff_values("", &a, &b, &mut out);
+        out
+    }
+}
+
+fn diff_values(key: &str, a: &serde_json::Value, b: &serde_json::Value, out: &mut Vec<String>) {
+    use serde_json::Value;
+    match (a, b) {
+        (Value::Object(x), Value::Object(y)) => {
+            let mut keys: Vec<&String> = x.keys().chain(y.keys()).collect();
+            keys.sort();
+            keys.dedup();
+            for k in keys {
+                let sub = if key.is_empty() {
+                    k.clone()
+                } else {
+                    format!("{key}.{k}")
+                };
+                let null = Value::Null;
+                diff_values(
+                    &sub,
+                    x.get(k).unwrap_or(&null),
+                    y.get(k).unwrap_or(&null),
+                    out,
+                );
+            }
+        }
+        (x, y) if x != y => out.push(format!("{key}: {x} -> {y}")),
+        _ => {}
+    }
+}
+
+/// What a finished shard's `entry.json` holds: its manifest entry, the settings it was built
+/// with, and the clips rejected while building it.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct ShardRecord<L> {
+    /// Settings of the run that built the shard.
+    pub meta: StoreMeta,
+    /// The manifest entry.
+    pub entry: ShardEntry,
+    /// Clips of the shard's range that were rejected (a list).
+    pub rejected: L,
 }
 
 /// A shard as the manifest lists it.
@@ -342,7 +410,12 @@ pub fn write_shard<R: Serialize>(
     };
     // entry.json marks the shard finished; the rename makes it visible.
     let ep = partial.join("entry.json");
-    let text = serde_json::to_vec(&(&entry, rejected)).map_err(|e| zerr(&ep)(&e))?;
+    let record = ShardRecord {
+        meta: meta.clone(),
+        entry: entry.clone(),
+        rejected,
+    };
+    let text = serde_json::to_vec(&record).map_err(|e| zerr(&ep)(&e))?;
     std::fs::write(&ep, text).map_err(ioerr(&ep))?;
     if path.exists() {
         std::fs::remove_dir_all(path).map_err(ioerr(path))?;
@@ -403,6 +476,36 @@ struct Shard {
     path: PathBuf,
 }
 
+impl Shard {
+    /// The arrays must have the shapes the manifest describes: a manifest that misdescribes its
+    /// shards (mixed data sets) is an error here, not a wrong read later.
+    fn check(&self, meta: &StoreMeta, frames: u64) -> Result<(), StoreError> {
+        let mut arrays = vec![
+            ("latents", &self.latents, meta.latent_shape.to_vec()),
+            ("masked_latents", &self.masked, meta.latent_shape.to_vec()),
+            ("mel", &self.mel, vec![MEL_DIM]),
+        ];
+        if let (Some(a), Some(tag)) = (&self.audio, &meta.audio_cache) {
+            arrays.push(("audio_features", a, vec![tag.dim]));
+        }
+        for (name, a, frame) in arrays {
+            let shape = a.array.shape();
+            let want: Vec<u64> = std::iter::once(frames.max(1)).chain(frame).collect();
+            if shape != want.as_slice() {
+                return Err(StoreError::Format {
+                    path: self.path.clone(),
+                    message: format!(
+                        "{name} has shape {shape:?}, the manifest describes {want:?}: the data set \
+                         mixes shards of different settings; prepare it again with \
+                         `syncdiff-dataprep lrs2 ... --rebuild`"
+                    ),
+                });
+            }
+        }
+        Ok(())
+    }
+}
+
 /// Where a clip lives.
 #[derive(Debug, Clone)]
 pub struct ClipInfo {
@@ -445,7 +548,8 @@ impl Dataset {
             return Err(StoreError::Format {
                 path: mp,
                 message: format!(
-                    "format version {} (this build reads {FORMAT_VERSION})",
+                    "format version {} (this build reads {FORMAT_VERSION}); prepare it again with \
+                     `syncdiff-dataprep lrs2 ... --rebuild`",
                     manifest.meta.format_version
                 ),
             });
@@ -457,7 +561,7 @@ impl Dataset {
         for (si, entry) in manifest.shards.iter().enumerate() {
             let path = root.join(&entry.name);
             let store = Arc::new(FilesystemStore::new(&path).map_err(|e| zerr(&path)(&e))?);
-            shards.push(Shard {
+            let shard = Shard {
                 latents: FrameArray::open(&store, "latents", &path)?,
                 masked: FrameArray::open(&store, "masked_latents", &path)?,
                 mel: FrameArray::open(&store, "mel", &path)?,
@@ -466,7 +570,9 @@ impl Dataset {
                     None => None,
                 },
                 path: path.clone(),
-            });
+            };
+            shard.check(&manifest.meta, entry.frames.iter().sum())?;
+            shards.push(shard);
             let mut start = 0;
             for (id, &frames) in entry.clips.iter().zip(&entry.frames) {
                 clips.push(ClipInfo {

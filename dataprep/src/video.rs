@@ -210,6 +210,30 @@ pub fn encode(
     fps: u32,
     audio: Option<(&[i16], u32)>,
 ) -> Result<(), VideoError> {
+    let audio = audio.map(|(samples, rate)| AudioSource::Samples(samples, rate));
+    encode_with(path, frames, width, height, fps, audio)
+}
+
+/// The sound of an encoded video.
+#[derive(Debug, Clone, Copy)]
+pub enum AudioSource<'a> {
+    /// Mono int16 samples at a rate in Hz.
+    Samples(&'a [i16], u32),
+    /// The first audio stream of a file (audio or video), with its own sample rate and
+    /// channels: re-encoded to AAC at 192 kb/s, not resampled.
+    File(&'a Path),
+}
+
+/// [`encode`] with any [`AudioSource`]. The output is an mp4 whatever the file name says; the
+/// video ends with the shorter of frames and sound.
+pub fn encode_with(
+    path: &Path,
+    frames: &[u8],
+    width: u32,
+    height: u32,
+    fps: u32,
+    audio: Option<AudioSource<'_>>,
+) -> Result<(), VideoError> {
     let p = path_str(path)?;
     let size = format!("{width}x{height}");
     let rate = fps.to_string();
@@ -221,11 +245,12 @@ pub fn encode(
     .iter()
     .map(|s| s.to_string())
     .collect();
-    if let Some((samples, sr)) = audio {
-        let bytes: Vec<u8> = samples.iter().flat_map(|s| s.to_le_bytes()).collect();
-        std::fs::write(&tmp, bytes).map_err(|e| failed(&tmp, e.to_string()))?;
-        args.extend(
-            [
+    let owned = |v: &[&str]| v.iter().map(|s| s.to_string()).collect::<Vec<_>>();
+    match audio {
+        Some(AudioSource::Samples(samples, sr)) => {
+            let bytes: Vec<u8> = samples.iter().flat_map(|s| s.to_le_bytes()).collect();
+            std::fs::write(&tmp, bytes).map_err(|e| failed(&tmp, e.to_string()))?;
+            args.extend(owned(&[
                 "-f",
                 "s16le",
                 "-ar",
@@ -233,29 +258,37 @@ pub fn encode(
                 "-ac",
                 "1",
                 "-i",
-                path_str(&tmp)?,
-            ]
-            .iter()
-            .map(|s| s.to_string()),
-        );
-        args.extend(["-c:a", "aac", "-b:a", "96k"].iter().map(|s| s.to_string()));
+            ]));
+            args.extend(owned(&[path_str(&tmp)?, "-map", "0:v:0", "-map", "1:a:0"]));
+            args.extend(owned(&["-c:a", "aac", "-b:a", "96k"]));
+        }
+        Some(AudioSource::File(src)) => {
+            args.extend(owned(&[
+                "-i",
+                path_str(src)?,
+                "-map",
+                "0:v:0",
+                "-map",
+                "1:a:0",
+            ]));
+            args.extend(owned(&["-c:a", "aac", "-b:a", "192k"]));
+        }
+        None => {}
     }
-    args.extend(
-        [
-            "-c:v",
-            "libx264",
-            "-preset",
-            "fast",
-            "-crf",
-            "12",
-            "-pix_fmt",
-            "yuv420p",
-            "-shortest",
-            p,
-        ]
-        .iter()
-        .map(|s| s.to_string()),
-    );
+    args.extend(owned(&[
+        "-c:v",
+        "libx264",
+        "-preset",
+        "fast",
+        "-crf",
+        "12",
+        "-pix_fmt",
+        "yuv420p",
+        "-shortest",
+        "-f",
+        "mp4",
+        p,
+    ]));
     let refs: Vec<&str> = args.iter().map(String::as_str).collect();
     let result = run("ffmpeg", &refs, path, Some(frames));
     let _ = std::fs::remove_file(&tmp);
@@ -283,6 +316,38 @@ pub struct DecodedAv {
     pub has_audio: bool,
     /// Audio at the requested rate (empty without an audio stream).
     pub audio: Vec<i16>,
+    /// The container's duration in seconds, when it states one.
+    pub duration_s: Option<f64>,
+    /// Messages ffmpeg logged at error level while decoding (a damaged stream), first first.
+    pub errors: Vec<String>,
+}
+
+/// Error-level messages of an ffmpeg log written with `-v level+info`, without the markers.
+fn logged_errors(stderr: &str) -> Vec<String> {
+    stderr
+        .lines()
+        .filter_map(|l| {
+            let (_, msg) = l.split_once("[error] ")?;
+            Some(msg.trim().to_string())
+        })
+        .collect()
+}
+
+/// The log of `-v level+info` without its `[info] ` markers, as `-v info` writes it.
+fn without_levels(stderr: &str) -> String {
+    stderr
+        .lines()
+        .map(|l| l.strip_prefix("[info] ").unwrap_or(l))
+        .collect::<Vec<_>>()
+        .join("\n")
+}
+
+/// `Duration: HH:MM:SS.ss` of the first input.
+fn parse_duration(stderr: &str) -> Option<f64> {
+    let text = stderr.split("Duration: ").nth(1)?.split(',').next()?;
+    let mut parts = text.trim().split(':');
+    let (h, m, s) = (parts.next()?, parts.next()?, parts.next()?);
+    Some(h.parse::<f64>().ok()? * 3600.0 + m.parse::<f64>().ok()? * 60.0 + s.parse::<f64>().ok()?)
 }
 
 /// Parses ffmpeg's description of its first input's streams (`-v info`): (fps, width, height) of
@@ -325,10 +390,20 @@ pub fn decode_av(path: &Path, size: Option<u32>, rate: u32) -> Result<DecodedAv,
         .to_str()
         .ok_or_else(|| failed(&audio_tmp, "path is not valid UTF-8"))?
         .to_string();
-    let mut args: Vec<String> = ["-v", "info", "-nostdin", "-y", "-i", p, "-map", "0:v:0"]
-        .iter()
-        .map(|s| s.to_string())
-        .collect();
+    // Level markers tell a damaged stream's errors apart from the stream description.
+    let mut args: Vec<String> = [
+        "-v",
+        "level+info",
+        "-nostdin",
+        "-y",
+        "-i",
+        p,
+        "-map",
+        "0:v:0",
+    ]
+    .iter()
+    .map(|s| s.to_string())
+    .collect();
     if let Some(s) = size {
         args.extend(["-vf".to_string(), format!("scale={s}:{s}:flags=area")]);
     }
@@ -359,7 +434,9 @@ pub fn decode_av(path: &Path, size: Option<u32>, rate: u32) -> Result<DecodedAv,
             tool: "ffmpeg",
             message: e.to_string(),
         })?;
-    let stderr = String::from_utf8_lossy(&out.stderr);
+    let raw_log = String::from_utf8_lossy(&out.stderr);
+    let errors = logged_errors(&raw_log);
+    let stderr = without_levels(&raw_log);
     let audio_bytes = std::fs::read(&audio_tmp).unwrap_or_default();
     let _ = std::fs::remove_file(&audio_tmp);
     let (video, has_audio) = parse_input_streams(&stderr);
@@ -373,18 +450,24 @@ pub fn decode_av(path: &Path, size: Option<u32>, rate: u32) -> Result<DecodedAv,
                 rgb: Vec::new(),
                 has_audio,
                 audio: Vec::new(),
+                duration_s: parse_duration(&stderr),
+                errors,
             });
         }
         // A readable input without a video stream (e.g. audio only).
         if video.is_none() && stderr.contains("Stream #0:") {
             return Err(failed(path, "no video stream"));
         }
-        let line = stderr
-            .lines()
-            .rev()
-            .find(|l| !l.trim().is_empty())
-            .unwrap_or("failed without a message");
-        return Err(failed(path, format!("ffmpeg: {}", line.trim())));
+        let line = errors.last().cloned().unwrap_or_else(|| {
+            stderr
+                .lines()
+                .rev()
+                .find(|l| !l.trim().is_empty())
+                .unwrap_or("failed without a message")
+                .trim()
+                .to_string()
+        });
+        return Err(failed(path, format!("ffmpeg: {line}")));
     }
     let (fps, w, h) = video.ok_or_else(|| failed(path, "no video stream"))?;
     let (width, height) = size.map_or((w, h), |s| (s, s));
@@ -409,5 +492,7 @@ pub fn decode_av(path: &Path, size: Option<u32>, rate: u32) -> Result<DecodedAv,
             .chunks_exact(2)
             .map(|b| i16::from_le_bytes([b[0], b[1]]))
             .collect(),
+        duration_s: parse_duration(&stderr),
+        errors,
     })
 }

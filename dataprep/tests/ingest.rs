@@ -182,7 +182,33 @@ fn bad_clips_are_rejected_with_their_reason() {
         .output()
         .unwrap();
     assert!(o.status.success());
-    let list = "spk00/00003\nbad/undecodable\nbad/no_audio\nbad/zero_frames\nbad/wrong_fps\nbad/audio_short\nspk01/00003\n";
+    // A faststart mp4 (index first) cut to half its bytes: ffmpeg decodes the first half and
+    // reports `partial file`; the container still states 3 s.
+    let whole = main.join("whole.mp4");
+    // Noisy frames: the media data, not the index, makes up most of the file.
+    let noisy: Vec<u8> = (0..75 * 160 * 160 * 3u64)
+        .map(|i| (i.wrapping_mul(2_654_435_761) >> 16) as u8)
+        .collect();
+    video::encode(
+        &whole,
+        &noisy,
+        160,
+        160,
+        25,
+        Some((&vec![100i16; 48000], 16000)),
+    )
+    .unwrap();
+    let o = Command::new("ffmpeg")
+        .args(["-v", "error", "-y", "-i"])
+        .arg(&whole)
+        .args(["-c", "copy", "-movflags", "+faststart"])
+        .arg(main.join("faststart.mp4"))
+        .output()
+        .unwrap();
+    assert!(o.status.success());
+    let bytes = std::fs::read(main.join("faststart.mp4")).unwrap();
+    std::fs::write(main.join("truncated.mp4"), &bytes[..bytes.len() / 2]).unwrap();
+    let list = "spk00/00003\nbad/undecodable\nbad/no_audio\nbad/zero_frames\nbad/wrong_fps\nbad/audio_short\nbad/truncated\nbad/missing\nspk01/00003\n";
     std::fs::write(root.join("train.txt"), list).unwrap();
     let o = lrs2(&root, &out, &debug_config());
     assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
@@ -191,7 +217,7 @@ fn bad_clips_are_rejected_with_their_reason() {
         "{}",
         String::from_utf8_lossy(&o.stdout)
     );
-    assert!(String::from_utf8_lossy(&o.stdout).contains("5 rejected"));
+    assert!(String::from_utf8_lossy(&o.stdout).contains("7 rejected"));
     let rejected = std::fs::read_to_string(out.join("rejected.jsonl")).unwrap();
     for (clip, reason) in [
         ("undecodable", "undecodable"),
@@ -199,12 +225,22 @@ fn bad_clips_are_rejected_with_their_reason() {
         ("zero_frames", "zero_frames"),
         ("wrong_fps", "wrong_fps"),
         ("audio_short", "audio_short"),
+        ("truncated", "truncated"),
+        ("missing", "missing"),
     ] {
         let line = rejected
             .lines()
             .find(|l| l.contains(&format!("\"bad/{clip}\"")))
             .unwrap_or_else(|| panic!("{clip} not rejected: {rejected}"));
         assert!(line.contains(&format!("\"reason\":\"{reason}\"")), "{line}");
+        if clip == "truncated" {
+            assert!(
+                line.contains("of the 3.00 s the container states"),
+                "{line}"
+            );
+            // ffmpeg's first error: `Invalid NAL unit size` or `partial file`.
+            assert!(line.contains("; ffmpeg: "), "{line}");
+        }
     }
     assert_eq!(Dataset::open(&out).unwrap().clips().len(), 2);
 }
@@ -511,4 +547,80 @@ fn face_box_sidecar_crops_each_frame() {
     assert!(std::fs::read_to_string(out2.join("rejected.jsonl"))
         .unwrap()
         .contains("\"reason\":\"bad_boxes\""));
+}
+
+#[test]
+fn a_rerun_with_other_settings_refuses_to_mix_data_sets() {
+    let dir = tempfile::tempdir().unwrap();
+    let (root, out) = (dir.path().join("lrs2"), dir.path().join("ds"));
+    make_synth(&root, 4);
+    let run = |sets: &[&str]| {
+        let mut args = vec![
+            "lrs2",
+            "--root",
+            root.to_str().unwrap(),
+            "--out",
+            out.to_str().unwrap(),
+        ];
+        let cfg = debug_config();
+        args.extend(["--config", &cfg, "--set", "data.clips_per_shard=2"]);
+        args.extend(sets);
+        let o = dataprep(&args);
+        (
+            o.status.code(),
+            String::from_utf8_lossy(&o.stdout).into_owned(),
+            String::from_utf8_lossy(&o.stderr).into_owned(),
+        )
+    };
+    let (code, _, err) = run(&[]);
+    assert_eq!(code, Some(0), "{err}");
+    let manifest = std::fs::read_to_string(out.join("manifest.json")).unwrap();
+    // The same settings again: nothing to do.
+    let (code, so, err) = run(&[]);
+    assert_eq!(code, Some(0), "{err}");
+    assert!(so.contains("built 0 shard(s), 2 already finished"), "{so}");
+
+    // Another resolution: refused before any work, naming the shard and the keys (before: "0
+    // built, 2 already finished" and a manifest describing the new shape over the old shards).
+    let (code, so, err) = run(&["--set", "data.resolution=64"]);
+    assert_eq!(code, Some(1), "{so}{err}");
+    assert!(
+        err.contains("shard-00000.zarr was prepared with other settings"),
+        "{err}"
+    );
+    assert!(err.contains("resolution: 32 -> 64"), "{err}");
+    assert!(err.contains("latent_shape"), "{err}");
+    assert!(err.contains("--rebuild"), "{err}");
+    assert_eq!(err.lines().count(), 1, "{err}");
+    assert_eq!(
+        std::fs::read_to_string(out.join("manifest.json")).unwrap(),
+        manifest,
+        "a refused run changed the manifest"
+    );
+    let (code, _, err) = run(&["--set", "data.mask_fraction=0.4"]);
+    assert_eq!(code, Some(1));
+    assert!(err.contains("mask_fraction: 0.5 -> 0.4"), "{err}");
+
+    // --rebuild: the shards are rebuilt and the manifest matches them.
+    let (code, so, err) = run(&["--set", "data.resolution=64", "--rebuild"]);
+    assert_eq!(code, Some(0), "{err}");
+    assert!(so.contains("built 2 shard(s), 0 already finished"), "{so}");
+    let ds = Dataset::open(&out).unwrap();
+    assert_eq!(ds.manifest().meta.latent_shape, [3, 16, 16]);
+    assert_eq!(ds.manifest().meta.resolution, 64);
+    assert_eq!(ds.latent(0, 0).unwrap().len(), 3 * 16 * 16);
+
+    // A manifest that misdescribes its shards (edited by hand, or left by an older build) is
+    // an error naming the shard when the data set is opened, not a wrong read later.
+    let edited = std::fs::read_to_string(out.join("manifest.json"))
+        .unwrap()
+        .replace("\"resolution\": 64", "\"resolution\": 32")
+        .replacen("16,\n      16", "8,\n      8", 1);
+    assert!(edited.contains("8,\n      8"), "{edited}");
+    std::fs::write(out.join("manifest.json"), edited).unwrap();
+    let e = Dataset::open(&out).unwrap_err().to_string();
+    assert!(
+        e.contains("shard-00000.zarr") && e.contains("latents has shape"),
+        "{e}"
+    );
 }

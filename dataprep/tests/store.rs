@@ -25,6 +25,10 @@ fn meta() -> StoreMeta {
         split: "train".into(),
         filterbank: serde_json::json!({"nfilt": 26, "stack": 4}),
         audio_cache: None,
+        resolution: 16,
+        fps: 25,
+        sample_rate: 16000,
+        mask_fraction: 0.5,
     }
 }
 

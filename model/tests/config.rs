@@ -74,7 +74,7 @@ fn defaults_are_the_paper_config() {
     // The paper file spells every key out; the built-in defaults must agree with it, so a
     // small file that sets only a few keys means "the paper, except ...".
     let paper = load("syncdiff-lrs2.yaml", &[]).unwrap();
-    let mut defaults = Config::from_yaml("", "empty.yaml", &[]).unwrap();
+    let mut defaults = Config::from_yaml("train: {}\n", "nearly-empty.yaml", &[]).unwrap();
     defaults.data = paper.data.clone();
     defaults.model.autoencoder.weights = paper.model.autoencoder.weights.clone();
     defaults.model.audio_encoder.weights = paper.model.audio_encoder.weights.clone();
@@ -125,7 +125,7 @@ fn in_channels_cannot_be_set() {
         e.starts_with("configs/x.yaml: model.unet.in_channels: derived from model.priors"),
         "{e}"
     );
-    let e = yaml_err("", &["model.unet.in_channels=7"]);
+    let e = yaml_err("train: {}\n", &["model.unet.in_channels=7"]);
     assert!(
         e.starts_with("--set model.unet.in_channels=7: model.unet.in_channels: derived"),
         "{e}"
@@ -184,12 +184,12 @@ fn wrong_type_names_file_and_path() {
 
 #[test]
 fn bad_set_names_the_argument_and_path() {
-    let e = yaml_err("", &["model.unet.channel_mult=abc"]);
+    let e = yaml_err("train: {}\n", &["model.unet.channel_mult=abc"]);
     assert_eq!(
         e,
         "--set model.unet.channel_mult=abc: model.unet.channel_mult: expected a list of integers"
     );
-    let e = yaml_err("", &["train.nope=1"]);
+    let e = yaml_err("train: {}\n", &["train.nope=1"]);
     assert!(
         e.starts_with("--set train.nope=1: train.nope: unknown field `nope`"),
         "{e}"
@@ -201,7 +201,7 @@ fn bad_set_names_the_argument_and_path() {
         e.starts_with("--set train..seed=1: empty key segment"),
         "{e}"
     );
-    let e = yaml_err("", &["train.seed=1", "train.seed.x=2"]);
+    let e = yaml_err("train: {}\n", &["train.seed=1", "train.seed.x=2"]);
     assert!(e.starts_with("--set train.seed.x=2: train.seed: "), "{e}");
 }
 
@@ -232,7 +232,7 @@ fn validation_names_the_key() {
         e,
         "configs/x.yaml: model.audio_encoder.frozen_layers: 13 exceeds the 12 layers"
     );
-    let e = yaml_err("", &["model.unet.head_dim=48"]);
+    let e = yaml_err("train: {}\n", &["model.unet.head_dim=48"]);
     assert!(
         e.starts_with("--set model.unet.head_dim=48: model.unet.head_dim: 48 does not divide"),
         "{e}"
@@ -296,10 +296,30 @@ fn extends_cycles_and_missing_files_are_errors() {
     let e = Config::load(&dir.path().join("c.yaml"), &[])
         .unwrap_err()
         .to_string();
+    // The error names the file that extends, and the base it could not find.
     assert!(
-        e.contains("missing.yaml: cannot read the configuration"),
+        e.starts_with(&format!(
+            "{}: extends: missing.yaml: no such file",
+            dir.path().join("c.yaml").display()
+        )),
         "{e}"
     );
+    for (name, text) in [
+        ("empty.yaml", ""),
+        ("comments.yaml", "# nothing here\n\n# at all\n"),
+    ] {
+        std::fs::write(dir.path().join(name), text).unwrap();
+        let e = Config::load(&dir.path().join(name), &[])
+            .unwrap_err()
+            .to_string();
+        assert!(
+            e.starts_with(&format!(
+                "{}: the file is empty or only comments",
+                dir.path().join(name).display()
+            )),
+            "{e}"
+        );
+    }
     let e = Config::from_yaml("- 1\n- 2\n", "list.yaml", &[])
         .unwrap_err()
         .to_string();

@@ -106,3 +106,33 @@ fn nan_weights_are_never_saved() {
     let e = weights::save(&t, f.path()).unwrap_err().to_string();
     assert_eq!(e, "refusing to save: tensor `w` holds NaN or Inf");
 }
+
+#[test]
+fn a_damaged_header_is_reported_as_damaged() {
+    let vs = VarStore::new(Device::Cpu);
+    let _m = SyncDiff::new(vs.root(), &tiny());
+    // One character of a tensor name changed (what a flipped header byte does): the message
+    // says the names are wrong, not only that one is missing.
+    let f = saved(&vs, |t| {
+        let name = &mut t[0].0;
+        let last = name.pop().unwrap();
+        name.push(if last == 'x' { 'y' } else { 'x' });
+    });
+    let vs2 = VarStore::new(Device::Cpu);
+    let _m2 = SyncDiff::new(vs2.root(), &tiny());
+    let e = weights::load(&vs2, f.path()).unwrap_err().to_string();
+    assert!(e.contains("missing tensor"), "{e}");
+    assert!(
+        e.contains("a damaged file, or weights of another model"),
+        "{e}"
+    );
+    // A header that is not JSON: named as a damaged file.
+    let mut bytes = std::fs::read(f.path()).unwrap();
+    bytes[9] = b'#';
+    std::fs::write(f.path(), &bytes).unwrap();
+    let e = weights::load(&vs2, f.path()).unwrap_err().to_string();
+    assert!(
+        e.contains("not a readable safetensors file (damaged"),
+        "{e}"
+    );
+}

@@ -38,6 +38,7 @@ fn state(step: u64) -> TrainerState {
         dataset_sha256: "bench".into(),
         external_weights: Default::default(),
         saved_unix: now_unix(),
+        run: Some("run-bench".into()),
     }
 }
 
@@ -106,6 +107,7 @@ fn main() -> anyhow::Result<()> {
         backend: DistBackend::Mpi,
         stop_requested: &|| false,
         resume: ResumePolicy::Never,
+        move_aside: false,
     };
     let mut trainer = Trainer::new(&config, &rt, &opts)?;
     if std::env::var_os("BENCH_VERBOSE").is_some() {

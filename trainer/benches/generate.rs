@@ -79,8 +79,8 @@ fn main() -> anyhow::Result<()> {
     let outs = generate::generate_batch(&g, &all, &opts, |_| {})?;
     let gen_s = start.elapsed().as_secs_f64();
     let start = Instant::now();
-    for (p, o) in prepared.iter().zip(&outs) {
-        generate::write(p, o)?;
+    for (p, o) in prepared.iter().zip(outs) {
+        generate::write(p, &o?)?;
     }
     let write_s = start.elapsed().as_secs_f64();
     println!(

@@ -118,6 +118,7 @@ fn main() -> anyhow::Result<()> {
             backend: DistBackend::Mpi,
             stop_requested: &|| false,
             resume: syncdiff_trainer::ckpt::ResumePolicy::Never,
+            move_aside: false,
         };
         let mut trainer = Trainer::new(&config, &rt, &opts)?;
         let parameters: i64 = trainer

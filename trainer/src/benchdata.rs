@@ -64,6 +64,7 @@ pub fn synthetic_dataset(dir: &Path, config: &Config) -> anyhow::Result<PathBuf>
         half: false,
         rank: 0,
         world: 1,
+        rebuild: false,
     };
     syncdiff_dataprep::ingest::ingest(&opts, config, |_, _, _| {})?;
     Ok(out)

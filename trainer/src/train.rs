@@ -37,6 +37,9 @@ pub enum TrainError {
         /// Cause.
         source: StoreError,
     },
+    /// The data set does not match the configuration.
+    #[error("{0}")]
+    DatasetSettings(String),
     /// The data set cannot feed the configured batch.
     #[error("data.dataset: {0}")]
     Sampler(#[from] SamplerError),
@@ -84,6 +87,9 @@ pub struct TrainOptions<'a> {
     pub stop_requested: &'a dyn Fn() -> bool,
     /// `--resume`.
     pub resume: ResumePolicy,
+    /// `--move-aside`: checkpoints under `checkpoint.url` that would mix with this run are moved
+    /// to `set-aside/` instead of refusing the start.
+    pub move_aside: bool,
 }
 
 impl std::fmt::Debug for TrainOptions<'_> {
@@ -170,6 +176,7 @@ impl Checkpoints {
                 dataset_sha256: dataset_sha256.to_string(),
                 external_weights: external,
                 saved_unix: 0,
+                run: None,
             },
             config_yaml: config.to_yaml(),
             last_saved: None,
@@ -229,9 +236,23 @@ pub fn train(
             path: config.data.dataset.clone(),
             source,
         })?;
+    let meta = &ds.manifest().meta;
+    crate::data::check_dataset_settings("data.dataset", &config.data.dataset, meta, config)
+        .map_err(TrainError::DatasetSettings)?;
     let frames: Vec<u64> = ds.clips().iter().map(|c| c.frames).collect();
     let mut ckpts = Checkpoints::open(config, rt, ds.sha256())?;
-    let resumed = ckpt::resume(&opts.resume, &ckpts.store, rt)?;
+    if let Some(sha) = ckpts.state.external_weights.get("vq_f4") {
+        if *sha != meta.autoencoder_sha256 {
+            return Err(TrainError::DatasetSettings(format!(
+                "data.dataset {} was encoded with autoencoder weights of sha256 {}, but \
+                 model.autoencoder.weights has sha256 {sha}: prepare the data set with these \
+                 weights, or configure the ones it was prepared with",
+                config.data.dataset, meta.autoencoder_sha256
+            )));
+        }
+    }
+    let resumed = ckpt::resume(&opts.resume, opts.move_aside, &ckpts.store, rt)?;
+    ckpts.state.run = Some(resumed.run.clone());
     let m = &config.model;
     let np = m.priors.needed_previous_frames();
     let sampler = Arc::new(Sampler::new(
@@ -271,7 +292,7 @@ pub fn train(
     let device = opts.device;
     let mut trainer = Trainer::new(config, rt, opts)?;
     let (mut state, mut step) = (LoaderState::default(), 0);
-    if let Some((url, r)) = &resumed {
+    if let Some((url, r)) = &resumed.from {
         let saved = Config::from_yaml(&r.config_yaml, &format!("{url}/config.yaml"), &[])
             .map_err(|e| incompatible(url, e.to_string()))?;
         ckpt::check_compatible(&r.state, &saved, config, &ckpts.state.dataset_sha256)
@@ -285,13 +306,21 @@ pub fn train(
         ckpts.last_saved = Some(step);
         if rt.is_main() {
             println!(
-                "{} resumed from {url} at step {step} (epoch {}, sample {}; saved by {} ranks)",
+                "{} resumed {} from {url} at step {step} (epoch {}, sample {}; saved by {} ranks)",
                 rt.prefix(),
+                resumed.run,
                 state.epoch,
                 state.consumed,
                 r.state.world_size
             );
         }
+    } else if rt.is_main() {
+        println!(
+            "{} new run {} (checkpoints to {})",
+            rt.prefix(),
+            resumed.run,
+            ckpts.store.url()
+        );
     }
     drop(resumed);
     let mut tb = if rt.is_main() {

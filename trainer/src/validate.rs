@@ -26,6 +26,9 @@ pub enum ValidateError {
     /// The val data set cannot be read.
     #[error("data.val_dataset: {0}")]
     Store(#[from] StoreError),
+    /// The val data set was prepared with other settings.
+    #[error("{0}")]
+    Settings(String),
     /// The val data set is too small.
     #[error("data.val_dataset: {0}")]
     Sampler(#[from] SamplerError),
@@ -83,6 +86,8 @@ impl Validator {
     /// a fixed order of the val split.
     pub fn new(config: &Config, path: &str, rank: u64, world: u64) -> Result<Self, ValidateError> {
         let ds = Dataset::open(Path::new(path))?;
+        crate::data::check_dataset_settings("data.val_dataset", path, &ds.manifest().meta, config)
+            .map_err(ValidateError::Settings)?;
         let frames: Vec<u64> = ds.clips().iter().map(|c| c.frames).collect();
         let m = &config.model;
         let np = u64::from(m.priors.needed_previous_frames());

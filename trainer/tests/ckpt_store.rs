@@ -48,6 +48,8 @@ fn retention_keeps_the_newest_and_the_multiples_and_removes_cut_off_saves() {
             keep_last: 2,
             keep_every: Some(3),
         },
+        None,
+        7,
     )
     .unwrap();
     let left: Vec<(u64, bool)> = list(&store)
@@ -129,4 +131,75 @@ fn credentials_in_a_url_are_refused_without_being_echoed() {
         e.contains("checkpoint.url") && !e.contains("hunter2secret"),
         "{e}"
     );
+    // A pre-signed URL: the signature is a credential too.
+    let signed = "s3://bucket/run?X-Amz-Credential=AKID&X-Amz-Signature=f00dfeedsig";
+    let e = Store::open(signed, retry()).unwrap_err().to_string();
+    assert!(e.contains("credentials in the URL are refused"), "{e}");
+    assert!(!e.contains("f00dfeedsig"), "{e}");
+    let set = syncdiff_model::config::Override::parse(&format!("checkpoint.url={signed}")).unwrap();
+    let e = syncdiff_model::config::Config::load(&path, &[set])
+        .unwrap_err()
+        .to_string();
+    assert!(e.contains("checkpoint.url: holds a query string"), "{e}");
+    assert!(!e.contains("f00dfeedsig"), "{e}");
+    // A malformed override quoting it does not echo it either.
+    let e = syncdiff_model::config::Override::parse(&format!("checkpoint.url=[{signed}"))
+        .unwrap_err()
+        .to_string();
+    assert!(!e.contains("f00dfeedsig"), "{e}");
+}
+
+#[test]
+fn retention_deletes_only_the_current_runs_older_checkpoints() {
+    let dir = tempfile::tempdir().unwrap();
+    let url = dir.path().join("ckpt");
+    let store = Store::open(url.to_str().unwrap(), retry()).unwrap();
+    let keep = Retention {
+        keep_last: 1,
+        keep_every: None,
+    };
+    let of_run = |step: u64, run: &str| {
+        let mut s = snapshot(step, 1);
+        s.state.run = Some(run.into());
+        s
+    };
+    // Another run's checkpoints, one of them newer than anything run B writes.
+    for step in [30, 50] {
+        write(&store, keep, of_run(step, "run-a")).unwrap();
+    }
+    assert_eq!(
+        list(&store)
+            .unwrap()
+            .iter()
+            .map(|c| c.step)
+            .collect::<Vec<_>>(),
+        vec![50],
+        "run-a's own retention"
+    );
+    write(&store, keep, of_run(40, "run-a")).unwrap();
+    for step in [10, 20] {
+        let r = write(&store, keep, of_run(step, "run-b")).unwrap();
+        // The checkpoint just written survives, though older than run-a's.
+        assert!(
+            !r.deleted.iter().any(|d| d.ends_with(&format!("{step:09}"))),
+            "{r:?}"
+        );
+    }
+    let left: Vec<(u64, String)> = list(&store)
+        .unwrap()
+        .iter()
+        .map(|c| (c.step, c.manifest.as_ref().unwrap().run.clone().unwrap()))
+        .collect();
+    assert_eq!(
+        left,
+        vec![
+            (20, "run-b".into()),
+            (40, "run-a".into()),
+            (50, "run-a".into())
+        ],
+        "retention of run-b deleted only run-b's step 10"
+    );
+    // The run's newest checkpoint is kept even when the one just written is older.
+    let r = apply_retention(&store, keep, Some("run-b"), 15).unwrap();
+    assert!(r.is_empty(), "{r:?}");
 }

@@ -88,12 +88,35 @@ fn indivisible_global_batch_fails_under_mpirun() {
         .output()
         .unwrap();
     let (out, err) = text(&o);
-    assert!(!o.status.success(), "{out}");
+    // A configuration error (exit 2, as docs/configuration.md says), said once (by rank 0).
+    assert_eq!(o.status.code(), Some(2), "{out}\n{err}");
+    let said: Vec<&str> = err.lines().filter(|l| l.starts_with("error: ")).collect();
+    assert_eq!(said.len(), 1, "{err}");
     assert!(
-        err.contains("train.global_batch: 3 samples cannot be split evenly over 2 ranks"),
+        said[0].contains("train.global_batch: 3 samples cannot be split evenly over 2 ranks"),
         "{err}"
     );
     assert!(!err.contains("panicked"), "{err}");
+    // Training (not only the dry run) stops the same way, before touching data or checkpoints.
+    let o = mpirun(2)
+        .args([
+            "--config",
+            "configs/debug.yaml",
+            "--set",
+            "train.global_batch=3",
+        ])
+        .args([
+            "--set",
+            "data.dataset=/nonexistent",
+            "--set",
+            "checkpoint.url=/nonexistent/ckpt",
+        ])
+        .output()
+        .unwrap();
+    let (out, err) = text(&o);
+    assert_eq!(o.status.code(), Some(2), "{out}\n{err}");
+    assert!(err.contains("cannot be split evenly over 2 ranks"), "{err}");
+    assert!(!Path::new("/nonexistent").exists());
 }
 
 #[test]
@@ -371,4 +394,78 @@ fn sigusr1_to_one_rank_stops_all_ranks_after_the_same_step() {
         .parse()
         .unwrap();
     assert!(steps < 100000, "{stopped}");
+}
+
+#[test]
+fn a_data_set_prepared_with_other_settings_is_refused_before_training() {
+    let dir = tempfile::tempdir().unwrap();
+    let ds = prepared_dataset(dir.path());
+    let ckpt = dir.path().join("ckpt");
+    let run = |ds: &Path, sets: &[&str]| {
+        let o = train()
+            .args(["--config", "configs/debug.yaml", "--resume", "never"])
+            .arg("--set")
+            .arg(format!("data.dataset={}", ds.display()))
+            .arg("--set")
+            .arg(format!("checkpoint.url={}", ckpt.display()))
+            .arg("--set")
+            .arg(format!("log.dir={}", dir.path().join("runs").display()))
+            .args(sets.iter().flat_map(|s| ["--set", s]))
+            .output()
+            .unwrap();
+        let (_, err) = text(&o);
+        assert_eq!(o.status.code(), Some(1), "{err}");
+        assert!(!err.contains("panicked"), "{err}");
+        assert_eq!(err.lines().count(), 1, "{err}");
+        err
+    };
+    // Before: trained silently on 32-pixel latents and saved resolution 64 in the checkpoint.
+    let err = run(&ds, &["data.resolution=64"]);
+    assert!(
+        err.contains(&format!(
+            "data.dataset {} was prepared with other settings",
+            ds.display()
+        )),
+        "{err}"
+    );
+    assert!(err.contains("resolution: 32 -> 64"), "{err}");
+    assert!(err.contains("latent_shape: [3,8,8] -> [3,16,16]"), "{err}");
+    let err = run(&ds, &["data.mask_fraction=0.25"]);
+    assert!(err.contains("mask_fraction: 0.5 -> 0.25"), "{err}");
+    assert!(!ckpt.exists(), "a refused run wrote checkpoints");
+
+    // A data set whose manifest misdescribes its shards: a one-line error naming the shard
+    // (before: a panic in the loader thread, abort with a backtrace).
+    let mixed = dir.path().join("mixed");
+    std::fs::create_dir(&mixed).unwrap();
+    for e in std::fs::read_dir(&ds).unwrap().flatten() {
+        let to = mixed.join(e.file_name());
+        if e.path().is_dir() {
+            copy_dir(&e.path(), &to);
+        } else {
+            std::fs::copy(e.path(), to).unwrap();
+        }
+    }
+    let m = std::fs::read_to_string(mixed.join("manifest.json")).unwrap();
+    let m = m
+        .replace("\"resolution\": 32", "\"resolution\": 64")
+        .replacen("8,\n      8", "16,\n      16", 1);
+    std::fs::write(mixed.join("manifest.json"), m).unwrap();
+    let err = run(&mixed, &["data.resolution=64"]);
+    assert!(
+        err.contains("shard-00000.zarr") && err.contains("latents has shape"),
+        "{err}"
+    );
+}
+
+fn copy_dir(from: &Path, to: &Path) {
+    std::fs::create_dir_all(to).unwrap();
+    for e in std::fs::read_dir(from).unwrap().flatten() {
+        let dest = to.join(e.file_name());
+        if e.path().is_dir() {
+            copy_dir(&e.path(), &dest);
+        } else {
+            std::fs::copy(e.path(), dest).unwrap();
+        }
+    }
 }

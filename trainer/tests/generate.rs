@@ -217,6 +217,9 @@ fn a_clip_generated_in_a_batch_equals_the_clip_generated_alone() {
     };
     let a = generate::prepare(&g, &job("spk00/00001", "spk01/00001", "a.mp4")).unwrap();
     let b = generate::prepare(&g, &job("spk01/00002", "spk00/00003", "b.mp4")).unwrap();
+    let ok = |v: Vec<generate::ClipOutput>| -> Vec<tch::Tensor> {
+        v.into_iter().map(Result::unwrap).collect()
+    };
     for eta in [0.0, 0.5] {
         let opts = GenerateOptions {
             steps: 5,
@@ -224,8 +227,8 @@ fn a_clip_generated_in_a_batch_equals_the_clip_generated_alone() {
             inpaint: eta > 0.0,
             seed: 7,
         };
-        let both = generate::generate_batch(&g, &[&a, &b], &opts, |_| {}).unwrap();
-        let alone = generate::generate_batch(&g, &[&b], &opts, |_| {}).unwrap();
+        let both = ok(generate::generate_batch(&g, &[&a, &b], &opts, |_| {}).unwrap());
+        let alone = ok(generate::generate_batch(&g, &[&b], &opts, |_| {}).unwrap());
         let diff = f64::try_from((&both[1] - &alone[0]).abs().max()).unwrap();
         println!("eta {eta}: max abs difference {diff:.2e} (images in [-1, 1])");
         assert!(diff < 1e-4, "eta {eta}: {diff}");
@@ -237,13 +240,13 @@ fn a_clip_generated_in_a_batch_equals_the_clip_generated_alone() {
             })
             .collect();
         let split =
-            generate::generate_batch_parallel(&mut workers, &[&a, &b], &opts, |_| {}).unwrap();
+            ok(generate::generate_batch_parallel(&mut workers, &[&a, &b], &opts, |_| {}).unwrap());
         let diff = f64::try_from((&split[1] - &alone[0]).abs().max()).unwrap();
         println!("eta {eta}: 2 workers, max abs difference {diff:.2e}");
         assert!(diff < 1e-4, "eta {eta}, 2 workers: {diff}");
         // Another seed gives another sample.
         let other = GenerateOptions { seed: 8, ..opts };
-        let reseeded = generate::generate_batch(&g, &[&b], &other, |_| {}).unwrap();
+        let reseeded = ok(generate::generate_batch(&g, &[&b], &other, |_| {}).unwrap());
         assert!(f64::try_from((&reseeded[0] - &alone[0]).abs().max()).unwrap() > 1e-2);
     }
 }
@@ -355,4 +358,141 @@ fn bad_inputs_give_one_clear_error_each_and_the_other_clips_still_finish() {
         "{stderr}"
     );
     assert!(d.join("o2.mp4").is_file() && !d.join("o1.mp4").exists());
+}
+
+fn copy_bundle(from: &Path, to: &Path) -> PathBuf {
+    std::fs::create_dir_all(to).unwrap();
+    for e in std::fs::read_dir(from).unwrap().flatten() {
+        std::fs::copy(e.path(), to.join(e.file_name())).unwrap();
+    }
+    to.to_path_buf()
+}
+
+/// `ffprobe`'s sample rate and channel count of the first audio stream.
+fn audio_format(path: &Path) -> (u32, u32) {
+    let o = Command::new("ffprobe")
+        .args(["-v", "error", "-select_streams", "a:0", "-show_entries"])
+        .args(["stream=sample_rate,channels", "-of", "csv=p=0"])
+        .arg(path)
+        .output()
+        .unwrap();
+    let text = String::from_utf8_lossy(&o.stdout);
+    let v: Vec<u32> = text.trim().split(',').map(|x| x.parse().unwrap()).collect();
+    (v[0], v[1])
+}
+
+#[test]
+fn damaged_bundles_non_finite_outputs_and_unwritable_outputs_fail_clearly() {
+    let dir = tempfile::tempdir().unwrap();
+    let d = dir.path();
+    let model = bundle(d, 2);
+    let root = common::synthetic(d);
+    let good = clip(&root, "spk00/00001");
+    let gen = |bundle: &Path, audio: &Path, out: &Path| {
+        let o = syncdiff(&[
+            "generate",
+            "--checkpoint",
+            &s(bundle),
+            "--video",
+            &s(&good),
+            "--audio",
+            &s(audio),
+            "--out",
+            &s(out),
+            "--steps",
+            "2",
+        ]);
+        let (_, err) = common::text(&o);
+        assert!(!err.contains("panicked"), "{err}");
+        (o.status.success(), err)
+    };
+
+    // Four bytes changed in the weights: named as damaged (before: an all-black video, exit 0).
+    let flipped = copy_bundle(&model, &d.join("flipped"));
+    let w = flipped.join("weights.safetensors");
+    let mut bytes = std::fs::read(&w).unwrap();
+    let n = bytes.len();
+    for b in &mut bytes[n / 2..n / 2 + 4] {
+        *b ^= 0xff;
+    }
+    std::fs::write(&w, &bytes).unwrap();
+    let (ok, err) = gen(&flipped, &good, &d.join("f.mp4"));
+    assert!(
+        !ok && err.contains("weights.safetensors is damaged"),
+        "{err}"
+    );
+    // In the header too (before: "missing tensor audio.proj1.bias").
+    let header = copy_bundle(&model, &d.join("header"));
+    let w = header.join("weights.safetensors");
+    let mut bytes = std::fs::read(&w).unwrap();
+    bytes[20] ^= 0x01;
+    std::fs::write(&w, &bytes).unwrap();
+    let (ok, err) = gen(&header, &good, &d.join("h.mp4"));
+    assert!(
+        !ok && err.contains("weights.safetensors is damaged"),
+        "{err}"
+    );
+    // A directory without the bundle's hashes is not loaded unverified.
+    let bare = copy_bundle(&model, &d.join("bare"));
+    std::fs::remove_file(bare.join("bundle.json")).unwrap();
+    let (ok, err) = gen(&bare, &good, &d.join("b.mp4"));
+    assert!(!ok && err.contains("bundle.json"), "{err}");
+    for f in ["f.mp4", "h.mp4", "b.mp4"] {
+        assert!(!d.join(f).exists(), "{f}");
+    }
+
+    // Weights that make NaN (hashes consistent, so only the output can tell): the clip stops
+    // with an error naming it, and no video is written.
+    let nan = copy_bundle(&model, &d.join("nan"));
+    let w = nan.join("weights.safetensors");
+    let mut named = tch::Tensor::read_safetensors(&w).unwrap();
+    let (_, t) = named
+        .iter_mut()
+        .find(|(k, _)| k == "unet.conv_in.weight")
+        .unwrap();
+    let _ = t.fill_(f64::NAN);
+    tch::Tensor::write_safetensors(&named, &w).unwrap();
+    let info = syncdiff_trainer::ckpt::BundleInfo::verify(&model).unwrap();
+    let names: Vec<String> = info.files.iter().map(|f| f.name.clone()).collect();
+    let names: Vec<&str> = names.iter().map(String::as_str).collect();
+    info.write(&nan, &names).unwrap();
+    let (ok, err) = gen(&nan, &good, &d.join("n.mp4"));
+    assert!(!ok, "{err}");
+    assert!(
+        err.contains("n.mp4: the model's output is not finite (NaN or Inf) at frame 0"),
+        "{err}"
+    );
+    assert!(!d.join("n.mp4").exists());
+
+    // Outputs are checked before any work: a directory as --out (before: `.partial.gen: Unable
+    // to find a suitable output format` after every frame), a place that cannot be created.
+    // The model is not even loaded first: with a missing checkpoint the output is named.
+    let out_dir = d.join("outdir");
+    std::fs::create_dir(&out_dir).unwrap();
+    let (ok, err) = gen(&d.join("no-such-bundle"), &good, &out_dir);
+    assert!(!ok && err.contains("outdir: is a directory"), "{err}");
+    std::fs::write(d.join("afile"), b"x").unwrap();
+    let (ok, err) = gen(&model, &good, &d.join("afile/x.mp4"));
+    assert!(!ok && err.contains("afile: cannot create"), "{err}");
+
+    // A missing directory is created; any file name works (an mp4 is written); the output keeps
+    // the drive's own sound (44.1 kHz stereo here), not the model's 16 kHz mono copy.
+    let drive = d.join("drive.wav");
+    let o = Command::new("ffmpeg")
+        .args(["-v", "error", "-y", "-f", "lavfi", "-i"])
+        .args([
+            "sine=frequency=300:sample_rate=44100:duration=1",
+            "-ac",
+            "2",
+        ])
+        .arg(&drive)
+        .output()
+        .unwrap();
+    assert!(o.status.success());
+    let out = d.join("new/sub/gen");
+    let (ok, err) = gen(&model, &drive, &out);
+    assert!(ok, "{err}");
+    assert_eq!(audio_format(&out), (44100, 2));
+    let info = video::probe(&out).unwrap();
+    assert_eq!((info.width, info.height, info.fps), (160, 160, 25.0));
 }

@@ -236,4 +236,54 @@ fn syncdiff_eval_scores_videos_and_names_missing_predictions() {
         err.contains("00002.mp4: no prediction for the ground truth"),
         "{err}"
     );
+
+    // The report's place is checked before scoring: a missing directory is made, a file in the
+    // way is named (before: the failure came after every video was scored).
+    let eval = |pred: &std::path::Path, report: &std::path::Path| {
+        Command::new(env!("CARGO_BIN_EXE_syncdiff"))
+            .args(["eval", "--pred", pred.to_str().unwrap()])
+            .args([
+                "--gt",
+                gt.to_str().unwrap(),
+                "--report",
+                report.to_str().unwrap(),
+            ])
+            .output()
+            .unwrap()
+    };
+    std::fs::write(dir.path().join("afile"), b"x").unwrap();
+    // (With a missing prediction: the report error comes first, so nothing was scored.)
+    let o = eval(&pred, &dir.path().join("afile/eval.json"));
+    let err = String::from_utf8_lossy(&o.stderr);
+    assert!(!o.status.success());
+    assert!(
+        err.contains("--report") && err.contains("cannot create"),
+        "{err}"
+    );
+    std::fs::copy(gt.join("00002.mp4"), pred.join("00002.mp4")).unwrap();
+    let nested = dir.path().join("new/dir/eval.json");
+    let o = eval(&pred, &nested);
+    assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
+    assert!(nested.is_file());
+
+    // A prediction of another size is scaled to the ground truth's, with a warning.
+    let small = dir.path().join("small");
+    std::fs::create_dir_all(&small).unwrap();
+    for c in ["00001", "00002"] {
+        let o = Command::new("ffmpeg")
+            .args(["-v", "error", "-y", "-i"])
+            .arg(gt.join(format!("{c}.mp4")))
+            .args(["-vf", "scale=32:32"])
+            .arg(small.join(format!("{c}.mp4")))
+            .output()
+            .unwrap();
+        assert!(o.status.success());
+    }
+    let o = eval(&small, &dir.path().join("small.json"));
+    let err = String::from_utf8_lossy(&o.stderr);
+    assert!(o.status.success(), "{err}");
+    assert!(
+        err.contains("00001.mp4: the prediction is 32x32, the ground truth 160x160"),
+        "{err}"
+    );
 }

@@ -161,7 +161,7 @@ fn a_stopped_and_resumed_run_ends_bit_identical_to_an_uninterrupted_one() {
     let (out, err) = text(&o);
     assert!(o.status.success(), "{err}");
     assert!(
-        out.contains(&format!("resumed from {}/step-{k:09} at step {k}", s(&a))),
+        out.contains(&format!(" from {}/step-{k:09} at step {k}", s(&a))),
         "{out}"
     );
 
@@ -249,7 +249,7 @@ fn a_save_killed_mid_upload_leaves_the_previous_checkpoint_for_auto() {
         "{err}"
     );
     assert!(
-        out.contains(&format!("resumed from {ckpt}/step-000000002 at step 2")),
+        out.contains(&format!(" from {ckpt}/step-000000002 at step 2")),
         "{out}"
     );
 }
@@ -329,10 +329,7 @@ fn an_s3_server_restarted_during_a_run_does_not_lose_it_and_secrets_stay_hidden(
         .output()
         .unwrap();
     let (out, err) = text(&o);
-    assert!(
-        out.contains("resumed from s3://runs/debug/step-"),
-        "{out}\n{err}"
-    );
+    assert!(out.contains(" from s3://runs/debug/step-"), "{out}\n{err}");
     for text in [&all, &out, &err] {
         assert!(!text.contains(&secret), "secret in output");
     }
@@ -424,4 +421,132 @@ fn ckpt_list_inspect_and_export_a_bundle() {
         err.contains("step-000000004/optimizer.safetensors is damaged"),
         "{err}"
     );
+}
+
+fn valid_steps(dir: &Path) -> Vec<u64> {
+    let mut steps: Vec<u64> = std::fs::read_dir(dir)
+        .unwrap()
+        .flatten()
+        .filter(|e| e.path().join("manifest.json").exists())
+        .filter_map(|e| e.file_name().to_str()?.strip_prefix("step-")?.parse().ok())
+        .collect();
+    steps.sort();
+    steps
+}
+
+fn run_of(step_dir: &Path) -> String {
+    let m: serde_json::Value =
+        serde_json::from_slice(&std::fs::read(step_dir.join("manifest.json")).unwrap()).unwrap();
+    m["run"].as_str().unwrap().to_string()
+}
+
+#[test]
+fn a_run_never_deletes_or_mixes_with_checkpoints_it_did_not_continue() {
+    let dir = tempfile::tempdir().unwrap();
+    let ds = prepared_dataset(dir.path());
+    let logs = dir.path().join("runs");
+    let ckpt = dir.path().join("ckpt");
+    let url = ckpt.display().to_string();
+    let run = |steps: u64, extra: &[&str]| {
+        train()
+            .args(args(&ds, &url, &logs, steps))
+            .args(extra)
+            .output()
+            .unwrap()
+    };
+    let o = run(
+        20,
+        &[
+            "--set",
+            "checkpoint.interval=5",
+            "--set",
+            "checkpoint.keep_last=3",
+        ],
+    );
+    assert!(o.status.success(), "{}", text(&o).1);
+    assert_eq!(valid_steps(&ckpt), vec![10, 15, 20]);
+    let first_run = run_of(&ckpt.join("step-000000010"));
+    let after_20 = manifest_hashes(&ckpt.join("step-000000020"));
+
+    // Continuing from an older step, or starting fresh, into this URL is refused, and nothing
+    // is deleted (before: every new save and then step 10 were deleted, exit 0).
+    let older = format!("{url}/step-000000010");
+    let tight = [
+        "--set",
+        "checkpoint.interval=1",
+        "--set",
+        "checkpoint.keep_last=2",
+    ];
+    for resume in [older.as_str(), "never"] {
+        let o = run(25, &[&["--resume", resume][..], &tight[..]].concat());
+        let (_, err) = text(&o);
+        assert_eq!(o.status.code(), Some(1), "{err}");
+        assert!(!err.contains("panicked"), "{err}");
+        assert!(
+            err.contains("step-000000015") && err.contains("step-000000020"),
+            "{err}"
+        );
+        assert!(err.contains("--move-aside"), "{err}");
+        assert_eq!(valid_steps(&ckpt), vec![10, 15, 20], "{resume}: {err}");
+    }
+    assert_eq!(manifest_hashes(&ckpt.join("step-000000020")), after_20);
+
+    // Rolling back on purpose: the newer checkpoints move aside (still valid), the run goes on
+    // from step 10 as the same run, and retention keeps its newest saves.
+    let o = run(
+        14,
+        &[
+            &["--resume", older.as_str(), "--move-aside"][..],
+            &tight[..],
+        ]
+        .concat(),
+    );
+    let (out, err) = text(&o);
+    assert!(o.status.success(), "{err}");
+    assert!(
+        err.contains("moved 2 checkpoint(s) out of the way"),
+        "{err}"
+    );
+    assert!(
+        out.contains(&format!("resumed {first_run} from {older} at step 10")),
+        "{out}"
+    );
+    assert_eq!(valid_steps(&ckpt), vec![13, 14]);
+    assert_eq!(run_of(&ckpt.join("step-000000014")), first_run);
+    let aside: Vec<PathBuf> = std::fs::read_dir(ckpt.join("set-aside"))
+        .unwrap()
+        .flatten()
+        .map(|e| e.path())
+        .collect();
+    assert_eq!(aside.len(), 1, "{aside:?}");
+    assert_eq!(valid_steps(&aside[0]), vec![15, 20]);
+    assert_eq!(manifest_hashes(&aside[0].join("step-000000020")), after_20);
+
+    // `auto` continues the newest (not the set-aside step 20).
+    let o = run(15, &tight);
+    let (out, err) = text(&o);
+    assert!(o.status.success(), "{err}");
+    assert!(
+        out.contains(&format!("from {url}/step-000000014 at step 14")),
+        "{out}"
+    );
+    assert_eq!(valid_steps(&ckpt), vec![14, 15]);
+
+    // Every checkpoint damaged: `auto` refuses to start fresh among them (before: a fresh run
+    // whose saves retention then deleted).
+    for s in [14, 15] {
+        let f = ckpt.join(format!("step-{s:09}/model.safetensors"));
+        let mut bytes = std::fs::read(&f).unwrap();
+        let n = bytes.len();
+        bytes[n - 5] ^= 0x10;
+        std::fs::write(&f, bytes).unwrap();
+    }
+    let o = run(18, &tight);
+    let (_, err) = text(&o);
+    assert_eq!(o.status.code(), Some(1), "{err}");
+    assert!(
+        err.contains("no checkpoint under") && err.contains("verifies"),
+        "{err}"
+    );
+    assert_eq!(valid_steps(&ckpt), vec![14, 15]);
 }

@@ -381,3 +381,30 @@ fn forward_logfbank_and_temporal() {
         stderr(&o)
     );
 }
+
+#[test]
+fn ckpt_list_and_inspect_never_create_what_they_read() {
+    let dir = tempfile::tempdir().unwrap();
+    let typo = dir.path().join("typo/path");
+    for args in [
+        vec!["ckpt", "list", typo.to_str().unwrap()],
+        vec![
+            "ckpt",
+            "inspect",
+            &format!("{}/step-000000004", typo.display()),
+        ],
+    ] {
+        let o = syncdiff(&args);
+        let e = stderr(&o);
+        assert_eq!(o.status.code(), Some(1), "{args:?}: {e}");
+        assert!(e.contains("typo/path: no such directory"), "{e}");
+        assert_eq!(e.lines().count(), 1, "{e}");
+        assert!(!dir.path().join("typo").exists(), "{args:?} created it");
+    }
+    // An existing empty location is not an error: it holds no checkpoints.
+    let empty = dir.path().join("empty");
+    std::fs::create_dir(&empty).unwrap();
+    let o = syncdiff(&["ckpt", "list", empty.to_str().unwrap()]);
+    assert!(o.status.success(), "{}", stderr(&o));
+    assert!(String::from_utf8_lossy(&o.stdout).contains("no checkpoints"));
+}

@@ -65,23 +65,11 @@ pub struct Override {
     pub value: Value,
 }
 
-/// `arg` with the `user:secret@` part of a URL in it replaced by `***@`: messages quote
-/// overrides, and a credential must not reach a log even when given by mistake.
-fn without_credentials(arg: &str) -> String {
-    let Some((head, rest)) = arg.split_once("://") else {
-        return arg.to_string();
-    };
-    let authority = rest.split('/').next().unwrap_or_default();
-    match authority.rsplit_once('@') {
-        Some((_, host)) => format!("{head}://***@{host}{}", &rest[authority.len()..]),
-        None => arg.to_string(),
-    }
-}
-
 impl Override {
     /// Parses `key.path=value`; the value is YAML (`3`, `0.1`, `[1, 2]`, `null`, `s3://b/x`).
     pub fn parse(arg: &str) -> Result<Self, ConfigError> {
-        let shown = without_credentials(arg);
+        // Messages quote the argument: a credential in it must not reach a log.
+        let shown = super::redact_url(arg);
         let bad = |message: &str| ConfigError::BadOverride {
             arg: shown.clone(),
             message: message.to_string(),
@@ -96,7 +84,14 @@ impl Override {
         let value = if raw.trim().is_empty() {
             Value::Null
         } else {
-            serde_saphyr::from_str::<Value>(raw).map_err(|e| bad(&one_line(&e.to_string())))?
+            serde_saphyr::from_str::<Value>(raw).map_err(|e| {
+                // The parser's message may quote the value: not when the value holds a secret.
+                if shown == arg {
+                    bad(&one_line(&e.to_string()))
+                } else {
+                    bad("the value is not valid YAML")
+                }
+            })?
         };
         Ok(Self {
             arg: shown,
@@ -208,7 +203,13 @@ fn push_layer(
         serde_saphyr::from_str::<Value>(text).map_err(|e| syntax(one_line(&e.to_string())))?
     };
     if tree.is_null() {
-        tree = Value::Object(Map::new());
+        // An empty file is almost always a mistake (a truncated copy, the wrong path): running
+        // the paper's defaults on it would start a very different job without a word.
+        return Err(syntax(
+            "the file is empty or only comments; write the keys to change, or \
+             `extends: syncdiff-lrs2.yaml` for the paper's configuration"
+                .into(),
+        ));
     }
     let map = tree
         .as_object_mut()
@@ -222,7 +223,14 @@ fn push_layer(
                 "extends: more than {MAX_EXTENDS} levels (a cycle?)"
             )));
         }
-        read_layers(&dir.join(base), layers, depth + 1)?;
+        let path = dir.join(base);
+        if !path.is_file() {
+            return Err(syntax(format!(
+                "extends: {base}: no such file (looked for {})",
+                path.display()
+            )));
+        }
+        read_layers(&path, layers, depth + 1)?;
     }
     layers.push(Layer {
         origin: origin.to_string(),

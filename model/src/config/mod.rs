@@ -17,6 +17,7 @@ mod load;
 mod model;
 mod plan;
 mod run;
+mod secrets;
 mod validate;
 
 use serde::{Deserialize, Serialize};
@@ -34,6 +35,7 @@ pub use run::{
     CheckpointConfig, DataConfig, DistBackend, DistConfig, EmaConfig, EpochUnit, LogConfig,
     LrSchedule, OptimizerKind, SampleConfig, SizeHint, TrainConfig,
 };
+pub use secrets::{redact_url, url_secret_problem};
 
 /// The whole configuration of a run.
 #[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]

@@ -259,13 +259,9 @@ impl Config {
             "must not be empty".into()
         })?;
         // Credentials come from the environment only: refuse them in the URL (without echoing).
-        let url = &self.checkpoint.url;
-        let authority = url
-            .split_once("://")
-            .map_or("", |(_, rest)| rest.split('/').next().unwrap_or_default());
-        ensure(!authority.contains('@'), "checkpoint.url", || {
-            "holds credentials (user:secret@); give them in the environment (AWS_*, GOOGLE_*, AZURE_*) instead".into()
-        })?;
+        if let Some(problem) = super::url_secret_problem(&self.checkpoint.url) {
+            return Err(("checkpoint.url".into(), problem.into()));
+        }
         positive(self.checkpoint.keep_last, "checkpoint.keep_last")?;
         positive(self.checkpoint.retries, "checkpoint.retries")?;
         ensure(

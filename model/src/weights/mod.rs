@@ -15,7 +15,9 @@ use tch::{Kind, Tensor};
 #[derive(Debug, thiserror::Error)]
 pub enum WeightsError {
     /// The file could not be read or parsed.
-    #[error("{path}: cannot read safetensors: {message}")]
+    #[error(
+        "{path}: not a readable safetensors file (damaged, truncated or another format): {message}"
+    )]
     Read {
         /// File.
         path: String,
@@ -129,12 +131,21 @@ pub fn load_into(
         }
     }
     let missing: Vec<&String> = vars.keys().filter(|k| !file.contains_key(*k)).collect();
+    let unexpected: Vec<&String> = file.keys().filter(|k| !vars.contains_key(*k)).collect();
     if let Some(first) = missing.first() {
-        let hint = if missing.len() > 1 {
+        let mut hint = if missing.len() > 1 {
             format!(" and {} more", missing.len() - 1)
         } else {
             String::new()
         };
+        if let Some(odd) = unexpected.first() {
+            // Names that are there but wrong: a changed byte in the header does exactly this.
+            hint += &format!(
+                "; the file has {} name(s) the model does not, e.g. `{odd}`: a damaged file, or \
+                 weights of another model",
+                unexpected.len()
+            );
+        }
         return Err(WeightsError::Missing {
             path: p,
             name: (*first).clone(),
@@ -142,7 +153,6 @@ pub fn load_into(
             hint,
         });
     }
-    let unexpected: Vec<&String> = file.keys().filter(|k| !vars.contains_key(*k)).collect();
     if let Some(first) = unexpected.first() {
         return Err(WeightsError::Unexpected {
             path: p,

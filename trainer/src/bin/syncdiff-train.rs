@@ -32,6 +32,12 @@ struct Cli {
     /// Resume policy: `auto` (newest valid checkpoint, else fresh), `never`, or a checkpoint URL.
     #[arg(long, default_value = "auto", value_name = "auto|never|URL")]
     resume: String,
+    /// When checkpoints under `checkpoint.url` would mix with this run (newer steps than the one
+    /// resumed, another run's, or any at all for a fresh start), move them to
+    /// `<checkpoint.url>/set-aside/<UTC time>/` instead of refusing to start. Nothing is deleted;
+    /// `--resume auto` never looks there. See docs/checkpoints.md.
+    #[arg(long)]
+    move_aside: bool,
 }
 
 fn main() -> ExitCode {
@@ -50,15 +56,43 @@ fn main() -> ExitCode {
     }
     match run(&cli, &config) {
         Ok(()) => ExitCode::SUCCESS,
-        Err(e) => {
+        Err(Failure::Config(message)) => {
+            if !message.is_empty() {
+                eprintln!("error: {message}");
+            }
+            ExitCode::from(2)
+        }
+        Err(Failure::Other(e)) => {
             eprintln!("error: {e:#}");
             ExitCode::FAILURE
         }
     }
 }
 
-fn run(cli: &Cli, config: &syncdiff_model::config::Config) -> anyhow::Result<()> {
+/// Why the job stopped: a configuration that does not fit this launch (exit 2, like every other
+/// configuration error) or anything else (exit 1).
+enum Failure {
+    Config(String),
+    Other(anyhow::Error),
+}
+
+impl From<anyhow::Error> for Failure {
+    fn from(e: anyhow::Error) -> Self {
+        Self::Other(e)
+    }
+}
+
+fn run(cli: &Cli, config: &syncdiff_model::config::Config) -> Result<(), Failure> {
     let rt = Runtime::init().context("cannot start MPI")?;
+    // The split of the global batch depends on the world size, known only now. Every rank
+    // computes the same answer, so all of them exit with it (no abort needed).
+    if let Err(e) = config.batch_plan(rt.world_size() as u32) {
+        return Err(Failure::Config(if rt.is_main() {
+            e.to_string()
+        } else {
+            String::new()
+        }));
+    }
     if cli.dry_run {
         let plan = DryRun::run(config, &rt).map_err(|e| anyhow::anyhow!("{} {e}", rt.prefix()))?;
         if rt.is_main() {
@@ -104,11 +138,12 @@ fn run(cli: &Cli, config: &syncdiff_model::config::Config) -> anyhow::Result<()>
             eprintln!("error: {} preflight {f}", rt.prefix());
         }
         if failed[0] > 0 {
-            anyhow::bail!(
+            return Err(anyhow::anyhow!(
                 "{} preflight: {} check(s) failed across the job",
                 rt.prefix(),
                 failed[0]
-            );
+            )
+            .into());
         }
         if rt.is_main() {
             println!(
@@ -134,6 +169,7 @@ fn run(cli: &Cli, config: &syncdiff_model::config::Config) -> anyhow::Result<()>
         backend: placement.backend,
         stop_requested: &stop_requested,
         resume: syncdiff_trainer::ckpt::ResumePolicy::parse(&cli.resume),
+        move_aside: cli.move_aside,
     };
     let summary = match syncdiff_trainer::train::train(config, &rt, &opts) {
         Ok(s) => s,
@@ -146,7 +182,7 @@ fn run(cli: &Cli, config: &syncdiff_model::config::Config) -> anyhow::Result<()>
             );
             rt.abort(1)
         }
-        Err(e) => return Err(anyhow::anyhow!("{} {e:#}", rt.prefix())),
+        Err(e) => return Err(anyhow::anyhow!("{} {e:#}", rt.prefix()).into()),
     };
     if rt.is_main() {
         println!(

@@ -114,6 +114,7 @@ mod tests {
             dataset_sha256: "abc".into(),
             external_weights: Default::default(),
             saved_unix: 0,
+            run: None,
         }
     }
 

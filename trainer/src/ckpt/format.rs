@@ -59,6 +59,9 @@ pub struct TrainerState {
     pub external_weights: BTreeMap<String, String>,
     /// Seconds since the Unix epoch at save.
     pub saved_unix: u64,
+    /// The run that wrote it (see [`new_run_id`]); `None` in checkpoints of older builds.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub run: Option<String>,
 }
 
 /// One file of a checkpoint.
@@ -83,6 +86,10 @@ pub struct Manifest {
     pub saved_unix: u64,
     /// Every other file.
     pub files: Vec<FileEntry>,
+    /// The run that wrote it (the same as in `trainer_state.json`, here so that listing a URL
+    /// tells runs apart without downloading more); `None` in checkpoints of older builds.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub run: Option<String>,
 }
 
 impl Manifest {
@@ -118,6 +125,52 @@ impl Manifest {
     }
 }
 
+/// A new run id: `run-<UTC date and time>-<8 hex digits>`, unique in practice (the digits mix
+/// the time in nanoseconds, the process id and the host name). A run keeps its id across
+/// resumes: a lineage of checkpoints shares one id.
+pub fn new_run_id() -> String {
+    let now = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap_or_default();
+    let host = std::fs::read_to_string("/proc/sys/kernel/hostname").unwrap_or_default();
+    let mut h = 0xcbf2_9ce4_8422_2325u64;
+    for b in now
+        .as_nanos()
+        .to_le_bytes()
+        .iter()
+        .chain(&std::process::id().to_le_bytes())
+        .chain(host.as_bytes())
+    {
+        h = (h ^ u64::from(*b)).wrapping_mul(0x0100_0000_01b3);
+    }
+    format!("run-{}-{:08x}", utc_stamp(now.as_secs()), h as u32)
+}
+
+/// `YYYYMMDDTHHMMSSZ` of a Unix time.
+pub fn utc_stamp(unix: u64) -> String {
+    let (days, rem) = (unix / 86_400, unix % 86_400);
+    let (y, m, d) = civil_from_days(days as i64);
+    format!(
+        "{y:04}{m:02}{d:02}T{:02}{:02}{:02}Z",
+        rem / 3600,
+        rem / 60 % 60,
+        rem % 60
+    )
+}
+
+/// The proleptic Gregorian date of a day count since 1970-01-01 (Howard Hinnant's algorithm).
+fn civil_from_days(z: i64) -> (i64, u32, u32) {
+    let z = z + 719_468;
+    let era = z.div_euclid(146_097);
+    let doe = z.rem_euclid(146_097);
+    let yoe = (doe - doe / 1460 + doe / 36_524 - doe / 146_096) / 365;
+    let doy = doe - (365 * yoe + yoe / 4 - yoe / 100);
+    let mp = (5 * doy + 2) / 153;
+    let d = (doy - (153 * mp + 2) / 5 + 1) as u32;
+    let m = if mp < 10 { mp + 3 } else { mp - 9 } as u32;
+    (yoe + era * 400 + i64::from(m <= 2), m, d)
+}
+
 /// Seconds since the Unix epoch.
 pub fn now_unix() -> u64 {
     std::time::SystemTime::now()
@@ -129,6 +182,17 @@ pub fn now_unix() -> u64 {
 mod tests {
     #![allow(clippy::unwrap_used)]
     use super::*;
+
+    #[test]
+    fn run_ids_carry_the_date_and_differ() {
+        assert_eq!(civil_from_days(0), (1970, 1, 1));
+        assert_eq!(civil_from_days(20_788), (2026, 12, 1));
+        assert_eq!(civil_from_days(11_016), (2000, 2, 29));
+        assert_eq!(utc_stamp(1_796_142_896), "20261201T163456Z");
+        let (a, b) = (new_run_id(), new_run_id());
+        assert!(a.starts_with("run-20") && a.len() == 29, "{a}");
+        assert_ne!(a, b);
+    }
 
     #[test]
     fn step_directories_round_trip_and_reject_others() {

@@ -2,21 +2,25 @@
 //! background saves with retention (`save`), finding and verifying (`load`), resuming on any
 //! world size with one download per node (`resume`), and what may change on resume (`compat`).
 
+mod bundle;
 mod compat;
 mod format;
+mod lineage;
 mod load;
 mod resume;
 mod safetensors;
 mod save;
 mod store;
 
+pub use bundle::{BundleInfo, BUNDLE};
 pub use compat::{check_compatible, flatten};
 pub use format::{
-    now_unix, parse_step_dir, step_dir, FileEntry, Manifest, TrainerState, CONFIG, EMA, FORMAT,
-    MANIFEST, MODEL, OPTIMIZER, STATE,
+    new_run_id, now_unix, parse_step_dir, step_dir, utc_stamp, FileEntry, Manifest, TrainerState,
+    CONFIG, EMA, FORMAT, MANIFEST, MODEL, OPTIMIZER, STATE,
 };
+pub use lineage::SET_ASIDE;
 pub use load::{exact, fetch, list, newest_valid, read, split_url, Chosen, Listed, Restored};
-pub use resume::{resume, ResumePolicy};
+pub use resume::{resume, ResumePolicy, Resumed};
 pub use save::{
     apply_retention, to_host, write, Retention, SaveReport, Saver, Snapshot, FAULT_KILL_AFTER_ENV,
 };
@@ -64,6 +68,12 @@ pub enum CkptError {
     /// No such checkpoint.
     #[error("{url}: no such checkpoint")]
     NotFound {
+        /// URL.
+        url: String,
+    },
+    /// A location opened for reading does not exist (distinct from one that holds nothing).
+    #[error("{url}: no such directory")]
+    NoLocation {
         /// URL.
         url: String,
     },

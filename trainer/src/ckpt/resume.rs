@@ -9,7 +9,9 @@ use mpi::collective::{CommunicatorCollectives, Root, SystemOperation};
 use mpi::topology::Communicator;
 use serde::{Deserialize, Serialize};
 
-use super::load::{exact, fetch, newest_valid, read, split_url, Restored};
+use super::format::new_run_id;
+use super::lineage::{describe, in_the_way, set_aside, Start, SET_ASIDE};
+use super::load::{exact, fetch, list, newest_valid, read, split_url, Chosen, Listed, Restored};
 use super::{CkptError, Manifest, Store};
 use crate::dist::Runtime;
 
@@ -38,14 +40,26 @@ impl ResumePolicy {
 /// What rank 0 decided, sent to every rank.
 #[derive(Debug, Serialize, Deserialize)]
 enum Decision {
-    Fresh,
+    Fresh {
+        run: String,
+    },
     Resume {
+        run: String,
         base: String,
         dir: String,
         manifest: Manifest,
         local_root: PathBuf,
     },
     Failed(String),
+}
+
+/// How a run starts: its run id, and the checkpoint it continues (None: fresh).
+#[derive(Debug)]
+pub struct Resumed {
+    /// The run id its checkpoints record (a resumed run keeps the id of the run it continues).
+    pub run: String,
+    /// `URL/step-N` and its contents, when resuming.
+    pub from: Option<(String, Restored)>,
 }
 
 fn broadcast_bytes(rt: &Runtime, bytes: &mut Vec<u8>) {
@@ -56,57 +70,113 @@ fn broadcast_bytes(rt: &Runtime, bytes: &mut Vec<u8>) {
     root.broadcast_into(&mut bytes[..]);
 }
 
-/// Rank 0's choice (downloads and verifies into `local_root`).
-fn decide(policy: &ResumePolicy, store: &Store, local_root: &std::path::Path) -> Decision {
-    let chosen = match policy {
-        ResumePolicy::Never => return Decision::Fresh,
+/// The checkpoint `policy` names (downloaded and verified into `local_root`), or None for a
+/// fresh start.
+fn choose(
+    policy: &ResumePolicy,
+    store: &Store,
+    local_root: &std::path::Path,
+) -> Result<Option<(String, Chosen)>, CkptError> {
+    match policy {
+        ResumePolicy::Never => Ok(None),
         ResumePolicy::Auto => {
-            newest_valid(store, local_root).map(|c| c.map(|c| (store.url().to_string(), c)))
+            Ok(newest_valid(store, local_root)?.map(|c| (store.url().to_string(), c)))
         }
-        ResumePolicy::Url(url) => match split_url(url) {
-            None => Err(CkptError::Url {
-                url: url.clone(),
-                message: "--resume URL must end in /step-NNNNNNNNN (see `syncdiff ckpt list`)"
-                    .into(),
-            }),
-            Some((base, dir)) => {
-                let own;
-                let s = if base.trim_end_matches('/') == store.url() {
-                    store
-                } else {
-                    match Store::open(base, store.retry()) {
-                        Ok(x) => {
-                            own = x;
-                            &own
-                        }
-                        Err(e) => return Decision::Failed(e.to_string()),
-                    }
-                };
-                exact(s, dir, local_root).map(|c| Some((base.to_string(), c)))
-            }
+        ResumePolicy::Url(url) => {
+            let Some((base, dir)) = split_url(url) else {
+                return Err(CkptError::Url {
+                    url: url.clone(),
+                    message: "--resume URL must end in /step-NNNNNNNNN (see `syncdiff ckpt list`)"
+                        .into(),
+                });
+            };
+            let c = if base.trim_end_matches('/') == store.url() {
+                exact(store, dir, local_root)?
+            } else {
+                exact(&Store::open_read(base, store.retry())?, dir, local_root)?
+            };
+            Ok(Some((base.to_string(), c)))
+        }
+    }
+}
+
+/// Rank 0's choice: the checkpoint to continue, with the location's other checkpoints checked
+/// against it (see [`super::lineage`]).
+fn decide(
+    policy: &ResumePolicy,
+    move_aside: bool,
+    store: &Store,
+    local_root: &std::path::Path,
+) -> Result<Decision, CkptError> {
+    let chosen = choose(policy, store, local_root)?;
+    let listed = list(store)?;
+    let start = match &chosen {
+        None => Start::Fresh,
+        Some((_, c)) => Start::From {
+            step: c.step,
+            run: c.manifest.run.as_deref(),
         },
     };
-    match chosen {
-        Ok(None) => Decision::Fresh,
-        Ok(Some((base, c))) => Decision::Resume {
+    let found = in_the_way(&listed, start);
+    // `auto` skips checkpoints that fail verification (with a warning each): the ones newer
+    // than the one it continues can never be resumed, and this run is about to write those
+    // steps again, so they go aside by themselves.
+    let damaged_newer = matches!(policy, ResumePolicy::Auto) && chosen.is_some();
+    let (aside, refused): (Vec<&Listed>, Vec<&Listed>) = found.into_iter().partition(|c| {
+        move_aside || (damaged_newer && matches!(start, Start::From { step, .. } if c.step > step))
+    });
+    if !refused.is_empty() {
+        let url = store.url();
+        let what = describe(&refused);
+        let how = format!(
+            "use a new checkpoint.url, or add --move-aside to move them to {url}/{SET_ASIDE}/<UTC time>/ \
+             (where --resume auto never looks; nothing is deleted)"
+        );
+        let message = match (policy, &chosen) {
+            (ResumePolicy::Auto, None) => format!(
+                "no checkpoint under {url} verifies ({what}: see the warnings above), and a fresh \
+                 start would mix a new run with them; check them with `syncdiff ckpt inspect`, or {how}"
+            ),
+            (_, None) => format!(
+                "{url} already holds checkpoints ({what}); --resume never would start a second run \
+                 among them: continue it with --resume auto, or {how}"
+            ),
+            (_, Some((base, c))) => format!(
+                "{url} holds checkpoints that continuing from {base}/{} would mix with ({what}: \
+                 newer steps or another run); to roll back on purpose, {how}",
+                c.dir
+            ),
+        };
+        return Ok(Decision::Failed(message));
+    }
+    if !aside.is_empty() {
+        let to = set_aside(store, &aside)?;
+        eprintln!(
+            "note: moved {} checkpoint(s) out of the way to {to}: {}",
+            aside.len(),
+            describe(&aside)
+        );
+    }
+    Ok(match chosen {
+        None => Decision::Fresh { run: new_run_id() },
+        Some((base, c)) => Decision::Resume {
+            run: c.manifest.run.clone().unwrap_or_else(new_run_id),
             base,
             dir: c.dir,
             manifest: c.manifest,
             local_root: local_root.to_path_buf(),
         },
-        Err(e) => Decision::Failed(e.to_string()),
-    }
+    })
 }
 
-/// Runs the resume protocol on every rank; `None` means a fresh start.
+/// Runs the resume protocol on every rank: rank 0 decides (and refuses a start that would mix
+/// runs under `checkpoint.url`, unless `move_aside`), the others follow.
 pub fn resume(
     policy: &ResumePolicy,
+    move_aside: bool,
     store: &Store,
     rt: &Runtime,
-) -> Result<Option<(String, Restored)>, CkptError> {
-    if *policy == ResumePolicy::Never {
-        return Ok(None);
-    }
+) -> Result<Resumed, CkptError> {
     let mut bytes = Vec::new();
     if rt.is_main() {
         // One directory per job, the same path for every rank of a node.
@@ -115,27 +185,32 @@ pub fn resume(
             std::process::id(),
             super::format::now_unix()
         ));
-        let d = decide(policy, store, &local_root);
-        bytes = serde_json::to_vec(&d).unwrap_or_default();
+        let d = decide(policy, move_aside, store, &local_root)
+            .unwrap_or_else(|e| Decision::Failed(e.to_string()));
+        if matches!(d, Decision::Failed(_) | Decision::Fresh { .. }) {
+            let _ = std::fs::remove_dir_all(&local_root);
+        }
+        bytes = serde_json::to_vec(&d).map_err(|e| CkptError::Resume(e.to_string()))?;
     }
     broadcast_bytes(rt, &mut bytes);
     let decision: Decision = serde_json::from_slice(&bytes)
         .map_err(|e| CkptError::Resume(format!("cannot decode rank 0's decision: {e}")))?;
-    let (base, dir, manifest, local_root) = match decision {
-        Decision::Fresh => return Ok(None),
+    let (run, base, dir, manifest, local_root) = match decision {
+        Decision::Fresh { run } => return Ok(Resumed { run, from: None }),
         Decision::Failed(m) => return Err(CkptError::Resume(m)),
         Decision::Resume {
+            run,
             base,
             dir,
             manifest,
             local_root,
-        } => (base, dir, manifest, local_root),
+        } => (run, base, dir, manifest, local_root),
     };
     let local = local_root.join(&dir);
     let leader = rt.node_comm().rank() == 0;
     // Rank 0 has its copy; the first rank of every other node downloads one.
     let fetched = if leader && !rt.is_main() {
-        Store::open(&base, store.retry())
+        Store::open_read(&base, store.retry())
             .and_then(|s| fetch(&s, &dir, &manifest, &local))
             .map_err(|e| e.to_string())
     } else {
@@ -161,5 +236,8 @@ pub fn resume(
     if leader {
         let _ = std::fs::remove_dir_all(&local_root);
     }
-    Ok(Some((format!("{base}/{dir}"), restored?)))
+    Ok(Resumed {
+        run,
+        from: Some((format!("{base}/{dir}"), restored?)),
+    })
 }

@@ -176,10 +176,11 @@ pub fn write(store: &Store, retention: Retention, snap: Snapshot) -> Result<Save
         step,
         saved_unix: format::now_unix(),
         files,
+        run: snap.state.run.clone(),
     };
     let text = serde_json::to_vec_pretty(&manifest).map_err(|e| failed(e.to_string()))?;
     store.put_bytes(&format!("{dir}/{}", format::MANIFEST), &text)?;
-    let deleted = apply_retention(store, retention)?;
+    let deleted = apply_retention(store, retention, snap.state.run.as_deref(), step)?;
     Ok(SaveReport {
         step,
         url: store.display(&dir),
@@ -189,34 +190,41 @@ pub fn write(store: &Store, retention: Retention, snap: Snapshot) -> Result<Save
     })
 }
 
-/// Deletes checkpoints retention does not keep: valid ones beyond the newest `keep_last` (except
-/// multiples of `keep_every`), and cut-off saves older than the newest valid checkpoint. The
-/// newest valid checkpoint is never deleted; nothing newer than it is touched.
-pub fn apply_retention(store: &Store, r: Retention) -> Result<Vec<String>, CkptError> {
+/// Deletes the checkpoints of run `run` that retention does not keep: valid ones beyond the
+/// run's newest `keep_last` (except multiples of `keep_every`), and cut-off saves (no manifest)
+/// older than the run's newest checkpoint. Never deleted: `just_written`, the run's newest
+/// checkpoint, anything newer than it, and checkpoints of other runs (or of builds that did not
+/// record a run: `run` None matches only those).
+pub fn apply_retention(
+    store: &Store,
+    r: Retention,
+    run: Option<&str>,
+    just_written: u64,
+) -> Result<Vec<String>, CkptError> {
     let listed = list(store)?;
-    let valid: Vec<u64> = listed
-        .iter()
-        .filter(|c| c.manifest.is_some())
-        .map(|c| c.step)
-        .collect();
-    let Some(&newest) = valid.iter().max() else {
+    let ours =
+        |c: &&super::load::Listed| c.manifest.as_ref().is_some_and(|m| m.run.as_deref() == run);
+    let mine: Vec<u64> = listed.iter().filter(ours).map(|c| c.step).collect();
+    let Some(&newest) = mine.iter().max() else {
         return Ok(Vec::new());
     };
-    let mut keep: Vec<u64> = valid
+    let mut keep: Vec<u64> = mine
         .iter()
         .rev()
         .take(r.keep_last.max(1) as usize)
         .copied()
         .collect();
-    keep.push(newest);
+    keep.extend([newest, just_written]);
     let mut deleted = Vec::new();
     for c in &listed {
-        let keep_it = if c.manifest.is_some() {
-            keep.contains(&c.step) || r.keep_every.is_some_and(|m| m > 0 && c.step % m == 0)
-        } else {
-            c.step >= newest
+        let delete = match &c.manifest {
+            Some(_) if ours(&c) => {
+                !keep.contains(&c.step) && !r.keep_every.is_some_and(|m| m > 0 && c.step % m == 0)
+            }
+            Some(_) => false,
+            None => c.step < newest && c.step != just_written,
         };
-        if !keep_it {
+        if delete {
             if c.manifest.is_some() {
                 // Invisible first, then gone.
                 store.delete(&format!("{}/{}", c.dir, format::MANIFEST))?;

@@ -53,18 +53,9 @@ pub fn redact(message: &str) -> String {
     out
 }
 
-/// `url` with any `user:secret@` part replaced by `***@` (for messages).
+/// `url` with any `user:secret@` part and query values replaced by `***` (for messages).
 pub fn safe_url(url: &str) -> String {
-    match url.split_once("://") {
-        Some((scheme, rest)) => {
-            let (authority, path) = rest.split_once('/').unwrap_or((rest, ""));
-            match authority.rsplit_once('@') {
-                Some((_, host)) => format!("{scheme}://***@{host}/{path}"),
-                None => url.to_string(),
-            }
-        }
-        None => url.to_string(),
-    }
+    syncdiff_model::config::redact_url(url)
 }
 
 /// How often and how patiently to retry.
@@ -121,19 +112,29 @@ fn http_retry() -> RetryConfig {
 }
 
 impl Store {
-    /// Opens `url`: a local path, `file:///abs/dir`, `s3://bucket/prefix`, `gs://bucket/prefix`
-    /// or `az://container/prefix`. Local directories are created.
+    /// Opens `url` to write checkpoints: a local path, `file:///abs/dir`, `s3://bucket/prefix`,
+    /// `gs://bucket/prefix` or `az://container/prefix`. Local directories are created.
     pub fn open(url: &str, retry: Retry) -> Result<Self, CkptError> {
+        Self::open_with(url, retry, true)
+    }
+
+    /// Opens `url` to read only: nothing is created, and a local directory that does not exist is
+    /// an error ([`CkptError::NotFound`]), not an empty location.
+    pub fn open_read(url: &str, retry: Retry) -> Result<Self, CkptError> {
+        Self::open_with(url, retry, false)
+    }
+
+    fn open_with(url: &str, retry: Retry, create: bool) -> Result<Self, CkptError> {
         let bad = |message: String| CkptError::Url {
             url: safe_url(url),
             message,
         };
         let (scheme, rest) = url.split_once("://").unwrap_or(("", url));
         let (bucket, prefix) = rest.split_once('/').unwrap_or((rest, ""));
-        if !scheme.is_empty() && scheme != "file" && bucket.contains('@') {
-            return Err(bad(
-                "credentials in the URL are refused; use the environment".into(),
-            ));
+        if let Some(problem) = syncdiff_model::config::url_secret_problem(url) {
+            return Err(bad(format!(
+                "credentials in the URL are refused: it {problem}"
+            )));
         }
         let store_err = |e: object_store::Error| bad(redact(&e.to_string()));
         let local = matches!(scheme, "" | "file")
@@ -141,8 +142,12 @@ impl Store {
         let (inner, prefix): (Arc<dyn ObjectStore>, &str) = match scheme {
             "" | "file" => {
                 let dir = if scheme == "file" { rest } else { url };
-                std::fs::create_dir_all(dir)
-                    .map_err(|e| bad(format!("cannot create the directory: {e}")))?;
+                if create {
+                    std::fs::create_dir_all(dir)
+                        .map_err(|e| bad(format!("cannot create the directory: {e}")))?;
+                } else if !Path::new(dir).is_dir() {
+                    return Err(CkptError::NoLocation { url: safe_url(url) });
+                }
                 let fs = object_store::local::LocalFileSystem::new_with_prefix(dir)
                     .map_err(store_err)?;
                 (Arc::new(fs), "")
@@ -374,6 +379,14 @@ impl Store {
                 (rel.to_string(), m.size)
             })
             .collect())
+    }
+
+    /// Copies the object `from` to `to` inside the store (server-side where the store can).
+    pub fn copy(&self, from: &str, to: &str) -> Result<(), CkptError> {
+        let (src, dst) = (self.path(from), self.path(to));
+        self.retrying("copy", from, || {
+            self.rt.block_on(self.inner.copy(&src, &dst))
+        })
     }
 
     /// Deletes the object `rel`.

@@ -31,7 +31,19 @@ pub enum LoaderError {
         /// Timeout.
         timeout_s: f64,
     },
-    /// The background job ended without an answer (it panicked).
+    /// Reading a batch hit a bug (a panic); the message says where.
+    #[error(
+        "reading the batch of loader state (epoch {epoch}, sample {consumed}) failed: {message}"
+    )]
+    Panicked {
+        /// Epoch.
+        epoch: u64,
+        /// Samples consumed.
+        consumed: u64,
+        /// The panic's message.
+        message: String,
+    },
+    /// The background job ended without an answer.
     #[error("the background reader of loader state (epoch {epoch}, sample {consumed}) died")]
     Lost {
         /// Epoch.
@@ -56,7 +68,7 @@ pub struct RankShare {
     pub context: u64,
 }
 
-type Pending = (LoaderState, Receiver<Result<Vec<Batch>, StoreError>>);
+type Pending = (LoaderState, Receiver<Result<Vec<Batch>, LoaderError>>);
 
 /// Reads the micro-batches of each step, `depth` steps ahead.
 #[derive(Debug)]
@@ -120,18 +132,35 @@ impl Loader {
         }
     }
 
+    /// The micro-batches of one step. A panic while reading (a bug: data errors are errors)
+    /// becomes an error too: on a pool thread it would abort the process without naming
+    /// anything, and on the calling thread it would skip the job's error path.
     fn read(
         ds: &Dataset,
         sampler: &Sampler,
         share: RankShare,
         state: LoaderState,
         order: &[u32],
-    ) -> Result<Vec<Batch>, StoreError> {
-        sampler
-            .step(state, share.rank, share.world, share.micro, order)
-            .iter()
-            .map(|specs| Batch::read(ds, specs, share.previous, share.context))
-            .collect()
+    ) -> Result<Vec<Batch>, LoaderError> {
+        let read = || -> Result<Vec<Batch>, StoreError> {
+            sampler
+                .step(state, share.rank, share.world, share.micro, order)
+                .iter()
+                .map(|specs| Batch::read(ds, specs, share.previous, share.context))
+                .collect()
+        };
+        match std::panic::catch_unwind(std::panic::AssertUnwindSafe(read)) {
+            Ok(r) => Ok(r?),
+            Err(payload) => Err(LoaderError::Panicked {
+                epoch: state.epoch,
+                consumed: state.consumed,
+                message: payload
+                    .downcast_ref::<String>()
+                    .cloned()
+                    .or_else(|| payload.downcast_ref::<&str>().map(|s| s.to_string()))
+                    .unwrap_or_else(|| "a panic without a message".into()),
+            }),
+        }
     }
 
     fn spawn(&mut self, state: LoaderState) {
@@ -157,13 +186,7 @@ impl Loader {
     ) -> Result<Vec<Batch>, LoaderError> {
         if self.depth == 0 {
             let order = self.order(state.epoch);
-            return Ok(Self::read(
-                &self.ds,
-                &self.sampler,
-                self.share,
-                state,
-                &order,
-            )?);
+            return Self::read(&self.ds, &self.sampler, self.share, state, &order);
         }
         if self.pending.front().is_none_or(|(s, _)| *s != state) {
             // First call, or a jump (resume): drop what was read ahead.
@@ -187,7 +210,7 @@ impl Loader {
             rx.recv_timeout(timeout)
         };
         match got {
-            Ok(r) => Ok(r?),
+            Ok(r) => r,
             Err(RecvTimeoutError::Timeout) => Err(LoaderError::Timeout {
                 epoch: state.epoch,
                 consumed: state.consumed,

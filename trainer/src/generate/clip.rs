@@ -14,7 +14,7 @@ use super::{GenerateError, Generator};
 
 /// Frame rate of every video the model sees and makes.
 pub const FPS: u32 = 25;
-/// Audio rate of the filterbank (and of the output's audio track).
+/// Audio rate of the filterbank (the output keeps the drive's own track).
 pub const RATE: u32 = 16_000;
 
 /// Reference video, driving audio, output path.
@@ -73,7 +73,7 @@ pub struct Prepared {
     pub width: u32,
     /// Height of the reference video.
     pub height: u32,
-    /// Driving audio, mono 16 kHz (muxed into the output).
+    /// Driving audio, mono 16 kHz (the model's input; the output gets the original track).
     pub audio: Vec<i16>,
     /// Latent of the identity frame (C, h, w).
     pub identity: Tensor,
@@ -235,25 +235,39 @@ pub fn write(p: &Prepared, frames: &Tensor) -> Result<(), GenerateError> {
     });
     let bytes =
         Vec::<u8>::try_from(rgb.flatten(0, -1)).map_err(|e| GenerateError::Model(e.to_string()))?;
-    if let Some(dir) = p.job.out.parent().filter(|d| !d.as_os_str().is_empty()) {
-        std::fs::create_dir_all(dir).map_err(|e| input(dir, e.to_string()))?;
-    }
-    let name = p
-        .job
-        .out
-        .file_name()
-        .and_then(|n| n.to_str())
-        .unwrap_or("out.mp4");
-    let partial = p.job.out.with_file_name(format!(".partial.{name}"));
-    video::encode(
+    let partial = check_output(&p.job.out)?;
+    // The drive's own sound track (its rate and channels), not the model's 16 kHz mono copy.
+    video::encode_with(
         &partial,
         &bytes,
         p.width,
         p.height,
         FPS,
-        Some((&p.audio, RATE)),
+        Some(video::AudioSource::File(&p.job.audio)),
     )?;
     std::fs::rename(&partial, &p.job.out).map_err(|e| input(&p.job.out, e.to_string()))
+}
+
+/// Checks that `out` can be written (creating its directory), before any work goes into it;
+/// returns the name the video is written under until it is complete.
+pub fn check_output(out: &Path) -> Result<PathBuf, GenerateError> {
+    if out.is_dir() {
+        return Err(input(
+            out,
+            "is a directory; --out takes the video's file name (e.g. out/clip.mp4)",
+        ));
+    }
+    let Some(name) = out.file_name().and_then(|n| n.to_str()) else {
+        return Err(input(out, "--out needs a file name (e.g. out/clip.mp4)"));
+    };
+    if let Some(dir) = out.parent().filter(|d| !d.as_os_str().is_empty()) {
+        std::fs::create_dir_all(dir).map_err(|e| input(dir, format!("cannot create: {e}")))?;
+    }
+    let partial = out.with_file_name(format!(".partial.{name}"));
+    std::fs::File::create(&partial)
+        .and_then(|_| std::fs::remove_file(&partial))
+        .map_err(|e| input(out, format!("cannot write here: {e}")))?;
+    Ok(partial)
 }
 
 #[cfg(test)]

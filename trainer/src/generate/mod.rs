@@ -7,7 +7,7 @@
 mod clip;
 mod model;
 
-pub use clip::{ping_pong, prepare, read_list, write, Job, Prepared, FPS, RATE};
+pub use clip::{check_output, ping_pong, prepare, read_list, write, Job, Prepared, FPS, RATE};
 pub use model::{Generator, WeightChoice};
 
 use std::path::PathBuf;
@@ -37,7 +37,21 @@ pub enum GenerateError {
     /// The model could not be built, loaded or run.
     #[error("{0}")]
     Model(String),
+    /// The model produced NaN or Inf for a clip: that clip stops, the others go on.
+    #[error(
+        "{out}: the model's output is not finite (NaN or Inf) at frame {frame}; clip stopped \
+         (damaged or diverged weights?)"
+    )]
+    NonFinite {
+        /// The clip's output file.
+        out: PathBuf,
+        /// The frame.
+        frame: u64,
+    },
 }
+
+/// One clip's generated frames (N, 3, S, S) in [-1, 1] on the CPU, or why it stopped.
+pub type ClipOutput = Result<Tensor, GenerateError>;
 
 impl From<SyncDiffError> for GenerateError {
     fn from(e: SyncDiffError) -> Self {
@@ -132,13 +146,14 @@ fn sample_chunk(
 }
 
 /// Generates every clip of `batch` together; `progress(frames)` after each frame step with the
-/// number of frames just made. Returns each clip's frames (N_i, 3, S, S) in [-1, 1] on the CPU.
+/// number of frames just made. Returns each clip's frames (N_i, 3, S, S) in [-1, 1] on the CPU,
+/// or the error that stopped that clip alone (non-finite outputs).
 pub fn generate_batch(
     g: &Generator,
     batch: &[&Prepared],
     opts: &GenerateOptions,
     progress: impl FnMut(usize),
-) -> Result<Vec<Tensor>, GenerateError> {
+) -> Result<Vec<ClipOutput>, GenerateError> {
     let np = g.config.model.priors.needed_previous_frames() as i64;
     frame_steps(batch, np, opts.inpaint, 1, progress, |chunks| {
         chunks
@@ -157,7 +172,7 @@ pub fn generate_batch_parallel(
     batch: &[&Prepared],
     opts: &GenerateOptions,
     progress: impl FnMut(usize),
-) -> Result<Vec<Tensor>, GenerateError> {
+) -> Result<Vec<ClipOutput>, GenerateError> {
     let Some(first) = workers.first() else {
         return Err(GenerateError::Model("no generator to run".into()));
     };
@@ -192,7 +207,7 @@ fn frame_steps(
     parts: usize,
     mut progress: impl FnMut(usize),
     mut sample: impl FnMut(Vec<Chunk>) -> Result<Vec<(Tensor, Tensor)>, GenerateError>,
-) -> Result<Vec<Tensor>, GenerateError> {
+) -> Result<Vec<ClipOutput>, GenerateError> {
     let Some(longest) = batch.iter().map(|p| p.frames).max() else {
         return Ok(Vec::new());
     };
@@ -211,8 +226,14 @@ fn frame_steps(
         })
         .collect();
     let mut outputs: Vec<Vec<Tensor>> = batch.iter().map(|_| Vec::new()).collect();
+    let mut stopped: Vec<Option<GenerateError>> = batch.iter().map(|_| None).collect();
     for t in 0..longest {
-        let active: Vec<usize> = (0..batch.len()).filter(|&i| batch[i].frames > t).collect();
+        let active: Vec<usize> = (0..batch.len())
+            .filter(|&i| batch[i].frames > t && stopped[i].is_none())
+            .collect();
+        if active.is_empty() {
+            break;
+        }
         let size = active.len().div_ceil(parts.max(1));
         let groups: Vec<&[usize]> = active.chunks(size.max(1)).collect();
         let chunks: Vec<Chunk> = groups
@@ -235,7 +256,18 @@ fn frame_steps(
             .collect();
         let results = sample(chunks)?;
         for (group, (z, images)) in groups.iter().zip(results) {
+            // One host read per chunk and frame: NaN or Inf in a clip's latent stops that clip
+            // (it would feed the next frame's pose prior and give a black video).
+            let finite = Vec::<bool>::try_from(z.isfinite().flatten(1, -1).all_dim(1, false))
+                .map_err(|e| GenerateError::Model(e.to_string()))?;
             for (j, &i) in group.iter().enumerate() {
+                if !finite.get(j).copied().unwrap_or(false) {
+                    stopped[i] = Some(GenerateError::NonFinite {
+                        out: batch[i].job.out.clone(),
+                        frame: t as u64,
+                    });
+                    continue;
+                }
                 let zi = z.get(j as i64).unsqueeze(0);
                 if np > 0 {
                     previous[i] = Tensor::cat(&[previous[i].narrow(0, 1, np - 1), zi], 0);
@@ -245,7 +277,14 @@ fn frame_steps(
         }
         progress(active.len());
     }
-    Ok(outputs.iter().map(|o| Tensor::stack(o, 0)).collect())
+    Ok(outputs
+        .iter()
+        .zip(stopped)
+        .map(|(o, stop)| match stop {
+            Some(e) => Err(e),
+            None => Ok(Tensor::stack(o, 0)),
+        })
+        .collect())
 }
 
 /// DiffTalk's keep mask in latent space: 1 above the masked rows, 0 on them.

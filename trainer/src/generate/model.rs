@@ -123,6 +123,16 @@ impl Generator {
 type Loaded = (Config, BTreeMap<String, Tensor>, String);
 
 fn read_bundle(dir: &Path, weights: WeightChoice) -> Result<Loaded, GenerateError> {
+    // Sizes and sha256 first: a damaged file is named as such, not as a missing tensor.
+    let info = ckpt::BundleInfo::verify(dir)?;
+    for name in ["config.yaml", "weights.safetensors"] {
+        if !info.lists(name) {
+            return Err(io(
+                &dir.join(name),
+                format!("not listed in {} (export the bundle again)", ckpt::BUNDLE),
+            ));
+        }
+    }
     let cfg_path = dir.join("config.yaml");
     let text = std::fs::read_to_string(&cfg_path).map_err(|e| io(&cfg_path, e))?;
     let config = Config::from_yaml(&text, &cfg_path.display().to_string(), &[])
@@ -160,7 +170,7 @@ fn read_checkpoint(url: &str, weights: WeightChoice) -> Result<Loaded, GenerateE
             "{url}: no such bundle directory or checkpoint location"
         )));
     }
-    let store = Store::open(base, retry)?;
+    let store = Store::open_read(base, retry)?;
     let chosen = match dir {
         Some(dir) => ckpt::exact(&store, dir, tmp.path())?,
         None => ckpt::newest_valid(&store, tmp.path())?.ok_or_else(|| {

@@ -29,26 +29,28 @@ fn age(unix: u64) -> String {
 
 /// `syncdiff ckpt list URL`: every checkpoint directory, valid or not (files not hashed).
 pub fn list(url: &str) -> anyhow::Result<String> {
-    let store = Store::open(url, retry())?;
+    let store = Store::open_read(url, retry())?;
     let listed = ckpt::list(&store)?;
     if listed.is_empty() {
         return Ok(format!("{url}: no checkpoints"));
     }
     let mut out = vec![format!(
-        "{:<16} {:>10} {:<18} status",
-        "checkpoint", "MB", "saved"
+        "{:<16} {:>10} {:<18} {:<29} status",
+        "checkpoint", "MB", "saved", "run"
     )];
     for c in &listed {
         out.push(match &c.manifest {
             Some(m) => format!(
-                "{:<16} {:>10.1} {:<18} valid (sizes checked; `inspect` verifies hashes)",
+                "{:<16} {:>10.1} {:<18} {:<29} valid (sizes checked; `inspect` verifies hashes)",
                 c.dir,
                 m.bytes() as f64 / 1e6,
-                age(m.saved_unix)
+                age(m.saved_unix),
+                m.run.as_deref().unwrap_or("(not recorded)")
             ),
             None => format!(
-                "{:<16} {:>10} {:<18} invisible: {}",
+                "{:<16} {:>10} {:<18} {:<29} invisible: {}",
                 c.dir,
+                "-",
                 "-",
                 "-",
                 c.problem.as_deref().unwrap_or("invalid")
@@ -60,6 +62,12 @@ pub fn list(url: &str) -> anyhow::Result<String> {
         Some(c) => format!("--resume auto would use {}", store.display(&c.dir)),
         None => "--resume auto would start fresh".into(),
     });
+    if store.list_dirs()?.iter().any(|d| d == ckpt::SET_ASIDE) {
+        out.push(format!(
+            "checkpoints moved aside by --move-aside are under {} (`ckpt list` that URL/<time>)",
+            store.display(ckpt::SET_ASIDE)
+        ));
+    }
     Ok(out.join("\n"))
 }
 
@@ -69,7 +77,7 @@ fn split(url: &str) -> anyhow::Result<(Store, String)> {
             "{url}: expected a checkpoint URL ending in /step-NNNNNNNNN (see `syncdiff ckpt list`)"
         );
     };
-    Ok((Store::open(base, retry())?, dir.to_string()))
+    Ok((Store::open_read(base, retry())?, dir.to_string()))
 }
 
 /// `syncdiff ckpt inspect URL/step-N [--config C]`: downloads and verifies the checkpoint, prints
@@ -179,13 +187,19 @@ pub fn export(url: &str, out: &Path, autoencoder: Option<&Path>) -> anyhow::Resu
     config.checkpoint.url = "unused".into();
     config.log.dir = "runs/generate".into();
     std::fs::write(out.join("config.yaml"), config.to_yaml())?;
-    let bundle = serde_json::json!({
-        "source": url,
-        "step": r.state.step,
-        "weights": ema_note,
-        "created_unix": ckpt::now_unix(),
-    });
-    std::fs::write(out.join("bundle.json"), serde_json::to_vec_pretty(&bundle)?)?;
+    let mut files = vec!["weights.safetensors", "config.yaml"];
+    if config.model.autoencoder.kind == AutoencoderKind::VqF4 {
+        files.push("autoencoder.safetensors");
+    }
+    ckpt::BundleInfo {
+        source: url.to_string(),
+        step: r.state.step,
+        weights: ema_note.to_string(),
+        run: r.state.run.clone(),
+        created_unix: ckpt::now_unix(),
+        files: Vec::new(),
+    }
+    .write(out, &files)?;
     Ok(format!(
         "exported step {} of {url} to {} ({ema_note})",
         r.state.step,

@@ -151,7 +151,15 @@ fn score(
     let info = video::probe(gt)?;
     let (w, h) = (info.width as usize, info.height as usize);
     let a = video::decode_frames(gt, info.width, info.height)?;
-    // The prediction is compared at the ground truth's size.
+    // The prediction is compared at the ground truth's size: say so when that means scaling.
+    let pi = video::probe(pred)?;
+    if (pi.width, pi.height) != (info.width, info.height) {
+        eprintln!(
+            "warning: {name}: the prediction is {}x{}, the ground truth {}x{}; the prediction is \
+             scaled to {}x{} before scoring (scores then include the scaling's blur)",
+            pi.width, pi.height, info.width, info.height, info.width, info.height
+        );
+    }
     let b = video::decode_frames(pred, info.width, info.height)?;
     let size = w * h * 3;
     let (na, nb) = (a.len() / size, b.len() / size);
@@ -294,6 +302,32 @@ fn columns(opts: &EvalOptions) -> Vec<Column> {
 
 /// Scores every `*.mp4` of `gt` against the same name in `pred`; writes the JSON report.
 pub fn run(pred: &Path, gt: &Path, opts: &EvalOptions) -> anyhow::Result<String> {
+    // The report's place is made and checked before any scoring.
+    if let Some(dir) = opts.report.parent().filter(|d| !d.as_os_str().is_empty()) {
+        std::fs::create_dir_all(dir).with_context(|| {
+            format!(
+                "--report {}: cannot create {}",
+                opts.report.display(),
+                dir.display()
+            )
+        })?;
+    }
+    if opts.report.is_dir() {
+        bail!(
+            "--report {}: is a directory; give the report's file name",
+            opts.report.display()
+        );
+    }
+    let existed = opts.report.exists();
+    std::fs::OpenOptions::new()
+        .append(true)
+        .create(true)
+        .open(&opts.report)
+        .with_context(|| format!("--report {}: cannot write", opts.report.display()))?;
+    if !existed {
+        // Only a report that is complete is left behind.
+        let _ = std::fs::remove_file(&opts.report);
+    }
     let mut names: Vec<String> = std::fs::read_dir(gt)
         .with_context(|| format!("--gt {}", gt.display()))?
         .filter_map(|e| e.ok())

@@ -118,6 +118,28 @@ pub fn run(req: &Request) -> anyhow::Result<String> {
         .into_iter()
         .partition(|j| req.skip_existing && j.out.is_file());
     let skipped = existing.len();
+    // Outputs are checked before any model is loaded or frame made: an unwritable place, or a
+    // directory given as --out, fails that clip now, not after its last frame.
+    let mut failed = Vec::new();
+    let mine: Vec<&Job> = mine
+        .into_iter()
+        .filter(|j| match generate::check_output(&j.out) {
+            Ok(_) => true,
+            Err(e) => {
+                eprintln!("error: {e}");
+                failed.push(e.to_string());
+                false
+            }
+        })
+        .collect();
+    let early = failed.len();
+    if mine.is_empty() && early > 0 {
+        bail!(
+            "{} clip(s) failed before generating (first: {})",
+            failed.len(),
+            failed[0]
+        );
+    }
     if req.workers > 1 && device != Device::Cpu {
         bail!(
             "--workers {}: worker threads are for CPUs; on a GPU use a larger --batch",
@@ -156,7 +178,7 @@ pub fn run(req: &Request) -> anyhow::Result<String> {
     }
     let progress = bar(0);
     let start = Instant::now();
-    let (mut done, mut frames, mut failed) = (0usize, 0u64, Vec::new());
+    let (mut done, mut frames) = (0usize, 0u64);
     for chunk in mine.chunks(req.batch.max(1)) {
         let mut prepared = Vec::new();
         for job in chunk {
@@ -184,8 +206,8 @@ pub fn run(req: &Request) -> anyhow::Result<String> {
         } else {
             generate::generate_batch_parallel(&mut models, &refs, &opts, tick)?
         };
-        for (p, out) in prepared.iter().zip(&outputs) {
-            match generate::write(p, out) {
+        for (p, out) in prepared.iter().zip(outputs) {
+            match out.and_then(|frames| generate::write(p, &frames)) {
                 Ok(()) => {
                     frames += p.frames as u64;
                     let line = format!("wrote {} ({} frames)", p.job.out.display(), p.frames);
@@ -208,7 +230,7 @@ pub fn run(req: &Request) -> anyhow::Result<String> {
     };
     let summary = format!(
         "{rank_note}{} clip(s), {frames} frames in {secs:.1} s ({:.2} frames/s), {} DDIM steps{}{}",
-        mine.len() - failed.len(),
+        mine.len() - (failed.len() - early),
         frames as f64 / secs.max(1e-9),
         opts.steps,
         if skipped > 0 {

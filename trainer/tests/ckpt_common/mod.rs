@@ -35,6 +35,7 @@ pub fn snapshot(step: u64, seed: i64) -> Snapshot {
             dataset_sha256: "d".into(),
             external_weights: Default::default(),
             saved_unix: 0,
+            run: None,
         },
         config_yaml: "train: {}\n".into(),
     }

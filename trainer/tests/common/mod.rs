@@ -56,6 +56,7 @@ pub fn ingest(root: &Path, split: &str, out: &Path, cfg: &syncdiff_model::config
         half: false,
         rank: 0,
         world: 1,
+        rebuild: false,
     };
     syncdiff_dataprep::ingest::ingest(&opts, cfg, |_, _, _| {}).unwrap();
 }
