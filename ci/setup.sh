@@ -49,21 +49,32 @@ else
   log "installed: $(tr '\n' ' ' < <(grep -v '^#' "$req"))"
 fi
 
-# cudarc's dynamic loader looks for libnccl.so; the wheel ships only libnccl.so.2.
-nccl_dir="$("$venv/bin/python" - <<'PY'
+# cudarc's dynamic loader looks for libnccl.so (and .so.13, ...), never .so.2, which is what the
+# wheel ships, in nvidia/nccl/lib: a directory only libtorch_cuda's RPATH covers. The binaries'
+# RUNPATH is torch/lib (build.rs), so the link goes there, to the very file libtorch_cuda loads:
+# the process then holds one NCCL (the dynamic loader sees the same file).
+read -r torch_lib nccl_lib < <("$venv/bin/python" - <<'PY'
 import importlib.util, os
-spec = importlib.util.find_spec("nvidia")
-paths = list(spec.submodule_search_locations) if spec else []
-for base in paths:
+torch = importlib.util.find_spec("torch")
+nvidia = importlib.util.find_spec("nvidia")
+lib = os.path.join(os.path.dirname(torch.origin), "lib") if torch else ""
+nccl = ""
+for base in (list(nvidia.submodule_search_locations) if nvidia else []):
     d = os.path.join(base, "nccl", "lib")
     if os.path.exists(os.path.join(d, "libnccl.so.2")):
-        print(d)
+        nccl = d
         break
+print(lib or "-", nccl or "-")
 PY
-)"
-if [ -n "$nccl_dir" ] && [ ! -e "$nccl_dir/libnccl.so" ]; then
-  ln -s libnccl.so.2 "$nccl_dir/libnccl.so"
-  log "linked $nccl_dir/libnccl.so -> libnccl.so.2"
+)
+if [ "$nccl_lib" != "-" ] && [ "$torch_lib" != "-" ]; then
+  target="$(python3 -c 'import os,sys; print(os.path.relpath(sys.argv[1], sys.argv[2]))' "$nccl_lib/libnccl.so.2" "$torch_lib")"
+  if [ "$(readlink "$torch_lib/libnccl.so" 2>/dev/null)" != "$target" ]; then
+    ln -sfn "$target" "$torch_lib/libnccl.so"
+    log "linked $torch_lib/libnccl.so -> $target (NCCL for cudarc, found through the binaries' RUNPATH)"
+  fi
+else
+  log "no NCCL in the torch wheel (a CPU-only wheel?): the NCCL backend will be unavailable"
 fi
 
 # --- Rust toolchain components ----------------------------------------------------------------

@@ -254,6 +254,8 @@ fn two_ranks_train_validate_and_log_to_tensorboard() {
         .arg(set("data.val_dataset", &val))
         .arg("--set")
         .arg(set("log.dir", &logs))
+        .arg("--set")
+        .arg(set("checkpoint.url", &dir.path().join("ckpt")))
         .args([
             "--set",
             "train.steps=6",
@@ -360,6 +362,8 @@ fn sigusr1_to_one_rank_stops_all_ranks_after_the_same_step() {
         .arg(format!("data.dataset={}", ds.display()))
         .arg("--set")
         .arg(format!("log.dir={}", dir.path().join("runs").display()))
+        .arg("--set")
+        .arg(format!("checkpoint.url={}", dir.path().join("ckpt").display()))
         .args(["--set", "train.steps=100000", "--set", "log.interval=1"])
         .stdout(std::process::Stdio::piped())
         .stderr(std::process::Stdio::piped())

@@ -24,6 +24,8 @@ fn base(ds: &Path, dir: &Path) -> Vec<String> {
         &format!("data.dataset={}", ds.display()),
         "--set",
         &format!("log.dir={}", dir.join("runs").display()),
+        "--set",
+        &format!("checkpoint.url={}", dir.join("ckpt").display()),
     ]
     .iter()
     .map(|s| s.to_string())
