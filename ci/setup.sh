@@ -68,7 +68,7 @@ print(lib or "-", nccl or "-")
 PY
 )
 if [ "$nccl_lib" != "-" ] && [ "$torch_lib" != "-" ]; then
-  target="$(python3 -c 'import os,sys; print(os.path.relpath(sys.argv[1], sys.argv[2]))' "$nccl_lib/libnccl.so.2" "$torch_lib")"
+  target="$("$venv/bin/python" -c 'import os,sys; print(os.path.relpath(sys.argv[1], sys.argv[2]))' "$nccl_lib/libnccl.so.2" "$torch_lib")"
   if [ "$(readlink "$torch_lib/libnccl.so" 2>/dev/null)" != "$target" ]; then
     ln -sfn "$target" "$torch_lib/libnccl.so"
     log "linked $torch_lib/libnccl.so -> $target (NCCL for cudarc, found through the binaries' RUNPATH)"

@@ -200,7 +200,16 @@ impl<'a> Trainer<'a> {
             .enabled
             .then(|| Ema::new(&params, t.ema.decay, t.ema.warmup));
         let sync: Box<dyn GradSync + 'a> = match opts.backend {
-            DistBackend::Nccl => Box::new(NcclGradSync::new(rt, device, config.dist.bucket_mb)?),
+            DistBackend::Nccl => {
+                // The unique-id broadcast and ncclCommInitRank block until every rank joins: a
+                // wrong NCCL_SOCKET_IFNAME would otherwise hang until the job's time limit.
+                let _w = dog.watch(
+                    "NCCL start-up (unique id broadcast, ncclCommInitRank)",
+                    0,
+                    collective_timeout,
+                );
+                Box::new(NcclGradSync::new(rt, device, config.dist.bucket_mb)?)
+            }
             _ => Box::new(MpiGradSync::new(rt.comm(), config.dist.bucket_mb)),
         };
         Ok(Self {
@@ -258,6 +267,7 @@ impl<'a> Trainer<'a> {
             loss.backward();
             loss_sum += f64::try_from(&loss)?;
         }
+        self.define_missing_grads();
         let grads: Vec<Tensor> = self.tensors.iter().map(Tensor::grad).collect();
         let t1 = Instant::now();
         // One rank has nothing to average with: skip the copies.
@@ -289,6 +299,28 @@ impl<'a> Trainer<'a> {
             all_reduce,
             total: t0.elapsed(),
         })
+    }
+
+    /// Gives a zero gradient to every trained parameter this rank's backward did not reach
+    /// (e.g. an AV-HuBERT layer skipped by layerdrop for all its samples): every rank then
+    /// reduces the same layout, and clipping and the optimizer see defined gradients (the
+    /// average of the ranks that used it, or zero). One small backward, no host sync.
+    fn define_missing_grads(&self) {
+        let missing: Vec<Tensor> = self
+            .tensors
+            .iter()
+            .filter(|p| !p.grad().defined())
+            .map(|p| p.sum(tch::Kind::Float))
+            .collect();
+        if !missing.is_empty() {
+            (Tensor::stack(&missing, 0).sum(tch::Kind::Float) * 0.0).backward();
+        }
+    }
+
+    /// The clean end of training: releases the gradient backend (NCCL destroys its
+    /// communicator here; on an error path it is aborted instead, see `NcclGradSync`).
+    pub fn shutdown(&mut self) -> Result<(), TrainError> {
+        Ok(self.sync.shutdown()?)
     }
 
     /// Copies of the model, EMA and optimizer tensors in host memory (for a checkpoint).

@@ -43,6 +43,28 @@ fn gradient_backend(rt: &Runtime, p: &Placement, config: &Config) -> Result<Stri
     Ok(format!("{:?} all-reduce ok", p.backend).to_lowercase())
 }
 
+/// The NCCL the backend will load (file, version, one copy) and the CUDA versions.
+fn gpu_libraries() -> Result<String, String> {
+    let lib = crate::dist::nccl_library()?;
+    if lib.copies > 1 {
+        return Err(format!(
+            "{} NCCL libraries are loaded ({:?}); libtorch and the backend must share one",
+            lib.copies,
+            crate::dist::nccl_copies()
+        ));
+    }
+    let node = crate::dist::GpuNode::probe();
+    Ok(format!(
+        "NCCL {} from {}, CUDA driver {} (kernel module {}), runtime {} (torch {})",
+        lib.version_string(),
+        lib.path.display(),
+        node.driver_cuda.as_deref().unwrap_or("unknown"),
+        node.kernel_driver.as_deref().unwrap_or("unknown"),
+        crate::dist::WHEEL_CUDA,
+        option_env!("SYNCDIFF_TORCH_VERSION").unwrap_or("unknown"),
+    ))
+}
+
 fn dataset(config: &Config, rt: &Runtime) -> Result<String, String> {
     let path = &config.data.dataset;
     let ds = Dataset::open(Path::new(path)).map_err(|e| format!("{path}: {e}"))?;
@@ -115,6 +137,13 @@ pub fn run(config: &Config, rt: &Runtime, placement: Result<Placement, String>) 
                 _ => format!("device cpu ({} threads)", p.cpu_threads),
             };
             check("device", Ok(dev));
+            match p.device {
+                Device::Cuda(_) => check("gpu libraries", gpu_libraries()),
+                _ => check(
+                    "gpu libraries",
+                    Ok("no GPU on this node (MPI all-reduce on CPU)".into()),
+                ),
+            }
             if all[0] == 1 {
                 check("backend", gradient_backend(rt, &p, config));
             } else {

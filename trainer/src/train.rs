@@ -442,6 +442,7 @@ pub fn train(
     if let Some(tb) = &mut tb {
         tb.flush().map_err(|source| log_err(config, source))?;
     }
+    trainer.shutdown()?;
     Ok(RunSummary {
         steps: step,
         state,

@@ -363,7 +363,10 @@ fn sigusr1_to_one_rank_stops_all_ranks_after_the_same_step() {
         .arg("--set")
         .arg(format!("log.dir={}", dir.path().join("runs").display()))
         .arg("--set")
-        .arg(format!("checkpoint.url={}", dir.path().join("ckpt").display()))
+        .arg(format!(
+            "checkpoint.url={}",
+            dir.path().join("ckpt").display()
+        ))
         .args(["--set", "train.steps=100000", "--set", "log.interval=1"])
         .stdout(std::process::Stdio::piped())
         .stderr(std::process::Stdio::piped())
@@ -472,4 +475,45 @@ fn copy_dir(from: &Path, to: &Path) {
             std::fs::copy(e.path(), dest).unwrap();
         }
     }
+}
+
+#[test]
+fn trained_layers_skipped_by_layerdrop_reduce_as_zero_gradients_on_every_rank() {
+    // Tiny AV-HuBERT with its top layers trained and skipped 90% of the time: some steps a rank
+    // uses a layer no sample of its micro-batch kept (before: "parameter N has no gradient").
+    let dir = tempfile::tempdir().unwrap();
+    let ds = prepared_dataset(dir.path());
+    let o = mpirun(2)
+        .args(["--config", "configs/debug.yaml", "--resume", "never"])
+        .arg("--set")
+        .arg(format!("data.dataset={}", ds.display()))
+        .arg("--set")
+        .arg(format!(
+            "checkpoint.url={}",
+            dir.path().join("ckpt").display()
+        ))
+        .arg("--set")
+        .arg(format!("log.dir={}", dir.path().join("runs").display()))
+        .args(
+            [
+                "model.audio_encoder.kind=avhubert",
+                "model.audio_encoder.embed_dim=16",
+                "model.audio_encoder.layers=3",
+                "model.audio_encoder.heads=2",
+                "model.audio_encoder.ffn_dim=32",
+                "model.audio_encoder.frozen_layers=1",
+                "model.audio_encoder.pos_conv_kernel=4",
+                "model.audio_encoder.pos_conv_groups=2",
+                "model.audio_encoder.layerdrop=0.9",
+                "train.steps=8",
+                "dist.checksum_interval=2",
+            ]
+            .iter()
+            .flat_map(|s| ["--set", s]),
+        )
+        .output()
+        .unwrap();
+    let (out, err) = text(&o);
+    assert!(o.status.success(), "{out}\n{err}");
+    assert!(out.contains("finished after 8 steps"), "{out}");
 }

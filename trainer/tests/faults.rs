@@ -218,6 +218,7 @@ fn preflight_reports_every_rank_and_names_a_failed_check() {
             .unwrap_or_else(|| panic!("{out}"));
         assert!(
             line.contains("device cpu")
+                && line.contains("no GPU on this node")
                 && line.contains("mpi all-reduce ok")
                 && line.contains("dataset ok (4 clips"),
             "{line}"

@@ -43,7 +43,10 @@ fn validation_loss_with_the_true_audio_ends_below_other_audio() {
         .arg("--set")
         .arg(format!("log.dir={}", dir.path().join("runs").display()))
         .arg("--set")
-        .arg(format!("checkpoint.url={}", dir.path().join("ckpt").display()))
+        .arg(format!(
+            "checkpoint.url={}",
+            dir.path().join("ckpt").display()
+        ))
         .args(["--set", &format!("train.steps={steps}")])
         .args(["--set", "log.interval=500", "--set", "log.val_interval=500"])
         .args(["--set", "log.val_batches=16"])

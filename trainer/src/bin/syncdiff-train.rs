@@ -112,14 +112,23 @@ fn run(cli: &Cli, config: &syncdiff_model::config::Config) -> Result<(), Failure
         rt.in_rank_order(|| println!("{}", plan.rank_line(&rt)));
         return Ok(());
     }
-    let placement = syncdiff_trainer::dist::choose_device(
-        config.dist.backend,
-        rt.rank(),
-        rt.local_rank(),
-        rt.local_size(),
-        config.dist.cpu_threads,
-        tch::Cuda::device_count(),
-    );
+    let gpus = tch::Cuda::device_count();
+    let placement = match syncdiff_trainer::dist::GpuNode::probe()
+        .unusable(gpus, syncdiff_trainer::dist::WHEEL_CUDA)
+    {
+        Some(message) => Err(syncdiff_trainer::dist::DistError::Backend {
+            rank: rt.rank(),
+            message,
+        }),
+        None => syncdiff_trainer::dist::choose_device(
+            config.dist.backend,
+            rt.rank(),
+            rt.local_rank(),
+            rt.local_size(),
+            config.dist.cpu_threads,
+            gpus,
+        ),
+    };
     if cli.preflight {
         let report = syncdiff_trainer::preflight::run(
             config,

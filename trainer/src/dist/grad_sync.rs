@@ -12,6 +12,12 @@ use super::DistError;
 pub trait GradSync {
     /// Replaces every gradient by its mean over ranks; returns whether any rank raised `stop`.
     fn sync(&mut self, grads: &[Tensor], stop: bool) -> Result<bool, DistError>;
+
+    /// Releases the backend at a clean end of training (every rank calls it). A backend dropped
+    /// without it is on an error path and must not wait for its peers.
+    fn shutdown(&mut self) -> Result<(), DistError> {
+        Ok(())
+    }
 }
 
 /// Splits tensors (by element count) into buckets of at most `bucket` elements, in order; a

@@ -38,26 +38,112 @@ impl std::fmt::Debug for NcclGradSync {
     }
 }
 
+/// The NCCL library this process uses.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct NcclLibrary {
+    /// The file it was loaded from (symbolic links resolved).
+    pub path: std::path::PathBuf,
+    /// `ncclGetVersion`: 22907 is 2.29.7.
+    pub version: i32,
+    /// Distinct NCCL files mapped into the process (1 when cudarc and libtorch share it).
+    pub copies: usize,
+}
+
+impl NcclLibrary {
+    /// `2.29.7` from 22907.
+    pub fn version_string(&self) -> String {
+        let v = self.version;
+        format!("{}.{}.{}", v / 10_000, v / 100 % 100, v % 100)
+    }
+}
+
+/// How to make `libnccl.so` loadable, for messages.
+const NCCL_HINT: &str = "libnccl.so cannot be loaded: `bash ci/setup.sh` links it into the torch \
+     wheel's torch/lib (the binaries' RUNPATH) from the wheel's nvidia/nccl/lib/libnccl.so.2; with \
+     another NCCL, put a directory holding libnccl.so on LD_LIBRARY_PATH";
+
+/// Loads NCCL the way the backend does (cudarc looks for `libnccl.so`) and says which file and
+/// version it is; never panics. Needs no GPU.
+pub fn nccl_library() -> Result<NcclLibrary, String> {
+    // SAFETY: only tries to open the shared library by name.
+    if !unsafe { ns::is_culib_present() } {
+        return Err(NCCL_HINT.into());
+    }
+    let version = nr::get_nccl_version().map_err(|e| nccl_err("ncclGetVersion", e, None))?;
+    // SAFETY: the library is present (checked above), so culib() loads it instead of panicking;
+    // the symbol is only used for its address.
+    let addr = unsafe {
+        let lib = ns::culib();
+        let sym = lib
+            .get::<unsafe extern "C" fn()>(b"ncclGetVersion\0")
+            .map_err(|e| format!("libnccl.so has no ncclGetVersion: {e}"))?;
+        let f: unsafe extern "C" fn() = *sym;
+        f as *const c_void
+    };
+    let mut info = MaybeUninit::<libc::Dl_info>::zeroed();
+    // SAFETY: dladdr only reads the loader's tables and fills `info`.
+    let found = unsafe { libc::dladdr(addr, info.as_mut_ptr()) };
+    // SAFETY: zero-initialised, filled by dladdr when it returns non-zero.
+    let info = unsafe { info.assume_init() };
+    if found == 0 || info.dli_fname.is_null() {
+        return Err("cannot tell which file libnccl.so was loaded from".into());
+    }
+    // SAFETY: dli_fname is a NUL-terminated path owned by the loader.
+    let name = unsafe { std::ffi::CStr::from_ptr(info.dli_fname) };
+    let path = std::path::PathBuf::from(name.to_string_lossy().into_owned());
+    let path = std::fs::canonicalize(&path).unwrap_or(path);
+    Ok(NcclLibrary {
+        path,
+        version,
+        copies: nccl_copies().len().max(1),
+    })
+}
+
+/// The distinct NCCL library files mapped into this process (from /proc/self/maps).
+pub fn nccl_copies() -> Vec<std::path::PathBuf> {
+    let maps = std::fs::read_to_string("/proc/self/maps").unwrap_or_default();
+    let mut files: Vec<std::path::PathBuf> = maps
+        .lines()
+        .filter_map(|l| l.split_whitespace().nth(5))
+        .filter(|f| {
+            std::path::Path::new(f)
+                .file_name()
+                .is_some_and(|n| n.to_string_lossy().starts_with("libnccl"))
+        })
+        .map(|f| std::fs::canonicalize(f).unwrap_or_else(|_| f.into()))
+        .collect();
+    files.sort();
+    files.dedup();
+    files
+}
+
 /// Whether the CUDA driver and NCCL libraries can be loaded (never panics).
 pub fn nccl_available() -> Result<(), String> {
-    // SAFETY: both functions only try to open the shared libraries by name.
+    // SAFETY: only tries to open the shared library by name.
     if !unsafe { cudarc::driver::sys::is_culib_present() } {
         return Err("the CUDA driver library (libcuda.so) cannot be loaded on this node".into());
     }
-    // SAFETY: as above.
-    if !unsafe { ns::is_culib_present() } {
-        return Err(
-            "libnccl.so cannot be loaded: install NCCL, or link libnccl.so to the \
-                    libnccl.so.2 of the torch wheel's nvidia/nccl/lib and put it on \
-                    LD_LIBRARY_PATH (ci/setup.sh does this)"
-                .into(),
-        );
-    }
-    Ok(())
+    nccl_library().map(|_| ())
 }
 
-fn nccl_err(what: &str, e: nr::NcclError) -> String {
-    format!("{what} failed: {:?}", e.0)
+/// An NCCL error with NCCL's own description and, when a communicator exists, its last error.
+fn nccl_err(what: &str, e: nr::NcclError, comm: Option<ns::ncclComm_t>) -> String {
+    let text = |p: *const c_char| {
+        // SAFETY: NCCL returns null or a NUL-terminated string it owns (static, or held by the
+        // communicator), valid at least until the next NCCL call on this thread.
+        (!p.is_null()).then(|| {
+            unsafe { std::ffi::CStr::from_ptr(p) }
+                .to_string_lossy()
+                .into_owned()
+        })
+    };
+    // SAFETY: the library is loaded (the error came from it); the call only formats a code.
+    let described = text(unsafe { ns::ncclGetErrorString(e.0) }).unwrap_or_default();
+    // SAFETY: `comm` is a live communicator, or null (NCCL's last error of the process).
+    let last = text(unsafe { ns::ncclGetLastError(comm.unwrap_or(std::ptr::null_mut())) })
+        .filter(|s| !s.is_empty())
+        .map_or(String::new(), |s| format!("; last NCCL error: {s}"));
+    format!("{what} failed: {:?} ({described}){last}", e.0)
 }
 
 impl NcclGradSync {
@@ -101,7 +187,7 @@ impl NcclGradSync {
                     }
                     id[128] = 1;
                 }
-                Err(e) => eprintln!("{}", nccl_err("ncclGetUniqueId on rank 0", e)),
+                Err(e) => eprintln!("{}", nccl_err("ncclGetUniqueId on rank 0", e, None)),
             }
         }
         rt.comm().process_at_rank(0).broadcast_into(&mut id[..]);
@@ -119,7 +205,7 @@ impl NcclGradSync {
         // SAFETY: `comm` is written by NCCL on success; the id is the job's common id; the
         // calling thread has the device's primary context current (CudaContext::new binds it).
         unsafe { nr::comm_init_rank(comm.as_mut_ptr(), world, uid, rank) }
-            .map_err(|e| err(nccl_err("ncclCommInitRank", e)))?;
+            .map_err(|e| err(nccl_err("ncclCommInitRank", e, None)))?;
         Ok(Self {
             // SAFETY: initialised by the successful ncclCommInitRank above.
             comm: unsafe { comm.assume_init() },
@@ -149,12 +235,33 @@ impl NcclGradSync {
         .map(|_| ())
         .map_err(|e| DistError::Backend {
             rank: self.rank,
-            message: nccl_err(&format!("ncclAllReduce of {what}"), e),
+            message: nccl_err(&format!("ncclAllReduce of {what}"), e, Some(self.comm)),
         })
     }
 }
 
+impl NcclGradSync {
+    /// The clean end: waits for the queued work, then destroys the communicator.
+    fn destroy(&mut self) -> Result<(), DistError> {
+        let comm = std::mem::replace(&mut self.comm, std::ptr::null_mut());
+        if comm.is_null() {
+            return Ok(());
+        }
+        // SAFETY: initialised in `new`; nulled above so Drop does not release it again.
+        unsafe { nr::comm_destroy(comm) }
+            .map(|_| ())
+            .map_err(|e| DistError::Backend {
+                rank: self.rank,
+                message: nccl_err("ncclCommDestroy", e, None),
+            })
+    }
+}
+
 impl GradSync for NcclGradSync {
+    fn shutdown(&mut self) -> Result<(), DistError> {
+        self.destroy()
+    }
+
     fn sync(&mut self, grads: &[Tensor], stop: bool) -> Result<bool, DistError> {
         let numels: Vec<usize> = grads.iter().map(Tensor::numel).collect();
         let groups = buckets(&numels, self.bucket_elems);
@@ -195,7 +302,40 @@ impl GradSync for NcclGradSync {
 
 impl Drop for NcclGradSync {
     fn drop(&mut self) {
-        // SAFETY: the communicator was initialised in `new` and is destroyed once.
-        let _ = unsafe { nr::comm_destroy(self.comm) };
+        // A clean end calls `shutdown`, which destroys the communicator after its work. Dropped
+        // without it means an error is on its way out: ncclCommDestroy would wait for
+        // outstanding collectives that a failed peer never joins, so the communicator is aborted
+        // instead (ncclCommAbort does not wait), and the error is printed and the job aborted
+        // right after.
+        if !self.comm.is_null() {
+            // SAFETY: the communicator was initialised in `new` and is released once.
+            let _ = unsafe { nr::comm_abort(self.comm) };
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    #![allow(clippy::unwrap_used)]
+    use super::*;
+
+    /// Needs no GPU: the wheel's NCCL loads on any Linux machine. `ci/setup.sh` makes the link.
+    #[test]
+    fn the_backend_loads_the_nccl_libtorch_loads_and_only_that_one() {
+        let lib = nccl_library().unwrap();
+        assert!(
+            lib.path.ends_with("nvidia/nccl/lib/libnccl.so.2"),
+            "cudarc loaded {}",
+            lib.path.display()
+        );
+        assert!(lib.version >= 20_000, "{}", lib.version);
+        assert!(
+            lib.version_string().starts_with("2."),
+            "{}",
+            lib.version_string()
+        );
+        // libtorch_cuda (loaded with libtorch at start) and cudarc share one copy.
+        assert_eq!(nccl_copies(), vec![lib.path.clone()]);
+        assert_eq!(lib.copies, 1);
     }
 }
