@@ -61,9 +61,7 @@ impl AudioPath {
             AudioEncoder::Avhubert(e) => e.forward(&x, train, keep),
             AudioEncoder::Mel(e) => e.forward(&x),
         };
-        let centre = Tensor::from_slice(&[offset]).to_device(mel.device());
-        self.temporal
-            .forward(&self.temporal.gather_window(&f, &centre))
+        self.temporal.forward(&self.temporal.window_at(&f, offset))
     }
 
     /// Contexts of a batch, each encoded on its own (contexts differ in length; nothing of one

@@ -14,6 +14,8 @@ use crate::config::{BetaSchedule, DiffusionConfig, PredictionTarget};
 pub struct Schedule {
     alphas_cumprod: Vec<f64>,
     prediction: PredictionTarget,
+    /// alpha-bar as a float32 tensor on the device last used: uploaded once, not per forward.
+    table: std::sync::Arc<std::sync::Mutex<Option<Tensor>>>,
 }
 
 impl Schedule {
@@ -46,6 +48,7 @@ impl Schedule {
         Self {
             alphas_cumprod,
             prediction: cfg.prediction,
+            table: Default::default(),
         }
     }
 
@@ -66,9 +69,20 @@ impl Schedule {
 
     /// Per-sample sqrt(alpha-bar_t) and sqrt(1 - alpha-bar_t), shaped (B, 1, 1, 1) like x.
     fn coefficients(&self, t: &Tensor, like: &Tensor) -> (Tensor, Tensor) {
-        let table = Tensor::from_slice(&self.alphas_cumprod)
-            .to_kind(Kind::Float)
-            .to_device(like.device());
+        let table = {
+            // A poisoned lock only means another thread panicked mid-upload: upload again.
+            let mut cached = self.table.lock().unwrap_or_else(|p| p.into_inner());
+            match cached.as_ref().filter(|t| t.device() == like.device()) {
+                Some(t) => t.shallow_clone(),
+                None => {
+                    let t = Tensor::from_slice(&self.alphas_cumprod)
+                        .to_kind(Kind::Float)
+                        .to_device(like.device());
+                    *cached = Some(t.shallow_clone());
+                    t
+                }
+            }
+        };
         let a = table.index_select(0, &t.to_kind(Kind::Int64));
         let shape: Vec<i64> = std::iter::once(-1)
             .chain(std::iter::repeat_n(1, like.dim() - 1))

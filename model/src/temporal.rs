@@ -85,6 +85,15 @@ impl TemporalFilter {
         padded.gather(1, &idx, false)
     }
 
+    /// [`gather_window`](Self::gather_window) for one centre given on the host: a slice of the
+    /// padded features, with no index tensor to upload. (B, T, D) -> (B, W, D).
+    pub fn window_at(&self, features: &Tensor, centre: i64) -> Tensor {
+        let half = self.window / 2;
+        features
+            .constant_pad_nd([0, 0, half, half])
+            .narrow(1, centre, self.window)
+    }
+
     /// Attention weights over the window: (B, W, D) -> (B, W).
     pub fn weights(&self, window: &Tensor) -> Tensor {
         // (B, W, hidden) -> (B, hidden, W)

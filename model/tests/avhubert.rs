@@ -145,6 +145,11 @@ fn temporal_window_is_zero_padded_at_clip_edges() {
     let last: Vec<f32> = Vec::try_from(w.get(1).select(1, 0)).unwrap();
     assert_eq!(first, vec![0.0, 0.0, 0.0, 0.0, 1.0, 2.0, 3.0, 4.0]); // frames -4..3
     assert_eq!(last, vec![6.0, 7.0, 8.0, 9.0, 10.0, 0.0, 0.0, 0.0]); // frames 5..12
+                                                                     // The host-indexed slice of one sample is the same window.
+    for (b, c) in [(0i64, 0i64), (1, 9)] {
+        let one = f.window_at(&feats.narrow(0, b, 1), c);
+        assert!(one.equal(&w.narrow(0, b, 1)), "centre {c}");
+    }
 }
 
 #[test]

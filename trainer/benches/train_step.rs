@@ -50,7 +50,7 @@ fn write_batch(path: &Path, b: &Batch, trainer: &Trainer<'_>) -> anyhow::Result<
         ("previous".into(), b.previous.shallow_clone()),
         ("timesteps".into(), b.timesteps.shallow_clone()),
         ("noise".into(), b.noise.shallow_clone()),
-        ("offsets".into(), b.offsets.shallow_clone()),
+        ("offsets".into(), Tensor::from_slice(&b.offsets)),
         ("alphas_cumprod".into(), ac),
     ];
     for (i, m) in b.mel.iter().enumerate() {

@@ -259,13 +259,18 @@ impl<'a> Trainer<'a> {
             fetch()?
         };
         let data = t0.elapsed();
-        let mut loss_sum = 0.0;
+        // The loss stays on the device until the step's one read of it.
+        let mut loss_sum: Option<Tensor> = None;
         for batch in &batches {
             let batch = batch.to(self.device);
             // Mean over the rank's samples: each micro-batch contributes its share.
             let loss = self.model.loss(&batch, true)? / f64::from(self.plan.accumulation);
             loss.backward();
-            loss_sum += f64::try_from(&loss)?;
+            let loss = loss.detach();
+            loss_sum = Some(match loss_sum {
+                Some(sum) => sum + loss,
+                None => loss,
+            });
         }
         self.define_missing_grads();
         let grads: Vec<Tensor> = self.tensors.iter().map(Tensor::grad).collect();
@@ -280,7 +285,10 @@ impl<'a> Trainer<'a> {
             stop
         };
         let all_reduce = t1.elapsed();
-        let grad_norm = self.grad_clip.map(|c| clip_grad_norm(&grads, c));
+        let grad_norm = self
+            .grad_clip
+            .map(|c| clip_grad_norm(&grads, c))
+            .transpose()?;
         self.opt.step(lr);
         self.opt.zero_grad();
         if let Some(e) = &mut self.ema {
@@ -291,8 +299,12 @@ impl<'a> Trainer<'a> {
                 let _ = self.tensors[0].shallow_clone().g_add_scalar_(1e-3);
             });
         }
+        let loss = match &loss_sum {
+            Some(l) => crate::host::scalar(l)?,
+            None => 0.0,
+        };
         Ok(StepStats {
-            loss: loss_sum,
+            loss,
             grad_norm,
             stop,
             data,

@@ -11,6 +11,7 @@ pub mod dryrun;
 pub mod engine;
 pub mod eval;
 pub mod generate;
+pub mod host;
 pub mod log;
 pub mod optim;
 pub mod preflight;

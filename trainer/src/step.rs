@@ -66,11 +66,11 @@ impl TrainModel {
 
     /// Cross-attention contexts of a batch (B, M, D).
     pub fn context(&self, batch: &Batch, train: bool) -> Tensor {
-        let offsets: Vec<i64> = Vec::try_from(&batch.offsets).unwrap_or_default();
+        let offsets = &batch.offsets;
         // Layerdrop decisions keyed by each sample's seed: the same on any world size.
         let p = self.layerdrop;
         self.audio
-            .batch_context(&batch.mel, &offsets, train, |s, layer| {
+            .batch_context(&batch.mel, offsets, train, |s, layer| {
                 let seed = batch.seeds.get(s).copied().unwrap_or(0);
                 Rng::new(&[seed, LAYERDROP, layer as u64]).uniform() >= p
             })

@@ -142,3 +142,113 @@ fn pose_noise_perturbs_training_only_and_follows_each_samples_seed() {
     // Evaluation: no noise.
     assert_eq!(loss(&a, false), loss(&b, false));
 }
+
+/// Host reads (each a device synchronisation on a GPU) per training step: the loss, the gradient
+/// norm, and with several ranks the stop flag; never one per tensor, per micro-batch or per
+/// sample (before: one norm per parameter tensor and one loss per micro-batch).
+#[test]
+fn a_training_step_reads_three_values_back_at_most() {
+    use std::sync::Arc;
+    use syncdiff_model::config::{DistBackend, Override};
+    use syncdiff_trainer::data::{Loader, RankShare};
+    use syncdiff_trainer::engine::Trainer;
+    use syncdiff_trainer::train::TrainOptions;
+    let dir = tempfile::tempdir().unwrap();
+    let out = common::prepared_dataset(dir.path());
+    let sets: Vec<Override> = [
+        format!("data.dataset={}", out.display()),
+        "train.max_micro_batch=1".into(), // 4 micro-batches per step
+    ]
+    .iter()
+    .map(|s| Override::parse(s).unwrap())
+    .collect();
+    let cfg = Config::load(&common::repo().join("configs/debug.yaml"), &sets).unwrap();
+    assert!(cfg.train.grad_clip.is_some());
+    let rt = syncdiff_trainer::dist::Runtime::init().unwrap();
+    let ds = Arc::new(Dataset::open(&out).unwrap());
+    let frames: Vec<u64> = ds.clips().iter().map(|c| c.frames).collect();
+    let np = cfg.model.priors.needed_previous_frames();
+    let sampler =
+        Arc::new(Sampler::new(0, cfg.train.epoch_unit, &frames, u64::from(np), 1000, 4).unwrap());
+    let share = RankShare {
+        rank: 0,
+        world: 1,
+        micro: 1,
+        previous: np,
+        context: u64::from(cfg.model.audio_encoder.context_frames),
+    };
+    let mut loader = Loader::new(ds, sampler.clone(), share, 0);
+    let opts = TrainOptions {
+        device: tch::Device::Cpu,
+        backend: DistBackend::Mpi,
+        stop_requested: &|| false,
+        resume: syncdiff_trainer::ckpt::ResumePolicy::Never,
+        move_aside: false,
+    };
+    let mut trainer = Trainer::new(&cfg, &rt, &opts).unwrap();
+    let mut state = LoaderState::default();
+    for step in 1..=3 {
+        let batches = loader.next(state, std::time::Duration::ZERO).unwrap();
+        assert_eq!(batches.len(), 4);
+        let before = syncdiff_trainer::host::reads();
+        let st = trainer.step(step, 1e-4, || Ok(batches), false).unwrap();
+        assert!(st.loss.is_finite() && st.grad_norm.is_some());
+        // One rank: the loss and the gradient norm (the stop flag travels only between ranks).
+        assert_eq!(syncdiff_trainer::host::reads() - before, 2, "step {step}");
+        state = sampler.advance(state);
+    }
+}
+
+/// The files of the training step read tensors back only through `host::scalar` (counted
+/// above); a direct read would slip past the count.
+#[test]
+fn the_step_reads_tensors_back_only_through_the_counted_helper() {
+    let root = common::repo();
+    let files = [
+        "trainer/src/engine.rs",
+        "trainer/src/step.rs",
+        "trainer/src/data/batch.rs",
+        "trainer/src/optim/adamw.rs",
+        "trainer/src/optim/ema.rs",
+        "trainer/src/optim/schedule.rs",
+        "trainer/src/dist/grad_sync.rs",
+        "trainer/src/dist/nccl.rs",
+        "model/src/syncdiff.rs",
+        "model/src/diffusion.rs",
+        "model/src/unet.rs",
+        "model/src/audio.rs",
+        "model/src/avhubert.rs",
+        "model/src/temporal.rs",
+    ];
+    let reads = [
+        "f64::try_from(",
+        "f32::try_from(",
+        "i64::try_from(",
+        "bool::try_from(",
+        "Vec::try_from(",
+        "::<f32>::try_from(",
+        ".double_value(",
+        ".int64_value(",
+    ];
+    // Allowed: loading checkpoint state (once per resume) and the start-up broadcast.
+    let allowed = [
+        "self.step = step.int64_value",
+        "self.updates = u.int64_value",
+        "Vec::try_from(p.to_kind(Kind::Float).flatten(0, -1))",
+    ];
+    let mut found = Vec::new();
+    for f in files {
+        let text = std::fs::read_to_string(root.join(f)).unwrap();
+        let code = text.split("#[cfg(test)]").next().unwrap();
+        for (i, line) in code.lines().enumerate() {
+            if reads.iter().any(|r| line.contains(r)) && !allowed.iter().any(|a| line.contains(a)) {
+                found.push(format!("{f}:{}: {}", i + 1, line.trim()));
+            }
+        }
+    }
+    assert!(
+        found.is_empty(),
+        "host reads outside host::scalar:\n{}",
+        found.join("\n")
+    );
+}

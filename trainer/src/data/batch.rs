@@ -19,8 +19,8 @@ pub struct Batch {
     /// Each sample's audio context (T_i, 104): contexts differ in length and are encoded one by
     /// one, so a sample's audio features never depend on the rest of its batch.
     pub mel: Vec<Tensor>,
-    /// Position of each target in its context.
-    pub offsets: Tensor,
+    /// Position of each target in its context (host values: the audio path slices with them).
+    pub offsets: Vec<i64>,
     /// Diffusion timesteps (B,) int64.
     pub timesteps: Tensor,
     /// Noise (B, C, h, w) from each sample's own seed.
@@ -87,7 +87,7 @@ impl Batch {
                 Tensor::from_slice(&prev).view([b, np, c, h, w])
             },
             mel,
-            offsets: Tensor::from_slice(&offsets),
+            offsets,
             timesteps: Tensor::from_slice(&timesteps),
             noise: frames(&noise),
             seeds: specs.iter().map(|s| s.noise_seed).collect(),
@@ -113,7 +113,7 @@ impl Batch {
             identity: self.identity.shallow_clone(),
             previous: self.previous.shallow_clone(),
             mel: other.mel.iter().map(Tensor::shallow_clone).collect(),
-            offsets: other.offsets.shallow_clone(),
+            offsets: other.offsets.clone(),
             timesteps: self.timesteps.shallow_clone(),
             noise: self.noise.shallow_clone(),
             seeds: self.seeds.clone(),
@@ -128,7 +128,7 @@ impl Batch {
             identity: self.identity.to_device(device),
             previous: self.previous.to_device(device),
             mel: self.mel.iter().map(|m| m.to_device(device)).collect(),
-            offsets: self.offsets.to_device(device),
+            offsets: self.offsets.clone(),
             timesteps: self.timesteps.to_device(device),
             noise: self.noise.to_device(device),
             seeds: self.seeds.clone(),

@@ -199,7 +199,10 @@ impl GradSync for MpiGradSync<'_> {
             });
             all_reduce(comm, send, recv);
             if b == last {
-                any_stop = f64::try_from(recv.get(n)).unwrap_or(0.0) > 0.0;
+                any_stop = crate::host::scalar(&recv.get(n)).map_err(|e| DistError::Backend {
+                    rank: comm.rank(),
+                    message: format!("reading the stop flag: {e}"),
+                })? > 0.0;
             }
         }
         if layout.groups.is_empty() {
@@ -246,10 +249,21 @@ pub fn check_params(
     params: &[Tensor],
     step: u64,
 ) -> Result<(), DistError> {
-    let sum: f64 = params
+    // The per-tensor sums stay on the device; one read of their total.
+    let sums: Vec<Tensor> = params
         .iter()
-        .map(|p| f64::try_from(p.to_kind(Kind::Double).abs().sum(Kind::Double)).unwrap_or(f64::NAN))
-        .sum();
+        .map(|p| p.to_kind(Kind::Double).abs().sum(Kind::Double))
+        .collect();
+    let sum = if sums.is_empty() {
+        0.0
+    } else {
+        crate::host::scalar(&Tensor::stack(&sums, 0).sum(Kind::Double)).map_err(|e| {
+            DistError::Backend {
+                rank: comm.rank(),
+                message: format!("parameter checksum: {e}"),
+            }
+        })?
+    };
     let mut all = vec![0.0f64; comm.size() as usize];
     comm.all_gather_into(&sum, &mut all[..]);
     let differ: Vec<usize> = all

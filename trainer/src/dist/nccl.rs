@@ -280,7 +280,13 @@ impl GradSync for NcclGradSync {
             let mut flat = Tensor::cat(&parts, 0);
             self.all_reduce(&flat, &format!("gradient bucket {b}"))?;
             if last {
-                any_stop = f64::try_from(flat.get(flat.numel() as i64 - 1)).unwrap_or(0.0) > 0.0;
+                any_stop =
+                    crate::host::scalar(&flat.get(flat.numel() as i64 - 1)).map_err(|e| {
+                        DistError::Backend {
+                            rank: self.rank,
+                            message: format!("reading the stop flag: {e}"),
+                        }
+                    })? > 0.0;
             }
             let _ = flat.g_div_scalar_(f64::from(self.world));
             let mut offset = 0i64;
@@ -294,7 +300,11 @@ impl GradSync for NcclGradSync {
         if groups.is_empty() {
             let flat = flag.copy();
             self.all_reduce(&flat, "the stop flag")?;
-            any_stop = f64::try_from(&flat.sum(Kind::Float)).unwrap_or(0.0) > 0.0;
+            any_stop =
+                crate::host::scalar(&flat.sum(Kind::Float)).map_err(|e| DistError::Backend {
+                    rank: self.rank,
+                    message: format!("reading the stop flag: {e}"),
+                })? > 0.0;
         }
         Ok(any_stop)
     }

@@ -23,24 +23,27 @@ pub fn lr_at(cfg: &TrainConfig, step: u64, total: u64) -> f64 {
 }
 
 /// Scales gradients so their global L2 norm is at most `max_norm`; returns the norm before.
-pub fn clip_grad_norm(grads: &[Tensor], max_norm: f64) -> f64 {
-    // Per-tensor norms in the gradients' own precision (one pass each, like torch's
-    // clip_grad_norm_), combined in f64.
-    let sq: f64 = grads
+///
+/// As torch's `clip_grad_norm_`: per-tensor norms in the gradients' own precision, their norm
+/// on the device, and the scale `min(1, max_norm / (norm + 1e-6))` applied on the device, so the
+/// only host read is the norm returned (one, whatever the number of tensors).
+pub fn clip_grad_norm(grads: &[Tensor], max_norm: f64) -> Result<f64, tch::TchError> {
+    let defined: Vec<&Tensor> = grads.iter().filter(|g| g.defined()).collect();
+    let Some(first) = defined.first() else {
+        return Ok(0.0);
+    };
+    let norms: Vec<Tensor> = defined
         .iter()
-        .map(|g| {
-            let n = f64::try_from(g.norm()).unwrap_or(0.0);
-            n * n
-        })
-        .sum();
-    let norm = sq.sqrt();
-    if norm > max_norm && norm > 0.0 {
-        let scale = max_norm / (norm + 1e-6);
-        tch::no_grad(|| {
-            for g in grads {
-                let _ = g.shallow_clone().g_mul_scalar_(scale);
-            }
-        });
-    }
-    norm
+        .map(|g| g.norm().to_kind(tch::Kind::Float))
+        .collect();
+    let total = Tensor::stack(&norms, 0).norm();
+    let scale = (max_norm / (&total + 1e-6)).clamp_max(1.0);
+    tch::no_grad(|| {
+        for g in &defined {
+            let _ = g
+                .shallow_clone()
+                .g_mul_(&scale.to_kind(g.kind()).to_device(first.device()));
+        }
+    });
+    crate::host::scalar(&total)
 }
