@@ -252,3 +252,40 @@ fn the_step_reads_tensors_back_only_through_the_counted_helper() {
         found.join("\n")
     );
 }
+
+/// Every trained parameter takes part in the loss: a parameter whose gradient is exactly zero
+/// after a step would be dead weight in the model (or a wiring bug).
+#[test]
+fn every_trained_parameter_gets_a_gradient() {
+    let dir = tempfile::tempdir().unwrap();
+    let out = common::prepared_dataset(dir.path());
+    let cfg = Config::load(&common::repo().join("configs/debug.yaml"), &[]).unwrap();
+    let ds = Dataset::open(&out).unwrap();
+    let frames: Vec<u64> = ds.clips().iter().map(|c| c.frames).collect();
+    let np = cfg.model.priors.needed_previous_frames();
+    let sampler = Sampler::new(0, cfg.train.epoch_unit, &frames, u64::from(np), 1000, 4).unwrap();
+    tch::manual_seed(0);
+    let model = TrainModel::new(&cfg.model, tch::Device::Cpu);
+    let order = sampler.permutation(0);
+    let specs = sampler
+        .step(LoaderState::default(), 0, 1, 4, &order)
+        .concat();
+    let batch = Batch::read(
+        &ds,
+        &specs,
+        np,
+        u64::from(cfg.model.audio_encoder.context_frames),
+    )
+    .unwrap();
+    model.loss(&batch, true).unwrap().backward();
+    let dead: Vec<String> = model
+        .trainable()
+        .iter()
+        .filter(|(_, p)| {
+            let g = p.grad();
+            !g.defined() || f64::try_from(g.abs().max()).unwrap() == 0.0
+        })
+        .map(|(n, _)| n.clone())
+        .collect();
+    assert!(dead.is_empty(), "no gradient: {dead:?}");
+}
