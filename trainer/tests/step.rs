@@ -10,8 +10,17 @@ use syncdiff_trainer::data::{Batch, LoaderState, Sampler};
 use syncdiff_trainer::optim::{AdamW, AdamWConfig};
 use syncdiff_trainer::step::TrainModel;
 
+/// The tests here seed libtorch's global generator (`tch::manual_seed`) and then draw from it
+/// (model initialisation): run in parallel, one test's draws would land in another's sequence.
+static GLOBAL_RNG: std::sync::Mutex<()> = std::sync::Mutex::new(());
+
+fn serial() -> std::sync::MutexGuard<'static, ()> {
+    GLOBAL_RNG.lock().unwrap_or_else(|p| p.into_inner())
+}
+
 #[test]
 fn training_steps_on_synthetic_data_reduce_the_loss() {
+    let _serial = serial();
     let dir = tempfile::tempdir().unwrap();
     let out = common::prepared_dataset(dir.path());
     let cfg = Config::load(&common::repo().join("configs/debug.yaml"), &[]).unwrap();
@@ -56,6 +65,7 @@ fn training_steps_on_synthetic_data_reduce_the_loss() {
 
 #[test]
 fn layerdrop_decisions_follow_each_samples_seed() {
+    let _serial = serial();
     use syncdiff_model::config::Override;
     let dir = tempfile::tempdir().unwrap();
     let out = common::prepared_dataset(dir.path());
@@ -112,6 +122,7 @@ fn layerdrop_decisions_follow_each_samples_seed() {
 
 #[test]
 fn pose_noise_perturbs_training_only_and_follows_each_samples_seed() {
+    let _serial = serial();
     use syncdiff_model::config::Override;
     let dir = tempfile::tempdir().unwrap();
     let out = common::prepared_dataset(dir.path());
@@ -148,6 +159,7 @@ fn pose_noise_perturbs_training_only_and_follows_each_samples_seed() {
 /// sample (before: one norm per parameter tensor and one loss per micro-batch).
 #[test]
 fn a_training_step_reads_three_values_back_at_most() {
+    let _serial = serial();
     use std::sync::Arc;
     use syncdiff_model::config::{DistBackend, Override};
     use syncdiff_trainer::data::{Loader, RankShare};
@@ -257,6 +269,7 @@ fn the_step_reads_tensors_back_only_through_the_counted_helper() {
 /// after a step would be dead weight in the model (or a wiring bug).
 #[test]
 fn every_trained_parameter_gets_a_gradient() {
+    let _serial = serial();
     let dir = tempfile::tempdir().unwrap();
     let out = common::prepared_dataset(dir.path());
     let cfg = Config::load(&common::repo().join("configs/debug.yaml"), &[]).unwrap();
