@@ -103,7 +103,15 @@ pub struct Chosen {
 /// The newest checkpoint that downloads and verifies, trying older ones (with a warning) when
 /// the newest is damaged; `None` when there is none.
 pub fn newest_valid(store: &Store, local_root: &Path) -> Result<Option<Chosen>, CkptError> {
-    let listed = list(store)?;
+    newest_valid_of(store, &list(store)?, local_root)
+}
+
+/// [`newest_valid`] among checkpoints already listed from `store` (oldest first).
+pub fn newest_valid_of(
+    store: &Store,
+    listed: &[Listed],
+    local_root: &Path,
+) -> Result<Option<Chosen>, CkptError> {
     for c in listed.iter().rev() {
         let Some(m) = &c.manifest else {
             eprintln!(

@@ -11,7 +11,7 @@ use serde::{Deserialize, Serialize};
 
 use super::format::new_run_id;
 use super::lineage::{describe, in_the_way, set_aside, Start, SET_ASIDE};
-use super::load::{exact, fetch, list, newest_valid, read, split_url, Chosen, Listed, Restored};
+use super::load::{exact, fetch, list, newest_valid_of, read, split_url, Chosen, Listed, Restored};
 use super::{CkptError, Manifest, Store};
 use crate::dist::Runtime;
 
@@ -75,12 +75,13 @@ fn broadcast_bytes(rt: &Runtime, bytes: &mut Vec<u8>) {
 fn choose(
     policy: &ResumePolicy,
     store: &Store,
+    listed: &[Listed],
     local_root: &std::path::Path,
 ) -> Result<Option<(String, Chosen)>, CkptError> {
     match policy {
         ResumePolicy::Never => Ok(None),
         ResumePolicy::Auto => {
-            Ok(newest_valid(store, local_root)?.map(|c| (store.url().to_string(), c)))
+            Ok(newest_valid_of(store, listed, local_root)?.map(|c| (store.url().to_string(), c)))
         }
         ResumePolicy::Url(url) => {
             let Some((base, dir)) = split_url(url) else {
@@ -108,8 +109,9 @@ fn decide(
     store: &Store,
     local_root: &std::path::Path,
 ) -> Result<Decision, CkptError> {
-    let chosen = choose(policy, store, local_root)?;
+    // One listing of `checkpoint.url` serves both the choice and the check against it.
     let listed = list(store)?;
+    let chosen = choose(policy, store, &listed, local_root)?;
     let start = match &chosen {
         None => Start::Fresh,
         Some((_, c)) => Start::From {

@@ -37,12 +37,12 @@ pub fn clip_grad_norm(grads: &[Tensor], max_norm: f64) -> Result<f64, tch::TchEr
         .map(|g| g.norm().to_kind(tch::Kind::Float))
         .collect();
     let total = Tensor::stack(&norms, 0).norm();
-    let scale = (max_norm / (&total + 1e-6)).clamp_max(1.0);
+    let scale = (max_norm / (&total + 1e-6))
+        .clamp_max(1.0)
+        .to_kind(first.kind());
     tch::no_grad(|| {
         for g in &defined {
-            let _ = g
-                .shallow_clone()
-                .g_mul_(&scale.to_kind(g.kind()).to_device(first.device()));
+            let _ = g.shallow_clone().g_mul_(&scale);
         }
     });
     crate::host::scalar(&total)
