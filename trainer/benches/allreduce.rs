@@ -7,6 +7,8 @@
 //! ```
 //! Started without `mpirun`, it starts itself under `mpirun -n 2`. Prints, per gradient set, the
 //! bucketed (dist.bucket_mb) and per-tensor syncs against the limit. Target: bucketed <= 1.1x.
+//! The gradient buffers are laid out as `optim::Flat` lays them out (the last one with the stop
+//! slot), for buckets of dist.bucket_mb and for one bucket per tensor.
 
 use std::time::Instant;
 
@@ -14,6 +16,7 @@ use mpi::collective::{CommunicatorCollectives, SystemOperation};
 use syncdiff_trainer::benchdata::{debug_config, env_or, MID_SIZE};
 use syncdiff_trainer::benchstats::interleave;
 use syncdiff_trainer::dist::{GradSync, MpiGradSync, Runtime};
+use syncdiff_trainer::optim::{bucket_elements, buckets};
 use syncdiff_trainer::step::TrainModel;
 use tch::{Device, Kind, Tensor};
 
@@ -51,17 +54,28 @@ fn main() -> anyhow::Result<()> {
     }
     for (name, sets) in cases {
         let config = debug_config(sets)?;
-        // The shapes of every trained parameter; the gradients are plain tensors of those shapes
-        // (the sync re-points any tensor), so the model itself need not stay in memory.
-        let shapes: Vec<Vec<i64>> = {
+        // The sizes of every trained parameter (in name order, as Flat sorts them); the buffers
+        // are laid out from them, so the model itself need not stay in memory.
+        let numels: Vec<usize> = {
             let model = TrainModel::new(&config.model, Device::Cpu);
-            model.trainable().iter().map(|(_, t)| t.size()).collect()
+            let mut named = model.trainable();
+            named.sort_by(|a, b| a.0.cmp(&b.0));
+            named.iter().map(|(_, t)| t.numel()).collect()
         };
-        let grads: Vec<Tensor> = shapes
-            .iter()
-            .map(|s| Tensor::ones(s.as_slice(), (Kind::Float, Device::Cpu)))
-            .collect();
-        let total: usize = grads.iter().map(Tensor::numel).sum();
+        let total: usize = numels.iter().sum();
+        let layout = |elems: usize| -> Vec<Tensor> {
+            let groups = buckets(&numels, elems);
+            let last = groups.len().saturating_sub(1);
+            groups
+                .iter()
+                .enumerate()
+                .map(|(b, r)| {
+                    let n: usize = numels[r.clone()].iter().sum();
+                    let n = (n + usize::from(b == last)) as i64;
+                    Tensor::ones([n], (Kind::Float, Device::Cpu))
+                })
+                .collect()
+        };
         let mut send = vec![1.0f32; total];
         let mut recv = vec![0.0f32; total];
 
@@ -82,7 +96,9 @@ fn main() -> anyhow::Result<()> {
             }))
         };
         // One backend's buffers at a time (the paper's set is 2.3 GB per buffer).
-        let mut bucketed = MpiGradSync::new(comm, config.dist.bucket_mb);
+        let grads = layout(bucket_elements(config.dist.bucket_mb));
+        let bucket_count = grads.len();
+        let mut bucketed = MpiGradSync::new(comm);
         let bucketed_cmp = interleave(
             reps,
             || {
@@ -92,8 +108,9 @@ fn main() -> anyhow::Result<()> {
             },
             &mut limit,
         )?;
-        drop(bucketed);
-        let mut per_tensor = MpiGradSync::new(comm, 1e-9);
+        drop(grads);
+        let grads = layout(1);
+        let mut per_tensor = MpiGradSync::new(comm);
         let per_tensor_cmp = interleave(
             reps,
             || {
@@ -105,7 +122,7 @@ fn main() -> anyhow::Result<()> {
         )?;
         if rt.is_main() {
             println!(
-                "{name}: {} tensors, {:.1} MB of float32 gradients, buckets of {} MB",
+                "{name}: {} tensors, {:.1} MB of float32 gradients, {bucket_count} buckets of {} MB",
                 grads.len(),
                 total as f64 * 4.0 / 1e6,
                 config.dist.bucket_mb

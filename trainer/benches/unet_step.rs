@@ -15,7 +15,7 @@ use syncdiff_model::config::{Config, UnetConfig};
 use syncdiff_model::unet::{Unet, UnetShape};
 use syncdiff_trainer::benchdata::{env_or, repo};
 use syncdiff_trainer::benchstats::{interleave, PyServer};
-use syncdiff_trainer::optim::{AdamW, AdamWConfig};
+use syncdiff_trainer::optim::{AdamW, AdamWConfig, Flat};
 use tch::nn::VarStore;
 use tch::{Device, Kind, Tensor};
 
@@ -79,7 +79,8 @@ fn main() -> anyhow::Result<()> {
         let vs = VarStore::new(Device::Cpu);
         let unet = Unet::new(vs.root(), s);
         let params: Vec<(String, Tensor)> = vs.variables().into_iter().collect();
-        let mut opt = AdamW::new(params, AdamWConfig::default());
+        // One bucket per tensor: the arithmetic and launches of PyTorch's foreach=False loop.
+        let mut opt = AdamW::new(Flat::new(params, 1)?, AdamWConfig::default());
         let opts = (Kind::Float, Device::Cpu);
         let x = Tensor::randn([case.batch, s.in_channels, case.size, case.size], opts);
         let t = Tensor::randint(1000, [case.batch], (Kind::Int64, Device::Cpu));

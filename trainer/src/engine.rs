@@ -15,7 +15,7 @@ use crate::data::Batch;
 use crate::dist::{
     broadcast_params, check_params, GradSync, MpiGradSync, NcclGradSync, Runtime, Watchdog,
 };
-use crate::optim::{clip_grad_norm, AdamW, AdamWConfig, Ema};
+use crate::optim::{bucket_elements, clip_grad_norm, AdamW, AdamWConfig, Ema, Flat};
 use crate::step::TrainModel;
 use crate::train::{TrainError, TrainOptions};
 
@@ -30,8 +30,8 @@ pub enum Optimizer {
     AdamW(AdamW),
     /// Plain SGD (no state; for tests): p <- p (1 - lr wd) - lr g.
     Sgd {
-        /// Parameters.
-        params: Vec<Tensor>,
+        /// The parameters' buckets.
+        flat: Flat,
         /// Decoupled weight decay.
         weight_decay: f64,
     },
@@ -42,15 +42,8 @@ impl Optimizer {
     pub fn step(&mut self, lr: f64) {
         match self {
             Self::AdamW(o) => o.step(lr),
-            Self::Sgd {
-                params,
-                weight_decay,
-            } => tch::no_grad(|| {
-                for p in params.iter() {
-                    let g = p.grad();
-                    if !g.defined() {
-                        continue;
-                    }
+            Self::Sgd { flat, weight_decay } => tch::no_grad(|| {
+                for (p, g) in flat.buckets().iter().zip(flat.grads()) {
                     let mut p = p.shallow_clone();
                     if *weight_decay != 0.0 {
                         let _ = p.g_mul_scalar_(1.0 - lr * *weight_decay);
@@ -65,7 +58,7 @@ impl Optimizer {
     pub fn zero_grad(&mut self) {
         match self {
             Self::AdamW(o) => o.zero_grad(),
-            Self::Sgd { params, .. } => params.iter_mut().for_each(Tensor::zero_grad),
+            Self::Sgd { flat, .. } => flat.zero_grad(),
         }
     }
 }
@@ -92,8 +85,8 @@ pub struct Trainer<'a> {
     rt: &'a Runtime,
     /// The networks.
     pub model: TrainModel,
-    /// Trained parameters, in the optimizer's (name) order.
-    tensors: Vec<Tensor>,
+    /// Trained parameters and their gradients, as views of flat buckets (name order).
+    flat: Flat,
     opt: Optimizer,
     ema: Option<Ema>,
     sync: Box<dyn GradSync + 'a>,
@@ -119,7 +112,8 @@ impl std::fmt::Debug for Trainer<'_> {
         f.debug_struct("Trainer")
             .field("device", &self.device)
             .field("plan", &self.plan)
-            .field("parameters", &self.tensors.len())
+            .field("parameters", &self.flat.params().len())
+            .field("buckets", &self.flat.buckets().len())
             .finish_non_exhaustive()
     }
 }
@@ -162,8 +156,8 @@ impl<'a> Trainer<'a> {
                     })?;
             }
         }
-        let params = model.trainable();
-        let tensors: Vec<Tensor> = params.iter().map(|(_, t)| t.shallow_clone()).collect();
+        // From here on the parameters and their gradients live in flat buckets.
+        let flat = Flat::new(model.trainable(), bucket_elements(config.dist.bucket_mb))?;
         let dog = Watchdog::start(rt.prefix(), {
             let abort = rt.abort_handle();
             Box::new(move |msg| {
@@ -174,15 +168,12 @@ impl<'a> Trainer<'a> {
         let collective_timeout = Duration::from_secs(config.dist.collective_timeout_s);
         {
             let _w = dog.watch("parameter broadcast", 0, collective_timeout);
-            broadcast_params(rt.comm(), &tensors)?;
-            check_params(rt.comm(), &tensors, 0)?;
+            broadcast_params(rt.comm(), flat.buckets())?;
+            check_params(rt.comm(), flat.buckets(), 0)?;
         }
         let opt = match t.optimizer {
             OptimizerKind::Adamw => Optimizer::AdamW(AdamW::new(
-                params
-                    .iter()
-                    .map(|(n, p)| (n.clone(), p.shallow_clone()))
-                    .collect(),
+                flat.share(),
                 AdamWConfig {
                     beta1: t.betas[0],
                     beta2: t.betas[1],
@@ -191,14 +182,14 @@ impl<'a> Trainer<'a> {
                 },
             )),
             OptimizerKind::Sgd => Optimizer::Sgd {
-                params: tensors.iter().map(Tensor::shallow_clone).collect(),
+                flat: flat.share(),
                 weight_decay: t.weight_decay,
             },
         };
         let ema = t
             .ema
             .enabled
-            .then(|| Ema::new(&params, t.ema.decay, t.ema.warmup));
+            .then(|| Ema::new(flat.share(), t.ema.decay, t.ema.warmup));
         let sync: Box<dyn GradSync + 'a> = match opts.backend {
             DistBackend::Nccl => {
                 // The unique-id broadcast and ncclCommInitRank block until every rank joins: a
@@ -208,14 +199,14 @@ impl<'a> Trainer<'a> {
                     0,
                     collective_timeout,
                 );
-                Box::new(NcclGradSync::new(rt, device, config.dist.bucket_mb)?)
+                Box::new(NcclGradSync::new(rt, device)?)
             }
-            _ => Box::new(MpiGradSync::new(rt.comm(), config.dist.bucket_mb)),
+            _ => Box::new(MpiGradSync::new(rt.comm())),
         };
         Ok(Self {
             rt,
             model,
-            tensors,
+            flat,
             opt,
             ema,
             sync,
@@ -272,32 +263,35 @@ impl<'a> Trainer<'a> {
                 None => loss,
             });
         }
-        self.define_missing_grads();
-        let grads: Vec<Tensor> = self.tensors.iter().map(Tensor::grad).collect();
+        // A parameter this rank's backward did not reach (an AV-HuBERT layer skipped by
+        // layerdrop) keeps its zeroed gradient: every rank reduces the same layout.
+        self.flat.check()?;
         let t1 = Instant::now();
         // One rank has nothing to average with: skip the copies.
         let stop = if self.rt.world_size() > 1 {
             let _w = self
                 .dog
                 .watch("gradient all-reduce", step, self.collective_timeout);
-            self.sync.sync(&grads, stop)?
+            self.sync.sync(self.flat.reduce_buffers(), stop)?
         } else {
             stop
         };
         let all_reduce = t1.elapsed();
         let grad_norm = self
             .grad_clip
-            .map(|c| clip_grad_norm(&grads, c))
+            .map(|c| clip_grad_norm(self.flat.grads(), c))
             .transpose()?;
         self.opt.step(lr);
         self.opt.zero_grad();
         if let Some(e) = &mut self.ema {
-            e.update(&self.tensors);
+            e.update();
         }
         if self.fault == Some(step) {
-            tch::no_grad(|| {
-                let _ = self.tensors[0].shallow_clone().g_add_scalar_(1e-3);
-            });
+            if let Some(p) = self.flat.params().first() {
+                tch::no_grad(|| {
+                    let _ = p.shallow_clone().g_add_scalar_(1e-3);
+                });
+            }
         }
         let loss = match &loss_sum {
             Some(l) => crate::host::scalar(l)?,
@@ -311,22 +305,6 @@ impl<'a> Trainer<'a> {
             all_reduce,
             total: t0.elapsed(),
         })
-    }
-
-    /// Gives a zero gradient to every trained parameter this rank's backward did not reach
-    /// (e.g. an AV-HuBERT layer skipped by layerdrop for all its samples): every rank then
-    /// reduces the same layout, and clipping and the optimizer see defined gradients (the
-    /// average of the ranks that used it, or zero). One small backward, no host sync.
-    fn define_missing_grads(&self) {
-        let missing: Vec<Tensor> = self
-            .tensors
-            .iter()
-            .filter(|p| !p.grad().defined())
-            .map(|p| p.sum(tch::Kind::Float))
-            .collect();
-        if !missing.is_empty() {
-            (Tensor::stack(&missing, 0).sum(tch::Kind::Float) * 0.0).backward();
-        }
     }
 
     /// The clean end of training: releases the gradient backend (NCCL destroys its
@@ -370,15 +348,15 @@ impl<'a> Trainer<'a> {
             (Some(e), Some(s)) => e.load_state(s).map_err(|e| bad(e.to_string()))?,
             (Some(e), None) => {
                 eprintln!("warning: {url} has no EMA; the EMA starts from the loaded weights");
-                *e = Ema::new(&self.model.trainable(), self.ema_decay.0, self.ema_decay.1);
+                *e = Ema::new(self.flat.share(), self.ema_decay.0, self.ema_decay.1);
             }
             (None, _) => {}
         }
         let _w = self
             .dog
             .watch("parameter broadcast", step, self.collective_timeout);
-        broadcast_params(self.rt.comm(), &self.tensors)?;
-        check_params(self.rt.comm(), &self.tensors, step)?;
+        broadcast_params(self.rt.comm(), self.flat.buckets())?;
+        check_params(self.rt.comm(), self.flat.buckets(), step)?;
         Ok(())
     }
 
@@ -387,6 +365,6 @@ impl<'a> Trainer<'a> {
         let _w = self
             .dog
             .watch("parameter checksum", step, self.collective_timeout);
-        Ok(check_params(self.rt.comm(), &self.tensors, step)?)
+        Ok(check_params(self.rt.comm(), self.flat.buckets(), step)?)
     }
 }

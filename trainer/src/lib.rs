@@ -13,6 +13,7 @@ pub mod eval;
 pub mod generate;
 pub mod host;
 pub mod log;
+pub mod opcount;
 pub mod optim;
 pub mod preflight;
 pub mod step;

@@ -22,21 +22,26 @@ pub struct RankReport {
     pub failures: Vec<String>,
 }
 
-fn gradient_backend(rt: &Runtime, p: &Placement, config: &Config) -> Result<String, String> {
+fn gradient_backend(rt: &Runtime, p: &Placement) -> Result<String, String> {
     use crate::dist::GradSync;
-    let probe = tch::Tensor::ones([4], (tch::Kind::Float, p.device));
+    // Four gradients of one and the stop slot.
+    let probe = tch::Tensor::ones([5], (tch::Kind::Float, p.device));
+    let _ = probe.narrow(0, 4, 1).fill_(0.0);
     let stop = match p.backend {
         DistBackend::Nccl => {
-            let mut s = NcclGradSync::new(rt, p.device, config.dist.bucket_mb)
+            let mut s = NcclGradSync::new(rt, p.device).map_err(|e| e.to_string())?;
+            let stop = s
+                .sync(&[probe.shallow_clone()], false)
                 .map_err(|e| e.to_string())?;
-            s.sync(&[probe.shallow_clone()], false)
-                .map_err(|e| e.to_string())?
+            s.shutdown().map_err(|e| e.to_string())?;
+            stop
         }
-        _ => MpiGradSync::new(rt.comm(), config.dist.bucket_mb)
+        _ => MpiGradSync::new(rt.comm())
             .sync(&[probe.shallow_clone()], false)
             .map_err(|e| e.to_string())?,
     };
-    let mean = f64::try_from(probe.mean(tch::Kind::Float)).map_err(|e| e.to_string())?;
+    let mean =
+        f64::try_from(probe.narrow(0, 0, 4).mean(tch::Kind::Float)).map_err(|e| e.to_string())?;
     if stop || (mean - 1.0).abs() > 1e-6 {
         return Err(format!("all-reduce of ones averaged to {mean}, expected 1"));
     }
@@ -145,7 +150,7 @@ pub fn run(config: &Config, rt: &Runtime, placement: Result<Placement, String>) 
                 ),
             }
             if all[0] == 1 {
-                check("backend", gradient_backend(rt, &p, config));
+                check("backend", gradient_backend(rt, &p));
             } else {
                 check(
                     "backend",

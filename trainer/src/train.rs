@@ -55,6 +55,9 @@ pub enum TrainError {
     /// A forward pass failed.
     #[error(transparent)]
     Model(#[from] syncdiff_model::syncdiff::SyncDiffError),
+    /// The trained parameters cannot be laid out in flat buffers, or left them.
+    #[error("trained parameters: {0}")]
+    Flat(#[from] crate::optim::FlatError),
     /// A tensor could not be read back.
     #[error("tensor: {0}")]
     Tensor(#[from] tch::TchError),
@@ -278,7 +281,8 @@ pub fn train(
         sampler.clone(),
         share,
         config.data.prefetch as usize,
-    );
+    )
+    .for_device(opts.device);
     let validator = match (&config.data.val_dataset, config.log.val_interval) {
         (Some(path), n) if n > 0 => Some(Validator::new(
             config,

@@ -6,7 +6,8 @@
 
 use std::process::Command;
 
-use syncdiff_trainer::dist::{buckets, GradSync, MpiGradSync, Runtime};
+use syncdiff_trainer::dist::{GradSync, MpiGradSync, Runtime};
+use syncdiff_trainer::optim::{bucket_elements, buckets, Flat};
 use tch::nn::{Module, VarStore};
 use tch::{nn, Device, Kind, Tensor};
 
@@ -53,12 +54,11 @@ fn sgd(n: &Net) {
         for (_, p) in params(n) {
             let mut p = p.shallow_clone();
             let g = p.grad();
-            p -= g * LR;
+            p -= &g * LR;
+            // In place: the gradients of the distributed net are views of flat buffers.
+            let _ = g.detach().zero_();
         }
     });
-    for (_, p) in params(n) {
-        p.shallow_clone().zero_grad();
-    }
 }
 
 #[test]
@@ -73,13 +73,18 @@ fn ddp_worker() {
         groups.len() >= 3 && numels.iter().any(|&x| x > 1000),
         "{groups:?} {numels:?}"
     );
-    let mut sync = MpiGradSync::new(rt.comm(), BUCKET_MB);
+    let flat = Flat::new(params(&n), bucket_elements(BUCKET_MB)).unwrap();
+    assert_eq!(flat.buckets().len(), groups.len());
+    let mut sync = MpiGradSync::new(rt.comm());
     sync.average = std::env::var("DDP_NO_AVERAGE").is_err();
     for s in 0..STEPS {
         loss(&n, s * world * B + rank * B, B).backward();
-        let grads: Vec<Tensor> = params(&n).iter().map(|(_, p)| p.grad()).collect();
-        let stop = sync.sync(&grads, false).unwrap();
-        assert!(!stop);
+        flat.check().unwrap();
+        // Rank 1 asks to stop at the last step: every rank learns it from the same reduce.
+        let stop = sync
+            .sync(flat.reduce_buffers(), rank == 1 && s == STEPS - 1)
+            .unwrap();
+        assert_eq!(stop, world > 1 && s == STEPS - 1, "step {s}");
         sgd(&n);
     }
     if rank == 0 {

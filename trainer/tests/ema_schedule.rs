@@ -4,19 +4,21 @@
 use std::collections::BTreeMap;
 
 use syncdiff_model::config::{LrSchedule, TrainConfig};
-use syncdiff_trainer::optim::{clip_grad_norm, lr_at, Ema};
+use syncdiff_trainer::optim::{clip_grad_norm, lr_at, Ema, Flat};
 use tch::{Kind, Tensor};
+
+fn one_parameter() -> Flat {
+    let w = Tensor::zeros([3], (Kind::Float, tch::Device::Cpu)).set_requires_grad(true);
+    Flat::new(vec![("w".to_string(), w)], 1 << 20).unwrap()
+}
 
 #[test]
 fn ema_follows_the_warmup_rule_and_restores() {
-    let p = vec![(
-        "w".to_string(),
-        Tensor::zeros([3], (Kind::Float, tch::Device::Cpu)),
-    )];
-    let mut ema = Ema::new(&p, 0.9999, true);
+    let flat = one_parameter();
+    let mut ema = Ema::new(flat.share(), 0.9999, true);
     assert!((ema.current_decay() - 0.1).abs() < 1e-12); // (1 + 0) / (10 + 0)
-    let one = Tensor::ones([3], (Kind::Float, tch::Device::Cpu));
-    ema.update(&[one.shallow_clone()]);
+    let _ = tch::no_grad(|| flat.params()[0].shallow_clone().fill_(1.0));
+    ema.update();
     // shadow = 0.1 * 0 + 0.9 * 1
     assert!((f64::try_from(ema.state()[0].1.get(0)).unwrap() - 0.9).abs() < 1e-6);
     assert!((ema.current_decay() - 2.0 / 11.0).abs() < 1e-12);
@@ -24,7 +26,7 @@ fn ema_follows_the_warmup_rule_and_restores() {
         if ema.current_decay() >= 0.9999 {
             break;
         }
-        ema.update(&[one.shallow_clone()]);
+        ema.update();
     }
     assert_eq!(ema.current_decay(), 0.9999);
     let saved: BTreeMap<String, Tensor> = ema
@@ -32,10 +34,11 @@ fn ema_follows_the_warmup_rule_and_restores() {
         .into_iter()
         .map(|(n, t)| (n, t.copy()))
         .collect();
-    let mut other = Ema::new(&p, 0.9999, true);
+    let mut other = Ema::new(one_parameter(), 0.9999, true);
     other.load_state(&saved).unwrap();
     assert_eq!(other.current_decay(), ema.current_decay());
-    let no_warmup = Ema::new(&p, 0.99, false);
+    assert!(other.state()[0].1.equal(&saved["w"]));
+    let no_warmup = Ema::new(one_parameter(), 0.99, false);
     assert_eq!(no_warmup.current_decay(), 0.99);
 }
 

@@ -7,8 +7,9 @@ mod common;
 use syncdiff_dataprep::store::Dataset;
 use syncdiff_model::config::Config;
 use syncdiff_trainer::data::{Batch, LoaderState, Sampler};
-use syncdiff_trainer::optim::{AdamW, AdamWConfig};
+use syncdiff_trainer::optim::{AdamW, AdamWConfig, Flat};
 use syncdiff_trainer::step::TrainModel;
+use tch::Kind;
 
 /// The tests here seed libtorch's global generator (`tch::manual_seed`) and then draw from it
 /// (model initialisation): run in parallel, one test's draws would land in another's sequence.
@@ -36,7 +37,10 @@ fn training_steps_on_synthetic_data_reduce_the_loss() {
         trainable.iter().any(|(n, _)| n.starts_with("unet."))
             && trainable.iter().any(|(n, _)| n.starts_with("temporal."))
     );
-    let mut opt = AdamW::new(trainable, AdamWConfig::default());
+    let mut opt = AdamW::new(
+        Flat::new(trainable, 1 << 22).unwrap(),
+        AdamWConfig::default(),
+    );
     let mut state = LoaderState::default();
     let mut losses = Vec::new();
     for _ in 0..60 {
@@ -222,6 +226,7 @@ fn the_step_reads_tensors_back_only_through_the_counted_helper() {
         "trainer/src/data/batch.rs",
         "trainer/src/optim/adamw.rs",
         "trainer/src/optim/ema.rs",
+        "trainer/src/optim/flat.rs",
         "trainer/src/optim/schedule.rs",
         "trainer/src/dist/grad_sync.rs",
         "trainer/src/dist/nccl.rs",
@@ -301,4 +306,44 @@ fn every_trained_parameter_gets_a_gradient() {
         .map(|(n, _)| n.clone())
         .collect();
     assert!(dead.is_empty(), "no gradient: {dead:?}");
+}
+
+/// A batch read for a GPU keeps the frames in float16 as stored (half the bytes to copy) and
+/// widens them when moved: on arrival it equals the float32 batch read for the CPU. (Pinning,
+/// the other half of the GPU path, needs a GPU.)
+#[test]
+fn a_float16_batch_arrives_as_the_float32_batch() {
+    let dir = tempfile::tempdir().unwrap();
+    let out = common::prepared_dataset(dir.path());
+    let cfg = Config::load(&common::repo().join("configs/debug.yaml"), &[]).unwrap();
+    let ds = Dataset::open(&out).unwrap();
+    let frames: Vec<u64> = ds.clips().iter().map(|c| c.frames).collect();
+    let np = cfg.model.priors.needed_previous_frames();
+    let sampler = Sampler::new(0, cfg.train.epoch_unit, &frames, u64::from(np), 1000, 4).unwrap();
+    let specs = sampler
+        .step(LoaderState::default(), 0, 1, 4, &sampler.permutation(0))
+        .concat();
+    let ctx = u64::from(cfg.model.audio_encoder.context_frames);
+    let stored = Batch::read_stored(&ds, &specs, np, ctx).unwrap();
+    let wide = Batch::read(&ds, &specs, np, ctx).unwrap();
+    assert_eq!(
+        (stored.z0.kind(), wide.z0.kind()),
+        (Kind::Half, Kind::Float)
+    );
+    let moved = stored.to(tch::Device::Cpu);
+    let pairs = [
+        (&moved.z0, &wide.z0),
+        (&moved.masked, &wide.masked),
+        (&moved.identity, &wide.identity),
+        (&moved.previous, &wide.previous),
+        (&moved.noise, &wide.noise),
+        (&moved.timesteps, &wide.timesteps),
+        (&moved.mel[0], &wide.mel[0]),
+    ];
+    for (i, (a, b)) in pairs.into_iter().enumerate() {
+        assert_eq!(a.kind(), b.kind(), "field {i}");
+        assert!(a.equal(b), "field {i}");
+    }
+    // Moving a float32 CPU batch to the CPU shares its tensors.
+    assert_eq!(wide.to(tch::Device::Cpu).z0.data_ptr(), wide.z0.data_ptr());
 }

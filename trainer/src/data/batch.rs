@@ -5,7 +5,9 @@ use tch::{Device, Kind, Tensor};
 
 use super::{gaussian, SampleSpec};
 
-/// A micro-batch on the CPU (B samples, latents C x h x w).
+/// A micro-batch on the host (B samples, latents C x h x w). Read for the CPU, the frames are
+/// float32; read for a CUDA device ([`Batch::read_for`]), they stay float16 as stored, in
+/// pinned memory, and [`Batch::to`] copies them without blocking and widens them there.
 #[derive(Debug)]
 pub struct Batch {
     /// Clean target latents (B, C, h, w).
@@ -29,14 +31,38 @@ pub struct Batch {
     pub seeds: Vec<u64>,
 }
 
-fn extend_f32(out: &mut Vec<f32>, v: &[half::f16]) {
-    out.extend(v.iter().map(|x| x.to_f32()));
-}
-
 impl Batch {
-    /// Reads the samples `specs` (NP previous frames, audio contexts of at most `context` frames).
-    /// Each field is gathered into one buffer and becomes one tensor.
+    /// Reads the samples `specs` (NP previous frames, audio contexts of at most `context` frames)
+    /// for training on the CPU. Each field is gathered into one buffer and becomes one tensor.
     pub fn read(
+        ds: &Dataset,
+        specs: &[SampleSpec],
+        previous: u32,
+        context: u64,
+    ) -> Result<Self, StoreError> {
+        Self::read_for(ds, specs, previous, context, Device::Cpu)
+    }
+
+    /// [`read`](Self::read) for training on `device`: for the CPU the frames are widened to
+    /// float32 here (on the loader's threads); for a GPU they stay float16 and every field is
+    /// put in pinned memory (see [`to`](Self::to)).
+    pub fn read_for(
+        ds: &Dataset,
+        specs: &[SampleSpec],
+        previous: u32,
+        context: u64,
+        device: Device,
+    ) -> Result<Self, StoreError> {
+        let b = Self::read_stored(ds, specs, previous, context)?;
+        Ok(if device.is_cuda() {
+            b.map(|t| t.pin_memory(device))
+        } else {
+            b.map_frames(|t| t.to_kind(Kind::Float))
+        })
+    }
+
+    /// The samples with the frames in float16 as stored, in ordinary host memory.
+    pub fn read_stored(
         ds: &Dataset,
         specs: &[SampleSpec],
         previous: u32,
@@ -65,33 +91,52 @@ impl Batch {
                 previous,
                 context_frames: context,
             })?;
-            extend_f32(&mut z0, &x.target);
-            extend_f32(&mut masked, &x.masked);
-            extend_f32(&mut identity, &x.identity);
+            z0.extend_from_slice(&x.target);
+            masked.extend_from_slice(&x.masked);
+            identity.extend_from_slice(&x.identity);
             for p in &x.previous {
-                extend_f32(&mut prev, p);
+                prev.extend_from_slice(p);
             }
             mel.push(Tensor::from_slice(&x.mel).view([x.context_len as i64, 104]));
             offsets.push(x.offset as i64);
             noise.extend(gaussian(s.noise_seed, frame));
         }
         let timesteps: Vec<i64> = specs.iter().map(|s| s.timestep as i64).collect();
-        let frames = |v: &[f32]| Tensor::from_slice(v).view([b, c, h, w]);
+        let latents = |v: &[half::f16], shape: &[i64]| Tensor::from_slice(v).view(shape);
+        let shape = [b, c, h, w];
         Ok(Self {
-            z0: frames(&z0),
-            masked: frames(&masked),
-            identity: frames(&identity),
-            previous: if prev.is_empty() {
-                Tensor::zeros([b, 0, c, h, w], (Kind::Float, Device::Cpu))
-            } else {
-                Tensor::from_slice(&prev).view([b, np, c, h, w])
-            },
+            z0: latents(&z0, &shape),
+            masked: latents(&masked, &shape),
+            identity: latents(&identity, &shape),
+            previous: latents(&prev, &[b, np, c, h, w]),
             mel,
             offsets,
             timesteps: Tensor::from_slice(&timesteps),
-            noise: frames(&noise),
+            noise: Tensor::from_slice(&noise).view(shape),
             seeds: specs.iter().map(|s| s.noise_seed).collect(),
         })
+    }
+
+    /// Every tensor through `f`.
+    fn map(self, f: impl Fn(Tensor) -> Tensor) -> Self {
+        let b = self.map_frames(&f);
+        Self {
+            mel: b.mel.into_iter().map(&f).collect(),
+            timesteps: f(b.timesteps),
+            noise: f(b.noise),
+            ..b
+        }
+    }
+
+    /// The latent frames (target, masked, identity, previous) through `f`.
+    fn map_frames(self, f: impl Fn(Tensor) -> Tensor) -> Self {
+        Self {
+            z0: f(self.z0),
+            masked: f(self.masked),
+            identity: f(self.identity),
+            previous: f(self.previous),
+            ..self
+        }
     }
 
     /// Samples in the batch.
@@ -120,17 +165,27 @@ impl Batch {
         }
     }
 
-    /// The batch on `device`.
+    /// The batch on `device`, latents as float32. From pinned memory (a batch read for a GPU)
+    /// the copies are asynchronous (non-blocking) and float16 is widened on the device; on the
+    /// CPU a float32 batch is shared, not copied.
     pub fn to(&self, device: Device) -> Self {
+        let move_as = |t: &Tensor, kind: Kind| {
+            if t.device() == device && t.kind() == kind {
+                t.shallow_clone()
+            } else {
+                t.to_device_(device, kind, t.is_pinned(device), false)
+            }
+        };
+        let float = |t: &Tensor| move_as(t, Kind::Float);
         Self {
-            z0: self.z0.to_device(device),
-            masked: self.masked.to_device(device),
-            identity: self.identity.to_device(device),
-            previous: self.previous.to_device(device),
-            mel: self.mel.iter().map(|m| m.to_device(device)).collect(),
+            z0: float(&self.z0),
+            masked: float(&self.masked),
+            identity: float(&self.identity),
+            previous: float(&self.previous),
+            mel: self.mel.iter().map(float).collect(),
             offsets: self.offsets.clone(),
-            timesteps: self.timesteps.to_device(device),
-            noise: self.noise.to_device(device),
+            timesteps: move_as(&self.timesteps, Kind::Int64),
+            noise: float(&self.noise),
             seeds: self.seeds.clone(),
         }
     }

@@ -77,6 +77,8 @@ pub struct Loader {
     sampler: Arc<Sampler>,
     share: RankShare,
     depth: usize,
+    /// The device the batches are for (see `Batch::read_for`).
+    device: tch::Device,
     /// The epoch order in use (one permutation per epoch, shared with the readers).
     order: Option<(u64, Arc<Vec<u32>>)>,
     pending: VecDeque<Pending>,
@@ -105,6 +107,7 @@ impl Loader {
             sampler,
             share,
             depth,
+            device: tch::Device::Cpu,
             order: None,
             pending: VecDeque::new(),
             pool: (depth > 0)
@@ -119,6 +122,13 @@ impl Loader {
                 .flatten()
                 .map(Arc::new),
         }
+    }
+
+    /// Batches for training on `device` (default: the CPU). For a GPU they are staged in
+    /// pinned memory as float16, on the loader's threads.
+    pub fn for_device(mut self, device: tch::Device) -> Self {
+        self.device = device;
+        self
     }
 
     fn order(&mut self, epoch: u64) -> Arc<Vec<u32>> {
@@ -139,6 +149,7 @@ impl Loader {
         ds: &Dataset,
         sampler: &Sampler,
         share: RankShare,
+        device: tch::Device,
         state: LoaderState,
         order: &[u32],
     ) -> Result<Vec<Batch>, LoaderError> {
@@ -146,7 +157,7 @@ impl Loader {
             sampler
                 .step(state, share.rank, share.world, share.micro, order)
                 .iter()
-                .map(|specs| Batch::read(ds, specs, share.previous, share.context))
+                .map(|specs| Batch::read_for(ds, specs, share.previous, share.context, device))
                 .collect()
         };
         match std::panic::catch_unwind(std::panic::AssertUnwindSafe(read)) {
@@ -166,9 +177,10 @@ impl Loader {
     fn spawn(&mut self, state: LoaderState) {
         let (tx, rx) = std::sync::mpsc::sync_channel(1);
         let (ds, sampler, share) = (self.ds.clone(), self.sampler.clone(), self.share);
+        let device = self.device;
         let order = self.order(state.epoch);
         let job = move || {
-            let _ = tx.send(Self::read(&ds, &sampler, share, state, &order));
+            let _ = tx.send(Self::read(&ds, &sampler, share, device, state, &order));
         };
         match &self.pool {
             Some(pool) => pool.spawn(job),
@@ -186,7 +198,14 @@ impl Loader {
     ) -> Result<Vec<Batch>, LoaderError> {
         if self.depth == 0 {
             let order = self.order(state.epoch);
-            return Self::read(&self.ds, &self.sampler, self.share, state, &order);
+            return Self::read(
+                &self.ds,
+                &self.sampler,
+                self.share,
+                self.device,
+                state,
+                &order,
+            );
         }
         if self.pending.front().is_none_or(|(s, _)| *s != state) {
             // First call, or a jump (resume): drop what was read ahead.

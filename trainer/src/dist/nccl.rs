@@ -14,18 +14,20 @@ use cudarc::driver::CudaContext;
 use cudarc::nccl::{result as nr, sys as ns};
 use mpi::collective::Root;
 use mpi::topology::Communicator;
-use tch::{Device, Kind, Tensor};
+use tch::{Device, Tensor};
 
-use super::{buckets, DistError, GradSync, Runtime};
+use super::grad_sync::check_buffers;
+use super::{DistError, GradSync, Runtime};
 
-/// Gradient averaging with NCCL all-reduces of flattened buckets.
+/// Gradient averaging with NCCL: each flat gradient bucket (see `optim::Flat`) averaged in
+/// place (`ncclAvg`), one call per bucket, no staging copies.
 pub struct NcclGradSync {
     comm: ns::ncclComm_t,
     /// Keeps the device's primary context retained while the communicator lives.
     _ctx: Arc<CudaContext>,
     rank: i32,
     world: i32,
-    bucket_elems: usize,
+    device: Device,
 }
 
 impl std::fmt::Debug for NcclGradSync {
@@ -33,7 +35,7 @@ impl std::fmt::Debug for NcclGradSync {
         f.debug_struct("NcclGradSync")
             .field("rank", &self.rank)
             .field("world", &self.world)
-            .field("bucket_elems", &self.bucket_elems)
+            .field("device", &self.device)
             .finish_non_exhaustive()
     }
 }
@@ -149,7 +151,7 @@ fn nccl_err(what: &str, e: nr::NcclError, comm: Option<ns::ncclComm_t>) -> Strin
 impl NcclGradSync {
     /// Creates the communicator of all ranks (a collective): rank 0 makes the unique id and
     /// broadcasts it over MPI. `device` must be this rank's CUDA device.
-    pub fn new(rt: &Runtime, device: Device, bucket_mb: f64) -> Result<Self, DistError> {
+    pub fn new(rt: &Runtime, device: Device) -> Result<Self, DistError> {
         let rank = rt.rank();
         let err = |message: String| DistError::Backend { rank, message };
         let Device::Cuda(ordinal) = device else {
@@ -212,11 +214,11 @@ impl NcclGradSync {
             _ctx: ctx,
             rank,
             world,
-            bucket_elems: ((bucket_mb * (1u64 << 20) as f64) / 4.0).max(1.0) as usize,
+            device,
         })
     }
 
-    /// Sums a contiguous float32 CUDA tensor over ranks, in place, on the default stream.
+    /// Averages a contiguous float32 CUDA tensor over ranks, in place, on the default stream.
     fn all_reduce(&self, flat: &Tensor, what: &str) -> Result<(), DistError> {
         let ptr = flat.data_ptr();
         // SAFETY: `flat` is a contiguous float32 tensor on this rank's device, alive until the
@@ -227,7 +229,7 @@ impl NcclGradSync {
                 ptr,
                 flat.numel(),
                 ns::ncclDataType_t::ncclFloat32,
-                ns::ncclRedOp_t::ncclSum,
+                ns::ncclRedOp_t::ncclAvg,
                 self.comm,
                 std::ptr::null_mut(),
             )
@@ -262,49 +264,28 @@ impl GradSync for NcclGradSync {
         self.destroy()
     }
 
-    fn sync(&mut self, grads: &[Tensor], stop: bool) -> Result<bool, DistError> {
-        let numels: Vec<usize> = grads.iter().map(Tensor::numel).collect();
-        let groups = buckets(&numels, self.bucket_elems);
-        let device = grads.first().map_or(Device::Cpu, Tensor::device);
-        let flag = Tensor::from_slice(&[if stop { 1.0f32 } else { 0.0 }]).to_device(device);
+    fn sync(&mut self, buffers: &[Tensor], stop: bool) -> Result<bool, DistError> {
+        let err = |message: String| DistError::Backend {
+            rank: self.rank,
+            message,
+        };
+        check_buffers(buffers, self.device).map_err(err)?;
+        let last = buffers.len() - 1;
         let mut any_stop = stop;
-        for (b, range) in groups.iter().enumerate() {
-            let mut parts: Vec<Tensor> = grads[range.clone()]
-                .iter()
-                .map(|g| g.to_kind(Kind::Float).flatten(0, -1))
-                .collect();
-            let last = b + 1 == groups.len();
-            if last {
-                parts.push(flag.shallow_clone());
+        for (b, buf) in buffers.iter().enumerate() {
+            if b == last {
+                let n = buf.numel() as i64 - 1;
+                tch::no_grad(|| {
+                    let _ = buf.narrow(0, n, 1).fill_(if stop { 1.0 } else { 0.0 });
+                });
+                self.all_reduce(buf, &format!("gradient bucket {b} with the stop flag"))?;
+                // The average of the flags is above zero when any rank raised it.
+                any_stop = crate::host::scalar(&buf.get(n))
+                    .map_err(|e| err(format!("reading the stop flag: {e}")))?
+                    > 0.0;
+            } else {
+                self.all_reduce(buf, &format!("gradient bucket {b}"))?;
             }
-            let mut flat = Tensor::cat(&parts, 0);
-            self.all_reduce(&flat, &format!("gradient bucket {b}"))?;
-            if last {
-                any_stop =
-                    crate::host::scalar(&flat.get(flat.numel() as i64 - 1)).map_err(|e| {
-                        DistError::Backend {
-                            rank: self.rank,
-                            message: format!("reading the stop flag: {e}"),
-                        }
-                    })? > 0.0;
-            }
-            let _ = flat.g_div_scalar_(f64::from(self.world));
-            let mut offset = 0i64;
-            for g in &grads[range.clone()] {
-                let n = g.numel() as i64;
-                let mut g = g.shallow_clone();
-                tch::no_grad(|| g.copy_(&flat.narrow(0, offset, n).view_as(&g)));
-                offset += n;
-            }
-        }
-        if groups.is_empty() {
-            let flat = flag.copy();
-            self.all_reduce(&flat, "the stop flag")?;
-            any_stop =
-                crate::host::scalar(&flat.sum(Kind::Float)).map_err(|e| DistError::Backend {
-                    rank: self.rank,
-                    message: format!("reading the stop flag: {e}"),
-                })? > 0.0;
         }
         Ok(any_stop)
     }

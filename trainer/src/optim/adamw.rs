@@ -1,9 +1,12 @@
-//! AdamW (decoupled weight decay), one parameter at a time like PyTorch's `foreach=False` path,
-//! with its state (moments, step) as named tensors for checkpoints.
+//! AdamW (decoupled weight decay) on flat buffers: the arithmetic of PyTorch's `foreach=False`
+//! path, run once per bucket of parameters (see `flat`), with its state (moments, step) saved
+//! as named per-parameter tensors, so checkpoints do not depend on the bucket size.
 
 use std::collections::BTreeMap;
 
 use tch::{Kind, Tensor};
+
+use super::Flat;
 
 /// Hyper-parameters other than the learning rate (which changes per step).
 #[derive(Debug, Clone, Copy, PartialEq)]
@@ -47,11 +50,10 @@ pub enum OptimError {
     },
 }
 
-/// AdamW over named parameters (in a fixed order: sorted by name).
+/// AdamW over the buckets of a [`Flat`] layout.
 #[derive(Debug)]
 pub struct AdamW {
-    names: Vec<String>,
-    params: Vec<Tensor>,
+    flat: Flat,
     exp_avg: Vec<Tensor>,
     exp_avg_sq: Vec<Tensor>,
     step: i64,
@@ -59,16 +61,12 @@ pub struct AdamW {
 }
 
 impl AdamW {
-    /// Optimises `params` (name, tensor requiring grad).
-    pub fn new(mut params: Vec<(String, Tensor)>, cfg: AdamWConfig) -> Self {
-        params.sort_by(|a, b| a.0.cmp(&b.0));
-        let (names, params): (Vec<String>, Vec<Tensor>) = params.into_iter().unzip();
-        let zeros = |p: &Tensor| p.zeros_like().set_requires_grad(false);
+    /// Optimises the parameters of `flat`, moments starting at zero.
+    pub fn new(flat: Flat, cfg: AdamWConfig) -> Self {
         Self {
-            exp_avg: params.iter().map(zeros).collect(),
-            exp_avg_sq: params.iter().map(zeros).collect(),
-            names,
-            params,
+            exp_avg: flat.zeros_like_buckets(),
+            exp_avg_sq: flat.zeros_like_buckets(),
+            flat,
             step: 0,
             cfg,
         }
@@ -79,13 +77,13 @@ impl AdamW {
         self.step
     }
 
-    /// The optimised parameters, in order.
+    /// The optimised parameters, in name order.
     pub fn params(&self) -> &[Tensor] {
-        &self.params
+        self.flat.params()
     }
 
-    /// One update with learning rate `lr` from the current gradients (parameters without a
-    /// gradient are left alone).
+    /// One update with learning rate `lr` from the current gradients: eight operations per
+    /// bucket, whatever the number of tensors in it.
     pub fn step(&mut self, lr: f64) {
         self.step += 1;
         let c = self.cfg;
@@ -93,23 +91,21 @@ impl AdamW {
         let bias2_sqrt = (1.0 - c.beta2.powi(self.step as i32)).sqrt();
         let step_size = lr / bias1;
         tch::no_grad(|| {
-            for ((p, m), v) in self
-                .params
+            for (((p, g), m), v) in self
+                .flat
+                .buckets()
                 .iter()
+                .zip(self.flat.grads())
                 .zip(&mut self.exp_avg)
                 .zip(&mut self.exp_avg_sq)
             {
-                let g = p.grad();
-                if !g.defined() {
-                    continue;
-                }
                 let mut p = p.shallow_clone();
                 if c.weight_decay != 0.0 {
                     let _ = p.g_mul_scalar_(1.0 - lr * c.weight_decay);
                 }
-                let _ = m.lerp_(&g, 1.0 - c.beta1);
+                let _ = m.lerp_(g, 1.0 - c.beta1);
                 let _ = v.g_mul_scalar_(c.beta2);
-                let _ = v.addcmul_(&(&g * (1.0 - c.beta2)), &g);
+                let _ = v.addcmul_(&(g * (1.0 - c.beta2)), g);
                 let mut denom = v.sqrt();
                 let _ = denom.g_div_scalar_(bias2_sqrt);
                 let _ = denom.g_add_scalar_(c.eps);
@@ -120,19 +116,20 @@ impl AdamW {
         });
     }
 
-    /// Clears the gradients.
+    /// Clears the gradients (one operation per bucket).
     pub fn zero_grad(&mut self) {
-        for p in &mut self.params {
-            p.zero_grad();
-        }
+        self.flat.zero_grad();
     }
 
-    /// State as named tensors: `exp_avg.<param>`, `exp_avg_sq.<param>`, and `step`.
+    /// State as named tensors: `exp_avg.<param>`, `exp_avg_sq.<param>` (views of the flat
+    /// moments), and `step`.
     pub fn state(&self) -> Vec<(String, Tensor)> {
-        let mut out = Vec::with_capacity(2 * self.names.len() + 1);
-        for ((n, m), v) in self.names.iter().zip(&self.exp_avg).zip(&self.exp_avg_sq) {
-            out.push((format!("exp_avg.{n}"), m.shallow_clone()));
-            out.push((format!("exp_avg_sq.{n}"), v.shallow_clone()));
+        let m = self.flat.views(&self.exp_avg);
+        let v = self.flat.views(&self.exp_avg_sq);
+        let mut out = Vec::with_capacity(2 * m.len() + 1);
+        for ((n, m), (_, v)) in m.into_iter().zip(v) {
+            out.push((format!("exp_avg.{n}"), m));
+            out.push((format!("exp_avg_sq.{n}"), v));
         }
         out.push((
             "step".into(),
@@ -141,33 +138,20 @@ impl AdamW {
         out
     }
 
-    /// Restores [`state`](Self::state).
+    /// Restores [`state`](Self::state) (from any bucket size: names and shapes are checked).
     pub fn load_state(&mut self, state: &BTreeMap<String, Tensor>) -> Result<(), OptimError> {
-        let get = |k: String, like: &Tensor| -> Result<Tensor, OptimError> {
-            let t = state
-                .get(&k)
-                .ok_or_else(|| OptimError::Missing(k.clone()))?;
-            if t.size() != like.size() {
-                return Err(OptimError::Shape {
-                    name: k,
-                    expected: like.size(),
-                    actual: t.size(),
-                });
-            }
-            Ok(t.to_kind(like.kind()).to_device(like.device()))
-        };
-        let mut m = Vec::with_capacity(self.params.len());
-        let mut v = Vec::with_capacity(self.params.len());
-        for (n, p) in self.names.iter().zip(&self.params) {
-            m.push(get(format!("exp_avg.{n}"), p)?);
-            v.push(get(format!("exp_avg_sq.{n}"), p)?);
+        let m = self.flat.views(&self.exp_avg);
+        let v = self.flat.views(&self.exp_avg_sq);
+        let mut pairs = Vec::with_capacity(2 * m.len());
+        for ((n, m), (_, v)) in m.into_iter().zip(v) {
+            pairs.push((format!("exp_avg.{n}"), m));
+            pairs.push((format!("exp_avg_sq.{n}"), v));
         }
+        super::load_views(&pairs, state)?;
         let step = state
             .get("step")
             .ok_or_else(|| OptimError::Missing("step".into()))?;
         self.step = step.int64_value(&[0]);
-        self.exp_avg = m;
-        self.exp_avg_sq = v;
         Ok(())
     }
 }

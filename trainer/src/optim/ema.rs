@@ -1,16 +1,17 @@
 //! Exponential moving average of the trainable weights, with LDM's warm-up:
-//! decay_n = min(decay, (1 + n) / (10 + n)) at update n.
+//! decay_n = min(decay, (1 + n) / (10 + n)) at update n. The shadows are flat buffers laid out
+//! like the parameters' (see `flat`): one operation per bucket per update.
 
 use std::collections::BTreeMap;
 
 use tch::{Kind, Tensor};
 
-use super::OptimError;
+use super::{Flat, OptimError};
 
 /// EMA shadow weights.
 #[derive(Debug)]
 pub struct Ema {
-    names: Vec<String>,
+    flat: Flat,
     shadow: Vec<Tensor>,
     updates: u64,
     decay: f64,
@@ -18,13 +19,11 @@ pub struct Ema {
 }
 
 impl Ema {
-    /// Shadows of `params` (name, tensor), starting equal to them.
-    pub fn new(params: &[(String, Tensor)], decay: f64, warmup: bool) -> Self {
-        let mut p: Vec<&(String, Tensor)> = params.iter().collect();
-        p.sort_by(|a, b| a.0.cmp(&b.0));
+    /// Shadows of the parameters of `flat`, starting equal to them.
+    pub fn new(flat: Flat, decay: f64, warmup: bool) -> Self {
         Self {
-            names: p.iter().map(|(n, _)| n.clone()).collect(),
-            shadow: p.iter().map(|(_, t)| t.detach().copy()).collect(),
+            shadow: flat.buckets().iter().map(|b| b.detach().copy()).collect(),
+            flat,
             updates: 0,
             decay,
             warmup,
@@ -41,11 +40,11 @@ impl Ema {
         }
     }
 
-    /// shadow <- d shadow + (1 - d) param, for `params` in the order given at construction.
-    pub fn update(&mut self, params: &[Tensor]) {
+    /// shadow <- d shadow + (1 - d) param.
+    pub fn update(&mut self) {
         let d = self.current_decay();
         tch::no_grad(|| {
-            for (s, p) in self.shadow.iter_mut().zip(params) {
+            for (s, p) in self.shadow.iter_mut().zip(self.flat.buckets()) {
                 let _ = s.lerp_(p, 1.0 - d);
             }
         });
@@ -54,12 +53,7 @@ impl Ema {
 
     /// Named shadow weights (the EMA model), and the update count as `ema_updates`.
     pub fn state(&self) -> Vec<(String, Tensor)> {
-        let mut out: Vec<(String, Tensor)> = self
-            .names
-            .iter()
-            .cloned()
-            .zip(self.shadow.iter().map(Tensor::shallow_clone))
-            .collect();
+        let mut out = self.flat.views(&self.shadow);
         out.push((
             "ema_updates".into(),
             Tensor::from_slice(&[self.updates as i64]).to_kind(Kind::Int64),
@@ -67,19 +61,9 @@ impl Ema {
         out
     }
 
-    /// Restores [`state`](Self::state).
+    /// Restores [`state`](Self::state) (from any bucket size: names and shapes are checked).
     pub fn load_state(&mut self, state: &BTreeMap<String, Tensor>) -> Result<(), OptimError> {
-        for (n, s) in self.names.iter().zip(&mut self.shadow) {
-            let t = state.get(n).ok_or_else(|| OptimError::Missing(n.clone()))?;
-            if t.size() != s.size() {
-                return Err(OptimError::Shape {
-                    name: n.clone(),
-                    expected: s.size(),
-                    actual: t.size(),
-                });
-            }
-            tch::no_grad(|| s.copy_(t));
-        }
+        super::load_views(&self.flat.views(&self.shadow), state)?;
         let u = state
             .get("ema_updates")
             .ok_or_else(|| OptimError::Missing("ema_updates".into()))?;
