@@ -16,9 +16,9 @@ stage "cargo fmt --check"
 cargo fmt --all -- --check
 
 stage "cargo clippy"
-cargo clippy --workspace --all-targets --locked -- -D warnings
+cargo clippy --workspace --all-targets --all-features --locked -- -D warnings
 
 stage "cargo test"
-cargo test --workspace --locked
+cargo test --workspace --locked --features syncdiff-trainer/fault-injection
 
 printf '\nci/test.sh: all stages passed in %d s\n' "$(( $(date +%s) - start ))"

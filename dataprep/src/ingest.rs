@@ -227,7 +227,8 @@ impl AudioCache {
                 .frozen_features(&x)
                 .to_kind(tch::Kind::Float)
                 .to_device(Device::Cpu);
-            let v: Vec<f32> = Vec::try_from(f.flatten(0, -1)).unwrap_or_default();
+            // float32 on the CPU by construction: the conversion cannot fail.
+            let v: Vec<f32> = Vec::try_from(f.flatten(0, -1)).expect("float32 CPU features");
             out.extend(v.into_iter().map(half::f16::from_f32));
         }
         out

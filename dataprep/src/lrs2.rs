@@ -141,7 +141,8 @@ fn crop_resize(rgb: &[u8], w: u32, h: u32, boxes: &[[f64; 4]], size: u32) -> Vec
                 .to_kind(Kind::Uint8)
         })
         .collect();
-    Vec::<u8>::try_from(Tensor::stack(&out, 0).flatten(0, -1)).unwrap_or_default()
+    // A uint8 CPU tensor by construction: the conversion cannot fail.
+    Vec::<u8>::try_from(Tensor::stack(&out, 0).flatten(0, -1)).expect("uint8 CPU frames")
 }
 
 /// Decodes a clip and computes its aligned filterbank rows; the checks of `rejected.jsonl`.
@@ -278,7 +279,8 @@ pub fn encode_batches(ae: &Autoencoder, x: &Tensor, batch: i64, half: bool) -> T
 /// [`encode_batches`] as float16 values on the host, in store order.
 pub fn encode_latents(ae: &Autoencoder, x: &Tensor, batch: i64, half: bool) -> Vec<f16> {
     let all = encode_batches(ae, x, batch, half).to_device(Device::Cpu);
-    let flat: Vec<f32> = Vec::try_from(all.flatten(0, -1)).unwrap_or_default();
+    // float32 on the CPU by construction: the conversion cannot fail.
+    let flat: Vec<f32> = Vec::try_from(all.flatten(0, -1)).expect("float32 CPU latents");
     flat.into_iter().map(f16::from_f32).collect()
 }
 

@@ -34,7 +34,7 @@ impl SelfAttention {
 
     /// x: (B, T, D) -> (B, T, D).
     fn forward(&self, x: &Tensor, dropout: f64) -> Tensor {
-        let (b, t, d) = x.size3().unwrap_or((0, 0, 0));
+        let (b, t, d) = x.size3().expect("AV-HuBERT layer input is (B, T, D)");
         let hd = d / self.heads;
         // (B, T, D) -> (B, heads, T, hd)
         let split = |y: Tensor| y.view([b, t, self.heads, hd]).transpose(1, 2);

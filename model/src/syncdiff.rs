@@ -56,6 +56,16 @@ pub enum SyncDiffError {
         /// Which input.
         what: &'static str,
     },
+    /// A conditioning input has the wrong number of dimensions.
+    #[error("the {what} latents must be {expected}, got shape {actual:?}")]
+    Shape {
+        /// Which input.
+        what: &'static str,
+        /// The layout expected.
+        expected: &'static str,
+        /// The shape given.
+        actual: Vec<i64>,
+    },
 }
 
 /// SyncDiff: UNet (`unet.*`) plus the pose bottleneck (`bottleneck.*`).
@@ -116,7 +126,11 @@ impl SyncDiff {
         }
         if mode.uses_previous() {
             let prev = cond.previous.ok_or_else(|| missing("previous-frame"))?;
-            let (b, np, c, h, w) = prev.size5().unwrap_or((0, 0, 0, 0, 0));
+            let (b, np, c, h, w) = prev.size5().map_err(|_| SyncDiffError::Shape {
+                what: "previous-frame",
+                expected: "(B, NP, C, h, w)",
+                actual: prev.size(),
+            })?;
             // (B, NP, C, h, w) -> (B, NP*C, h, w)
             let flat = prev.reshape([b, np * c, h, w]);
             parts.push(match &self.bottleneck {

@@ -74,7 +74,7 @@ impl TemporalFilter {
     /// Cuts the window around each target: features (B, T, D), centres t (B,) int64 ->
     /// (B, W, D) holding frames [t - W/2, t + W/2), zeros where that leaves [0, T).
     pub fn gather_window(&self, features: &Tensor, centres: &Tensor) -> Tensor {
-        let (b, _, d) = features.size3().unwrap_or((0, 0, 0));
+        let (b, _, d) = features.size3().expect("audio features are (B, T, D)");
         let half = self.window / 2;
         // Pad W/2 zero frames on both sides: frame j of the window for centre t is padded[t + j].
         let padded = features.constant_pad_nd([0, 0, half, half]);

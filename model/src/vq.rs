@@ -241,7 +241,7 @@ impl VqModel {
 
     /// Nearest codebook entry of every latent pixel. z: (B, C, h, w) -> (B, C, h, w).
     pub fn quantize(&self, z: &Tensor) -> Tensor {
-        let (b, c, h, w) = z.size4().unwrap_or((0, 0, 0, 0));
+        let (b, c, h, w) = z.size4().expect("latents are (B, C, h, w)");
         // (B, C, h, w) -> (B h w, C)
         let flat = z.permute([0, 2, 3, 1]).reshape([-1, c]);
         let idx = Tensor::cdist(&flat, &self.codebook, 2.0, None).argmin(1, false);
@@ -301,7 +301,7 @@ impl Autoencoder {
         match self {
             Self::Vq(m) => m.decode(z),
             Self::Resample { factor } => {
-                let (_, _, h, w) = z.size4().unwrap_or((0, 0, 0, 0));
+                let (_, _, h, w) = z.size4().expect("latents are (B, C, h, w)");
                 z.upsample_bilinear2d([h * factor, w * factor], false, None, None)
             }
         }

@@ -16,8 +16,8 @@ use mpi::collective::{CommunicatorCollectives, SystemOperation};
 use syncdiff_trainer::benchdata::{debug_config, env_or, MID_SIZE};
 use syncdiff_trainer::benchstats::interleave;
 use syncdiff_trainer::dist::{GradSync, MpiGradSync, Runtime};
+use syncdiff_trainer::model::TrainModel;
 use syncdiff_trainer::optim::{bucket_elements, buckets};
-use syncdiff_trainer::step::TrainModel;
 use tch::{Device, Kind, Tensor};
 
 fn relaunch() -> anyhow::Result<()> {

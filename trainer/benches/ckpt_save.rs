@@ -18,12 +18,11 @@ use syncdiff_model::config::{Config, DistBackend};
 use syncdiff_trainer::benchdata::{debug_config, env_or, synthetic_dataset, MID_SIZE};
 use syncdiff_trainer::benchstats::{interleave, Comparison};
 use syncdiff_trainer::ckpt::{
-    now_unix, write, ResumePolicy, Retention, Retry, Saver, Snapshot, Store, TrainerState,
+    now_unix, write, Retention, Retry, Saver, Snapshot, Store, TrainerState,
 };
 use syncdiff_trainer::data::{Loader, LoaderState, RankShare, Sampler};
 use syncdiff_trainer::dist::Runtime;
-use syncdiff_trainer::engine::Trainer;
-use syncdiff_trainer::train::TrainOptions;
+use syncdiff_trainer::trainer::Trainer;
 use tch::Device;
 
 fn state(step: u64) -> TrainerState {
@@ -102,14 +101,7 @@ fn main() -> anyhow::Result<()> {
         previous: np,
         context: u64::from(m.audio_encoder.context_frames),
     };
-    let opts = TrainOptions {
-        device: Device::Cpu,
-        backend: DistBackend::Mpi,
-        stop_requested: &|| false,
-        resume: ResumePolicy::Never,
-        move_aside: false,
-    };
-    let mut trainer = Trainer::new(&config, &rt, &opts)?;
+    let mut trainer = Trainer::new(&config, &rt, Device::Cpu, DistBackend::Mpi)?;
     if std::env::var_os("BENCH_VERBOSE").is_some() {
         let t = Instant::now();
         for _ in 0..10 {
@@ -135,12 +127,7 @@ fn main() -> anyhow::Result<()> {
         let start = Instant::now();
         for i in 1..=steps {
             step += 1;
-            trainer.step(
-                step,
-                3e-4,
-                || Ok(loader.next(state_at, Duration::ZERO)?),
-                false,
-            )?;
+            trainer.step(step, 3e-4, || Ok(loader.next(state_at)?), false)?;
             state_at = sampler.advance(state_at);
             if i % every == 0 {
                 match mode {
@@ -192,7 +179,7 @@ fn main() -> anyhow::Result<()> {
     // 2. Throughput of one save vs a plain put of the same bytes, mid-size model.
     let mut mid = debug_config(MID_SIZE)?;
     mid.data.dataset = config.data.dataset.clone();
-    let trainer = Trainer::new(&mid, &rt, &opts)?;
+    let trainer = Trainer::new(&mid, &rt, Device::Cpu, DistBackend::Mpi)?;
     // Its own store: retention of part 1 must not see these steps.
     let store = Store::open(&format!("{url}/mid"), retry)?;
     let keep = Retention {

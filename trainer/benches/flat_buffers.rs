@@ -16,19 +16,18 @@
 //! ```
 
 use std::sync::Arc;
-use std::time::{Duration, Instant};
+use std::time::Instant;
 
 use syncdiff_dataprep::store::Dataset;
 use syncdiff_model::config::{Config, DistBackend};
 use syncdiff_trainer::benchdata::{debug_config, env_or, synthetic_dataset, MID_SIZE};
 use syncdiff_trainer::benchstats::interleave;
-use syncdiff_trainer::data::{Batch, Loader, LoaderState, RankShare, Sampler};
+use syncdiff_trainer::data::{Batch, Loader, LoaderState};
 use syncdiff_trainer::dist::Runtime;
-use syncdiff_trainer::engine::Trainer;
+use syncdiff_trainer::model::TrainModel;
 use syncdiff_trainer::opcount;
-use syncdiff_trainer::optim::{bucket_elements, clip_grad_norm, AdamW, AdamWConfig, Ema, Flat};
-use syncdiff_trainer::step::TrainModel;
-use syncdiff_trainer::train::TrainOptions;
+use syncdiff_trainer::optim::{bucket_elements, clip_grad_norm, AdamW, Ema, Flat};
+use syncdiff_trainer::trainer::Trainer;
 use tch::{Device, Kind, Tensor};
 
 /// `dist.bucket_mb` below any tensor's size: one bucket per tensor.
@@ -54,15 +53,7 @@ impl Update {
             }
         });
         let t = &config.train;
-        let opt = AdamW::new(
-            flat.share(),
-            AdamWConfig {
-                beta1: t.betas[0],
-                beta2: t.betas[1],
-                eps: t.eps,
-                weight_decay: t.weight_decay,
-            },
-        );
+        let opt = AdamW::new(flat.share(), t.into());
         let ema = Ema::new(flat.share(), t.ema.decay, t.ema.warmup);
         Ok(Self {
             flat,
@@ -116,41 +107,17 @@ fn main() -> anyhow::Result<()> {
 
     // (1) the whole step on pre-built batches.
     let ds = Arc::new(Dataset::open(&ds_path)?);
-    let frames: Vec<u64> = ds.clips().iter().map(|c| c.frames).collect();
-    let m = &flat_config.model;
-    let np = m.priors.needed_previous_frames();
-    let plan = flat_config.batch_plan(1)?;
-    let sampler = Arc::new(Sampler::new(
-        flat_config.train.seed,
-        flat_config.train.epoch_unit,
-        &frames,
-        u64::from(np),
-        u64::from(m.diffusion.timesteps),
-        u64::from(plan.global_batch),
-    )?);
-    let share = RankShare {
-        rank: 0,
-        world: 1,
-        micro: u64::from(plan.micro_batch),
-        previous: np,
-        context: u64::from(m.audio_encoder.context_frames),
-    };
+    let sampler = Arc::new(syncdiff_trainer::train::sampler(&flat_config, &ds, 1)?);
+    let share = syncdiff_trainer::train::rank_share(&flat_config, 0, 1)?;
     let mut direct = Loader::new(ds.clone(), sampler.clone(), share, 0);
     let mut prebuilt = Vec::new();
     let mut s = LoaderState::default();
     for _ in 0..8 {
-        prebuilt.push(direct.next(s, Duration::ZERO)?);
+        prebuilt.push(direct.next(s)?);
         s = sampler.advance(s);
     }
-    let opts = TrainOptions {
-        device: Device::Cpu,
-        backend: DistBackend::Mpi,
-        stop_requested: &|| false,
-        resume: syncdiff_trainer::ckpt::ResumePolicy::Never,
-        move_aside: false,
-    };
-    let mut flat_trainer = Trainer::new(&flat_config, &rt, &opts)?;
-    let mut per_trainer = Trainer::new(&per_config, &rt, &opts)?;
+    let mut flat_trainer = Trainer::new(&flat_config, &rt, Device::Cpu, DistBackend::Mpi)?;
+    let mut per_trainer = Trainer::new(&per_config, &rt, Device::Cpu, DistBackend::Mpi)?;
     let lr = flat_config.train.lr;
     let step = |trainer: &mut Trainer<'_>, k: u64| -> anyhow::Result<f64> {
         let batches: Vec<Batch> = prebuilt[k as usize % prebuilt.len()]

@@ -13,7 +13,6 @@
 
 use std::path::Path;
 use std::sync::Arc;
-use std::time::Duration;
 
 use anyhow::Context;
 use syncdiff_dataprep::store::Dataset;
@@ -21,10 +20,9 @@ use syncdiff_model::config::{DistBackend, TemporalTokens};
 use syncdiff_model::unet::UnetShape;
 use syncdiff_trainer::benchdata::{debug_config, env_or, repo, synthetic_dataset, MID_SIZE};
 use syncdiff_trainer::benchstats::{interleave, PyServer};
-use syncdiff_trainer::data::{Batch, Loader, LoaderState, RankShare, Sampler};
+use syncdiff_trainer::data::{Batch, Loader, LoaderState};
 use syncdiff_trainer::dist::Runtime;
-use syncdiff_trainer::engine::Trainer;
-use syncdiff_trainer::train::TrainOptions;
+use syncdiff_trainer::trainer::Trainer;
 use tch::{Device, Tensor};
 
 /// The debug configuration and the mid-size one (at 32x32 latents), as `--set` overrides.
@@ -79,24 +77,10 @@ fn main() -> anyhow::Result<()> {
             "the Python model implements the rnd+prv- prior only"
         );
         let ds = Arc::new(Dataset::open(&ds_path)?);
-        let frames: Vec<u64> = ds.clips().iter().map(|c| c.frames).collect();
         let np = m.priors.needed_previous_frames();
         let plan = config.batch_plan(1)?;
-        let sampler = Arc::new(Sampler::new(
-            config.train.seed,
-            config.train.epoch_unit,
-            &frames,
-            u64::from(np),
-            u64::from(m.diffusion.timesteps),
-            u64::from(plan.global_batch),
-        )?);
-        let share = RankShare {
-            rank: 0,
-            world: 1,
-            micro: u64::from(plan.micro_batch),
-            previous: np,
-            context: u64::from(m.audio_encoder.context_frames),
-        };
+        let sampler = Arc::new(syncdiff_trainer::train::sampler(&config, &ds, 1)?);
+        let share = syncdiff_trainer::train::rank_share(&config, 0, 1)?;
         let mut loader = Loader::new(
             ds.clone(),
             sampler.clone(),
@@ -109,18 +93,11 @@ fn main() -> anyhow::Result<()> {
         let mut direct = Loader::new(ds.clone(), sampler.clone(), share, 0);
         let read_start = std::time::Instant::now();
         for _ in 0..8 {
-            prebuilt.push(direct.next(s, Duration::ZERO)?);
+            prebuilt.push(direct.next(s)?);
             s = sampler.advance(s);
         }
         let read_s = read_start.elapsed().as_secs_f64() / 8.0;
-        let opts = TrainOptions {
-            device: Device::Cpu,
-            backend: DistBackend::Mpi,
-            stop_requested: &|| false,
-            resume: syncdiff_trainer::ckpt::ResumePolicy::Never,
-            move_aside: false,
-        };
-        let mut trainer = Trainer::new(&config, &rt, &opts)?;
+        let mut trainer = Trainer::new(&config, &rt, Device::Cpu, DistBackend::Mpi)?;
         let parameters: i64 = trainer
             .model
             .trainable()
@@ -170,7 +147,7 @@ fn main() -> anyhow::Result<()> {
         let lr = t.lr;
         let mut with_loader = |trainer: &mut Trainer<'_>| -> anyhow::Result<f64> {
             step += 1;
-            let st = trainer.step(step, lr, || Ok(loader.next(state, Duration::ZERO)?), false)?;
+            let st = trainer.step(step, lr, || Ok(loader.next(state)?), false)?;
             waits.push(st.data.as_secs_f64());
             state = sampler.advance(state);
             Ok(st.total.as_secs_f64())

@@ -4,19 +4,21 @@
 
 pub mod benchdata;
 pub mod benchstats;
+pub mod cadence;
 pub mod ckpt;
 pub mod data;
 pub mod dist;
 pub mod dryrun;
-pub mod engine;
+pub mod error;
 pub mod eval;
 pub mod generate;
 pub mod host;
 pub mod log;
+pub mod model;
 pub mod opcount;
 pub mod optim;
 pub mod preflight;
-pub mod step;
 pub mod tools;
 pub mod train;
+pub mod trainer;
 pub mod validate;

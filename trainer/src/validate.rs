@@ -15,7 +15,7 @@ use tch::{Device, Tensor};
 
 use crate::data::{Batch, LoaderState, SampleSpec, Sampler, SamplerError};
 use crate::log::{grid, Rgb};
-use crate::step::TrainModel;
+use crate::model::TrainModel;
 
 /// Separates the validation sample choices from training's.
 const VALIDATION: u64 = 0x7661_6c69;

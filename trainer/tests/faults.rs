@@ -171,11 +171,12 @@ fn a_rank_frozen_with_sigstop_is_caught_by_the_watchdog() {
 }
 
 #[test]
+#[cfg(feature = "fault-injection")]
 fn a_desynchronised_parameter_is_caught_by_the_checksum() {
     let dir = tempfile::tempdir().unwrap();
     let ds = prepared_dataset(dir.path());
     let o = mpirun(2)
-        .env(syncdiff_trainer::train::FAULT_DESYNC_ENV, "1:4")
+        .env(syncdiff_trainer::trainer::FAULT_DESYNC_ENV, "1:4")
         .args(base(&ds, dir.path()))
         .args([
             "--set",

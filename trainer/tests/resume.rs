@@ -222,6 +222,7 @@ fn a_stopped_and_resumed_run_ends_bit_identical_to_an_uninterrupted_one() {
 }
 
 #[test]
+#[cfg(feature = "fault-injection")]
 fn a_save_killed_mid_upload_leaves_the_previous_checkpoint_for_auto() {
     let dir = tempfile::tempdir().unwrap();
     let ds = prepared_dataset(dir.path());

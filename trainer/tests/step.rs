@@ -6,9 +6,9 @@ mod common;
 
 use syncdiff_dataprep::store::Dataset;
 use syncdiff_model::config::Config;
-use syncdiff_trainer::data::{Batch, LoaderState, Sampler};
+use syncdiff_trainer::data::{Batch, LoaderState, SampleSpec, Sampler};
+use syncdiff_trainer::model::TrainModel;
 use syncdiff_trainer::optim::{AdamW, AdamWConfig, Flat};
-use syncdiff_trainer::step::TrainModel;
 use tch::Kind;
 
 /// The tests here seed libtorch's global generator (`tch::manual_seed`) and then draw from it
@@ -167,8 +167,7 @@ fn a_training_step_reads_three_values_back_at_most() {
     use std::sync::Arc;
     use syncdiff_model::config::{DistBackend, Override};
     use syncdiff_trainer::data::{Loader, RankShare};
-    use syncdiff_trainer::engine::Trainer;
-    use syncdiff_trainer::train::TrainOptions;
+    use syncdiff_trainer::trainer::Trainer;
     let dir = tempfile::tempdir().unwrap();
     let out = common::prepared_dataset(dir.path());
     let sets: Vec<Override> = [
@@ -194,17 +193,10 @@ fn a_training_step_reads_three_values_back_at_most() {
         context: u64::from(cfg.model.audio_encoder.context_frames),
     };
     let mut loader = Loader::new(ds, sampler.clone(), share, 0);
-    let opts = TrainOptions {
-        device: tch::Device::Cpu,
-        backend: DistBackend::Mpi,
-        stop_requested: &|| false,
-        resume: syncdiff_trainer::ckpt::ResumePolicy::Never,
-        move_aside: false,
-    };
-    let mut trainer = Trainer::new(&cfg, &rt, &opts).unwrap();
+    let mut trainer = Trainer::new(&cfg, &rt, tch::Device::Cpu, DistBackend::Mpi).unwrap();
     let mut state = LoaderState::default();
     for step in 1..=3 {
-        let batches = loader.next(state, std::time::Duration::ZERO).unwrap();
+        let batches = loader.next(state).unwrap();
         assert_eq!(batches.len(), 4);
         let before = syncdiff_trainer::host::reads();
         let st = trainer.step(step, 1e-4, || Ok(batches), false).unwrap();
@@ -221,8 +213,8 @@ fn a_training_step_reads_three_values_back_at_most() {
 fn the_step_reads_tensors_back_only_through_the_counted_helper() {
     let root = common::repo();
     let files = [
-        "trainer/src/engine.rs",
-        "trainer/src/step.rs",
+        "trainer/src/trainer.rs",
+        "trainer/src/model.rs",
         "trainer/src/data/batch.rs",
         "trainer/src/optim/adamw.rs",
         "trainer/src/optim/ema.rs",
@@ -270,6 +262,17 @@ fn the_step_reads_tensors_back_only_through_the_counted_helper() {
     );
 }
 
+/// The samples of the first step of 4 on one rank, the previous frames and the audio context.
+fn first_step(ds: &Dataset, cfg: &Config) -> (Vec<SampleSpec>, u32, u64) {
+    let frames: Vec<u64> = ds.clips().iter().map(|c| c.frames).collect();
+    let np = cfg.model.priors.needed_previous_frames();
+    let sampler = Sampler::new(0, cfg.train.epoch_unit, &frames, u64::from(np), 1000, 4).unwrap();
+    let specs = sampler
+        .step(LoaderState::default(), 0, 1, 4, &sampler.permutation(0))
+        .concat();
+    (specs, np, u64::from(cfg.model.audio_encoder.context_frames))
+}
+
 /// Every trained parameter takes part in the loss: a parameter whose gradient is exactly zero
 /// after a step would be dead weight in the model (or a wiring bug).
 #[test]
@@ -279,22 +282,10 @@ fn every_trained_parameter_gets_a_gradient() {
     let out = common::prepared_dataset(dir.path());
     let cfg = Config::load(&common::repo().join("configs/debug.yaml"), &[]).unwrap();
     let ds = Dataset::open(&out).unwrap();
-    let frames: Vec<u64> = ds.clips().iter().map(|c| c.frames).collect();
-    let np = cfg.model.priors.needed_previous_frames();
-    let sampler = Sampler::new(0, cfg.train.epoch_unit, &frames, u64::from(np), 1000, 4).unwrap();
+    let (specs, np, ctx) = first_step(&ds, &cfg);
     tch::manual_seed(0);
     let model = TrainModel::new(&cfg.model, tch::Device::Cpu);
-    let order = sampler.permutation(0);
-    let specs = sampler
-        .step(LoaderState::default(), 0, 1, 4, &order)
-        .concat();
-    let batch = Batch::read(
-        &ds,
-        &specs,
-        np,
-        u64::from(cfg.model.audio_encoder.context_frames),
-    )
-    .unwrap();
+    let batch = Batch::read(&ds, &specs, np, ctx).unwrap();
     model.loss(&batch, true).unwrap().backward();
     let dead: Vec<String> = model
         .trainable()
@@ -317,13 +308,7 @@ fn a_float16_batch_arrives_as_the_float32_batch() {
     let out = common::prepared_dataset(dir.path());
     let cfg = Config::load(&common::repo().join("configs/debug.yaml"), &[]).unwrap();
     let ds = Dataset::open(&out).unwrap();
-    let frames: Vec<u64> = ds.clips().iter().map(|c| c.frames).collect();
-    let np = cfg.model.priors.needed_previous_frames();
-    let sampler = Sampler::new(0, cfg.train.epoch_unit, &frames, u64::from(np), 1000, 4).unwrap();
-    let specs = sampler
-        .step(LoaderState::default(), 0, 1, 4, &sampler.permutation(0))
-        .concat();
-    let ctx = u64::from(cfg.model.audio_encoder.context_frames);
+    let (specs, np, ctx) = first_step(&ds, &cfg);
     let stored = Batch::read_stored(&ds, &specs, np, ctx).unwrap();
     let wide = Batch::read(&ds, &specs, np, ctx).unwrap();
     assert_eq!(

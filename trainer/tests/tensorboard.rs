@@ -50,7 +50,7 @@ fn tensorboard_reads_our_image_grid_pixel_for_pixel() {
     let b = Tensor::rand([3, 3, 6, 5], (Kind::Float, Device::Cpu)) * 2.0 - 1.0;
     let g = grid(&[&a, &b]).unwrap();
     let mut w = EventWriter::create(dir.path()).unwrap();
-    w.image("val/frames", &png(&g), g.width, g.height, 7)
+    w.image("val/frames", &png(&g).unwrap(), g.width, g.height, 7)
         .unwrap();
     w.flush().unwrap();
     let script = "import sys, io\nimport numpy as np\nfrom PIL import Image\nfrom tensorboard.backend.event_processing.event_accumulator import EventAccumulator\nacc = EventAccumulator(sys.argv[1], size_guidance={'images': 0}); acc.Reload()\ne = acc.Images('val/frames')[0]\nim = np.asarray(Image.open(io.BytesIO(e.encoded_image_string)).convert('RGB'))\nprint(e.step, e.width, e.height, im.shape[1], im.shape[0])\nsys.stdout.write(' '.join(str(int(x)) for x in im.reshape(-1)))\n";

@@ -42,7 +42,7 @@ impl Attention {
     /// x: (B, N, query_dim); context: (B, M, context_dim) or None for self-attention.
     /// Returns (B, N, query_dim).
     pub fn forward(&self, x: &Tensor, context: Option<&Tensor>) -> Tensor {
-        let (b, n, _) = x.size3().unwrap_or((0, 0, 0));
+        let (b, n, _) = x.size3().expect("attention input is (B, N, D)");
         let ctx = context.unwrap_or(x);
         // (B, L, heads * head_dim) -> (B, heads, L, head_dim)
         let split = |t: Tensor| t.view([b, -1, self.heads, self.head_dim]).transpose(1, 2);
@@ -86,7 +86,7 @@ impl SpatialSelfAttention {
 
     /// x: (B, C, H, W) -> (B, C, H, W).
     pub fn forward(&self, x: &Tensor) -> Tensor {
-        let (b, c, h, w) = x.size4().unwrap_or((0, 0, 0, 0));
+        let (b, c, h, w) = x.size4().expect("attention block input is (B, C, H, W)");
         // (B, C, H, W) -> (B, H*W, C)
         let t = self
             .group_norm

@@ -100,7 +100,7 @@ impl Upsample {
 
     /// x: (B, C, H, W) -> (B, C, 2H, 2W).
     pub fn forward(&self, x: &Tensor) -> Tensor {
-        let (_, _, h, w) = x.size4().unwrap_or((0, 0, 0, 0));
+        let (_, _, h, w) = x.size4().expect("Upsample input is (B, C, H, W)");
         self.conv
             .forward(&x.upsample_nearest2d([2 * h, 2 * w], None, None))
     }

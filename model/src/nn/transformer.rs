@@ -109,7 +109,7 @@ impl SpatialTransformer {
 
     /// x: (B, C, H, W), context: (B, M, context_dim) -> (B, C, H, W).
     pub fn forward(&self, x: &Tensor, context: &Tensor) -> Tensor {
-        let (b, c, h, w) = x.size4().unwrap_or((0, 0, 0, 0));
+        let (b, c, h, w) = x.size4().expect("transformer input is (B, C, H, W)");
         let t = self.proj_in.forward(&self.norm.forward(x));
         // (B, C, H, W) -> (B, H*W, C)
         let mut t = t.permute([0, 2, 3, 1]).reshape([b, h * w, c]);

@@ -21,9 +21,9 @@ pub use format::{
 pub use lineage::SET_ASIDE;
 pub use load::{exact, fetch, list, newest_valid, read, split_url, Chosen, Listed, Restored};
 pub use resume::{resume, ResumePolicy, Resumed};
-pub use save::{
-    apply_retention, to_host, write, Retention, SaveReport, Saver, Snapshot, FAULT_KILL_AFTER_ENV,
-};
+#[cfg(feature = "fault-injection")]
+pub use save::FAULT_KILL_AFTER_ENV;
+pub use save::{apply_retention, to_host, write, Retention, SaveReport, Saver, Snapshot};
 pub use store::{hex, redact, safe_url, sha256_file, Retry, Store};
 
 /// Checkpoint errors. Messages name the URL or file; none holds a credential.

@@ -15,8 +15,10 @@ use super::safetensors::encode;
 use super::store::Store;
 use super::CkptError;
 
-/// Test-only fault injection: `FILE@STEP` kills the process (abort) right after uploading that
-/// file of the checkpoint of that step, leaving a save cut off mid-way.
+/// Test-only fault injection (cargo feature `fault-injection`): `FILE@STEP` kills the process
+/// (abort) right after uploading that file of the checkpoint of that step, leaving a save cut
+/// off mid-way.
+#[cfg(feature = "fault-injection")]
 pub const FAULT_KILL_AFTER_ENV: &str = "SYNCDIFF_FAULT_KILL_AFTER";
 
 /// Everything a checkpoint holds, on the host.
@@ -83,6 +85,8 @@ pub struct Saver {
     store: Arc<Store>,
     retention: Retention,
     pending: Option<JoinHandle<Result<SaveReport, CkptError>>>,
+    /// The outcome of a save made in the foreground (no writer thread could start).
+    done: Option<Result<SaveReport, CkptError>>,
 }
 
 impl Saver {
@@ -92,6 +96,7 @@ impl Saver {
             store,
             retention,
             pending: None,
+            done: None,
         }
     }
 
@@ -102,6 +107,9 @@ impl Saver {
 
     /// Waits for the save in flight, if any, and returns its outcome.
     pub fn wait(&mut self) -> Option<Result<SaveReport, CkptError>> {
+        if let Some(done) = self.done.take() {
+            return Some(done);
+        }
         let h = self.pending.take()?;
         Some(h.join().unwrap_or_else(|_| {
             Err(CkptError::Io {
@@ -116,10 +124,33 @@ impl Saver {
     pub fn save_async(&mut self, snap: Snapshot) -> Option<Result<SaveReport, CkptError>> {
         let previous = self.wait();
         let (store, retention) = (self.store.clone(), self.retention);
-        self.pending = std::thread::Builder::new()
+        // The snapshot travels to the thread once it runs, so a thread that cannot start does
+        // not take the checkpoint with it.
+        let (tx, rx) = std::sync::mpsc::channel::<Snapshot>();
+        let spawned = std::thread::Builder::new()
             .name("ckpt-save".into())
-            .spawn(move || write(&store, retention, snap))
-            .ok();
+            .spawn(move || match rx.recv() {
+                Ok(snap) => write(&store, retention, snap),
+                Err(_) => Err(CkptError::Io {
+                    path: store.url().to_string(),
+                    message: "the checkpoint writer thread received no snapshot".into(),
+                }),
+            });
+        match spawned {
+            Ok(h) => {
+                // The receiver lives until the thread has the snapshot: sending cannot fail.
+                let _ = tx.send(snap);
+                self.pending = Some(h);
+            }
+            Err(e) => {
+                eprintln!(
+                    "warning: cannot start the checkpoint writer thread ({e}); saving step {} \
+                     in the foreground",
+                    snap.state.step
+                );
+                self.done = Some(write(&self.store, self.retention, snap));
+            }
+        }
         previous
     }
 
@@ -139,10 +170,13 @@ pub fn write(store: &Store, retention: Retention, snap: Snapshot) -> Result<Save
     let step = snap.state.step;
     let dir = format::step_dir(step);
     let failed = |message: String| CkptError::Save { step, message };
+    #[cfg(feature = "fault-injection")]
     let kill_after = std::env::var(FAULT_KILL_AFTER_ENV).ok().and_then(|v| {
         let (file, at) = v.split_once('@')?;
         (at.parse::<u64>().ok()? == step).then(|| file.to_string())
     });
+    #[cfg(not(feature = "fault-injection"))]
+    let kill_after: Option<String> = None;
     let mut files = Vec::new();
     let mut upload = |name: &str, chunks: &[&[u8]]| -> Result<(), CkptError> {
         let (bytes, sha256) = store.put_chunks(&format!("{dir}/{name}"), chunks)?;

@@ -7,9 +7,8 @@
 //! should not take cores from the step's own threads (which matters on CPU-only ranks).
 
 use std::collections::VecDeque;
-use std::sync::mpsc::{Receiver, RecvTimeoutError};
+use std::sync::mpsc::Receiver;
 use std::sync::Arc;
-use std::time::Duration;
 
 use syncdiff_dataprep::store::{Dataset, StoreError};
 
@@ -21,16 +20,6 @@ pub enum LoaderError {
     /// Reading a sample failed (names the shard).
     #[error(transparent)]
     Store(#[from] StoreError),
-    /// The background read did not answer within the data timeout.
-    #[error("data fetch for loader state (epoch {epoch}, sample {consumed}) took longer than {timeout_s} s")]
-    Timeout {
-        /// Epoch.
-        epoch: u64,
-        /// Samples consumed.
-        consumed: u64,
-        /// Timeout.
-        timeout_s: f64,
-    },
     /// Reading a batch hit a bug (a panic); the message says where.
     #[error(
         "reading the batch of loader state (epoch {epoch}, sample {consumed}) failed: {message}"
@@ -189,13 +178,9 @@ impl Loader {
         self.pending.push_back((state, rx));
     }
 
-    /// The micro-batches of the step at `state`, waiting at most `timeout` (zero: no limit);
-    /// then schedules the following steps.
-    pub fn next(
-        &mut self,
-        state: LoaderState,
-        timeout: Duration,
-    ) -> Result<Vec<Batch>, LoaderError> {
+    /// The micro-batches of the step at `state` (waiting as long as it takes: the trainer's
+    /// watchdog times the wait, `dist.data_timeout_s`); then schedules the following steps.
+    pub fn next(&mut self, state: LoaderState) -> Result<Vec<Batch>, LoaderError> {
         if self.depth == 0 {
             let order = self.order(state.epoch);
             return Self::read(
@@ -223,22 +208,9 @@ impl Loader {
                 consumed: state.consumed,
             });
         };
-        let got = if timeout.is_zero() {
-            rx.recv().map_err(|_| RecvTimeoutError::Disconnected)
-        } else {
-            rx.recv_timeout(timeout)
-        };
-        match got {
-            Ok(r) => r,
-            Err(RecvTimeoutError::Timeout) => Err(LoaderError::Timeout {
-                epoch: state.epoch,
-                consumed: state.consumed,
-                timeout_s: timeout.as_secs_f64(),
-            }),
-            Err(RecvTimeoutError::Disconnected) => Err(LoaderError::Lost {
-                epoch: state.epoch,
-                consumed: state.consumed,
-            }),
-        }
+        rx.recv().unwrap_or(Err(LoaderError::Lost {
+            epoch: state.epoch,
+            consumed: state.consumed,
+        }))
     }
 }

@@ -77,6 +77,9 @@ impl Watchdog {
         let thread = std::thread::Builder::new()
             .name("watchdog".into())
             .spawn(move || run(&s, &prefix, &on_timeout))
+            .map_err(|e| {
+                eprintln!("warning: cannot start the watchdog thread ({e}); nothing is timed out")
+            })
             .ok();
         Self { shared, thread }
     }

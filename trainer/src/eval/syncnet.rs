@@ -180,7 +180,11 @@ pub fn lse(
         });
     }
     let mean = mean_distances(&lip, &aud, vshift);
-    let values: Vec<f64> = Vec::try_from(&mean).unwrap_or_default();
+    let read_err = |e: tch::TchError| ScriptError::Run {
+        path: net.path.clone(),
+        message: format!("reading the offset distances: {e}"),
+    };
+    let values: Vec<f64> = Vec::try_from(&mean).map_err(read_err)?;
     let (idx, min) =
         values.iter().enumerate().fold(
             (0, f64::INFINITY),
@@ -193,7 +197,7 @@ pub fn lse(
             },
         );
     // torch.median: the lower of the two middle values for an even count.
-    let median = f64::try_from(mean.median()).unwrap_or(f64::NAN);
+    let median = f64::try_from(mean.median()).map_err(read_err)?;
     Ok(Lse {
         lse_c: median - min,
         lse_d: min,
@@ -205,7 +209,9 @@ pub fn lse(
 /// Mean over windows of the distance between each lip feature and the audio features shifted by
 /// -vshift..=vshift (zero rows outside): (2 vshift + 1,).
 fn mean_distances(lip: &Tensor, aud: &Tensor, vshift: i64) -> Tensor {
-    let (w, d) = lip.size2().unwrap_or((0, 0));
+    let (w, d) = lip
+        .size2()
+        .expect("lip features are (windows, D), checked by the caller");
     let span = 2 * vshift + 1;
     let padded = aud.constant_pad_nd([0, 0, vshift, vshift]);
     // (W, span, D): row i holds padded[i .. i + span].

@@ -12,7 +12,7 @@ use tch::{Device, Tensor};
 
 use super::GenerateError;
 use crate::ckpt::{self, Retry, Store};
-use crate::step::TrainModel;
+use crate::model::TrainModel;
 
 /// Which weights of a checkpoint to use.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]

@@ -1,5 +1,4 @@
-//! Image grids for TensorBoard: tensors to an RGB grid, and a small PNG encoder (stored deflate
-//! blocks: no compression, which is fine for the few small grids a run logs).
+//! Image grids for TensorBoard: tensors to an RGB grid, encoded as PNG (the `png` crate).
 
 use tch::{Kind, Tensor};
 
@@ -50,70 +49,18 @@ pub fn grid(rows: &[&Tensor]) -> Option<Rgb> {
     })
 }
 
-fn crc32(bytes: &[u8]) -> u32 {
-    let mut table = [0u32; 256];
-    for (n, t) in table.iter_mut().enumerate() {
-        let mut c = n as u32;
-        for _ in 0..8 {
-            c = if c & 1 == 1 {
-                0xedb8_8320 ^ (c >> 1)
-            } else {
-                c >> 1
-            };
-        }
-        *t = c;
-    }
-    !bytes.iter().fold(!0u32, |c, &b| {
-        table[((c ^ u32::from(b)) & 0xff) as usize] ^ (c >> 8)
-    })
-}
-
-fn chunk(kind: &[u8; 4], body: &[u8], out: &mut Vec<u8>) {
-    out.extend_from_slice(&(body.len() as u32).to_be_bytes());
-    let start = out.len();
-    out.extend_from_slice(kind);
-    out.extend_from_slice(body);
-    let crc = crc32(&out[start..]);
-    out.extend_from_slice(&crc.to_be_bytes());
-}
-
-/// Encodes `img` as PNG (8-bit RGB, no filtering, stored deflate blocks).
-pub fn png(img: &Rgb) -> Vec<u8> {
-    let row = img.width as usize * 3;
-    let mut raw = Vec::with_capacity((row + 1) * img.height as usize);
-    for y in 0..img.height as usize {
-        raw.push(0); // filter: none
-        raw.extend_from_slice(&img.data[y * row..(y + 1) * row]);
-    }
-    // zlib stream: header, stored blocks of at most 65535 bytes, Adler-32 (big-endian).
-    let mut z = vec![0x78, 0x01];
-    let blocks: Vec<&[u8]> = raw.chunks(65_535).collect();
-    for (i, b) in blocks.iter().enumerate() {
-        z.push(u8::from(i + 1 == blocks.len()));
-        let len = b.len() as u16;
-        z.extend_from_slice(&len.to_le_bytes());
-        z.extend_from_slice(&(!len).to_le_bytes());
-        z.extend_from_slice(b);
-    }
-    if blocks.is_empty() {
-        z.extend_from_slice(&[1, 0, 0, 0xff, 0xff]);
-    }
-    let (mut a, mut b) = (1u32, 0u32);
-    for &x in &raw {
-        a = (a + u32::from(x)) % 65_521;
-        b = (b + a) % 65_521;
-    }
-    z.extend_from_slice(&((b << 16) | a).to_be_bytes());
-
-    let mut out = b"\x89PNG\r\n\x1a\n".to_vec();
-    let mut ihdr = Vec::with_capacity(13);
-    ihdr.extend_from_slice(&img.width.to_be_bytes());
-    ihdr.extend_from_slice(&img.height.to_be_bytes());
-    ihdr.extend_from_slice(&[8, 2, 0, 0, 0]); // 8 bits, RGB, deflate, no filter, no interlace
-    chunk(b"IHDR", &ihdr, &mut out);
-    chunk(b"IDAT", &z, &mut out);
-    chunk(b"IEND", &[], &mut out);
-    out
+/// Encodes `img` as PNG (8-bit RGB).
+pub fn png(img: &Rgb) -> std::io::Result<Vec<u8>> {
+    let mut out = Vec::new();
+    let mut encoder = png::Encoder::new(&mut out, img.width, img.height);
+    encoder.set_color(png::ColorType::Rgb);
+    encoder.set_depth(png::BitDepth::Eight);
+    let mut writer = encoder.write_header().map_err(std::io::Error::other)?;
+    writer
+        .write_image_data(&img.data)
+        .map_err(std::io::Error::other)?;
+    writer.finish().map_err(std::io::Error::other)?;
+    Ok(out)
 }
 
 #[cfg(test)]
@@ -122,8 +69,21 @@ mod tests {
     use super::*;
 
     #[test]
-    fn crc32_matches_the_standard_check_value() {
-        assert_eq!(crc32(b"123456789"), 0xcbf4_3926);
+    fn png_decodes_to_the_same_pixels() {
+        let img = Rgb {
+            width: 3,
+            height: 2,
+            data: (0..18).map(|i| (i * 14) as u8).collect(),
+        };
+        let bytes = png(&img).unwrap();
+        let mut reader = png::Decoder::new(std::io::Cursor::new(bytes))
+            .read_info()
+            .unwrap();
+        let mut buf = vec![0; reader.output_buffer_size()];
+        let info = reader.next_frame(&mut buf).unwrap();
+        assert_eq!((info.width, info.height), (3, 2));
+        assert_eq!(info.color_type, png::ColorType::Rgb);
+        assert_eq!(&buf[..info.buffer_size()], &img.data[..]);
     }
 
     #[test]

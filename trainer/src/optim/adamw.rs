@@ -32,6 +32,18 @@ impl Default for AdamWConfig {
     }
 }
 
+impl From<&syncdiff_model::config::TrainConfig> for AdamWConfig {
+    /// `train.betas`, `train.eps`, `train.weight_decay`.
+    fn from(t: &syncdiff_model::config::TrainConfig) -> Self {
+        Self {
+            beta1: t.betas[0],
+            beta2: t.betas[1],
+            eps: t.eps,
+            weight_decay: t.weight_decay,
+        }
+    }
+}
+
 /// Why optimizer state could not be restored.
 #[derive(Debug, thiserror::Error)]
 pub enum OptimError {

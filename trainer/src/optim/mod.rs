@@ -1,11 +1,13 @@
 //! Optimisation written on tensors, so every piece of state can be saved and restored:
 //! parameters and gradients as views of flat buffers (`flat`), AdamW (`adamw`), EMA with
-//! warm-up (`ema`), learning-rate schedule and clipping (`schedule`).
+//! warm-up (`ema`), learning-rate schedule and clipping (`schedule`), SGD and the configured
+//! optimizer (`sgd`).
 
 mod adamw;
 mod ema;
 mod flat;
 mod schedule;
+mod sgd;
 
 use std::collections::BTreeMap;
 
@@ -15,6 +17,7 @@ pub use adamw::{AdamW, AdamWConfig, OptimError};
 pub use ema::Ema;
 pub use flat::{bucket_elements, buckets, Flat, FlatError};
 pub use schedule::{clip_grad_norm, lr_at};
+pub use sgd::{Optimizer, Sgd};
 
 /// Copies saved tensors into the named views of flat state, checking every name and shape
 /// first, so a failed restore changes nothing.

@@ -15,53 +15,14 @@ use crate::data::Batch;
 use crate::dist::{
     broadcast_params, check_params, GradSync, MpiGradSync, NcclGradSync, Runtime, Watchdog,
 };
-use crate::optim::{bucket_elements, clip_grad_norm, AdamW, AdamWConfig, Ema, Flat};
-use crate::step::TrainModel;
-use crate::train::{TrainError, TrainOptions};
+use crate::error::TrainError;
+use crate::model::TrainModel;
+use crate::optim::{bucket_elements, clip_grad_norm, AdamW, Ema, Flat, Optimizer, Sgd};
 
-/// Test-only fault injection: `RANK:STEP` perturbs one parameter on that rank after that step, so
-/// the parameter checksum has something to catch.
+/// Test-only fault injection (cargo feature `fault-injection`): `RANK:STEP` perturbs one
+/// parameter on that rank after that step, so the parameter checksum has something to catch.
+#[cfg(feature = "fault-injection")]
 pub const FAULT_DESYNC_ENV: &str = "SYNCDIFF_FAULT_DESYNC";
-
-/// The configured optimizer.
-#[derive(Debug)]
-pub enum Optimizer {
-    /// AdamW with its moments.
-    AdamW(AdamW),
-    /// Plain SGD (no state; for tests): p <- p (1 - lr wd) - lr g.
-    Sgd {
-        /// The parameters' buckets.
-        flat: Flat,
-        /// Decoupled weight decay.
-        weight_decay: f64,
-    },
-}
-
-impl Optimizer {
-    /// One update at learning rate `lr` from the current gradients.
-    pub fn step(&mut self, lr: f64) {
-        match self {
-            Self::AdamW(o) => o.step(lr),
-            Self::Sgd { flat, weight_decay } => tch::no_grad(|| {
-                for (p, g) in flat.buckets().iter().zip(flat.grads()) {
-                    let mut p = p.shallow_clone();
-                    if *weight_decay != 0.0 {
-                        let _ = p.g_mul_scalar_(1.0 - lr * *weight_decay);
-                    }
-                    let _ = p.g_add_(&(g * -lr));
-                }
-            }),
-        }
-    }
-
-    /// Zeroes the gradients.
-    pub fn zero_grad(&mut self) {
-        match self {
-            Self::AdamW(o) => o.zero_grad(),
-            Self::Sgd { flat, .. } => flat.zero_grad(),
-        }
-    }
-}
 
 /// What one optimizer step measured.
 #[derive(Debug, Clone, Copy)]
@@ -118,6 +79,7 @@ impl std::fmt::Debug for Trainer<'_> {
     }
 }
 
+#[cfg(feature = "fault-injection")]
 fn desync_fault(rank: i32) -> Result<Option<u64>, TrainError> {
     let Ok(v) = std::env::var(FAULT_DESYNC_ENV) else {
         return Ok(None);
@@ -129,17 +91,22 @@ fn desync_fault(rank: i32) -> Result<Option<u64>, TrainError> {
     Ok((r == rank).then_some(s))
 }
 
+#[cfg(not(feature = "fault-injection"))]
+fn desync_fault(_rank: i32) -> Result<Option<u64>, TrainError> {
+    Ok(None)
+}
+
 impl<'a> Trainer<'a> {
     /// Builds the model on the rank's device from the seed, copies rank 0's parameters to every
     /// rank and checks them, and sets up AdamW, EMA, the gradient backend and the watchdog.
     pub fn new(
         config: &Config,
         rt: &'a Runtime,
-        opts: &TrainOptions<'_>,
+        device: Device,
+        backend: DistBackend,
     ) -> Result<Self, TrainError> {
         let t = &config.train;
         let plan = config.batch_plan(rt.world_size() as u32)?;
-        let device = opts.device;
         tch::manual_seed(t.seed as i64);
         let model = TrainModel::new(&config.model, device);
         // Pretrained AV-HuBERT (`syncdiff convert avhubert`), before the broadcast.
@@ -172,25 +139,14 @@ impl<'a> Trainer<'a> {
             check_params(rt.comm(), flat.buckets(), 0)?;
         }
         let opt = match t.optimizer {
-            OptimizerKind::Adamw => Optimizer::AdamW(AdamW::new(
-                flat.share(),
-                AdamWConfig {
-                    beta1: t.betas[0],
-                    beta2: t.betas[1],
-                    eps: t.eps,
-                    weight_decay: t.weight_decay,
-                },
-            )),
-            OptimizerKind::Sgd => Optimizer::Sgd {
-                flat: flat.share(),
-                weight_decay: t.weight_decay,
-            },
+            OptimizerKind::Adamw => Optimizer::AdamW(AdamW::new(flat.share(), t.into())),
+            OptimizerKind::Sgd => Optimizer::Sgd(Sgd::new(flat.share(), t.weight_decay)),
         };
         let ema = t
             .ema
             .enabled
             .then(|| Ema::new(flat.share(), t.ema.decay, t.ema.warmup));
-        let sync: Box<dyn GradSync + 'a> = match opts.backend {
+        let sync: Box<dyn GradSync + 'a> = match backend {
             DistBackend::Nccl => {
                 // The unique-id broadcast and ncclCommInitRank block until every rank joins: a
                 // wrong NCCL_SOCKET_IFNAME would otherwise hang until the job's time limit.
@@ -318,10 +274,7 @@ impl<'a> Trainer<'a> {
         let mut model: Vec<(String, Tensor)> = self.model.vs.variables().into_iter().collect();
         model.sort_by(|a, b| a.0.cmp(&b.0));
         let ema = self.ema.as_ref().map(Ema::state).unwrap_or_default();
-        let opt = match &self.opt {
-            Optimizer::AdamW(o) => o.state(),
-            Optimizer::Sgd { .. } => Vec::new(),
-        };
+        let opt = self.opt.state();
         (to_host(model), to_host(ema), to_host(opt))
     }
 
@@ -342,7 +295,7 @@ impl<'a> Trainer<'a> {
             (Optimizer::AdamW(_), None) => {
                 eprintln!("warning: {url} has no optimizer state; AdamW moments start at zero")
             }
-            (Optimizer::Sgd { .. }, _) => {}
+            (Optimizer::Sgd(_), _) => {}
         }
         match (&mut self.ema, &r.ema) {
             (Some(e), Some(s)) => e.load_state(s).map_err(|e| bad(e.to_string()))?,

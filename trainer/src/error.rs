@@ -1,0 +1,68 @@
+//! Why training stops with an error: one enum for the loop, the trainer and their set-up. Every
+//! message names the file, key, URL or rank.
+
+use std::path::PathBuf;
+
+use syncdiff_dataprep::store::StoreError;
+use syncdiff_model::config::ConfigError;
+
+use crate::data::{LoaderError, SamplerError};
+use crate::dist::DistError;
+use crate::validate::ValidateError;
+
+/// Why training stopped with an error. Messages name the file, key or rank.
+#[derive(Debug, thiserror::Error)]
+pub enum TrainError {
+    /// The configuration does not fit this job.
+    #[error(transparent)]
+    Config(#[from] ConfigError),
+    /// The training data set cannot be opened.
+    #[error("data.dataset {path}: {source}")]
+    Dataset {
+        /// Data set path.
+        path: String,
+        /// Cause.
+        source: StoreError,
+    },
+    /// The data set does not match the configuration.
+    #[error("{0}")]
+    DatasetSettings(String),
+    /// The data set cannot feed the configured batch.
+    #[error("data.dataset: {0}")]
+    Sampler(#[from] SamplerError),
+    /// Reading a batch failed.
+    #[error(transparent)]
+    Loader(#[from] LoaderError),
+    /// A collective failed or ranks disagree.
+    #[error(transparent)]
+    Dist(#[from] DistError),
+    /// Validation failed.
+    #[error(transparent)]
+    Validate(#[from] ValidateError),
+    /// A forward pass failed.
+    #[error(transparent)]
+    Model(#[from] syncdiff_model::syncdiff::SyncDiffError),
+    /// The trained parameters cannot be laid out in flat buffers, or left them.
+    #[error("trained parameters: {0}")]
+    Flat(#[from] crate::optim::FlatError),
+    /// A tensor could not be read back.
+    #[error("tensor: {0}")]
+    Tensor(#[from] tch::TchError),
+    /// The log directory cannot be written.
+    #[error("log.dir {path}: {source}")]
+    Log {
+        /// Directory.
+        path: PathBuf,
+        /// Cause.
+        source: std::io::Error,
+    },
+    /// Something the loop does not support yet.
+    #[error("{0}")]
+    Unsupported(String),
+    /// External weights cannot be loaded.
+    #[error("{0}")]
+    Weights(String),
+    /// A checkpoint could not be saved or resumed.
+    #[error(transparent)]
+    Ckpt(#[from] crate::ckpt::CkptError),
+}

@@ -1,0 +1,186 @@
+//! The training loop. Per step, in order: learning rate, the step itself (data, forward and
+//! backward, gradient averaging with the stop flag, clipping, AdamW, EMA: `crate::trainer`),
+//! logging, the parameter checksum, validation, checkpoints. Where each part lives:
+//!
+//! | part | file |
+//! |---|---|
+//! | the loop and its set-up | `train/mod.rs` (this file) |
+//! | one step | `trainer.rs` (`Trainer::step`) |
+//! | the networks and the loss | `model.rs` (`TrainModel`) |
+//! | checkpoint policy and resume | `train/checkpoints.rs` |
+//! | checkpoint storage and formats | `ckpt/` |
+//! | validation | `train/validation.rs`, `validate.rs` |
+//! | log lines, TensorBoard, progress bar | `train/output.rs`, `log/` |
+//!
+//! Every blocking operation runs under the watchdog.
+
+mod checkpoints;
+mod output;
+mod validation;
+
+use std::path::Path;
+use std::sync::Arc;
+
+use syncdiff_dataprep::store::Dataset;
+use syncdiff_model::config::{Config, DistBackend};
+use tch::Device;
+
+use crate::cadence::Due;
+use crate::ckpt::ResumePolicy;
+use crate::data::{Loader, LoaderState, RankShare, Sampler};
+use crate::dist::Runtime;
+use crate::error::TrainError;
+use crate::optim::lr_at;
+use crate::trainer::Trainer;
+use crate::validate::ValLoss;
+use checkpoints::Checkpoints;
+use output::RunLog;
+use validation::Validation;
+
+/// How a process trains: where, and how it learns that it should stop.
+pub struct TrainOptions<'a> {
+    /// The rank's device (`dist::choose_device`).
+    pub device: Device,
+    /// The gradient backend (`Mpi` or `Nccl`).
+    pub backend: DistBackend,
+    /// Polled once per step: a stop request (signal) on any rank stops every rank after that step.
+    pub stop_requested: &'a dyn Fn() -> bool,
+    /// `--resume`.
+    pub resume: ResumePolicy,
+    /// `--move-aside`: checkpoints under `checkpoint.url` that would mix with this run are moved
+    /// to `set-aside/` instead of refusing the start.
+    pub move_aside: bool,
+}
+
+impl std::fmt::Debug for TrainOptions<'_> {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("TrainOptions")
+            .field("device", &self.device)
+            .field("backend", &self.backend)
+            .field("resume", &self.resume)
+            .finish_non_exhaustive()
+    }
+}
+
+/// What a finished (or stopped) run reports.
+#[derive(Debug, Clone)]
+pub struct RunSummary {
+    /// Optimizer steps taken in this process.
+    pub steps: u64,
+    /// Loader position at the end.
+    pub state: LoaderState,
+    /// Mean loss of the last logged interval.
+    pub last_loss: f64,
+    /// The last validation losses, when validation ran.
+    pub last_val: Option<ValLoss>,
+    /// Seconds of training.
+    pub seconds: f64,
+    /// Whether a stop was requested (preemption) before the planned end.
+    pub stopped: bool,
+}
+
+/// Trains on the configured data set, from the checkpoint `--resume` picks or from scratch.
+pub fn train(
+    config: &Config,
+    rt: &Runtime,
+    opts: &TrainOptions<'_>,
+) -> Result<RunSummary, TrainError> {
+    let (ds, sampler) = open_data(config, rt)?;
+    let mut ckpts = Checkpoints::open(config, rt, &ds)?;
+    let t = &config.train;
+    let total = t
+        .steps
+        .unwrap_or(sampler.steps_per_epoch() * u64::from(t.epochs));
+    let mut loader = Loader::new(
+        Arc::new(ds),
+        sampler.clone(),
+        rank_share(config, rt.rank() as u64, rt.world_size() as u32)?,
+        config.data.prefetch as usize,
+    )
+    .for_device(opts.device);
+    let validation = Validation::new(config, rt, opts.device)?;
+    let mut trainer = Trainer::new(config, rt, opts.device, opts.backend)?;
+    let start = ckpts.resume(opts, &mut trainer, config, rt)?;
+    let (mut step, mut at) = (start.step, start.at);
+    let mut log = RunLog::open(config, rt, step, total)?;
+    let (mut last_val, mut stopped) = (None, false);
+    while step < total {
+        let lr = lr_at(t, step, total);
+        let fetch = || Ok(loader.next(at)?);
+        let st = trainer.step(step + 1, lr, fetch, (opts.stop_requested)())?;
+        step += 1;
+        at = sampler.advance(at);
+        let due = Due {
+            step,
+            total,
+            stop: st.stop,
+        };
+        log.step(due, lr, &st)?;
+        if due.every(config.dist.checksum_interval) {
+            trainer.check_params(step)?;
+        }
+        if let Some(loss) = validation.maybe_run(due, &trainer, rt, config, &mut log)? {
+            last_val = Some(loss);
+        }
+        if st.stop {
+            stopped = true;
+            break;
+        }
+        ckpts.maybe_save(&trainer, step, at, total, &log);
+    }
+    log.end_progress();
+    // The last state is always saved (end of run or stop request), waiting for the upload.
+    ckpts.finish(&trainer, step, at, &log)?;
+    log.flush()?;
+    trainer.shutdown()?;
+    Ok(RunSummary {
+        steps: step,
+        state: at,
+        last_loss: log.last_loss(),
+        last_val,
+        seconds: log.seconds(),
+        stopped,
+    })
+}
+
+/// The training data set, checked against the configuration, and the sample order over it.
+fn open_data(config: &Config, rt: &Runtime) -> Result<(Dataset, Arc<Sampler>), TrainError> {
+    let path = &config.data.dataset;
+    let ds = Dataset::open(Path::new(path)).map_err(|source| TrainError::Dataset {
+        path: path.clone(),
+        source,
+    })?;
+    crate::data::check_dataset_settings("data.dataset", path, &ds.manifest().meta, config)
+        .map_err(TrainError::DatasetSettings)?;
+    let sampler = sampler(config, &ds, rt.world_size() as u32)?;
+    Ok((ds, Arc::new(sampler)))
+}
+
+/// The training sample order over `ds` for `world` ranks (`train.seed`, `train.epoch_unit`,
+/// the global batch).
+pub fn sampler(config: &Config, ds: &Dataset, world: u32) -> Result<Sampler, TrainError> {
+    let frames: Vec<u64> = ds.clips().iter().map(|c| c.frames).collect();
+    let (t, m) = (&config.train, &config.model);
+    let plan = config.batch_plan(world)?;
+    Ok(Sampler::new(
+        t.seed,
+        t.epoch_unit,
+        &frames,
+        u64::from(m.priors.needed_previous_frames()),
+        u64::from(m.diffusion.timesteps),
+        u64::from(plan.global_batch),
+    )?)
+}
+
+/// Rank `rank` of `world`'s share of every step's samples.
+pub fn rank_share(config: &Config, rank: u64, world: u32) -> Result<RankShare, TrainError> {
+    let plan = config.batch_plan(world)?;
+    let m = &config.model;
+    Ok(RankShare {
+        rank,
+        world: u64::from(plan.world_size),
+        micro: u64::from(plan.micro_batch),
+        previous: m.priors.needed_previous_frames(),
+        context: u64::from(m.audio_encoder.context_frames),
+    })
+}
