@@ -8,7 +8,6 @@
 use std::path::{Path, PathBuf};
 
 use rayon::prelude::*;
-use sha2::Digest;
 use syncdiff_model::config::{AutoencoderKind, Config};
 use syncdiff_model::vq::Autoencoder;
 use tch::nn::VarStore;
@@ -130,13 +129,14 @@ pub fn launcher_rank() -> (usize, usize) {
     (rank.min(world - 1), world)
 }
 
-/// sha256 of a file, hex.
+/// sha256 of a file, hex (streamed: `hash::sha256_file`).
 pub fn sha256_file(path: &Path) -> Result<String, IngestError> {
-    let bytes = std::fs::read(path).map_err(|e| IngestError::Io {
-        path: path.to_path_buf(),
-        message: e.to_string(),
-    })?;
-    Ok(format!("{:x}", sha2::Sha256::digest(&bytes)))
+    crate::hash::sha256_file(path)
+        .map(|(_, sha)| sha)
+        .map_err(|e| IngestError::Io {
+            path: path.to_path_buf(),
+            message: e.to_string(),
+        })
 }
 
 /// The configured autoencoder on `device`, and the sha256 of its weights ("none" for resample).
@@ -219,8 +219,9 @@ impl AudioCache {
         let mut out = Vec::with_capacity(frames * self.tag.dim as usize);
         for start in (0..frames).step_by(ctx) {
             let len = ctx.min(frames - start);
-            let x = tch::Tensor::from_slice(&mel[start * 104..(start + len) * 104])
-                .view([1, len as i64, 104])
+            let dim = crate::store::MEL_DIM as usize;
+            let x = tch::Tensor::from_slice(&mel[start * dim..(start + len) * dim])
+                .view([1, len as i64, dim as i64])
                 .to_device(self.device);
             let f = self
                 .encoder

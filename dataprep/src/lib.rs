@@ -5,6 +5,7 @@
 //! LRS2-layout data set), `rng` (counter-based randomness).
 
 pub mod audio;
+pub mod hash;
 pub mod ingest;
 pub mod lrs2;
 pub mod rng;

@@ -174,7 +174,7 @@ fn inspect(path: &std::path::Path) -> anyhow::Result<String> {
     let bytes: u64 = m.shards.iter().map(|s| s.bytes).sum();
     let [c, h, w] = m.meta.latent_shape;
     // Uncompressed: two float16 latents and one float32 mel row per frame.
-    let raw = m.frames() * (2 * 2 * c * h * w + 4 * 104);
+    let raw = m.frames() * (2 * 2 * c * h * w + 4 * syncdiff_dataprep::store::MEL_DIM);
     Ok(format!(
         "{}\n  format version {}, split {}, sha256 {}\n  clips {}, frames {}, shards {}\n  latent {c}x{h}x{w} from {} (weights sha256 {})\n  {:.1} MiB on disk, {:.1} MiB uncompressed: compression {:.2}x",
         path.display(),

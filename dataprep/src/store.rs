@@ -30,7 +30,7 @@ pub const FORMAT_VERSION: u32 = 2;
 /// Frames per shard file (outer chunk) of the per-frame arrays.
 pub const FRAMES_PER_CHUNK: u64 = 256;
 /// Width of one mel row.
-pub const MEL_DIM: u64 = 104;
+pub use syncdiff_model::config::MEL_DIM;
 /// Mel rows per subchunk: the audio context is read as a range of up to 250 rows.
 pub const MEL_ROWS_PER_SUBCHUNK: u64 = 64;
 

@@ -1,19 +1,15 @@
 //! Filterbank and MFCC parity with python_speech_features (run live) on real speech from espeak-ng.
 #![allow(clippy::unwrap_used)]
 
+mod common;
+
+use common::python;
 use std::path::{Path, PathBuf};
 use std::process::Command;
 
 use syncdiff_dataprep::audio::{
     align_rows, mel_group_features, normalize_rows, stack_frames, FbankParams, LogFbank,
 };
-
-fn python() -> Command {
-    let exe = std::env::var("VIRTUAL_ENV")
-        .map(|v| PathBuf::from(v).join("bin/python"))
-        .unwrap_or_else(|_| PathBuf::from("python3"));
-    Command::new(exe)
-}
 
 /// Speech from espeak-ng, resampled by ffmpeg to 16 kHz mono int16 (raw little-endian).
 fn speech(dir: &Path) -> (PathBuf, Vec<f64>) {

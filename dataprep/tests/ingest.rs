@@ -2,6 +2,9 @@
 //! their reason, interrupted runs resume without redoing finished shards.
 #![allow(clippy::unwrap_used)]
 
+mod common;
+
+use common::repo;
 use std::path::{Path, PathBuf};
 use std::process::Command;
 
@@ -11,10 +14,6 @@ use syncdiff_dataprep::store::Dataset;
 use syncdiff_dataprep::synth::{synth, SynthOptions};
 use syncdiff_dataprep::video;
 use syncdiff_model::config::Config;
-
-fn repo() -> PathBuf {
-    Path::new(env!("CARGO_MANIFEST_DIR")).join("..")
-}
 
 fn dataprep(args: &[&str]) -> std::process::Output {
     Command::new(env!("CARGO_BIN_EXE_syncdiff-dataprep"))

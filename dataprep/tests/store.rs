@@ -1,20 +1,15 @@
 //! Shard stores: write, open through the manifest, random access, and zarr-python reads them.
 #![allow(clippy::unwrap_used)]
 
-use std::path::{Path, PathBuf};
-use std::process::Command;
+mod common;
+
+use common::python;
+use std::path::Path;
 
 use half::f16;
 use syncdiff_dataprep::store::{
     shard_name, write_manifest, write_shard, ClipData, Dataset, Manifest, StoreMeta, FORMAT_VERSION,
 };
-
-fn python() -> Command {
-    let exe = std::env::var("VIRTUAL_ENV")
-        .map(|v| PathBuf::from(v).join("bin/python"))
-        .unwrap_or_else(|_| PathBuf::from("python3"));
-    Command::new(exe)
-}
 
 fn meta() -> StoreMeta {
     StoreMeta {

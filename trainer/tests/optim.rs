@@ -2,18 +2,17 @@
 //! bucket sizes; state save/restore across bucket sizes; the operations an optimizer step issues.
 #![allow(clippy::unwrap_used)]
 
+mod common;
+
 use std::collections::BTreeMap;
-use std::path::{Path, PathBuf};
+use std::path::Path;
 use std::process::Command;
 
 use syncdiff_trainer::optim::{clip_grad_norm, AdamW, AdamWConfig, Ema, Flat};
 use tch::{Kind, Tensor};
 
 fn python() -> Command {
-    let exe = std::env::var("VIRTUAL_ENV")
-        .map(|v| PathBuf::from(v).join("bin/python"))
-        .unwrap_or_else(|_| PathBuf::from("python3"));
-    Command::new(exe)
+    Command::new(common::python())
 }
 
 /// The two tests run one at a time: run concurrently in one process they disagreed once in a

@@ -1,17 +1,14 @@
 //! Event files read back with PyPI tensorboard's EventAccumulator (run live).
 #![allow(clippy::unwrap_used)]
 
-use std::path::PathBuf;
+mod common;
+
 use std::process::Command;
+
+use common::python;
 
 use syncdiff_trainer::log::{grid, png, EventWriter};
 use tch::{Device, Kind, Tensor};
-
-fn python() -> PathBuf {
-    std::env::var("VIRTUAL_ENV")
-        .map(|v| PathBuf::from(v).join("bin/python"))
-        .unwrap_or_else(|_| PathBuf::from("python3"))
-}
 
 #[test]
 fn tensorboard_reads_our_scalars() {

@@ -23,6 +23,10 @@ mod validate;
 use serde::{Deserialize, Serialize};
 
 #[cfg(feature = "cli")]
+/// Width of one mel row: 26 log filterbank energies x 4 stacked 10 ms frames (one 25 Hz video
+/// frame). The audio encoders' input and the data sets' `mel` arrays.
+pub const MEL_DIM: u64 = 104;
+
 pub use cli::ConfigArgs;
 pub use load::{ConfigError, Override};
 pub use model::{

@@ -163,7 +163,7 @@ impl Default for AudioEncoderConfig {
         Self {
             kind: AudioEncoderKind::Avhubert,
             weights: None,
-            input_dim: 104,
+            input_dim: super::MEL_DIM as u32,
             embed_dim: 768,
             layers: 12,
             heads: 12,

@@ -92,12 +92,17 @@ impl Config {
         }
 
         let a = &m.audio_encoder;
-        ensure(a.input_dim == 104, "model.audio_encoder.input_dim", || {
-            format!(
-                "{} must be 104 (26 filterbank energies x 4 stacked frames, what dataprep writes)",
-                a.input_dim
+        ensure(
+            u64::from(a.input_dim) == super::MEL_DIM,
+            "model.audio_encoder.input_dim",
+            || {
+                format!(
+                "{} must be {} (26 filterbank energies x 4 stacked frames, what dataprep writes)",
+                a.input_dim,
+                super::MEL_DIM
             )
-        })?;
+            },
+        )?;
         positive(a.embed_dim, "model.audio_encoder.embed_dim")?;
         if a.kind == AudioEncoderKind::Avhubert {
             positive(a.heads, "model.audio_encoder.heads")?;

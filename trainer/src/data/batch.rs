@@ -1,6 +1,6 @@
 //! Reading a micro-batch of samples from a data set into tensors.
 
-use syncdiff_dataprep::store::{Dataset, SampleRequest, StoreError};
+use syncdiff_dataprep::store::{Dataset, SampleRequest, StoreError, MEL_DIM};
 use tch::{Device, Kind, Tensor};
 
 use super::{gaussian, SampleSpec};
@@ -97,7 +97,7 @@ impl Batch {
             for p in &x.previous {
                 prev.extend_from_slice(p);
             }
-            mel.push(Tensor::from_slice(&x.mel).view([x.context_len as i64, 104]));
+            mel.push(Tensor::from_slice(&x.mel).view([x.context_len as i64, MEL_DIM as i64]));
             offsets.push(x.offset as i64);
             noise.extend(gaussian(s.noise_seed, frame));
         }

@@ -191,7 +191,7 @@ fn audio_context(g: &Generator, audio: &[i16], frames: usize) -> Tensor {
     let fb = LogFbank::new(FbankParams::default());
     let samples: Vec<f64> = audio.iter().map(|&v| f64::from(v)).collect();
     let mel = Tensor::from_slice(&mel_group_features(&fb, &samples, frames))
-        .view([frames as i64, 104])
+        .view([frames as i64, syncdiff_dataprep::store::MEL_DIM as i64])
         .to_device(g.device);
     let max = u64::from(g.config.model.audio_encoder.context_frames);
     let mut parts = Vec::new();

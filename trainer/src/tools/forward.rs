@@ -184,7 +184,7 @@ pub fn run(
             let (name, width) = if layers.from.is_some() {
                 ("hidden", d)
             } else {
-                ("features", 104)
+                ("features", syncdiff_model::config::MEL_DIM as i64)
             };
             let x = input(&inputs, name, input_path)?;
             if x.dim() != 3 || x.size()[2] != width {
