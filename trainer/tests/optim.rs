@@ -193,6 +193,8 @@ fn restored_state_continues_identically() {
 /// libtorch's operator observers (`opcount`).
 #[test]
 fn the_optimizer_step_issues_operations_per_bucket_not_per_tensor() {
+    // It draws from libtorch's global generator: not while another test seeds and draws.
+    let _serial = SERIAL.lock().unwrap_or_else(|e| e.into_inner());
     let ops = |tensors: usize, bucket: usize| -> u64 {
         let params: Vec<(String, Tensor)> = (0..tensors)
             .map(|i| {
