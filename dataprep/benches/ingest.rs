@@ -10,15 +10,13 @@
 
 // Shared with the trainer crate (dataprep cannot depend on it); each bench uses a part.
 #[allow(dead_code)]
-#[path = "../../trainer/src/benchstats.rs"]
-mod benchstats;
-
 use std::path::{Path, PathBuf};
 use std::process::Command;
 use std::time::Instant;
 
-use benchstats::{python, Comparison};
 use syncdiff_dataprep::synth::{synth, SynthOptions};
+use syncdiff_devkit::python;
+use syncdiff_devkit::stats::Comparison;
 use syncdiff_model::config::{AutoencoderConfig, Config};
 use syncdiff_model::vq::VqModel;
 use tch::{Device, Kind, Tensor};

@@ -8,15 +8,12 @@
 
 // Shared with the trainer crate (dataprep cannot depend on it); each bench uses a part.
 #[allow(dead_code)]
-#[path = "../../trainer/src/benchstats.rs"]
-mod benchstats;
-
 use std::path::{Path, PathBuf};
 use std::process::Command;
 use std::time::Instant;
 
-use benchstats::{interleave, PyServer};
 use syncdiff_dataprep::audio::{FbankParams, LogFbank};
+use syncdiff_devkit::stats::{interleave, PyServer};
 
 fn run(cmd: &mut Command) -> anyhow::Result<()> {
     let o = cmd.output()?;

@@ -9,19 +9,16 @@
 
 // Shared with the trainer crate (dataprep cannot depend on it); each bench uses a part.
 #[allow(dead_code)]
-#[path = "../../trainer/src/benchstats.rs"]
-mod benchstats;
-
 use std::path::Path;
 use std::time::Instant;
 
-use benchstats::{interleave, PyServer};
 use half::f16;
 use syncdiff_dataprep::rng::Rng;
 use syncdiff_dataprep::store::{
     context_window, shard_name, write_manifest, write_shard, ClipData, Dataset, Manifest,
     SampleRequest, StoreMeta, FORMAT_VERSION,
 };
+use syncdiff_devkit::stats::{interleave, PyServer};
 
 const CLIPS: usize = 48;
 const FRAMES: usize = 100;

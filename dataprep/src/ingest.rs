@@ -109,26 +109,6 @@ fn check_record(
     }
 }
 
-/// Rank and world size from the MPI launcher's environment (1 process without one).
-pub fn launcher_rank() -> (usize, usize) {
-    let get = |names: &[&str]| {
-        names
-            .iter()
-            .find_map(|n| std::env::var(n).ok()?.parse::<usize>().ok())
-    };
-    let rank = get(&[
-        "OMPI_COMM_WORLD_RANK",
-        "PMI_RANK",
-        "PMIX_RANK",
-        "SLURM_PROCID",
-    ])
-    .unwrap_or(0);
-    let world = get(&["OMPI_COMM_WORLD_SIZE", "PMI_SIZE", "SLURM_NTASKS"])
-        .unwrap_or(1)
-        .max(1);
-    (rank.min(world - 1), world)
-}
-
 /// sha256 of a file, hex (streamed: `hash::sha256_file`).
 pub fn sha256_file(path: &Path) -> Result<String, IngestError> {
     crate::hash::sha256_file(path)
@@ -316,20 +296,14 @@ pub fn ingest(
     let ids = read_filelist(&opts.root, &opts.split)
         .map_err(io(&opts.root.join(format!("{}.txt", opts.split))))?;
     std::fs::create_dir_all(&opts.out).map_err(io(&opts.out))?;
-    let local = [
-        "OMPI_COMM_WORLD_LOCAL_RANK",
-        "MPI_LOCALRANKID",
-        "SLURM_LOCALID",
-    ]
-    .iter()
-    .find_map(|n| std::env::var(n).ok()?.parse::<usize>().ok())
-    .unwrap_or(0);
-    let gpus = tch::Cuda::device_count();
-    let device = if gpus > 0 {
-        Device::Cuda(local % gpus as usize)
-    } else {
-        Device::Cpu
-    };
+    // This rank's GPU when there is one (a launcher's local rank picks it), else the CPU.
+    let local_rank = crate::launch::Launch::from_env().local_rank;
+    let device = crate::launch::DeviceChoice::Auto
+        .device(local_rank)
+        .map_err(|message| IngestError::Io {
+            path: opts.out.clone(),
+            message,
+        })?;
     let (mut vs, ae, ae_sha) = load_autoencoder(cfg, device)?;
     if opts.half {
         // float16 weights and inputs (meant for GPUs; works, slowly, on CPU).

@@ -7,7 +7,9 @@
 pub mod audio;
 pub mod hash;
 pub mod ingest;
+pub mod launch;
 pub mod lrs2;
+pub mod progress;
 pub mod rng;
 pub mod store;
 pub mod synth;

@@ -10,9 +10,11 @@ use std::process::ExitCode;
 
 use clap::{Parser, Subcommand};
 use syncdiff_dataprep::ingest;
+use syncdiff_dataprep::launch::Launch;
+use syncdiff_dataprep::progress::Progress;
 use syncdiff_dataprep::store::Dataset;
 use syncdiff_dataprep::synth::{synth, SynthOptions};
-use syncdiff_model::config::ConfigArgs;
+use syncdiff_model::config::{parse_args, ConfigArgs};
 
 /// Prepare SyncDiff training data.
 #[derive(Debug, Parser)]
@@ -82,16 +84,12 @@ enum Command {
 }
 
 fn main() -> ExitCode {
-    let result = match Cli::parse().command {
+    let result = match parse_args::<Cli>().command {
         Command::Synth { out, speakers, clips_per_speaker, seconds, seed } => {
             let opts = SynthOptions { out: out.clone(), speakers, clips_per_speaker, seconds, seed };
-            let bar = indicatif::ProgressBar::new(u64::from(speakers * clips_per_speaker));
-            bar.set_style(
-                indicatif::ProgressStyle::with_template("synth {bar:30} {pos}/{len} clips, {elapsed} elapsed, ETA {eta}")
-                    .unwrap_or_else(|_| indicatif::ProgressStyle::default_bar()),
-            );
-            let r = synth(&opts, |done, _| bar.set_position(done as u64));
-            bar.finish_and_clear();
+            let bar = Progress::new(true, "synth", "clip", 0, u64::from(speakers * clips_per_speaker));
+            let r = synth(&opts, |done, _| bar.set(done as u64));
+            bar.finish();
             r.map(|n| format!("wrote {n} clips to {} ({} s each; train/val/test lists beside main/)", out.display(), seconds))
                 .map_err(anyhow::Error::from)
         }
@@ -103,20 +101,16 @@ fn main() -> ExitCode {
                     return ExitCode::from(2);
                 }
             };
-            let (rank, world) = ingest::launcher_rank();
+            let Launch { rank, world, .. } = Launch::from_env();
             let opts = ingest::IngestOptions { root, split, out: out.clone(), batch, half, rank, world, rebuild };
-            let bar = if rank == 0 { indicatif::ProgressBar::new(0) } else { indicatif::ProgressBar::hidden() };
-            bar.set_style(
-                indicatif::ProgressStyle::with_template("lrs2 {bar:30} {pos}/{len} clips, {msg}, ETA {eta}")
-                    .unwrap_or_else(|_| indicatif::ProgressStyle::default_bar()),
-            );
+            let bar = Progress::new(rank == 0, "lrs2", "clip", 0, 0);
             let start = std::time::Instant::now();
             let r = ingest::ingest(&opts, &cfg, |done, total, frames| {
-                bar.set_length(total as u64);
-                bar.set_position(done as u64);
-                bar.set_message(format!("{:.0} frames/s", frames as f64 / start.elapsed().as_secs_f64().max(1e-3)));
+                bar.set_total(total as u64);
+                bar.set(done as u64);
+                bar.message(|| format!("{:.0} frames/s", frames as f64 / start.elapsed().as_secs_f64().max(1e-3)));
             });
-            bar.finish_and_clear();
+            bar.finish();
             r.map(|rep| {
                 format!(
                     "rank {rank}/{world}: built {} shard(s), {} already finished; {} clips, {} frames in {:.1} s (decode+features {:.2} s, encode {:.2} s, write {:.2} s); {} rejected{}",

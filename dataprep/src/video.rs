@@ -437,7 +437,9 @@ pub fn decode_av(path: &Path, size: Option<u32>, rate: u32) -> Result<DecodedAv,
     let raw_log = String::from_utf8_lossy(&out.stderr);
     let errors = logged_errors(&raw_log);
     let stderr = without_levels(&raw_log);
-    let audio_bytes = std::fs::read(&audio_tmp).unwrap_or_default();
+    // Read before the status is judged (the file goes either way); an error matters only when
+    // ffmpeg succeeded, and then it is the clip's error, not silence.
+    let audio_read = std::fs::read(&audio_tmp);
     let _ = std::fs::remove_file(&audio_tmp);
     let (video, has_audio) = parse_input_streams(&stderr);
     if !out.status.success() {
@@ -470,6 +472,11 @@ pub fn decode_av(path: &Path, size: Option<u32>, rate: u32) -> Result<DecodedAv,
         return Err(failed(path, format!("ffmpeg: {line}")));
     }
     let (fps, w, h) = video.ok_or_else(|| failed(path, "no video stream"))?;
+    let audio_bytes = match (audio_read, has_audio) {
+        (Ok(bytes), _) => bytes,
+        (Err(_), false) => Vec::new(),
+        (Err(e), true) => return Err(failed(path, format!("reading the decoded audio: {e}"))),
+    };
     let (width, height) = size.map_or((w, h), |s| (s, s));
     let rgb = out.stdout;
     let frame = (width * height * 3) as usize;

@@ -10,11 +10,14 @@
 //! The gradient buffers are laid out as `optim::Flat` lays them out (the last one with the stop
 //! slot), for buckets of dist.bucket_mb and for one bucket per tensor.
 
+mod common;
+
 use std::time::Instant;
 
+use common::{debug_config, MID_SIZE};
 use mpi::collective::{CommunicatorCollectives, SystemOperation};
-use syncdiff_trainer::benchdata::{debug_config, env_or, MID_SIZE};
-use syncdiff_trainer::benchstats::interleave;
+use syncdiff_devkit::env_or;
+use syncdiff_devkit::stats::interleave;
 use syncdiff_trainer::dist::{GradSync, MpiGradSync, Runtime};
 use syncdiff_trainer::model::TrainModel;
 use syncdiff_trainer::optim::{bucket_elements, buckets};

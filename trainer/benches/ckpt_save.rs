@@ -10,13 +10,16 @@
 //! BENCH_URL=s3://bucket/bench cargo bench ...   # another store (credentials from the environment)
 //! ```
 
+mod common;
+
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
+use common::{debug_config, with_dataset, MID_SIZE};
 use syncdiff_dataprep::store::Dataset;
+use syncdiff_devkit::env_or;
+use syncdiff_devkit::stats::{interleave, Comparison};
 use syncdiff_model::config::{Config, DistBackend};
-use syncdiff_trainer::benchdata::{debug_config, env_or, synthetic_dataset, MID_SIZE};
-use syncdiff_trainer::benchstats::{interleave, Comparison};
 use syncdiff_trainer::ckpt::{
     now_unix, write, Retention, Retry, Saver, Snapshot, Store, TrainerState,
 };
@@ -63,7 +66,7 @@ fn main() -> anyhow::Result<()> {
     let reps = env_or("BENCH_REPS", 10);
     let steps = env_or("BENCH_STEPS", 40) as u64;
     let every = env_or("BENCH_EVERY", 5) as u64;
-    tch::set_num_threads(env_or("BENCH_THREADS", 2) as i32);
+    common::threads();
     let rt = Runtime::init()?;
     let dir = tempfile::tempdir()?;
     let url = std::env::var("BENCH_URL")
@@ -79,10 +82,8 @@ fn main() -> anyhow::Result<()> {
     };
 
     // 1. Steps with and without saves, debug configuration.
-    let mut config = debug_config(&[])?;
-    let ds_path = synthetic_dataset(dir.path(), &config)?;
-    config.data.dataset = ds_path.display().to_string();
-    let ds = Arc::new(Dataset::open(&ds_path)?);
+    let config = with_dataset(dir.path(), debug_config(&[])?)?;
+    let ds = Arc::new(Dataset::open(std::path::Path::new(&config.data.dataset))?);
     let frames: Vec<u64> = ds.clips().iter().map(|c| c.frames).collect();
     let m = &config.model;
     let np = m.priors.needed_previous_frames();

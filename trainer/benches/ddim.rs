@@ -8,21 +8,22 @@
 //! Prints the median seconds of a whole sampling loop on each side and the median ratio
 //! Rust/PyTorch with its bootstrap 95% interval. Target: <= 1.0.
 
+mod common;
+
 use std::time::Instant;
 
+use syncdiff_devkit::stats::{interleave, PyServer};
+use syncdiff_devkit::{env_or, repo};
 use syncdiff_model::config::{Config, PredictionTarget};
 use syncdiff_model::syncdiff::{Conditioning, SampleOptions, SyncDiff};
 use syncdiff_model::unet::UnetShape;
-use syncdiff_trainer::benchdata::{env_or, repo};
-use syncdiff_trainer::benchstats::{interleave, PyServer};
 use tch::nn::VarStore;
 use tch::{Device, Kind, Tensor};
 
 fn main() -> anyhow::Result<()> {
-    let threads = env_or("BENCH_THREADS", 2);
+    let threads = common::threads();
     let reps = env_or("BENCH_REPS", 15);
     let batch = env_or("BENCH_BATCH", 8) as i64;
-    tch::set_num_threads(threads as i32);
     println!("DDIM sampling loop, Rust vs diffusers; batch {batch}, {threads} threads, {reps} interleaved repetitions");
     for name in ["debug", "demo"] {
         let config = Config::load(&repo().join(format!("configs/{name}.yaml")), &[])?;

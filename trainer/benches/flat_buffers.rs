@@ -15,13 +15,16 @@
 //! BENCH_REPS=20 BENCH_THREADS=2 cargo bench -p syncdiff-trainer --bench flat_buffers
 //! ```
 
+mod common;
+
 use std::sync::Arc;
 use std::time::Instant;
 
+use common::{debug_config, with_dataset, MID_SIZE};
 use syncdiff_dataprep::store::Dataset;
+use syncdiff_devkit::env_or;
+use syncdiff_devkit::stats::interleave;
 use syncdiff_model::config::{Config, DistBackend};
-use syncdiff_trainer::benchdata::{debug_config, env_or, synthetic_dataset, MID_SIZE};
-use syncdiff_trainer::benchstats::interleave;
 use syncdiff_trainer::data::{Batch, Loader, LoaderState};
 use syncdiff_trainer::dist::Runtime;
 use syncdiff_trainer::model::TrainModel;
@@ -75,16 +78,13 @@ impl Update {
 }
 
 fn main() -> anyhow::Result<()> {
-    let threads = env_or("BENCH_THREADS", 2);
+    let threads = common::threads();
     let reps = env_or("BENCH_REPS", 20);
-    tch::set_num_threads(threads as i32);
     let rt = Runtime::init()?;
     let dir = tempfile::tempdir()?;
     let mut sets = vec!["data.resolution=128"];
     sets.extend_from_slice(MID_SIZE);
-    let mut flat_config = debug_config(&sets)?;
-    let ds_path = synthetic_dataset(dir.path(), &flat_config)?;
-    flat_config.data.dataset = ds_path.display().to_string();
+    let flat_config = with_dataset(dir.path(), debug_config(&sets)?)?;
     let mut per_config = flat_config.clone();
     per_config.dist.bucket_mb = PER_TENSOR_MB;
     println!(
@@ -106,7 +106,9 @@ fn main() -> anyhow::Result<()> {
     drop((flat_update, per_update));
 
     // (1) the whole step on pre-built batches.
-    let ds = Arc::new(Dataset::open(&ds_path)?);
+    let ds = Arc::new(Dataset::open(std::path::Path::new(
+        &flat_config.data.dataset,
+    ))?);
     let sampler = Arc::new(syncdiff_trainer::train::sampler(&flat_config, &ds, 1)?);
     let share = syncdiff_trainer::train::rank_share(&flat_config, 0, 1)?;
     let mut direct = Loader::new(ds.clone(), sampler.clone(), share, 0);

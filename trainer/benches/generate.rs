@@ -10,17 +10,19 @@
 //! split over 2 worker threads (`syncdiff generate --workers 2`) against one clip at a time on
 //! one thread. Target: >= 3.
 
+mod common;
+
 use std::time::Instant;
 
-use syncdiff_trainer::benchdata::{debug_config, env_or};
-use syncdiff_trainer::benchstats::{interleave, median};
+use common::debug_config;
+use syncdiff_devkit::env_or;
+use syncdiff_devkit::stats::{interleave, median};
 use syncdiff_trainer::generate::{self, GenerateOptions, Generator, Job, Prepared};
 use tch::Device;
 
 fn main() -> anyhow::Result<()> {
-    let threads = env_or("BENCH_THREADS", 2);
+    let threads = common::threads();
     let reps = env_or("BENCH_REPS", 7);
-    tch::set_num_threads(threads as i32);
     let dir = tempfile::tempdir()?;
     let root = dir.path().join("lrs2");
     syncdiff_dataprep::synth::synth(

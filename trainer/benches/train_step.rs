@@ -11,15 +11,18 @@
 //! BENCH_REPS=20 BENCH_THREADS=2 cargo bench -p syncdiff-trainer --bench train_step
 //! ```
 
+mod common;
+
 use std::path::Path;
 use std::sync::Arc;
 
 use anyhow::Context;
+use common::{debug_config, with_dataset, MID_SIZE};
 use syncdiff_dataprep::store::Dataset;
+use syncdiff_devkit::stats::{interleave, PyServer};
+use syncdiff_devkit::{env_or, repo};
 use syncdiff_model::config::{DistBackend, TemporalTokens};
 use syncdiff_model::unet::UnetShape;
-use syncdiff_trainer::benchdata::{debug_config, env_or, repo, synthetic_dataset, MID_SIZE};
-use syncdiff_trainer::benchstats::{interleave, PyServer};
 use syncdiff_trainer::data::{Batch, Loader, LoaderState};
 use syncdiff_trainer::dist::Runtime;
 use syncdiff_trainer::trainer::Trainer;
@@ -59,24 +62,21 @@ fn write_batch(path: &Path, b: &Batch, trainer: &Trainer<'_>) -> anyhow::Result<
 }
 
 fn main() -> anyhow::Result<()> {
-    let threads = env_or("BENCH_THREADS", 2);
+    let threads = common::threads();
     let reps = env_or("BENCH_REPS", 20);
-    tch::set_num_threads(threads as i32);
     let rt = Runtime::init()?;
     let dir = tempfile::tempdir()?;
     println!(
         "syncdiff-train step (Trainer::step, 1 rank); {threads} threads, {reps} interleaved repetitions"
     );
     for (name, sets) in cases() {
-        let mut config = debug_config(&sets)?;
-        let ds_path = synthetic_dataset(dir.path(), &config)?;
-        config.data.dataset = ds_path.display().to_string();
+        let config = with_dataset(dir.path(), debug_config(&sets)?)?;
         let m = &config.model;
         anyhow::ensure!(
             m.priors.reference.uses_identity() && m.priors.reference.uses_bottleneck(),
             "the Python model implements the rnd+prv- prior only"
         );
-        let ds = Arc::new(Dataset::open(&ds_path)?);
+        let ds = Arc::new(Dataset::open(std::path::Path::new(&config.data.dataset))?);
         let np = m.priors.needed_previous_frames();
         let plan = config.batch_plan(1)?;
         let sampler = Arc::new(syncdiff_trainer::train::sampler(&config, &ds, 1)?);
@@ -199,7 +199,7 @@ fn main() -> anyhow::Result<()> {
             );
             println!(
                 "  median wait for the loader: {:.3} ms",
-                syncdiff_trainer::benchstats::median(&waits) * 1e3
+                syncdiff_devkit::stats::median(&waits) * 1e3
             );
             for (label, x) in [("a", &a), ("c", &c)] {
                 let pairs: Vec<String> =

@@ -9,12 +9,14 @@
 //! with its bootstrap 95% interval. Targets: interval upper bound <= 0.9 at the debug
 //! configuration, <= 1.05 at the mid-size one.
 
+mod common;
+
 use std::time::Instant;
 
+use syncdiff_devkit::stats::{interleave, PyServer};
+use syncdiff_devkit::{env_or, repo};
 use syncdiff_model::config::{Config, UnetConfig};
 use syncdiff_model::unet::{Unet, UnetShape};
-use syncdiff_trainer::benchdata::{env_or, repo};
-use syncdiff_trainer::benchstats::{interleave, PyServer};
 use syncdiff_trainer::optim::{AdamW, AdamWConfig, Flat};
 use tch::nn::VarStore;
 use tch::{Device, Kind, Tensor};
@@ -55,9 +57,8 @@ fn cases() -> anyhow::Result<Vec<Case>> {
 }
 
 fn main() -> anyhow::Result<()> {
-    let threads = env_or("BENCH_THREADS", 2);
+    let threads = common::threads();
     let reps = env_or("BENCH_REPS", 30);
-    tch::set_num_threads(threads as i32);
     println!("UNet training step, Rust (tch) vs PyTorch eager; {threads} threads, {reps} interleaved repetitions");
     for case in cases()? {
         let s = &case.shape;

@@ -2,7 +2,7 @@
 //! everything queued before it, so the training step makes as few as it can: the loss, the
 //! gradient norm and the stop flag, once per step each. Every such read in the step goes
 //! through [`scalar`], which counts them, so a test can hold the number per step
-//! (`tests/step.rs`) and a source check keeps other reads out of the step's files.
+//! (`tests/it/step.rs`) and a source check keeps other reads out of the step's files.
 
 use std::sync::atomic::{AtomicU64, Ordering};
 

@@ -2,8 +2,6 @@
 //! generation and evaluation. The networks live in `syncdiff-model`; the data format in
 //! `syncdiff-dataprep`.
 
-pub mod benchdata;
-pub mod benchstats;
 pub mod cadence;
 pub mod ckpt;
 pub mod data;
@@ -18,7 +16,6 @@ pub mod model;
 pub mod opcount;
 pub mod optim;
 pub mod preflight;
-pub mod tools;
 pub mod train;
 pub mod trainer;
 pub mod validate;

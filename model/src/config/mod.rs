@@ -27,7 +27,7 @@ use serde::{Deserialize, Serialize};
 /// frame). The audio encoders' input and the data sets' `mel` arrays.
 pub const MEL_DIM: u64 = 104;
 
-pub use cli::ConfigArgs;
+pub use cli::{parse_args, ConfigArgs};
 pub use load::{ConfigError, Override};
 pub use model::{
     AudioEncoderConfig, AudioEncoderKind, AutoencoderConfig, AutoencoderKind, BetaSchedule,
@@ -39,7 +39,7 @@ pub use run::{
     CheckpointConfig, DataConfig, DistBackend, DistConfig, EmaConfig, EpochUnit, LogConfig,
     LrSchedule, OptimizerKind, SampleConfig, SizeHint, TrainConfig,
 };
-pub use secrets::{redact_url, url_secret_problem};
+pub use secrets::{redact_secrets, redact_url, url_secret_problem, SECRET_VARS};
 
 /// The whole configuration of a run.
 #[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]

@@ -1,7 +1,8 @@
 //! Keeping credentials out of messages. Credentials come from the environment only, yet a user
 //! may paste one into a URL by mistake (`s3://KEY:SECRET@bucket/run`, or a pre-signed URL with
 //! `?X-Amz-Signature=...`): every message that quotes a URL or a `--set` argument passes it
-//! through [`redact_url`] first, and the configuration refuses such URLs.
+//! through [`redact_url`] first, and the configuration refuses such URLs. Storage errors pass
+//! through [`redact_secrets`], which hides the values of the credential variables themselves.
 
 /// `text` (a URL, or a `--set key=URL` argument) with the `user:secret@` part of any URL in it
 /// replaced by `***@` and the value of every query parameter by `***`.
@@ -30,6 +31,37 @@ pub fn redact_url(text: &str) -> String {
             .collect();
         out.push('?');
         out.push_str(&params.join("&"));
+    }
+    out
+}
+
+/// Environment variables whose values must never appear in a message.
+pub const SECRET_VARS: &[&str] = &[
+    "AWS_SECRET_ACCESS_KEY",
+    "AWS_SESSION_TOKEN",
+    "AWS_ACCESS_KEY_ID",
+    "GOOGLE_SERVICE_ACCOUNT_KEY",
+    "GOOGLE_APPLICATION_CREDENTIALS_JSON",
+    "AZURE_STORAGE_ACCOUNT_KEY",
+    "AZURE_STORAGE_ACCESS_KEY",
+    "AZURE_STORAGE_SAS_KEY",
+    "AZURE_STORAGE_TOKEN",
+    "AZURE_CLIENT_SECRET",
+    "AZURE_STORAGE_CLIENT_SECRET",
+    "AZURE_STORAGE_SAS_TOKEN",
+    "GOOGLE_BEARER_TOKEN",
+];
+
+/// `message` with the value of every credential variable set in the environment
+/// ([`SECRET_VARS`]) and every value in `also` (credentials given explicitly) replaced by `***`.
+/// Values shorter than 4 characters are left alone (they would mangle ordinary words).
+pub fn redact_secrets(message: &str, also: &[String]) -> String {
+    let from_env = SECRET_VARS.iter().filter_map(|var| std::env::var(var).ok());
+    let mut out = message.to_string();
+    for v in from_env.chain(also.iter().cloned()) {
+        if v.len() >= 4 {
+            out = out.replace(&v, "***");
+        }
     }
     out
 }

@@ -10,7 +10,8 @@ use std::process::ExitCode;
 
 use anyhow::Context;
 use clap::Parser;
-use syncdiff_model::config::ConfigArgs;
+use syncdiff_model::config::{parse_args, ConfigArgs};
+use syncdiff_trainer::ckpt::ResumePolicy;
 use syncdiff_trainer::dist::Runtime;
 use syncdiff_trainer::dryrun::{DryRun, ModelReport};
 
@@ -31,7 +32,7 @@ struct Cli {
     preflight: bool,
     /// Resume policy: `auto` (newest valid checkpoint, else fresh), `never`, or a checkpoint URL.
     #[arg(long, default_value = "auto", value_name = "auto|never|URL")]
-    resume: String,
+    resume: ResumePolicy,
     /// When checkpoints under `checkpoint.url` would mix with this run (newer steps than the one
     /// resumed, another run's, or any at all for a fresh start), move them to
     /// `<checkpoint.url>/set-aside/<UTC time>/` instead of refusing to start. Nothing is deleted;
@@ -41,7 +42,7 @@ struct Cli {
 }
 
 fn main() -> ExitCode {
-    let cli = Cli::parse();
+    let cli = parse_args::<Cli>();
     // Configuration errors are the same on every rank: report them before MPI starts.
     let config = match cli.config.load() {
         Ok(c) => c,
@@ -144,7 +145,7 @@ fn run(cli: &Cli, config: &syncdiff_model::config::Config) -> Result<(), Failure
             mpi::collective::SystemOperation::sum(),
         );
         for f in &report.failures {
-            eprintln!("error: {} preflight {f}", rt.prefix());
+            error_line(&format!("{} preflight {f}", rt.prefix()));
         }
         if failed[0] > 0 {
             return Err(anyhow::anyhow!(
@@ -177,18 +178,18 @@ fn run(cli: &Cli, config: &syncdiff_model::config::Config) -> Result<(), Failure
         device: placement.device,
         backend: placement.backend,
         stop_requested: &stop_requested,
-        resume: syncdiff_trainer::ckpt::ResumePolicy::parse(&cli.resume),
+        resume: cli.resume.clone(),
         move_aside: cli.move_aside,
     };
     let summary = match syncdiff_trainer::train::train(config, &rt, &opts) {
         Ok(s) => s,
         // One rank's failure ends the job at once: the others may be waiting in a collective.
         Err(e) if rt.world_size() > 1 => {
-            eprintln!(
-                "error: {} {e:#}; aborting all {} ranks",
+            error_line(&format!(
+                "{} {e:#}; aborting all {} ranks",
                 rt.prefix(),
                 rt.world_size()
-            );
+            ));
             rt.abort(1)
         }
         Err(e) => return Err(anyhow::anyhow!("{} {e:#}", rt.prefix()).into()),
@@ -210,4 +211,12 @@ fn run(cli: &Cli, config: &syncdiff_model::config::Config) -> Result<(), Failure
         );
     }
     Ok(())
+}
+
+/// Writes `error: LINE` and its newline to stderr in one write, so that the lines of several
+/// ranks (and mpirun's own messages) interleave only as whole lines (`eprintln!` writes each
+/// formatted piece separately).
+fn error_line(line: &str) {
+    use std::io::Write;
+    let _ = std::io::stderr().write_all(format!("error: {line}\n").as_bytes());
 }

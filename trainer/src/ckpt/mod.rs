@@ -24,7 +24,7 @@ pub use resume::{resume, ResumePolicy, Resumed};
 #[cfg(feature = "fault-injection")]
 pub use save::FAULT_KILL_AFTER_ENV;
 pub use save::{apply_retention, to_host, write, Retention, SaveReport, Saver, Snapshot};
-pub use store::{hex, redact, safe_url, sha256_file, Retry, Store};
+pub use store::{hex, safe_url, sha256_file, Retry, Store, StoreOptions};
 
 /// Checkpoint errors. Messages name the URL or file; none holds a credential.
 #[derive(Debug, thiserror::Error)]

@@ -26,14 +26,16 @@ pub enum ResumePolicy {
     Url(String),
 }
 
-impl ResumePolicy {
-    /// Parses the `--resume` argument.
-    pub fn parse(arg: &str) -> Self {
-        match arg {
+impl std::str::FromStr for ResumePolicy {
+    type Err = std::convert::Infallible;
+
+    /// The `--resume` argument: `auto`, `never`, or a checkpoint URL (checked when resuming).
+    fn from_str(arg: &str) -> Result<Self, Self::Err> {
+        Ok(match arg {
             "never" => Self::Never,
             "auto" => Self::Auto,
             url => Self::Url(url.to_string()),
-        }
+        })
     }
 }
 

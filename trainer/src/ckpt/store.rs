@@ -1,6 +1,7 @@
 //! One storage layer over object_store: local paths and `file://`, `s3://`, `gs://`, `az://`.
 //! Credentials come from the environment (or instance metadata) through object_store's builders;
-//! nothing secret is taken from URLs or configs, and error messages pass through [`redact`].
+//! or explicitly as [`StoreOptions`]; nothing secret is taken from URLs or configs, and error
+//! messages pass through [`syncdiff_model::config::redact_secrets`].
 //!
 //! The API is blocking (the trainer is not async): each store owns a small tokio runtime. Every
 //! operation is retried with exponential backoff (`checkpoint.retries`, `retry_backoff_s`), each
@@ -16,6 +17,8 @@ use object_store::{ObjectStore, ObjectStoreExt, PutPayload, RetryConfig, WriteMu
 use sha2::{Digest, Sha256};
 pub use syncdiff_dataprep::hash::{hex, sha256_file};
 
+use syncdiff_model::config::redact_secrets;
+
 use super::CkptError;
 
 /// Part size of multipart uploads (S3 needs at least 5 MiB per part).
@@ -23,39 +26,24 @@ const PART: usize = 16 << 20;
 /// Files up to this size go in one request.
 const SINGLE_PUT_MAX: u64 = 32 << 20;
 
-/// Environment variables whose values must never appear in a message.
-const SECRET_VARS: &[&str] = &[
-    "AWS_SECRET_ACCESS_KEY",
-    "AWS_SESSION_TOKEN",
-    "AWS_ACCESS_KEY_ID",
-    "GOOGLE_SERVICE_ACCOUNT_KEY",
-    "GOOGLE_APPLICATION_CREDENTIALS_JSON",
-    "AZURE_STORAGE_ACCOUNT_KEY",
-    "AZURE_STORAGE_ACCESS_KEY",
-    "AZURE_STORAGE_SAS_KEY",
-    "AZURE_STORAGE_TOKEN",
-    "AZURE_CLIENT_SECRET",
-    "AZURE_STORAGE_CLIENT_SECRET",
-    "AZURE_STORAGE_SAS_TOKEN",
-    "GOOGLE_BEARER_TOKEN",
-];
-
-/// Replaces the value of every credential variable set in the environment by `***`.
-pub fn redact(message: &str) -> String {
-    let mut out = message.to_string();
-    for var in SECRET_VARS {
-        if let Ok(v) = std::env::var(var) {
-            if v.len() >= 4 {
-                out = out.replace(&v, "***");
-            }
-        }
-    }
-    out
-}
-
 /// `url` with any `user:secret@` part and query values replaced by `***` (for messages).
 pub fn safe_url(url: &str) -> String {
     syncdiff_model::config::redact_url(url)
+}
+
+/// Store settings given explicitly, beside the environment: object_store configuration keys
+/// (`aws_endpoint`, `aws_access_key_id`, `google_service_account_key`, `azure_storage_account_key`,
+/// ...) and their values, applied after the `from_env` ones. Every value is treated as a secret
+/// in messages. `Debug` shows the keys only.
+#[derive(Clone, Default)]
+pub struct StoreOptions(pub Vec<(String, String)>);
+
+impl std::fmt::Debug for StoreOptions {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_list()
+            .entries(self.0.iter().map(|(k, _)| k))
+            .finish()
+    }
 }
 
 /// How often and how patiently to retry.
@@ -74,6 +62,8 @@ pub struct Store {
     url: String,
     retry: Retry,
     rt: tokio::runtime::Runtime,
+    /// Values of explicit options, hidden in messages.
+    secrets: Vec<String>,
     /// The directory, for local stores (empty directories are removed after deletes).
     local: Option<std::path::PathBuf>,
 }
@@ -115,16 +105,30 @@ impl Store {
     /// Opens `url` to write checkpoints: a local path, `file:///abs/dir`, `s3://bucket/prefix`,
     /// `gs://bucket/prefix` or `az://container/prefix`. Local directories are created.
     pub fn open(url: &str, retry: Retry) -> Result<Self, CkptError> {
-        Self::open_with(url, retry, true)
+        Self::open_with(url, retry, true, &StoreOptions::default())
+    }
+
+    /// [`Store::open`] with explicit settings beside the environment's.
+    pub fn open_with_options(
+        url: &str,
+        retry: Retry,
+        options: &StoreOptions,
+    ) -> Result<Self, CkptError> {
+        Self::open_with(url, retry, true, options)
     }
 
     /// Opens `url` to read only: nothing is created, and a local directory that does not exist is
     /// an error ([`CkptError::NotFound`]), not an empty location.
     pub fn open_read(url: &str, retry: Retry) -> Result<Self, CkptError> {
-        Self::open_with(url, retry, false)
+        Self::open_with(url, retry, false, &StoreOptions::default())
     }
 
-    fn open_with(url: &str, retry: Retry, create: bool) -> Result<Self, CkptError> {
+    fn open_with(
+        url: &str,
+        retry: Retry,
+        create: bool,
+        options: &StoreOptions,
+    ) -> Result<Self, CkptError> {
         let bad = |message: String| CkptError::Url {
             url: safe_url(url),
             message,
@@ -136,11 +140,35 @@ impl Store {
                 "credentials in the URL are refused: it {problem}"
             )));
         }
-        let store_err = |e: object_store::Error| bad(redact(&e.to_string()));
+        let secrets: Vec<String> = options.0.iter().map(|(_, v)| v.clone()).collect();
+        let store_err = |e: object_store::Error| bad(redact_secrets(&e.to_string(), &secrets));
+        // An unknown key is an error naming it, not a setting silently ignored.
+        fn keyed<K: std::str::FromStr>(
+            options: &StoreOptions,
+            url: &str,
+        ) -> Result<Vec<(K, String)>, CkptError> {
+            options
+                .0
+                .iter()
+                .map(|(k, v)| {
+                    k.parse()
+                        .map(|key| (key, v.clone()))
+                        .map_err(|_| CkptError::Url {
+                            url: safe_url(url),
+                            message: format!("unknown store option {k:?} for this scheme"),
+                        })
+                })
+                .collect()
+        }
         let local = matches!(scheme, "" | "file")
             .then(|| std::path::PathBuf::from(if scheme == "file" { rest } else { url }));
         let (inner, prefix): (Arc<dyn ObjectStore>, &str) = match scheme {
             "" | "file" => {
+                if !options.0.is_empty() {
+                    return Err(bad(
+                        "store options apply to s3://, gs:// and az:// only".into()
+                    ));
+                }
                 let dir = if scheme == "file" { rest } else { url };
                 if create {
                     std::fs::create_dir_all(dir)
@@ -152,36 +180,33 @@ impl Store {
                     .map_err(store_err)?;
                 (Arc::new(fs), "")
             }
-            "s3" => (
-                Arc::new(
-                    object_store::aws::AmazonS3Builder::from_env()
-                        .with_bucket_name(bucket)
-                        .with_retry(http_retry())
-                        .build()
-                        .map_err(store_err)?,
-                ),
-                prefix,
-            ),
-            "gs" => (
-                Arc::new(
-                    object_store::gcp::GoogleCloudStorageBuilder::from_env()
-                        .with_bucket_name(bucket)
-                        .with_retry(http_retry())
-                        .build()
-                        .map_err(store_err)?,
-                ),
-                prefix,
-            ),
-            "az" => (
-                Arc::new(
-                    object_store::azure::MicrosoftAzureBuilder::from_env()
-                        .with_container_name(bucket)
-                        .with_retry(http_retry())
-                        .build()
-                        .map_err(store_err)?,
-                ),
-                prefix,
-            ),
+            "s3" => {
+                let mut b = object_store::aws::AmazonS3Builder::from_env()
+                    .with_bucket_name(bucket)
+                    .with_retry(http_retry());
+                for (key, value) in keyed::<object_store::aws::AmazonS3ConfigKey>(options, url)? {
+                    b = b.with_config(key, value);
+                }
+                (Arc::new(b.build().map_err(store_err)?), prefix)
+            }
+            "gs" => {
+                let mut b = object_store::gcp::GoogleCloudStorageBuilder::from_env()
+                    .with_bucket_name(bucket)
+                    .with_retry(http_retry());
+                for (key, value) in keyed::<object_store::gcp::GoogleConfigKey>(options, url)? {
+                    b = b.with_config(key, value);
+                }
+                (Arc::new(b.build().map_err(store_err)?), prefix)
+            }
+            "az" => {
+                let mut b = object_store::azure::MicrosoftAzureBuilder::from_env()
+                    .with_container_name(bucket)
+                    .with_retry(http_retry());
+                for (key, value) in keyed::<object_store::azure::AzureConfigKey>(options, url)? {
+                    b = b.with_config(key, value);
+                }
+                (Arc::new(b.build().map_err(store_err)?), prefix)
+            }
             other => {
                 return Err(bad(format!(
                     "unsupported scheme {other}://; use a path, file://, s3://, gs:// or az://"
@@ -200,6 +225,7 @@ impl Store {
             url: url.trim_end_matches('/').to_string(),
             retry,
             rt,
+            secrets,
             local,
         })
     }
@@ -244,7 +270,7 @@ impl Store {
                         "warning: {what} {}: attempt {attempt}/{} failed: {}; retrying in {:.1} s",
                         self.display(rel),
                         self.retry.attempts,
-                        redact(&e.to_string()),
+                        redact_secrets(&e.to_string(), &self.secrets),
                         wait.as_secs_f64()
                     );
                     std::thread::sleep(wait);
@@ -256,7 +282,7 @@ impl Store {
                         url: self.display(rel),
                         what: what.to_string(),
                         attempts: attempt,
-                        message: redact(&e.to_string()),
+                        message: redact_secrets(&e.to_string(), &self.secrets),
                     })
                 }
             }

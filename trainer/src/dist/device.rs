@@ -1,5 +1,6 @@
 //! Which device and gradient backend a rank uses.
 
+use syncdiff_dataprep::launch::DeviceChoice;
 use syncdiff_model::config::DistBackend;
 use tch::Device;
 
@@ -50,8 +51,12 @@ pub fn choose_device(
                     .into(),
             ));
         }
+        // The rank's GPU is chosen as for data preparation and generation (one rule).
+        let device = DeviceChoice::Cuda(None)
+            .resolve(local_rank as usize, cuda_devices as usize)
+            .map_err(err)?;
         return Ok(Placement {
-            device: Device::Cuda(local_rank as usize),
+            device,
             backend: DistBackend::Nccl,
             cpu_threads: threads,
         });

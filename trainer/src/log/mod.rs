@@ -1,9 +1,8 @@
 //! Logging on rank 0: TensorBoard event files (scalars, image grids) and the progress bar.
 
 mod image;
-mod progress;
 mod tensorboard;
 
 pub use image::{grid, png, Rgb};
-pub use progress::Progress;
+pub use syncdiff_dataprep::progress::Progress;
 pub use tensorboard::EventWriter;

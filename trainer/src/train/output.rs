@@ -45,10 +45,7 @@ impl RunLog {
     pub fn open(config: &Config, rt: &Runtime, step: u64, total: u64) -> Result<Self, TrainError> {
         let dir = PathBuf::from(&config.log.dir);
         let tb = if rt.is_main() {
-            Some(EventWriter::create(&dir).map_err(|source| TrainError::Log {
-                path: dir.clone(),
-                source,
-            })?)
+            Some(EventWriter::create(&dir).map_err(log_error(&dir))?)
         } else {
             None
         };
@@ -56,7 +53,13 @@ impl RunLog {
             prefix: rt.prefix(),
             tb,
             dir,
-            progress: Progress::new(rt.is_main() && config.log.progress, step, total),
+            progress: Progress::new(
+                rt.is_main() && config.log.progress,
+                "train",
+                "step",
+                step,
+                total,
+            ),
             every: config.log.interval,
             total,
             global_batch: config.train.global_batch,
@@ -90,10 +93,7 @@ impl RunLog {
     }
 
     fn err(&self, source: std::io::Error) -> TrainError {
-        TrainError::Log {
-            path: self.dir.clone(),
-            source,
-        }
+        log_error(&self.dir)(source)
     }
 
     /// Records step `step` (learning rate `lr`); every `log.interval` steps, at the last step
@@ -105,7 +105,9 @@ impl RunLog {
         self.iv.all_reduce += st.all_reduce;
         self.iv.step += st.total;
         let sps = f64::from(self.global_batch) * (step - self.first) as f64 / self.seconds();
-        self.progress.update(step, st.loss, sps);
+        self.progress.set(step);
+        self.progress
+            .message(|| format!("loss {:.4} {sps:.1} samples/s", st.loss));
         if !due.every(self.every) {
             return Ok(());
         }
@@ -113,12 +115,8 @@ impl RunLog {
         let n = iv.losses.len().max(1) as f64;
         self.last_loss = iv.losses.iter().sum::<f64>() / n;
         if let Some(tb) = &mut self.tb {
-            log_interval(tb, &iv, step, self.last_loss, lr, st.grad_norm, sps).map_err(
-                |source| TrainError::Log {
-                    path: self.dir.clone(),
-                    source,
-                },
-            )?;
+            log_interval(tb, &iv, step, self.last_loss, lr, st.grad_norm, sps)
+                .map_err(log_error(&self.dir))?;
             self.progress.println(&format!(
                 "{} step {step}/{} loss {:.4} lr {lr:.2e} {sps:.1} samples/s data {:.1} ms \
                  all-reduce {:.1} ms ({:.0}% of step)",
@@ -176,10 +174,7 @@ impl RunLog {
     /// Flushes TensorBoard.
     pub fn flush(&mut self) -> Result<(), TrainError> {
         match &mut self.tb {
-            Some(tb) => tb.flush().map_err(|source| TrainError::Log {
-                path: self.dir.clone(),
-                source,
-            }),
+            Some(tb) => tb.flush().map_err(log_error(&self.dir)),
             None => Ok(()),
         }
     }
@@ -211,4 +206,12 @@ fn log_interval(
     )?;
     let share = iv.all_reduce.as_secs_f64() / iv.step.as_secs_f64().max(1e-9);
     tb.scalar("time/all_reduce_share", share as f32, s)
+}
+
+/// The error of a failed write under the log directory `dir`.
+fn log_error(dir: &std::path::Path) -> impl Fn(std::io::Error) -> TrainError + '_ {
+    move |source| TrainError::Log {
+        path: dir.to_path_buf(),
+        source,
+    }
 }

@@ -1,0 +1,250 @@
+//! Shard stores: write, open through the manifest, random access, and zarr-python reads them.
+#![allow(clippy::unwrap_used)]
+
+use crate::common;
+
+use common::python;
+use std::path::Path;
+
+use half::f16;
+use syncdiff_dataprep::store::{
+    shard_name, write_manifest, write_shard, ClipData, Dataset, Manifest, StoreMeta, FORMAT_VERSION,
+};
+
+fn meta() -> StoreMeta {
+    StoreMeta {
+        format_version: FORMAT_VERSION,
+        autoencoder: "resample".into(),
+        autoencoder_sha256: "none".into(),
+        latent_shape: [3, 4, 4],
+        split: "train".into(),
+        filterbank: serde_json::json!({"nfilt": 26, "stack": 4}),
+        audio_cache: None,
+        resolution: 16,
+        fps: 25,
+        sample_rate: 16000,
+        mask_fraction: 0.5,
+    }
+}
+
+/// A clip whose values encode (clip, frame, element).
+fn clip(c: usize, frames: usize) -> ClipData {
+    let lat = |f: usize, e: usize, off: f32| {
+        f16::from_f32(c as f32 * 100.0 + f as f32 + e as f32 / 64.0 + off)
+    };
+    ClipData {
+        id: format!("spk{c:02}/00001"),
+        frames,
+        latents: (0..frames)
+            .flat_map(|f| (0..48).map(move |e| lat(f, e, 0.0)))
+            .collect(),
+        masked_latents: (0..frames)
+            .flat_map(|f| (0..48).map(move |e| lat(f, e, 0.5)))
+            .collect(),
+        mel: (0..frames)
+            .flat_map(|f| (0..104).map(move |e| (c * 1000 + f) as f32 + e as f32 * 1e-3))
+            .collect(),
+        // 8 cached audio values per frame (used when the meta has an audio cache tag).
+        audio_features: (0..frames * 8)
+            .map(|i| f16::from_f32(((c * 7 + i) % 512) as f32 * 0.25))
+            .collect(),
+    }
+}
+
+#[test]
+fn shards_round_trip_and_zarr_python_reads_them() {
+    let dir = tempfile::tempdir().unwrap();
+    let d = dir.path();
+    // 300 frames in the second shard: more than one 256-frame shard file.
+    let shards = [vec![clip(0, 7), clip(1, 5)], vec![clip(2, 300)]];
+    let entries: Vec<_> = shards
+        .iter()
+        .enumerate()
+        .map(|(i, clips)| {
+            write_shard::<String>(&d.join(shard_name(i)), clips, &meta(), &[]).unwrap()
+        })
+        .collect();
+    assert!(!d.join("shard-00000.zarr.partial").exists());
+    // Without the manifest the data set is incomplete.
+    let e = Dataset::open(d).unwrap_err().to_string();
+    assert!(
+        e.contains("manifest.json") && e.contains("incomplete"),
+        "{e}"
+    );
+    write_manifest(
+        d,
+        &Manifest {
+            meta: meta(),
+            shards: entries,
+        },
+    )
+    .unwrap();
+    let ds = Dataset::open(d).unwrap();
+    assert_eq!(ds.manifest().clips(), 3);
+    assert_eq!(ds.manifest().frames(), 312);
+    assert_eq!(
+        ds.clips().iter().map(|c| c.frames).collect::<Vec<_>>(),
+        vec![7, 5, 300]
+    );
+    for (ci, t) in [
+        (0usize, 0u64),
+        (0, 6),
+        (1, 0),
+        (1, 4),
+        (2, 0),
+        (2, 255),
+        (2, 256),
+        (2, 299),
+    ] {
+        let want = clip(ci, ds.clips()[ci].frames as usize);
+        let n = 48 * t as usize;
+        assert_eq!(
+            ds.latent(ci, t).unwrap(),
+            want.latents[n..n + 48],
+            "clip {ci} frame {t}"
+        );
+        assert_eq!(
+            ds.masked_latent(ci, t).unwrap(),
+            want.masked_latents[n..n + 48]
+        );
+    }
+    assert_eq!(
+        ds.mel(2, 250, 10).unwrap(),
+        clip(2, 300).mel[250 * 104..260 * 104]
+    );
+    let e = ds.latent(1, 5).unwrap_err().to_string();
+    assert!(e.contains("frames 5..6 out of range (5 frames)"), "{e}");
+
+    let out = d.join("py.safetensors");
+    let script = Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/reference/zarr_read.py");
+    let o = python()
+        .arg(script)
+        .arg(d.join("shard-00000.zarr"))
+        .arg(&out)
+        .arg("8")
+        .output()
+        .unwrap();
+    assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
+    assert_eq!(
+        String::from_utf8_lossy(&o.stdout).trim(),
+        "spk00/00001,spk01/00001"
+    );
+    let py: std::collections::BTreeMap<String, tch::Tensor> = tch::Tensor::read_safetensors(&out)
+        .unwrap()
+        .into_iter()
+        .collect();
+    // Frame 8 of shard 0 is frame 1 of clip 1.
+    let ours: Vec<f32> = ds
+        .latent(1, 1)
+        .unwrap()
+        .iter()
+        .map(|v| v.to_f32())
+        .collect();
+    assert_eq!(
+        Vec::<f32>::try_from(py["latent"].flatten(0, -1)).unwrap(),
+        ours
+    );
+    let offsets: Vec<i64> = Vec::try_from(&py["clip_offsets"]).unwrap();
+    assert_eq!(offsets, vec![0, 7, 12]);
+    assert_eq!(py["mel"].size(), vec![12, 104]);
+}
+
+#[test]
+fn samples_read_target_identity_previous_and_context() {
+    use syncdiff_dataprep::store::{context_window, SampleRequest};
+    assert_eq!(context_window(0, 300, 250), (0, 250));
+    assert_eq!(context_window(150, 300, 250), (25, 250));
+    assert_eq!(context_window(299, 300, 250), (50, 250));
+    assert_eq!(context_window(3, 7, 250), (0, 7));
+    let dir = tempfile::tempdir().unwrap();
+    let d = dir.path();
+    let entry = write_shard::<String>(
+        &d.join(shard_name(0)),
+        &[clip(0, 7), clip(1, 300)],
+        &meta(),
+        &[],
+    )
+    .unwrap();
+    write_manifest(
+        d,
+        &Manifest {
+            meta: meta(),
+            shards: vec![entry],
+        },
+    )
+    .unwrap();
+    let ds = Dataset::open(d).unwrap();
+    let s = ds
+        .sample(&SampleRequest {
+            clip: 1,
+            t: 200,
+            identity: 17,
+            previous: 2,
+            context_frames: 250,
+        })
+        .unwrap();
+    let c = clip(1, 300);
+    assert_eq!(s.target, c.latents[200 * 48..201 * 48]);
+    assert_eq!(s.masked, c.masked_latents[200 * 48..201 * 48]);
+    assert_eq!(s.identity, c.latents[17 * 48..18 * 48]);
+    assert_eq!(
+        s.previous,
+        vec![
+            c.latents[198 * 48..199 * 48].to_vec(),
+            c.latents[199 * 48..200 * 48].to_vec()
+        ]
+    );
+    assert_eq!((s.context_len, s.offset), (250, 150));
+    assert_eq!(s.mel, c.mel[50 * 104..300 * 104]);
+    let e = ds
+        .sample(&SampleRequest {
+            clip: 0,
+            t: 0,
+            identity: 1,
+            previous: 1,
+            context_frames: 250,
+        })
+        .unwrap_err()
+        .to_string();
+    assert!(e.contains("needs 1 previous frames"), "{e}");
+}
+
+#[test]
+fn cached_audio_features_are_served_only_for_matching_weights_and_nf() {
+    use syncdiff_dataprep::store::AudioCacheTag;
+    let tag = AudioCacheTag {
+        weights_sha256: "abc".into(),
+        frozen_layers: 9,
+        dim: 8,
+        context_frames: 250,
+    };
+    let dir = tempfile::tempdir().unwrap();
+    let d = dir.path();
+    let m = StoreMeta {
+        audio_cache: Some(tag.clone()),
+        ..meta()
+    };
+    let entry =
+        write_shard::<String>(&d.join(shard_name(0)), &[clip(0, 7), clip(1, 70)], &m, &[]).unwrap();
+    write_manifest(
+        d,
+        &Manifest {
+            meta: m,
+            shards: vec![entry],
+        },
+    )
+    .unwrap();
+    let ds = Dataset::open(d).unwrap();
+    let got = ds.audio_features(1, 10, 20, &tag).unwrap().unwrap();
+    assert_eq!(got, clip(1, 70).audio_features[80..240]);
+    let other_nf = AudioCacheTag {
+        frozen_layers: 6,
+        ..tag.clone()
+    };
+    assert_eq!(ds.audio_features(1, 10, 20, &other_nf).unwrap(), None);
+    let other_weights = AudioCacheTag {
+        weights_sha256: "def".into(),
+        ..tag
+    };
+    assert_eq!(ds.audio_features(1, 10, 20, &other_weights).unwrap(), None);
+}

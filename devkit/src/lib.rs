@@ -1,0 +1,48 @@
+//! What the workspace's tests and benchmarks share, and nothing a shipped binary needs: the
+//! repository root, the project's Python (the reference side of parity tests and benchmarks),
+//! numeric settings from the environment, and the statistics of side-by-side benchmarks.
+//!
+//! Only `[dev-dependencies]` name this crate.
+
+pub mod stats;
+
+use std::path::{Path, PathBuf};
+use std::process::Command;
+use std::sync::{Mutex, MutexGuard};
+
+/// The repository root.
+pub fn repo() -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR")).join("..")
+}
+
+/// The Python interpreter of the project virtualenv (`ci/env.sh` sets `VIRTUAL_ENV`), else
+/// `python3` from `PATH`.
+pub fn python_path() -> PathBuf {
+    std::env::var("VIRTUAL_ENV")
+        .map(|v| PathBuf::from(v).join("bin/python"))
+        .unwrap_or_else(|_| PathBuf::from("python3"))
+}
+
+/// A command running [`python_path`].
+pub fn python() -> Command {
+    Command::new(python_path())
+}
+
+/// `name` from the environment as a number, else `default` (`BENCH_REPS=20`).
+pub fn env_or(name: &str, default: usize) -> usize {
+    std::env::var(name)
+        .ok()
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(default)
+}
+
+/// Serialises the tests that run libtorch in one test process (each crate has one test binary).
+/// libtorch has one global random generator: a test that seeds it (`tch::manual_seed`, a
+/// trainer's construction) and then draws from it must not interleave with another test that
+/// draws from it (initialising a `VarStore` does). Every in-process libtorch test holds this
+/// guard; tests that only start processes need not.
+pub fn torch() -> MutexGuard<'static, ()> {
+    static LOCK: Mutex<()> = Mutex::new(());
+    // A failed test poisons the lock; the next one still runs.
+    LOCK.lock().unwrap_or_else(|e| e.into_inner())
+}

@@ -1,0 +1,75 @@
+//! What the trainer's benchmarks share: the configurations they measure and a small synthetic
+//! data set prepared the way users prepare one (the repository root, the project's Python and
+//! the statistics are in `syncdiff-devkit`, shared with dataprep's benchmarks).
+#![allow(dead_code)]
+
+use std::path::{Path, PathBuf};
+
+use syncdiff_devkit::repo;
+
+use syncdiff_model::config::{Config, Override};
+
+/// libtorch's intra-op threads from `BENCH_THREADS` (default 2), set and returned.
+pub fn threads() -> usize {
+    let threads = syncdiff_devkit::env_or("BENCH_THREADS", 2);
+    tch::set_num_threads(threads as i32);
+    threads
+}
+
+/// Overrides of `configs/debug.yaml` giving the mid-size model: the paper's UNet layout at
+/// width 64 and a 768-wide audio context (32x32 latents with `data.resolution=128`).
+pub const MID_SIZE: &[&str] = &[
+    "model.unet.model_channels=64",
+    "model.unet.channel_mult=[1, 2, 3, 4]",
+    "model.unet.num_res_blocks=2",
+    "model.unet.attention_resolutions=[8, 4, 2]",
+    "model.unet.head_dim=32",
+    "model.unet.norm_num_groups=32",
+    "model.audio_encoder.embed_dim=768",
+];
+
+/// `configs/debug.yaml` with `sets` applied.
+pub fn debug_config(sets: &[&str]) -> anyhow::Result<Config> {
+    let sets: Vec<Override> = sets
+        .iter()
+        .map(|s| Override::parse(s))
+        .collect::<Result<_, _>>()?;
+    Ok(Config::load(&repo().join("configs/debug.yaml"), &sets)?)
+}
+
+/// `config` with `data.dataset` set to [`synthetic_dataset`] prepared with it in `dir`.
+pub fn with_dataset(dir: &Path, mut config: Config) -> anyhow::Result<Config> {
+    config.data.dataset = synthetic_dataset(dir, &config)?.display().to_string();
+    Ok(config)
+}
+
+/// The train split of a synthetic data set (2 speakers x 4 clips of 2 s) prepared with
+/// `config` in `dir/ds-<resolution>` (the clips are drawn once per directory).
+pub fn synthetic_dataset(dir: &Path, config: &Config) -> anyhow::Result<PathBuf> {
+    let root = dir.join("lrs2");
+    if !root.exists() {
+        syncdiff_dataprep::synth::synth(
+            &syncdiff_dataprep::synth::SynthOptions {
+                out: root.clone(),
+                speakers: 2,
+                clips_per_speaker: 4,
+                seconds: 2.0,
+                seed: 1,
+            },
+            |_, _| {},
+        )?;
+    }
+    let out = dir.join(format!("ds-{}", config.data.resolution));
+    let opts = syncdiff_dataprep::ingest::IngestOptions {
+        root,
+        split: "train".into(),
+        out: out.clone(),
+        batch: 16,
+        half: false,
+        rank: 0,
+        world: 1,
+        rebuild: false,
+    };
+    syncdiff_dataprep::ingest::ingest(&opts, config, |_, _, _| {})?;
+    Ok(out)
+}

@@ -1,0 +1,261 @@
+//! `syncdiff eval` metrics that need models or helpers: LSE-C/D with a TorchScript SyncNet and
+//! LPIPS with a TorchScript network, each against a direct Python computation run live on the
+//! same video (trainer/tests/reference/{syncnet,lpips}_ref.py, random weights in the real
+//! layouts); the WER hook with a stand-in lip reader; the mouth-opening reader on `synth` frames.
+#![allow(clippy::unwrap_used)]
+
+use crate::common;
+
+use std::path::{Path, PathBuf};
+use std::process::Command;
+
+fn reference(script: &str, args: &[&str]) -> serde_json::Value {
+    let o = common::python()
+        .arg(common::repo().join("trainer/tests/reference").join(script))
+        .args(args)
+        .output()
+        .unwrap();
+    let (out, err) = common::text(&o);
+    assert!(o.status.success(), "{script} {args:?}: {err}");
+    serde_json::from_str(out.lines().last().unwrap_or("null")).unwrap_or(serde_json::Value::Null)
+}
+
+fn eval(args: &[&str]) -> (bool, String, String) {
+    let o = Command::new(env!("CARGO_BIN_EXE_syncdiff"))
+        .arg("eval")
+        .args(args)
+        .output()
+        .unwrap();
+    let (out, err) = common::text(&o);
+    (o.status.success(), out, err)
+}
+
+/// Two synthetic clips (different speakers, real espeak speech) as `gt/a.mp4` and `gt/b.mp4`,
+/// with their `.mouth.txt` beside them.
+fn clips(dir: &Path) -> PathBuf {
+    let root = common::synthetic();
+    let gt = dir.join("gt");
+    std::fs::create_dir_all(&gt).unwrap();
+    for (name, src) in [("a", "spk00/00001"), ("b", "spk01/00002")] {
+        for ext in ["mp4", "mouth.txt"] {
+            let from = root.join("main").join(format!("{src}.{ext}"));
+            std::fs::copy(from, gt.join(format!("{name}.{ext}"))).unwrap();
+        }
+    }
+    gt
+}
+
+fn s(p: &Path) -> String {
+    p.display().to_string()
+}
+
+fn report(path: &Path) -> serde_json::Value {
+    serde_json::from_slice(&std::fs::read(path).unwrap()).unwrap()
+}
+
+#[test]
+fn lse_matches_the_syncnet_python_procedure_run_live() {
+    let dir = tempfile::tempdir().unwrap();
+    let gt = clips(dir.path());
+    let model = dir.path().join("syncnet.pt");
+    reference(
+        "syncnet_ref.py",
+        &["make", "--out", &s(&model), "--seed", "3"],
+    );
+    let rep = dir.path().join("r.json");
+    let (ok, out, err) = eval(&[
+        "--pred",
+        &s(&gt),
+        "--gt",
+        &s(&gt),
+        "--syncnet",
+        &s(&model),
+        "--vshift",
+        "5",
+        "--report",
+        &s(&rep),
+    ]);
+    assert!(ok, "{err}");
+    println!("{out}");
+    let ours = report(&rep);
+    for (i, name) in ["a.mp4", "b.mp4"].iter().enumerate() {
+        let py = reference(
+            "syncnet_ref.py",
+            &[
+                "lse",
+                "--model",
+                &s(&model),
+                "--video",
+                &s(&gt.join(name)),
+                "--vshift",
+                "5",
+            ],
+        );
+        let lse = &ours["videos"][i]["lse"];
+        println!("{name}: ours {lse}, python {py}");
+        assert_eq!(ours["videos"][i]["name"], *name);
+        assert_eq!(lse["windows"], py["windows"], "{name}");
+        assert_eq!(lse["offset"], py["offset"], "{name}");
+        let (d, dp) = (
+            lse["lse_d"].as_f64().unwrap(),
+            py["lse_d"].as_f64().unwrap(),
+        );
+        let (c, cp) = (
+            lse["lse_c"].as_f64().unwrap(),
+            py["lse_c"].as_f64().unwrap(),
+        );
+        assert!(
+            (d - dp).abs() <= 1e-4 * dp.abs(),
+            "{name}: LSE-D {d} vs {dp}"
+        );
+        assert!((c - cp).abs() <= 2e-5, "{name}: LSE-C {c} vs {cp}");
+    }
+}
+
+#[test]
+fn lpips_matches_the_python_computation_and_wer_scores_the_hook() {
+    let dir = tempfile::tempdir().unwrap();
+    let gt = clips(dir.path());
+    // Predictions: a's frames with b's name and vice versa (a real difference to measure).
+    let pred = dir.path().join("pred");
+    std::fs::create_dir_all(&pred).unwrap();
+    std::fs::copy(gt.join("a.mp4"), pred.join("b.mp4")).unwrap();
+    std::fs::copy(gt.join("b.mp4"), pred.join("a.mp4")).unwrap();
+    std::fs::write(gt.join("a.txt"), "Text:  the cat sat down\nConf:  5\n").unwrap();
+    std::fs::write(gt.join("b.txt"), "Text:  a dog ran\n").unwrap();
+    let model = dir.path().join("lpips.pt");
+    reference(
+        "lpips_ref.py",
+        &["make", "--out", &s(&model), "--seed", "1"],
+    );
+    let rep = dir.path().join("r.json");
+    let (ok, out, err) = eval(&[
+        "--pred",
+        &s(&pred),
+        "--gt",
+        &s(&gt),
+        "--lpips",
+        &s(&model),
+        "--wer-cmd",
+        "echo loading; echo THE CAT SAT",
+        "--report",
+        &s(&rep),
+    ]);
+    assert!(ok, "{err}");
+    println!("{out}");
+    let ours = report(&rep);
+    for (i, name) in ["a.mp4", "b.mp4"].iter().enumerate() {
+        let py = reference(
+            "lpips_ref.py",
+            &[
+                "score",
+                "--model",
+                &s(&model),
+                "--pred",
+                &s(&pred.join(name)),
+                "--gt",
+                &s(&gt.join(name)),
+            ],
+        );
+        let (l, lp) = (
+            ours["videos"][i]["lpips"].as_f64().unwrap(),
+            py["lpips"].as_f64().unwrap(),
+        );
+        println!("{name}: LPIPS ours {l}, python {lp}");
+        assert!(lp > 0.01, "the two clips should differ");
+        assert!((l - lp).abs() <= 1e-4 * lp, "{name}: LPIPS {l} vs {lp}");
+    }
+    // "THE CAT SAT" vs "THE CAT SAT DOWN": 1 error in 4; vs "A DOG RAN": 3 in 3.
+    assert_eq!(ours["videos"][0]["wer"]["errors"], 1);
+    assert_eq!(ours["videos"][1]["wer"]["errors"], 3);
+    assert!((ours["summary"]["corpus_wer_pct"].as_f64().unwrap() - 400.0 / 7.0).abs() < 1e-9);
+    // A failing lip reader is named.
+    let (ok, _, err) = eval(&[
+        "--pred",
+        &s(&pred),
+        "--gt",
+        &s(&gt),
+        "--wer-cmd",
+        "exit 3",
+        "--report",
+        &s(&rep),
+    ]);
+    assert!(!ok && err.contains("--wer-cmd `exit 3` failed"), "{err}");
+}
+
+#[test]
+fn the_mouth_reader_recovers_synths_true_opening() {
+    let dir = tempfile::tempdir().unwrap();
+    let gt = clips(dir.path());
+    let rep = dir.path().join("r.json");
+    let (ok, out, err) = eval(&[
+        "--pred",
+        &s(&gt),
+        "--gt",
+        &s(&gt),
+        "--openings",
+        "--report",
+        &s(&rep),
+    ]);
+    assert!(ok, "{err}");
+    println!("{out}");
+    let ours = report(&rep);
+    for v in ours["videos"].as_array().unwrap() {
+        let o = &v["openings"];
+        assert!(o["reader_mae_gt"].as_f64().unwrap() < 0.03, "{v}");
+        assert!(o["corr"].as_f64().unwrap() > 0.99, "{o}");
+        // The clips speak: holding the first frame is far off.
+        assert!(o["copy_identity_mae"].as_f64().unwrap() > 0.1, "{o}");
+    }
+}
+
+#[test]
+fn bad_metric_inputs_are_named() {
+    let dir = tempfile::tempdir().unwrap();
+    let gt = clips(dir.path());
+    let bogus = dir.path().join("not-a-model.pt");
+    std::fs::write(&bogus, b"not torchscript").unwrap();
+    let rep = s(&dir.path().join("r.json"));
+    let (ok, _, err) = eval(&[
+        "--pred",
+        &s(&gt),
+        "--gt",
+        &s(&gt),
+        "--syncnet",
+        &s(&bogus),
+        "--report",
+        &rep,
+    ]);
+    assert!(
+        !ok && err.contains("not-a-model.pt: cannot load TorchScript"),
+        "{err}"
+    );
+    // An LPIPS network used as SyncNet: the missing method is named.
+    let model = dir.path().join("lpips.pt");
+    reference(
+        "lpips_ref.py",
+        &["make", "--out", &s(&model), "--seed", "1"],
+    );
+    let (ok, _, err) = eval(&[
+        "--pred",
+        &s(&gt),
+        "--gt",
+        &s(&gt),
+        "--syncnet",
+        &s(&model),
+        "--report",
+        &rep,
+    ]);
+    assert!(!ok && err.contains("forward_lip"), "{err}");
+    std::fs::remove_file(gt.join("b.mouth.txt")).unwrap();
+    let (ok, _, err) = eval(&[
+        "--pred",
+        &s(&gt),
+        "--gt",
+        &s(&gt),
+        "--openings",
+        "--report",
+        &rep,
+    ]);
+    assert!(!ok && err.contains("b.mouth.txt"), "{err}");
+}

@@ -1,0 +1,250 @@
+//! Failure handling under `mpirun -n 2`: an error on one rank, a frozen rank, desynchronised
+//! replicas, and the preflight check.
+#![allow(clippy::unwrap_used)]
+
+use crate::common;
+
+use std::io::{BufRead, BufReader};
+use std::path::Path;
+use std::process::Stdio;
+use std::time::{Duration, Instant};
+
+use common::{mpirun, prepared, rank_pids, repo, signal, text};
+use syncdiff_dataprep::store::Dataset;
+use syncdiff_model::config::Config;
+use syncdiff_trainer::data::{LoaderState, Sampler};
+
+fn base(ds: &Path, dir: &Path) -> Vec<String> {
+    [
+        "--config",
+        "configs/debug.yaml",
+        "--resume",
+        "never",
+        "--set",
+        &format!("data.dataset={}", ds.display()),
+        "--set",
+        &format!("log.dir={}", dir.join("runs").display()),
+        "--set",
+        &format!("checkpoint.url={}", dir.join("ckpt").display()),
+    ]
+    .iter()
+    .map(|s| s.to_string())
+    .collect()
+}
+
+/// Clips that `rank` of 2 reads in steps [0, steps) with `seed`.
+fn clips_read(ds: &Dataset, cfg: &Config, seed: u64, rank: u64, steps: u64) -> Vec<usize> {
+    let frames: Vec<u64> = ds.clips().iter().map(|c| c.frames).collect();
+    let np = u64::from(cfg.model.priors.needed_previous_frames());
+    let s = Sampler::new(
+        seed,
+        cfg.train.epoch_unit,
+        &frames,
+        np,
+        u64::from(cfg.model.diffusion.timesteps),
+        u64::from(cfg.train.global_batch),
+    )
+    .unwrap();
+    let mut state = LoaderState::default();
+    let mut out = Vec::new();
+    for _ in 0..steps {
+        let order = s.permutation(state.epoch);
+        for specs in s.step(state, rank, 2, 1, &order) {
+            out.extend(specs.iter().map(|x| x.clip));
+        }
+        state = s.advance(state);
+    }
+    out
+}
+
+#[test]
+fn an_error_on_rank_1_only_ends_the_job_within_30_s_naming_rank_and_file() {
+    let dir = tempfile::tempdir().unwrap();
+    let ds_path = prepared(dir.path(), "train", &["data.clips_per_shard=1"]);
+    let ds = Dataset::open(&ds_path).unwrap();
+    let cfg = Config::load(&repo().join("configs/debug.yaml"), &[]).unwrap();
+    // A seed and a clip such that rank 1 reads the clip in step 1 while rank 0 does not read it
+    // in its first steps, read-ahead included: only rank 1 can fail.
+    let ahead = u64::from(cfg.data.prefetch) + 2;
+    let (seed, clip) = (0..100u64)
+        .find_map(|seed| {
+            let r0 = clips_read(&ds, &cfg, seed, 0, ahead);
+            let r1 = clips_read(&ds, &cfg, seed, 1, 1);
+            r1.into_iter().find(|c| !r0.contains(c)).map(|c| (seed, c))
+        })
+        .unwrap();
+    let id = &ds.clips()[clip].id;
+    let shard = ds
+        .manifest()
+        .shards
+        .iter()
+        .find(|s| s.clips.contains(id))
+        .unwrap()
+        .name
+        .clone();
+    let chunk = ds_path.join(&shard).join("latents/c/0/0/0/0");
+    assert!(chunk.exists(), "{}", chunk.display());
+    std::fs::write(&chunk, b"corrupt").unwrap();
+    let start = Instant::now();
+    let o = mpirun(2)
+        .args(base(&ds_path, dir.path()))
+        .args([
+            "--set",
+            &format!("train.seed={seed}"),
+            "--set",
+            "train.steps=50",
+        ])
+        .output()
+        .unwrap();
+    let (out, err) = text(&o);
+    assert!(!o.status.success(), "{out}");
+    assert!(
+        start.elapsed() < Duration::from_secs(30),
+        "took {:?}",
+        start.elapsed()
+    );
+    assert!(
+        err.contains("error: [rank 1/2]")
+            && err.contains(&shard)
+            && err.contains("aborting all 2 ranks"),
+        "{err}"
+    );
+    assert!(!err.contains("error: [rank 0/2]"), "{err}");
+}
+
+#[test]
+fn a_rank_frozen_with_sigstop_is_caught_by_the_watchdog() {
+    let dir = tempfile::tempdir().unwrap();
+    let ds = common::dataset();
+    let mut child = mpirun(2)
+        .args(base(ds, dir.path()))
+        .args([
+            "--set",
+            "train.steps=100000",
+            "--set",
+            "log.interval=1",
+            "--set",
+            "dist.checksum_interval=0",
+            "--set",
+            "dist.collective_timeout_s=5",
+        ])
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let mut lines = BufReader::new(child.stdout.take().unwrap()).lines();
+    for line in lines.by_ref() {
+        if line.unwrap().contains("step 3/") {
+            break;
+        }
+    }
+    let pids = rank_pids(child.id());
+    assert_eq!(pids.len(), 2, "{pids:?}");
+    let (_, frozen) = *pids.iter().find(|(r, _)| *r == 1).unwrap();
+    assert!(signal(frozen, "-STOP"));
+    let stopped_at = Instant::now();
+    let mut err = String::new();
+    std::io::Read::read_to_string(&mut child.stderr.take().unwrap(), &mut err).unwrap();
+    let status = child.wait().unwrap();
+    let waited = stopped_at.elapsed();
+    // Whatever happened, do not leave a stopped process behind.
+    signal(frozen, "-KILL");
+    assert!(!status.success(), "{err}");
+    assert!(waited < Duration::from_secs(30), "took {waited:?}: {err}");
+    let line = err
+        .lines()
+        .find(|l| l.contains("watchdog"))
+        .unwrap_or_else(|| panic!("{err}"));
+    assert!(
+        line.starts_with("error: [rank 0/2] watchdog: step ")
+            && line.contains(": gradient all-reduce did not finish within 5 s"),
+        "{line}"
+    );
+    let step: u64 = line
+        .split("step ")
+        .nth(1)
+        .and_then(|s| s.split(':').next())
+        .unwrap()
+        .parse()
+        .unwrap();
+    assert!(step >= 4, "{line}");
+}
+
+#[test]
+#[cfg(feature = "fault-injection")]
+fn a_desynchronised_parameter_is_caught_by_the_checksum() {
+    let dir = tempfile::tempdir().unwrap();
+    let ds = common::dataset();
+    let o = mpirun(2)
+        .env(syncdiff_trainer::trainer::FAULT_DESYNC_ENV, "1:4")
+        .args(base(ds, dir.path()))
+        .args([
+            "--set",
+            "train.steps=20",
+            "--set",
+            "dist.checksum_interval=3",
+        ])
+        .output()
+        .unwrap();
+    let (out, err) = text(&o);
+    assert!(!o.status.success(), "{out}\n{err}");
+    // Checked (and equal) at step 3; rank 1 perturbed after step 4; caught at step 6.
+    assert!(
+        err.contains("parameters differ from rank 0's at step 6 on rank(s) [1]"),
+        "{err}"
+    );
+    assert!(
+        out.contains("step 5/20") && !out.contains("step 7/20"),
+        "{out}"
+    );
+}
+
+#[test]
+fn preflight_reports_every_rank_and_names_a_failed_check() {
+    let dir = tempfile::tempdir().unwrap();
+    let ds = common::dataset();
+    let ckpt = dir.path().join("ckpt");
+    let o = mpirun(2)
+        .args(base(ds, dir.path()))
+        .args(["--preflight", "--set"])
+        .arg(format!("checkpoint.url={}", ckpt.display()))
+        .output()
+        .unwrap();
+    let (out, err) = text(&o);
+    assert!(o.status.success(), "{out}\n{err}");
+    for r in 0..2 {
+        let line = out
+            .lines()
+            .find(|l| l.starts_with(&format!("[rank {r}/2] host ")))
+            .unwrap_or_else(|| panic!("{out}"));
+        assert!(
+            line.contains("device cpu")
+                && line.contains("no GPU on this node")
+                && line.contains("mpi all-reduce ok")
+                && line.contains("dataset ok (4 clips"),
+            "{line}"
+        );
+    }
+    assert!(
+        out.contains("writable") && out.contains("preflight passed on all 2 ranks"),
+        "{out}"
+    );
+    assert_eq!(std::fs::read_dir(&ckpt).unwrap().count(), 0);
+
+    // A checkpoint URL under a regular file cannot be written.
+    let file = dir.path().join("file");
+    std::fs::write(&file, b"x").unwrap();
+    let o = mpirun(2)
+        .args(base(ds, dir.path()))
+        .args(["--preflight", "--set"])
+        .arg(format!("checkpoint.url={}/ckpt", file.display()))
+        .output()
+        .unwrap();
+    let (out, err) = text(&o);
+    assert!(!o.status.success(), "{out}");
+    assert!(
+        err.contains("error: [rank 0/2] preflight checkpoint: checkpoint.url")
+            && err.contains("1 check(s) failed"),
+        "{err}"
+    );
+}

@@ -1,0 +1,493 @@
+//! `syncdiff generate` end to end on a tiny trained checkpoint: a playable mp4 with the driving
+//! audio and its duration, the identity kept in the first frame, `--list` batched and split over
+//! `mpirun` ranks with the same result as one clip at a time, and clear errors for bad inputs.
+#![allow(clippy::unwrap_used)]
+
+use crate::common;
+
+use std::path::{Path, PathBuf};
+use std::process::Command;
+
+use syncdiff_dataprep::video;
+
+fn s(p: &Path) -> String {
+    p.display().to_string()
+}
+
+/// Trains the debug configuration for `steps` steps on one process and exports a bundle.
+fn bundle(dir: &Path, steps: u32) -> PathBuf {
+    let ds = common::dataset();
+    let ck = dir.join("ck");
+    let o = Command::new(env!("CARGO_BIN_EXE_syncdiff-train"))
+        .current_dir(common::repo())
+        .args(["--config", "configs/debug.yaml"])
+        .args(["--set", &format!("data.dataset={}", s(ds))])
+        .args(["--set", &format!("checkpoint.url={}", s(&ck))])
+        .args(["--set", &format!("log.dir={}", s(&dir.join("runs")))])
+        .args(["--set", &format!("train.steps={steps}")])
+        .args(["--set", &format!("checkpoint.interval={steps}")])
+        .output()
+        .unwrap();
+    assert!(o.status.success(), "{}", common::text(&o).1);
+    let out = dir.join("bundle");
+    let o = syncdiff(&[
+        "ckpt",
+        "export",
+        &format!("{}/step-{steps:09}", s(&ck)),
+        "--out",
+        &s(&out),
+    ]);
+    assert!(o.status.success(), "{}", common::text(&o).1);
+    out
+}
+
+fn syncdiff(args: &[&str]) -> std::process::Output {
+    Command::new(env!("CARGO_BIN_EXE_syncdiff"))
+        .args(args)
+        .output()
+        .unwrap()
+}
+
+fn clip(root: &Path, id: &str) -> PathBuf {
+    root.join("main").join(format!("{id}.mp4"))
+}
+
+/// Mean absolute difference of two RGB24 frames.
+fn mad(a: &[u8], b: &[u8]) -> f64 {
+    a.iter()
+        .zip(b)
+        .map(|(x, y)| f64::from(x.abs_diff(*y)))
+        .sum::<f64>()
+        / a.len() as f64
+}
+
+#[test]
+fn generates_a_playable_lip_synced_mp4_that_keeps_the_identity() {
+    let dir = tempfile::tempdir().unwrap();
+    let model = bundle(dir.path(), 300);
+    let root = common::synthetic();
+    let (reference, drive) = (clip(root, "spk00/00001"), clip(root, "spk01/00002"));
+    let out = dir.path().join("out/a.mp4");
+    let o = syncdiff(&[
+        "generate",
+        "--checkpoint",
+        &s(&model),
+        "--video",
+        &s(&reference),
+        "--audio",
+        &s(&drive),
+        "--out",
+        &s(&out),
+    ]);
+    let (stdout, stderr) = common::text(&o);
+    assert!(o.status.success(), "{stderr}");
+    assert!(stdout.contains("1 clip(s), 25 frames"), "{stdout}");
+    // ffprobe accepts it: H.264 video at the reference's size, AAC audio as long as the drive.
+    let info = video::probe(&out).unwrap();
+    let src = video::probe(&reference).unwrap();
+    let drv = video::probe(&drive).unwrap();
+    assert_eq!((info.width, info.height), (src.width, src.height));
+    assert!((info.fps - 25.0).abs() < 1e-6);
+    assert!(info.has_audio);
+    assert!(
+        (info.audio_seconds - drv.audio_seconds).abs() <= 0.05,
+        "audio {} s vs driving {} s",
+        info.audio_seconds,
+        drv.audio_seconds
+    );
+    let frames = video::decode_frames(&out, info.width, info.height).unwrap();
+    let size = (info.width * info.height * 3) as usize;
+    assert_eq!(frames.len() / size, 25, "1 s of audio at 25 fps");
+    // The first frame keeps the identity: it is far closer to the reference's first frame than
+    // to the first frame of the speaker whose audio drives it.
+    let ref0 = &video::decode_frames(&reference, src.width, src.height).unwrap()[..size];
+    let other0 = &video::decode_frames(&drive, src.width, src.height).unwrap()[..size];
+    let (own, other) = (mad(&frames[..size], ref0), mad(&frames[..size], other0));
+    println!(
+        "first frame: mean abs diff {own:.2} to the reference, {other:.2} to the other speaker"
+    );
+    assert!(own < 0.5 * other, "{own} vs {other}");
+}
+
+#[test]
+fn a_list_is_batched_and_split_over_ranks_like_single_clips() {
+    let dir = tempfile::tempdir().unwrap();
+    let model = bundle(dir.path(), 20);
+    let root = common::synthetic();
+    let out = dir.path().join("out");
+    let jobs = [
+        ("spk00/00001", "spk01/00001", "x.mp4"),
+        ("spk01/00001", "spk00/00002", "y.mp4"),
+        ("spk00/00003", "spk00/00003", "z.mp4"),
+    ];
+    let list: String = jobs
+        .iter()
+        .map(|(v, a, o)| {
+            format!(
+                "{} {} {}\n",
+                s(&clip(root, v)),
+                s(&clip(root, a)),
+                s(&out.join(o))
+            )
+        })
+        .collect();
+    let list_path = dir.path().join("pairs.txt");
+    std::fs::write(&list_path, format!("# video audio out\n\n{list}")).unwrap();
+    let o = Command::new("mpirun")
+        .env("OMPI_ALLOW_RUN_AS_ROOT", "1")
+        .env("OMPI_ALLOW_RUN_AS_ROOT_CONFIRM", "1")
+        .args(["--oversubscribe", "-n", "2"])
+        .arg(env!("CARGO_BIN_EXE_syncdiff"))
+        .args([
+            "generate",
+            "--checkpoint",
+            &s(&model),
+            "--list",
+            &s(&list_path),
+        ])
+        .args(["--batch", "2"])
+        .output()
+        .unwrap();
+    let (stdout, stderr) = common::text(&o);
+    assert!(o.status.success(), "{stderr}");
+    // Rank 0 took lines 1 and 3 (one batch of 2), rank 1 line 2.
+    assert!(stdout.contains("rank 0/2: 2 clip(s)"), "{stdout}");
+    assert!(stdout.contains("rank 1/2: 1 clip(s)"), "{stdout}");
+    // Each equals the clip generated alone (noise is keyed by the output name).
+    for (v, a, name) in jobs {
+        let single = dir.path().join("single").join(name);
+        let o = syncdiff(&[
+            "generate",
+            "--checkpoint",
+            &s(&model),
+            "--video",
+            &s(&clip(root, v)),
+            "--audio",
+            &s(&clip(root, a)),
+            "--out",
+            &s(&single),
+        ]);
+        assert!(o.status.success(), "{}", common::text(&o).1);
+        let a = video::decode_frames(&out.join(name), 160, 160).unwrap();
+        let b = video::decode_frames(&single, 160, 160).unwrap();
+        assert_eq!(a.len(), b.len());
+        let size = 160 * 160 * 3;
+        let per: Vec<String> = a
+            .chunks(size)
+            .zip(b.chunks(size))
+            .map(|(x, y)| format!("{:.2}", mad(x, y)))
+            .collect();
+        println!("{name}: batched vs single, mean abs diff per frame {per:?}");
+        // Same clip, same noise: only H.264 re-encoding of slightly different float results
+        // separates them (a mixed-up clip or audio would differ by tens of levels).
+        let d = mad(&a, &b);
+        assert!(
+            d < 2.0,
+            "{name}: batched vs single mean abs diff {d}: {per:?}"
+        );
+    }
+    // --skip-existing does nothing the second time.
+    let o = syncdiff(&[
+        "generate",
+        "--checkpoint",
+        &s(&model),
+        "--list",
+        &s(&list_path),
+        "--skip-existing",
+    ]);
+    let (stdout, stderr) = common::text(&o);
+    assert!(o.status.success(), "{stderr}");
+    assert!(
+        stdout.contains("0 clip(s), 0 frames") && stdout.contains("3 existing skipped"),
+        "{stdout}"
+    );
+}
+
+#[test]
+fn a_clip_generated_in_a_batch_equals_the_clip_generated_alone() {
+    let _torch = common::torch();
+    use syncdiff_trainer::generate::{self, GenerateOptions, Generator, Job, WeightChoice};
+    let dir = tempfile::tempdir().unwrap();
+    let model = bundle(dir.path(), 20);
+    let root = common::synthetic();
+    let g = Generator::load(&s(&model), WeightChoice::Ema, None, tch::Device::Cpu).unwrap();
+    let job = |v: &str, a: &str, o: &str| Job {
+        video: clip(root, v),
+        audio: clip(root, a),
+        out: dir.path().join(o),
+    };
+    let a = generate::prepare(&g, &job("spk00/00001", "spk01/00001", "a.mp4")).unwrap();
+    let b = generate::prepare(&g, &job("spk01/00002", "spk00/00003", "b.mp4")).unwrap();
+    let ok = |v: Vec<generate::ClipOutput>| -> Vec<tch::Tensor> {
+        v.into_iter().map(Result::unwrap).collect()
+    };
+    for eta in [0.0, 0.5] {
+        let opts = GenerateOptions {
+            steps: 5,
+            eta,
+            inpaint: eta > 0.0,
+            seed: 7,
+        };
+        let both = ok(generate::generate_batch(&g, &[&a, &b], &opts, |_| {}).unwrap());
+        let alone = ok(generate::generate_batch(&g, &[&b], &opts, |_| {}).unwrap());
+        let diff = f64::try_from((&both[1] - &alone[0]).abs().max()).unwrap();
+        println!("eta {eta}: max abs difference {diff:.2e} (images in [-1, 1])");
+        assert!(diff < 1e-4, "eta {eta}: {diff}");
+        assert_eq!(both[1].size(), [25, 3, 32, 32]);
+        // Split over two worker models (`--workers 2`): the same result.
+        let mut workers: Vec<Generator> = (0..2)
+            .map(|_| {
+                Generator::load(&s(&model), WeightChoice::Ema, None, tch::Device::Cpu).unwrap()
+            })
+            .collect();
+        let split =
+            ok(generate::generate_batch_parallel(&mut workers, &[&a, &b], &opts, |_| {}).unwrap());
+        let diff = f64::try_from((&split[1] - &alone[0]).abs().max()).unwrap();
+        println!("eta {eta}: 2 workers, max abs difference {diff:.2e}");
+        assert!(diff < 1e-4, "eta {eta}, 2 workers: {diff}");
+        // Another seed gives another sample.
+        let other = GenerateOptions { seed: 8, ..opts };
+        let reseeded = ok(generate::generate_batch(&g, &[&b], &other, |_| {}).unwrap());
+        assert!(f64::try_from((&reseeded[0] - &alone[0]).abs().max()).unwrap() > 1e-2);
+    }
+}
+
+#[test]
+fn bad_inputs_give_one_clear_error_each_and_the_other_clips_still_finish() {
+    let dir = tempfile::tempdir().unwrap();
+    let model = bundle(dir.path(), 2);
+    let root = common::synthetic();
+    let good = clip(root, "spk00/00001");
+    let d = dir.path();
+    // A 16x16 video (the debug model needs 32x32), 20 ms of audio, garbage bytes.
+    let run = |args: &[&str]| {
+        let o = Command::new("ffmpeg")
+            .args(["-v", "error", "-y"])
+            .args(args)
+            .output()
+            .unwrap();
+        assert!(o.status.success(), "{}", common::text(&o).1);
+    };
+    let small = d.join("small.mp4");
+    run(&[
+        "-f",
+        "lavfi",
+        "-i",
+        "testsrc=size=16x16:rate=25:duration=1",
+        "-pix_fmt",
+        "yuv420p",
+        &s(&small),
+    ]);
+    let blip = d.join("blip.wav");
+    run(&[
+        "-f",
+        "lavfi",
+        "-i",
+        "sine=frequency=300:sample_rate=16000:duration=0.02",
+        &s(&blip),
+    ]);
+    let garbage = d.join("garbage.mp4");
+    std::fs::write(&garbage, b"this is not a video").unwrap();
+    let cases: [(&Path, &Path, &str); 4] = [
+        (
+            &small,
+            &good,
+            "16x16 is smaller than the model's input 32x32",
+        ),
+        (&good, &blip, "shorter than one video frame"),
+        (&garbage, &good, "garbage.mp4"),
+        (&good, &d.join("missing.wav"), "missing.wav: no such file"),
+    ];
+    for (v, a, expected) in cases {
+        let o = syncdiff(&[
+            "generate",
+            "--checkpoint",
+            &s(&model),
+            "--video",
+            &s(v),
+            "--audio",
+            &s(a),
+            "--out",
+            &s(&d.join("bad.mp4")),
+        ]);
+        let (_, stderr) = common::text(&o);
+        assert!(!o.status.success(), "{expected}: succeeded");
+        assert!(
+            stderr.contains(expected),
+            "expected `{expected}` in: {stderr}"
+        );
+        assert!(!stderr.contains("panicked"), "{stderr}");
+    }
+    assert!(!d.join("bad.mp4").exists());
+    // A missing checkpoint.
+    let o = syncdiff(&[
+        "generate",
+        "--checkpoint",
+        &s(&d.join("nope")),
+        "--video",
+        &s(&good),
+        "--audio",
+        &s(&good),
+        "--out",
+        &s(&d.join("x.mp4")),
+    ]);
+    let (_, stderr) = common::text(&o);
+    assert!(
+        !o.status.success() && stderr.contains("nope: no such bundle directory"),
+        "{stderr}"
+    );
+    // In a list, a bad line is reported, the good one is written, and the exit status fails.
+    let list = d.join("list.txt");
+    std::fs::write(
+        &list,
+        format!(
+            "{} {} {}\n{} {} {}\n",
+            s(&small),
+            s(&good),
+            s(&d.join("o1.mp4")),
+            s(&good),
+            s(&good),
+            s(&d.join("o2.mp4"))
+        ),
+    )
+    .unwrap();
+    let o = syncdiff(&["generate", "--checkpoint", &s(&model), "--list", &s(&list)]);
+    let (_, stderr) = common::text(&o);
+    assert!(!o.status.success());
+    assert!(
+        stderr.contains("1 clip(s) failed (first:") && stderr.contains("small.mp4"),
+        "{stderr}"
+    );
+    assert!(d.join("o2.mp4").is_file() && !d.join("o1.mp4").exists());
+}
+
+fn copy_bundle(from: &Path, to: &Path) -> PathBuf {
+    std::fs::create_dir_all(to).unwrap();
+    for e in std::fs::read_dir(from).unwrap().flatten() {
+        std::fs::copy(e.path(), to.join(e.file_name())).unwrap();
+    }
+    to.to_path_buf()
+}
+
+/// `ffprobe`'s sample rate and channel count of the first audio stream.
+fn audio_format(path: &Path) -> (u32, u32) {
+    let o = Command::new("ffprobe")
+        .args(["-v", "error", "-select_streams", "a:0", "-show_entries"])
+        .args(["stream=sample_rate,channels", "-of", "csv=p=0"])
+        .arg(path)
+        .output()
+        .unwrap();
+    let text = String::from_utf8_lossy(&o.stdout);
+    let v: Vec<u32> = text.trim().split(',').map(|x| x.parse().unwrap()).collect();
+    (v[0], v[1])
+}
+
+#[test]
+fn damaged_bundles_non_finite_outputs_and_unwritable_outputs_fail_clearly() {
+    let dir = tempfile::tempdir().unwrap();
+    let d = dir.path();
+    let model = bundle(d, 2);
+    let root = common::synthetic();
+    let good = clip(root, "spk00/00001");
+    let gen = |bundle: &Path, audio: &Path, out: &Path| {
+        let o = syncdiff(&[
+            "generate",
+            "--checkpoint",
+            &s(bundle),
+            "--video",
+            &s(&good),
+            "--audio",
+            &s(audio),
+            "--out",
+            &s(out),
+            "--steps",
+            "2",
+        ]);
+        let (_, err) = common::text(&o);
+        assert!(!err.contains("panicked"), "{err}");
+        (o.status.success(), err)
+    };
+
+    // Four bytes changed in the weights (before: an all-black video, exit 0), or one in the
+    // header (before: "missing tensor audio.proj1.bias"): named as damaged.
+    let weights_len = std::fs::metadata(model.join("weights.safetensors"))
+        .unwrap()
+        .len() as usize;
+    for (name, range) in [("f", weights_len / 2..weights_len / 2 + 4), ("h", 20..21)] {
+        let damaged = copy_bundle(&model, &d.join(name));
+        let w = damaged.join("weights.safetensors");
+        let mut bytes = std::fs::read(&w).unwrap();
+        for b in &mut bytes[range] {
+            *b ^= 0x81;
+        }
+        std::fs::write(&w, &bytes).unwrap();
+        let (ok, err) = gen(&damaged, &good, &d.join(format!("{name}.mp4")));
+        assert!(
+            !ok && err.contains("weights.safetensors is damaged"),
+            "{err}"
+        );
+    }
+    // A directory without the bundle's hashes is not loaded unverified.
+    let bare = copy_bundle(&model, &d.join("bare"));
+    std::fs::remove_file(bare.join("bundle.json")).unwrap();
+    let (ok, err) = gen(&bare, &good, &d.join("b.mp4"));
+    assert!(!ok && err.contains("bundle.json"), "{err}");
+    for f in ["f.mp4", "h.mp4", "b.mp4"] {
+        assert!(!d.join(f).exists(), "{f}");
+    }
+
+    // Weights that make NaN (hashes consistent, so only the output can tell): the clip stops
+    // with an error naming it, and no video is written.
+    let nan = copy_bundle(&model, &d.join("nan"));
+    let w = nan.join("weights.safetensors");
+    let mut named = tch::Tensor::read_safetensors(&w).unwrap();
+    let (_, t) = named
+        .iter_mut()
+        .find(|(k, _)| k == "unet.conv_in.weight")
+        .unwrap();
+    let _ = t.fill_(f64::NAN);
+    tch::Tensor::write_safetensors(&named, &w).unwrap();
+    let info = syncdiff_trainer::ckpt::BundleInfo::verify(&model).unwrap();
+    let names: Vec<String> = info.files.iter().map(|f| f.name.clone()).collect();
+    let names: Vec<&str> = names.iter().map(String::as_str).collect();
+    info.write(&nan, &names).unwrap();
+    let (ok, err) = gen(&nan, &good, &d.join("n.mp4"));
+    assert!(!ok, "{err}");
+    assert!(
+        err.contains("n.mp4: the model's output is not finite (NaN or Inf) at frame 0"),
+        "{err}"
+    );
+    assert!(!d.join("n.mp4").exists());
+
+    // Outputs are checked before any work: a directory as --out (before: `.partial.gen: Unable
+    // to find a suitable output format` after every frame), a place that cannot be created.
+    // The model is not even loaded first: with a missing checkpoint the output is named.
+    let out_dir = d.join("outdir");
+    std::fs::create_dir(&out_dir).unwrap();
+    let (ok, err) = gen(&d.join("no-such-bundle"), &good, &out_dir);
+    assert!(!ok && err.contains("outdir: is a directory"), "{err}");
+    std::fs::write(d.join("afile"), b"x").unwrap();
+    let (ok, err) = gen(&model, &good, &d.join("afile/x.mp4"));
+    assert!(!ok && err.contains("afile: cannot create"), "{err}");
+
+    // A missing directory is created; any file name works (an mp4 is written); the output keeps
+    // the drive's own sound (44.1 kHz stereo here), not the model's 16 kHz mono copy.
+    let drive = d.join("drive.wav");
+    let o = Command::new("ffmpeg")
+        .args(["-v", "error", "-y", "-f", "lavfi", "-i"])
+        .args([
+            "sine=frequency=300:sample_rate=44100:duration=1",
+            "-ac",
+            "2",
+        ])
+        .arg(&drive)
+        .output()
+        .unwrap();
+    assert!(o.status.success());
+    let out = d.join("new/sub/gen");
+    let (ok, err) = gen(&model, &drive, &out);
+    assert!(ok, "{err}");
+    assert_eq!(audio_format(&out), (44100, 2));
+    let info = video::probe(&out).unwrap();
+    assert_eq!((info.width, info.height, info.fps), (160, 160, 25.0));
+}
