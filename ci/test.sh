@@ -18,6 +18,9 @@ cargo fmt --all -- --check
 stage "cargo clippy"
 cargo clippy --workspace --all-targets --all-features --locked -- -D warnings
 
+stage "cargo clippy -p syncdiff-model (without the cli feature, as a library user builds it)"
+cargo clippy -p syncdiff-model --lib --locked -- -D warnings
+
 stage "cargo test"
 cargo test --workspace --locked --features syncdiff-trainer/fault-injection
 

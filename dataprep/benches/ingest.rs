@@ -10,20 +10,16 @@
 
 // Shared with the trainer crate (dataprep cannot depend on it); each bench uses a part.
 #[allow(dead_code)]
-use std::path::{Path, PathBuf};
+use std::path::Path;
 use std::process::Command;
 use std::time::Instant;
 
 use syncdiff_dataprep::synth::{synth, SynthOptions};
-use syncdiff_devkit::python;
 use syncdiff_devkit::stats::Comparison;
+use syncdiff_devkit::{python, repo};
 use syncdiff_model::config::{AutoencoderConfig, Config};
 use syncdiff_model::vq::VqModel;
 use tch::{Device, Kind, Tensor};
-
-fn repo() -> PathBuf {
-    Path::new(env!("CARGO_MANIFEST_DIR")).join("..")
-}
 
 /// Parses "(decode+features X s, encode Y s, write Z s)" from the Rust summary line.
 fn stages(line: &str) -> Vec<f64> {

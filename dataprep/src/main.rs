@@ -30,7 +30,7 @@ enum Command {
     /// the loudness of espeak-ng speech, with the true mouth opening of every frame.
     Synth {
         /// Output directory.
-        #[arg(long)]
+        #[arg(long, value_parser = local_dir)]
         out: PathBuf,
         /// Speakers (identities).
         #[arg(long, default_value_t = 8)]
@@ -50,13 +50,13 @@ enum Command {
     /// ranks split the shards.
     Lrs2 {
         /// LRS2 root: holds train.txt / val.txt / test.txt and main/.
-        #[arg(long)]
+        #[arg(long, value_parser = local_dir)]
         root: PathBuf,
         /// train, val or test.
         #[arg(long, default_value = "train")]
         split: String,
         /// Output data set directory.
-        #[arg(long)]
+        #[arg(long, value_parser = local_dir)]
         out: PathBuf,
         #[command(flatten)]
         config: ConfigArgs,
@@ -81,6 +81,15 @@ enum Command {
         #[command(flatten)]
         config: ConfigArgs,
     },
+}
+
+/// A directory argument: a path, never an object-store URL (which would otherwise become a local
+/// directory named `s3:`).
+fn local_dir(arg: &str) -> Result<PathBuf, String> {
+    if arg.contains("://") {
+        return Err("data sets and clips are read and written on a local or shared file system, not object storage".into());
+    }
+    Ok(PathBuf::from(arg))
 }
 
 fn main() -> ExitCode {

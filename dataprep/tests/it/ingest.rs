@@ -626,3 +626,23 @@ fn a_rerun_with_other_settings_refuses_to_mix_data_sets() {
         "{e}"
     );
 }
+
+/// An object-store URL as an output is refused in one line; nothing named `s3:` appears.
+#[test]
+fn an_object_store_url_is_refused_as_a_directory() {
+    let dir = tempfile::tempdir().unwrap();
+    let o = Command::new(env!("CARGO_BIN_EXE_syncdiff-dataprep"))
+        .current_dir(dir.path())
+        .args(["lrs2", "--root", "r", "--out", "s3://bucket/ds", "--config"])
+        .arg(debug_config())
+        .output()
+        .unwrap();
+    let err = String::from_utf8_lossy(&o.stderr);
+    assert_eq!(o.status.code(), Some(2), "{err}");
+    assert_eq!(err.lines().count(), 1, "{err}");
+    assert!(
+        err.starts_with("error: invalid value 's3://bucket/ds' for '--out <OUT>': data sets and clips are read and written on a local or shared file system"),
+        "{err}"
+    );
+    assert!(!dir.path().join("s3:").exists());
+}

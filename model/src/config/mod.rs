@@ -22,11 +22,11 @@ mod validate;
 
 use serde::{Deserialize, Serialize};
 
-#[cfg(feature = "cli")]
 /// Width of one mel row: 26 log filterbank energies x 4 stacked 10 ms frames (one 25 Hz video
 /// frame). The audio encoders' input and the data sets' `mel` arrays.
 pub const MEL_DIM: u64 = 104;
 
+#[cfg(feature = "cli")]
 pub use cli::{parse_args, ConfigArgs};
 pub use load::{ConfigError, Override};
 pub use model::{

@@ -12,6 +12,18 @@ fn ensure(ok: bool, key: &str, message: impl FnOnce() -> String) -> Check {
     }
 }
 
+/// Data sets are read from a file system (local or shared): a URL would otherwise be taken as a
+/// relative directory named `s3:`.
+fn local_path(path: &str, key: &str) -> Check {
+    ensure(!path.contains("://"), key, || {
+        format!(
+            "{}: data sets are read from a local or shared file system, not from object storage; \
+             copy the data set there and give its path",
+            super::redact_url(path)
+        )
+    })
+}
+
 fn unit_interval(x: f64, key: &str) -> Check {
     ensure((0.0..1.0).contains(&x), key, || {
         format!("{x} is outside [0, 1)")
@@ -52,7 +64,12 @@ impl Config {
         positive(d.clips_per_shard, "data.clips_per_shard")?;
         ensure(!d.dataset.is_empty(), "data.dataset", || {
             "must not be empty".into()
-        })
+        })?;
+        local_path(&d.dataset, "data.dataset")?;
+        if let Some(v) = &d.val_dataset {
+            local_path(v, "data.val_dataset")?;
+        }
+        Ok(())
     }
 
     fn validate_model(&self) -> Check {

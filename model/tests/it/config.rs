@@ -242,6 +242,12 @@ fn validation_names_the_key() {
         e.starts_with("configs/x.yaml: sample.ddim_steps: 0 is outside"),
         "{e}"
     );
+    // An object-store data set is refused by name, not read as a directory called `s3:`.
+    let e = yaml_err("train: {}\n", &["data.val_dataset=s3://bucket/val"]);
+    assert!(
+        e.starts_with("--set data.val_dataset=s3://bucket/val: data.val_dataset: s3://bucket/val: data sets are read from a local or shared file system"),
+        "{e}"
+    );
 }
 
 #[test]
