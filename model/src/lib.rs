@@ -8,6 +8,7 @@ pub mod audio;
 pub mod avhubert;
 pub mod config;
 pub mod diffusion;
+pub mod dpm_solver;
 pub mod nn;
 pub mod syncdiff;
 pub mod temporal;

@@ -7,6 +7,7 @@ use crate::common;
 use serde_json::json;
 use syncdiff_model::config::{AutoencoderConfig, DiffusionConfig, PredictionTarget, UnetConfig};
 use syncdiff_model::diffusion::Schedule;
+use syncdiff_model::dpm_solver::DpmSolverPp2m;
 use syncdiff_model::unet::{Unet, UnetShape};
 use syncdiff_model::vq::VqModel;
 use syncdiff_model::weights;
@@ -156,4 +157,59 @@ fn ddim_x0_matches_diffusers() {
 fn ddim_v_matches_diffusers() {
     let _torch = common::torch();
     ddim_parity(PredictionTarget::V, "v_prediction");
+}
+
+/// DPM-Solver++(2M) against diffusers' DPMSolverMultistepScheduler on the DDIM test's schedule
+/// and stand-in denoiser: timesteps and whole trajectories at 10, 20 and 25 steps.
+fn dpmpp_parity(prediction: PredictionTarget, diffusers_name: &str) {
+    let counts = [10usize, 20, 25];
+    let dir = reference(
+        "diffusers_ref.py",
+        "dpmpp",
+        &json!({"prediction_type": diffusers_name, "steps": counts}),
+    );
+    let i = read(&dir.path().join("inputs.safetensors"));
+    let o = read(&dir.path().join("outputs.safetensors"));
+    let sched = Schedule::new(&DiffusionConfig {
+        prediction,
+        ..Default::default()
+    });
+    for steps in counts {
+        let mut solver = DpmSolverPp2m::new(&sched, steps);
+        assert_eq!(
+            Tensor::from_slice(solver.timesteps()),
+            o[&format!("timesteps_{steps}")],
+            "{steps} steps"
+        );
+        let mut x = i["x_T"].shallow_clone();
+        let mut traj = Vec::new();
+        for t in solver.timesteps().to_vec() {
+            let out = x.sin() * 0.7 + 0.1 * (t as f64 / 1000.0);
+            x = solver.step(&out, &x);
+            traj.push(x.shallow_clone());
+        }
+        assert_close(
+            &format!("dpm-solver++ 2M {steps}-step trajectory ({diffusers_name})"),
+            &Tensor::stack(&traj, 0),
+            &o[&format!("trajectory_{steps}")],
+        );
+    }
+}
+
+#[test]
+fn dpmpp_2m_eps_matches_diffusers() {
+    let _torch = common::torch();
+    dpmpp_parity(PredictionTarget::Eps, "epsilon");
+}
+
+#[test]
+fn dpmpp_2m_x0_matches_diffusers() {
+    let _torch = common::torch();
+    dpmpp_parity(PredictionTarget::X0, "sample");
+}
+
+#[test]
+fn dpmpp_2m_v_matches_diffusers() {
+    let _torch = common::torch();
+    dpmpp_parity(PredictionTarget::V, "v_prediction");
 }

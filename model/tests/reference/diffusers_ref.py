@@ -3,6 +3,7 @@
     python diffusers_ref.py vq   SPEC.json OUTDIR
     python diffusers_ref.py unet SPEC.json OUTDIR
     python diffusers_ref.py ddim SPEC.json OUTDIR
+    python diffusers_ref.py dpmpp SPEC.json OUTDIR
 
 Writes OUTDIR/weights.safetensors (every parameter re-randomised, diffusers names),
 OUTDIR/inputs.safetensors and OUTDIR/outputs.safetensors.
@@ -137,13 +138,43 @@ def ddim(spec, out, gen):
     save_file({k: v.contiguous() for k, v in outputs.items()}, f"{out}/outputs.safetensors")
 
 
+def dpmpp(spec, out, gen):
+    """DPMSolverMultistepScheduler (dpmsolver++, order 2, midpoint) trajectories on the DDIM
+    test's schedule and stand-in denoiser, one per step count in spec["steps"]."""
+    from diffusers import DPMSolverMultistepScheduler
+
+    sched = DPMSolverMultistepScheduler(
+        num_train_timesteps=1000,
+        beta_schedule="scaled_linear",
+        beta_start=0.0015,
+        beta_end=0.0195,
+        prediction_type=spec["prediction_type"],
+        algorithm_type="dpmsolver++",
+        solver_order=2,
+    )
+    x_T = torch.randn(2, 3, 8, 8, generator=gen)
+    inputs = {"x_T": x_T.clone()}
+    outputs = {}
+    for steps in spec["steps"]:
+        sched.set_timesteps(steps)
+        x = x_T.clone()
+        traj = []
+        for t in sched.timesteps:
+            x = sched.step(fake_model(x, float(t)), t, x).prev_sample
+            traj.append(x)
+        outputs[f"timesteps_{steps}"] = sched.timesteps.clone()
+        outputs[f"trajectory_{steps}"] = torch.stack(traj)
+    save_file({k: v.contiguous() for k, v in inputs.items()}, f"{out}/inputs.safetensors")
+    save_file({k: v.contiguous() for k, v in outputs.items()}, f"{out}/outputs.safetensors")
+
+
 def main():
     kind, spec_path, out = sys.argv[1:4]
     spec = json.load(open(spec_path))
     torch.manual_seed(0)
     torch.set_num_threads(spec.get("threads", 1))
     gen = torch.Generator().manual_seed(spec.get("seed", 0))
-    {"vq": vq, "unet": unet, "ddim": ddim}[kind](spec, out, gen)
+    {"vq": vq, "unet": unet, "ddim": ddim, "dpmpp": dpmpp}[kind](spec, out, gen)
 
 
 if __name__ == "__main__":
