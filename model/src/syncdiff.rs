@@ -7,8 +7,9 @@
 use tch::nn::{self, Module};
 use tch::{Kind, Tensor};
 
-use crate::config::{ModelConfig, PriorsConfig};
+use crate::config::{ModelConfig, PriorsConfig, SamplerKind};
 use crate::diffusion::Schedule;
+use crate::dpm_solver::DpmSolverPp2m;
 use crate::unet::{Unet, UnetShape};
 
 /// Latent conditioning of a batch of B target frames.
@@ -27,7 +28,9 @@ pub struct Conditioning<'a> {
 /// Options of DDIM sampling.
 #[derive(Debug)]
 pub struct SampleOptions<'a> {
-    /// DDIM steps.
+    /// DDIM or DPM-Solver++(2M).
+    pub sampler: SamplerKind,
+    /// Sampling steps.
     pub steps: usize,
     /// DDIM eta (0: deterministic).
     pub eta: f64,
@@ -168,7 +171,7 @@ impl SyncDiff {
         Ok(out.mse_loss(&self.schedule.target(z0, t, noise), tch::Reduction::Mean))
     }
 
-    /// DDIM sampling from x_T = `noise`: (B, C, h, w). `step_noise(n)` gives the noise (like
+    /// Sampling (DDIM or DPM-Solver++(2M)) from x_T = `noise`: (B, C, h, w). `step_noise(n)` gives the noise (like
     /// x_T) of step i's draws: `StepNoise::Ddim(i)` when eta > 0, `StepNoise::Inpaint(i)` for the
     /// re-noised reference; `None` draws from libtorch's generator. Returns the predicted clean
     /// latent (B, C, h, w).
@@ -182,12 +185,13 @@ impl SyncDiff {
         tch::no_grad(|| {
             let b = noise.size()[0];
             let mut x = noise.shallow_clone();
-            for (i, t) in self
-                .schedule
-                .ddim_timesteps(opts.steps)
-                .into_iter()
-                .enumerate()
-            {
+            let mut dpm = (opts.sampler == SamplerKind::DpmPp2m)
+                .then(|| DpmSolverPp2m::new(&self.schedule, opts.steps));
+            let timesteps = match &dpm {
+                Some(s) => s.timesteps().to_vec(),
+                None => self.schedule.ddim_timesteps(opts.steps),
+            };
+            for (i, t) in timesteps.into_iter().enumerate() {
                 let tt = Tensor::full([b], t, (Kind::Int64, x.device()));
                 if let Some((reference, keep)) = opts.inpaint {
                     let draw = step_noise(StepNoise::Inpaint(i))
@@ -196,12 +200,16 @@ impl SyncDiff {
                     x = &renoised * keep + &x * (1.0 - keep);
                 }
                 let out = self.predict(&x, &tt, cond, false)?;
-                let extra = (opts.eta > 0.0)
-                    .then(|| step_noise(StepNoise::Ddim(i)))
-                    .flatten();
-                x = self
-                    .schedule
-                    .ddim_step(&out, t, &x, opts.steps, opts.eta, extra.as_ref());
+                x = match &mut dpm {
+                    Some(solver) => solver.step(&out, &x),
+                    None => {
+                        let extra = (opts.eta > 0.0)
+                            .then(|| step_noise(StepNoise::Ddim(i)))
+                            .flatten();
+                        self.schedule
+                            .ddim_step(&out, t, &x, opts.steps, opts.eta, extra.as_ref())
+                    }
+                };
             }
             Ok(x)
         })

@@ -70,6 +70,7 @@ fn main() -> anyhow::Result<()> {
             context: &context,
         };
         let sample = SampleOptions {
+            sampler: syncdiff_model::config::SamplerKind::Ddim,
             steps,
             eta: 0.0,
             inpaint: None,

@@ -53,6 +53,7 @@ fn main() -> anyhow::Result<()> {
     let prepare_s = start.elapsed().as_secs_f64();
     let frames: usize = prepared.iter().map(|p| p.frames).sum();
     let opts = GenerateOptions {
+        sampler: g.config.sample.sampler,
         steps: g.config.sample.ddim_steps as usize,
         eta: 0.0,
         inpaint: false,

@@ -182,6 +182,7 @@ impl Validator {
         let b = b.to(device);
         let swapped = b.with_audio_of(&other.to(device));
         let opts = SampleOptions {
+            sampler: config.sample.sampler,
             steps: config.sample.ddim_steps as usize,
             eta: 0.0,
             inpaint: None,

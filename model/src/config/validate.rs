@@ -307,6 +307,16 @@ impl Config {
                 )
             },
         )?;
-        ensure(s.eta >= 0.0, "sample.eta", || "must not be negative".into())
+        ensure(s.eta >= 0.0, "sample.eta", || "must not be negative".into())?;
+        ensure(
+            s.eta == 0.0 || s.sampler == super::SamplerKind::Ddim,
+            "sample.eta",
+            || {
+                format!(
+                    "{}: stochastic steps are DDIM's; dpmpp-2m is deterministic (set 0)",
+                    s.eta
+                )
+            },
+        )
     }
 }

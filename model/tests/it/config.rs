@@ -242,6 +242,14 @@ fn validation_names_the_key() {
         e.starts_with("configs/x.yaml: sample.ddim_steps: 0 is outside"),
         "{e}"
     );
+    // DPM-Solver++ is deterministic: eta > 0 with it is refused.
+    let e = yaml_err("sample:\n  sampler: dpmpp-2m\n  eta: 0.5\n", &[]);
+    assert!(
+        e.starts_with("configs/x.yaml: sample.eta: 0.5: stochastic steps are DDIM's"),
+        "{e}"
+    );
+    let e = yaml_err("sample:\n  sampler: euler\n", &[]);
+    assert!(e.contains("sample.sampler") && e.contains("euler"), "{e}");
     // An object-store data set is refused by name, not read as a directory called `s3:`.
     let e = yaml_err("train: {}\n", &["data.val_dataset=s3://bucket/val"]);
     assert!(

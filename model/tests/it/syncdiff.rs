@@ -3,7 +3,7 @@
 
 use crate::common;
 
-use syncdiff_model::config::{ModelConfig, PredictionTarget, ReferenceMode};
+use syncdiff_model::config::{ModelConfig, PredictionTarget, ReferenceMode, SamplerKind};
 use syncdiff_model::syncdiff::{Conditioning, SampleOptions, SyncDiff};
 use tch::nn::{OptimizerConfig, VarStore};
 use tch::{Device, Kind, Tensor};
@@ -116,12 +116,24 @@ fn sampling_runs_for_every_target_and_is_deterministic() {
         let m = SyncDiff::new(vs.root(), &tiny(ReferenceMode::RndPrvMinus, 1, p));
         let b = batch(2, 1);
         let noise = Tensor::randn([2, 3, 8, 8], (Kind::Float, Device::Cpu));
+        // DPM-Solver++(2M) runs for every target too, deterministic and finite.
+        let dpm = SampleOptions {
+            sampler: SamplerKind::DpmPp2m,
+            steps: 5,
+            eta: 0.0,
+            inpaint: None,
+        };
+        let d = m.sample(&cond(&b), &noise, &dpm, |_| None).unwrap();
+        let d_again = m.sample(&cond(&b), &noise, &dpm, |_| None).unwrap();
+        assert!(d.equal(&d_again) && bool::try_from(d.isfinite().all()).unwrap());
         let opts = SampleOptions {
+            sampler: SamplerKind::Ddim,
             steps: 5,
             eta: 0.0,
             inpaint: None,
         };
         let a = m.sample(&cond(&b), &noise, &opts, |_| None).unwrap();
+        assert!(!d.equal(&a), "{p:?}: the samplers gave the same latent");
         let again = m.sample(&cond(&b), &noise, &opts, |_| None).unwrap();
         assert_eq!(a.size(), vec![2, 3, 8, 8]);
         assert!(a.equal(&again), "{p:?}");
@@ -129,6 +141,7 @@ fn sampling_runs_for_every_target_and_is_deterministic() {
         // The inpainting blend changes the result and keeps it finite.
         let keep = Tensor::ones([1, 1, 8, 8], (Kind::Float, Device::Cpu));
         let opts = SampleOptions {
+            sampler: SamplerKind::Ddim,
             steps: 5,
             eta: 0.0,
             inpaint: Some((&b.z0, &keep)),

@@ -62,7 +62,9 @@ impl From<SyncDiffError> for GenerateError {
 /// Sampling settings.
 #[derive(Debug, Clone, Copy)]
 pub struct GenerateOptions {
-    /// DDIM steps.
+    /// DDIM or DPM-Solver++(2M).
+    pub sampler: syncdiff_model::config::SamplerKind,
+    /// Sampling steps.
     pub steps: usize,
     /// DDIM eta (0: deterministic given the initial noise).
     pub eta: f64,
@@ -119,6 +121,7 @@ fn sample_chunk(
     };
     let keep = opts.inpaint.then(|| inpaint_keep(g, &shape));
     let sample_opts = SampleOptions {
+        sampler: opts.sampler,
         steps: opts.steps,
         eta: opts.eta,
         inpaint: c.reference.as_ref().zip(keep.as_ref()),

@@ -540,6 +540,11 @@ fn bad_flag_values_are_one_line_usage_errors() {
     assert_user_error(&o, "error: invalid value 'gpu' for '--device <auto|cpu|cuda|cuda:N>': \"gpu\": expected auto, cpu, cuda or cuda:N");
     let o = syncdiff(&["generate", "--checkpoint", "b", "--device", "cuda:x"]);
     assert_user_error(&o, "error: invalid value 'cuda:x' for '--device");
+    let o = syncdiff(&["generate", "--checkpoint", "b", "--sampler", "euler"]);
+    assert_user_error(
+        &o,
+        "error: invalid value 'euler' for '--sampler <ddim|dpmpp-2m>': \"euler\": expected ddim or dpmpp-2m",
+    );
     let o = train()
         .args(["--config", "configs/debug.yaml", "--no-such-flag"])
         .output()

@@ -221,8 +221,14 @@ fn a_clip_generated_in_a_batch_equals_the_clip_generated_alone() {
     let ok = |v: Vec<generate::ClipOutput>| -> Vec<tch::Tensor> {
         v.into_iter().map(Result::unwrap).collect()
     };
-    for eta in [0.0, 0.5] {
+    use syncdiff_model::config::SamplerKind;
+    for (sampler, eta) in [
+        (SamplerKind::Ddim, 0.0),
+        (SamplerKind::Ddim, 0.5),
+        (SamplerKind::DpmPp2m, 0.0),
+    ] {
         let opts = GenerateOptions {
+            sampler,
             steps: 5,
             eta,
             inpaint: eta > 0.0,
@@ -231,8 +237,8 @@ fn a_clip_generated_in_a_batch_equals_the_clip_generated_alone() {
         let both = ok(generate::generate_batch(&g, &[&a, &b], &opts, |_| {}).unwrap());
         let alone = ok(generate::generate_batch(&g, &[&b], &opts, |_| {}).unwrap());
         let diff = f64::try_from((&both[1] - &alone[0]).abs().max()).unwrap();
-        println!("eta {eta}: max abs difference {diff:.2e} (images in [-1, 1])");
-        assert!(diff < 1e-4, "eta {eta}: {diff}");
+        println!("{sampler:?} eta {eta}: max abs difference {diff:.2e} (images in [-1, 1])");
+        assert!(diff < 1e-4, "{sampler:?} eta {eta}: {diff}");
         assert_eq!(both[1].size(), [25, 3, 32, 32]);
         // Split over two worker models (`--workers 2`): the same result.
         let mut workers: Vec<Generator> = (0..2)
@@ -243,7 +249,7 @@ fn a_clip_generated_in_a_batch_equals_the_clip_generated_alone() {
         let split =
             ok(generate::generate_batch_parallel(&mut workers, &[&a, &b], &opts, |_| {}).unwrap());
         let diff = f64::try_from((&split[1] - &alone[0]).abs().max()).unwrap();
-        println!("eta {eta}: 2 workers, max abs difference {diff:.2e}");
+        println!("{sampler:?} eta {eta}: 2 workers, max abs difference {diff:.2e}");
         assert!(diff < 1e-4, "eta {eta}, 2 workers: {diff}");
         // Another seed gives another sample.
         let other = GenerateOptions { seed: 8, ..opts };

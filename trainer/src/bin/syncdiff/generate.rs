@@ -11,6 +11,7 @@ use std::time::Instant;
 use anyhow::bail;
 use syncdiff_dataprep::launch::{DeviceChoice, Launch};
 use syncdiff_dataprep::progress::Progress;
+use syncdiff_model::config::SamplerKind;
 use tch::Device;
 
 use syncdiff_trainer::generate::{self, GenerateOptions, Generator, Job, WeightChoice};
@@ -37,7 +38,10 @@ pub struct Args {
     /// Clips generated together on the device.
     #[arg(long, default_value_t = 8)]
     batch: usize,
-    /// DDIM steps [default: the model's sample.ddim_steps].
+    /// Sampler: ddim or dpmpp-2m (DPM-Solver++(2M): far fewer steps) [default: sample.sampler].
+    #[arg(long, value_name = "ddim|dpmpp-2m")]
+    sampler: Option<SamplerKind>,
+    /// Sampling steps [default: the model's sample.ddim_steps].
     #[arg(long)]
     steps: Option<usize>,
     /// DDIM eta [default: sample.eta].
@@ -142,11 +146,19 @@ pub fn run(args: Args) -> anyhow::Result<String> {
     let g = &models[0];
     let s = &g.config.sample;
     let opts = GenerateOptions {
+        sampler: args.sampler.unwrap_or(s.sampler),
         steps: args.steps.unwrap_or(s.ddim_steps as usize),
         eta: args.eta.unwrap_or(s.eta),
         inpaint: args.inpaint.unwrap_or(s.inpaint),
         seed: args.seed,
     };
+    if opts.eta > 0.0 && opts.sampler != SamplerKind::Ddim {
+        bail!(
+            "--eta {}: stochastic steps are DDIM's; {} is deterministic",
+            opts.eta,
+            opts.sampler.name()
+        );
+    }
     let timesteps = g.config.model.diffusion.timesteps;
     if opts.steps == 0 || opts.steps > timesteps as usize {
         bail!(
@@ -209,10 +221,11 @@ pub fn run(args: Args) -> anyhow::Result<String> {
         String::new()
     };
     let summary = format!(
-        "{rank_note}{} clip(s), {frames} frames in {secs:.1} s ({:.2} frames/s), {} DDIM steps{}{}",
+        "{rank_note}{} clip(s), {frames} frames in {secs:.1} s ({:.2} frames/s), {} {} steps{}{}",
         mine.len() - (failed.len() - early),
         frames as f64 / secs.max(1e-9),
         opts.steps,
+        opts.sampler.name(),
         if skipped > 0 {
             format!(", {skipped} existing skipped")
         } else {
