@@ -25,16 +25,7 @@ fn main() -> anyhow::Result<()> {
     let reps = env_or("BENCH_REPS", 7);
     let dir = tempfile::tempdir()?;
     let root = dir.path().join("lrs2");
-    syncdiff_dataprep::synth::synth(
-        &syncdiff_dataprep::synth::SynthOptions {
-            out: root.clone(),
-            speakers: 2,
-            clips_per_speaker: 4,
-            seconds: 1.0,
-            seed: 2,
-        },
-        |_, _| {},
-    )?;
+    common::synthetic_clips(&root, 1.0, 2)?;
     let config = debug_config(&[])?;
     tch::manual_seed(0);
     let g = Generator::random(config, Device::Cpu)?;

@@ -43,21 +43,25 @@ pub fn with_dataset(dir: &Path, mut config: Config) -> anyhow::Result<Config> {
     Ok(config)
 }
 
+/// Synthetic clips in LRS2's layout under `root`: 2 speakers x 4 clips of `seconds`.
+pub fn synthetic_clips(root: &Path, seconds: f64, seed: u64) -> anyhow::Result<()> {
+    let opts = syncdiff_dataprep::synth::SynthOptions {
+        out: root.to_path_buf(),
+        speakers: 2,
+        clips_per_speaker: 4,
+        seconds,
+        seed,
+    };
+    syncdiff_dataprep::synth::synth(&opts, |_, _| {})?;
+    Ok(())
+}
+
 /// The train split of a synthetic data set (2 speakers x 4 clips of 2 s) prepared with
 /// `config` in `dir/ds-<resolution>` (the clips are drawn once per directory).
 pub fn synthetic_dataset(dir: &Path, config: &Config) -> anyhow::Result<PathBuf> {
     let root = dir.join("lrs2");
     if !root.exists() {
-        syncdiff_dataprep::synth::synth(
-            &syncdiff_dataprep::synth::SynthOptions {
-                out: root.clone(),
-                speakers: 2,
-                clips_per_speaker: 4,
-                seconds: 2.0,
-                seed: 1,
-            },
-            |_, _| {},
-        )?;
+        synthetic_clips(&root, 2.0, 1)?;
     }
     let out = dir.join(format!("ds-{}", config.data.resolution));
     let opts = syncdiff_dataprep::ingest::IngestOptions {
