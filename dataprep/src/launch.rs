@@ -69,11 +69,17 @@ impl Launch {
         }
     }
 
-    /// libtorch threads for a rank computing on the CPU: the node's cores shared among its ranks.
+    /// libtorch threads for a rank computing on the CPU: [`cpu_threads_per_rank`].
     pub fn cpu_threads(&self) -> usize {
-        let cores = std::thread::available_parallelism().map_or(1, |n| n.get());
-        (cores / self.local_size).max(1)
+        cpu_threads_per_rank(self.local_size)
     }
+}
+
+/// libtorch threads for each of `local_size` ranks on one node computing on the CPU: the
+/// node's cores shared among them, at least one.
+pub fn cpu_threads_per_rank(local_size: usize) -> usize {
+    let cores = std::thread::available_parallelism().map_or(1, |n| n.get());
+    (cores / local_size.max(1)).max(1)
 }
 
 /// A `--device` argument: `auto` (this rank's GPU when there is one, else the CPU), `cpu`,

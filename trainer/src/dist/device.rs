@@ -1,6 +1,6 @@
 //! Which device and gradient backend a rank uses.
 
-use syncdiff_dataprep::launch::DeviceChoice;
+use syncdiff_dataprep::launch::{cpu_threads_per_rank, DeviceChoice};
 use syncdiff_model::config::DistBackend;
 use tch::Device;
 
@@ -30,11 +30,10 @@ pub fn choose_device(
     cpu_threads: u32,
     cuda_devices: i64,
 ) -> Result<Placement, DistError> {
-    let cores = std::thread::available_parallelism().map_or(1, |n| n.get()) as u32;
     let threads = if cpu_threads > 0 {
         cpu_threads
     } else {
-        (cores / local_size.max(1) as u32).max(1)
+        cpu_threads_per_rank(local_size.max(1) as usize) as u32
     };
     let err = |message: String| DistError::Backend { rank, message };
     if cuda_devices > 0 {
