@@ -109,6 +109,17 @@ impl Schedule {
         }
     }
 
+    /// The clean-latent prediction of `model_output` for sample `x`, at a timestep whose
+    /// sqrt(alpha-bar) is `sqrt_a` and sqrt(1 - alpha-bar) is `sqrt_b` (every sampler's first
+    /// step).
+    pub fn x0_of(&self, model_output: &Tensor, x: &Tensor, sqrt_a: f64, sqrt_b: f64) -> Tensor {
+        match self.prediction {
+            PredictionTarget::Eps => (x - model_output * sqrt_b) / sqrt_a,
+            PredictionTarget::X0 => model_output.shallow_clone(),
+            PredictionTarget::V => x * sqrt_a - model_output * sqrt_b,
+        }
+    }
+
     /// DDIM timesteps for `steps` sampling steps, from noisiest to cleanest.
     pub fn ddim_timesteps(&self, steps: usize) -> Vec<i64> {
         let ratio = (self.timesteps() / steps.max(1)) as i64;
@@ -137,19 +148,11 @@ impl Schedule {
             self.alphas_cumprod[0]
         };
         let b_t = 1.0 - a_t;
-        let (x0, eps) = match self.prediction {
-            PredictionTarget::Eps => (
-                (x - model_output * b_t.sqrt()) / a_t.sqrt(),
-                model_output.shallow_clone(),
-            ),
-            PredictionTarget::X0 => (
-                model_output.shallow_clone(),
-                (x - model_output * a_t.sqrt()) / b_t.sqrt(),
-            ),
-            PredictionTarget::V => (
-                x * a_t.sqrt() - model_output * b_t.sqrt(),
-                model_output * a_t.sqrt() + x * b_t.sqrt(),
-            ),
+        let x0 = self.x0_of(model_output, x, a_t.sqrt(), b_t.sqrt());
+        let eps = match self.prediction {
+            PredictionTarget::Eps => model_output.shallow_clone(),
+            PredictionTarget::X0 => (x - model_output * a_t.sqrt()) / b_t.sqrt(),
+            PredictionTarget::V => model_output * a_t.sqrt() + x * b_t.sqrt(),
         };
         let variance = (1.0 - a_prev) / b_t * (1.0 - a_t / a_prev);
         let std = eta * variance.sqrt();

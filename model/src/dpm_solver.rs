@@ -13,17 +13,16 @@
 
 use tch::Tensor;
 
-use crate::config::PredictionTarget;
 use crate::diffusion::Schedule;
 
 /// The solver's state over one sampling run: the timesteps, their sigmas, and the previous x0
 /// prediction. [`DpmSolverPp2m::step`] is called once per timestep, in order.
 #[derive(Debug)]
-pub struct DpmSolverPp2m {
+pub struct DpmSolverPp2m<'a> {
     timesteps: Vec<i64>,
     /// sigma of each timestep, then 0 (the end of sampling).
     sigmas: Vec<f64>,
-    prediction: PredictionTarget,
+    schedule: &'a Schedule,
     previous: Option<Tensor>,
     index: usize,
 }
@@ -42,9 +41,9 @@ fn linspace_timesteps(last: f64, steps: usize) -> Vec<i64> {
     t
 }
 
-impl DpmSolverPp2m {
+impl<'a> DpmSolverPp2m<'a> {
     /// A run of `steps` steps (at least 1, at most the schedule's timesteps) over `schedule`.
-    pub fn new(schedule: &Schedule, steps: usize) -> Self {
+    pub fn new(schedule: &'a Schedule, steps: usize) -> Self {
         let n = schedule.timesteps();
         let steps = steps.clamp(1, n);
         let timesteps = linspace_timesteps((n - 1) as f64, steps);
@@ -57,7 +56,7 @@ impl DpmSolverPp2m {
         Self {
             timesteps,
             sigmas,
-            prediction: schedule.prediction(),
+            schedule,
             previous: None,
             index: 0,
         }
@@ -74,21 +73,6 @@ impl DpmSolverPp2m {
         (alpha, sigma * alpha)
     }
 
-    /// The x0 prediction of `model_output` at the current timestep for sample `x`.
-    fn x0(&self, model_output: &Tensor, x: &Tensor) -> Tensor {
-        let (alpha, s) = Self::alpha_s(self.sigmas[self.index]);
-        match self.prediction {
-            PredictionTarget::Eps => (x - model_output * s) / alpha,
-            PredictionTarget::X0 => model_output.shallow_clone(),
-            PredictionTarget::V => x * alpha - model_output * s,
-        }
-    }
-
-    /// The x0 prediction of the step just taken (for callers that stop early or blend).
-    pub fn last_x0(&self) -> Option<&Tensor> {
-        self.previous.as_ref()
-    }
-
     /// One step: `x` at `timesteps()[i]` and the model's output there give `x` at the next
     /// timestep (after the last one: the sample). Panics if called more often than there are
     /// timesteps (a caller's loop error, not a data error).
@@ -98,9 +82,10 @@ impl DpmSolverPp2m {
             i < self.timesteps.len(),
             "DPM-Solver++: more steps than timesteps"
         );
-        let d0 = self.x0(model_output, x);
         let (sigma_now, sigma_next) = (self.sigmas[i], self.sigmas[i + 1]);
-        let (_, s_now) = Self::alpha_s(sigma_now);
+        let (alpha_now, s_now) = Self::alpha_s(sigma_now);
+        // alpha and s are sqrt(alpha-bar) and sqrt(1 - alpha-bar) of the timestep.
+        let d0 = self.schedule.x0_of(model_output, x, alpha_now, s_now);
         let (alpha_next, s_next) = Self::alpha_s(sigma_next);
         // lambda = -ln(sigma); at sigma = 0, h is infinite and e^-h is 0: the step lands on x0.
         let h = sigma_now.ln() - sigma_next.ln();
