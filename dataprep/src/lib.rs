@@ -1,10 +1,12 @@
 //! LRS2 -> Zarr shard stores of autoencoder latents and filterbank features.
 //!
 //! This crate owns the data format: it writes the stores and provides the reader the trainer uses.
-//! Modules: `audio` (filterbank features), `video` (ffmpeg I/O), `synth` (the synthetic
+//! Modules: `audio` (filterbank features), `face` (the face front-end: detection, tracking,
+//! crop and mask), `video` (ffmpeg I/O), `synth` (the synthetic
 //! LRS2-layout data set), `rng` (counter-based randomness).
 
 pub mod audio;
+pub mod face;
 pub mod hash;
 pub mod ingest;
 pub mod launch;

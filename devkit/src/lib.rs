@@ -46,3 +46,42 @@ pub fn torch() -> MutexGuard<'static, ()> {
     // A failed test poisons the lock; the next one still runs.
     LOCK.lock().unwrap_or_else(|e| e.into_inner())
 }
+
+/// A real photograph that scikit-image ships in the project virtualenv (`astronaut.png`: a
+/// 512x512 portrait with one face; `chelsea.png`: a cat, no face). Panics with the reason if the
+/// virtualenv lacks it (`bash ci/setup.sh` installs scikit-image).
+pub fn photo(name: &str) -> PathBuf {
+    let out = python()
+        .args([
+            "-c",
+            "import os, skimage; print(os.path.dirname(skimage.__file__))",
+        ])
+        .output()
+        .expect("run the project Python");
+    assert!(
+        out.status.success(),
+        "scikit-image is not importable: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let dir = PathBuf::from(String::from_utf8_lossy(&out.stdout).trim());
+    let path = dir.join("data").join(name);
+    assert!(path.is_file(), "{} does not exist", path.display());
+    path
+}
+
+/// dlib's CNN face detector model as `bash ci/setup.sh` installs it
+/// (`$SYNCDIFF_MODELS`, default `~/.cache/syncdiff/models`).
+pub fn cnn_face_model() -> PathBuf {
+    let dir = std::env::var("SYNCDIFF_MODELS")
+        .map(PathBuf::from)
+        .unwrap_or_else(|_| {
+            PathBuf::from(std::env::var("HOME").unwrap_or_default()).join(".cache/syncdiff/models")
+        });
+    let path = dir.join("mmod_human_face_detector.dat");
+    assert!(
+        path.is_file(),
+        "{} does not exist: `bash ci/setup.sh` installs it",
+        path.display()
+    );
+    path
+}

@@ -7,6 +7,7 @@
 mod common;
 
 mod audio;
+mod face;
 mod ingest;
 mod store;
 mod synth;

@@ -13,6 +13,7 @@
 #[cfg(feature = "cli")]
 mod cli;
 mod de;
+mod face;
 mod load;
 mod model;
 mod plan;
@@ -28,6 +29,7 @@ pub const MEL_DIM: u64 = 104;
 
 #[cfg(feature = "cli")]
 pub use cli::{parse_args, ConfigArgs};
+pub use face::{FaceConfig, FaceCrop, FaceDetectorKind, FaceMask, DEBIAN_LANDMARKS_MODEL};
 pub use load::{ConfigError, Override};
 pub use model::{
     AudioEncoderConfig, AudioEncoderKind, AutoencoderConfig, AutoencoderKind, BetaSchedule,

@@ -2,6 +2,8 @@
 
 use serde::{Deserialize, Serialize};
 
+use super::FaceConfig;
+
 /// `data`: the prepared data set and how it is made from LRS2.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields, default)]
@@ -26,6 +28,8 @@ pub struct DataConfig {
     pub prefetch: u32,
     /// Data set size used by `--dry-run` before the data set exists (its manifest wins when present).
     pub size_hint: Option<SizeHint>,
+    /// The face front-end: detection, crop and mask.
+    pub face: FaceConfig,
 }
 
 impl Default for DataConfig {
@@ -41,6 +45,7 @@ impl Default for DataConfig {
             cache_audio_features: false,
             prefetch: 4,
             size_hint: None,
+            face: FaceConfig::default(),
         }
     }
 }

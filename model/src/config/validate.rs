@@ -1,6 +1,6 @@
 //! Semantic checks that serde's types cannot express. Each failure names the full key path.
 
-use super::{AudioEncoderKind, AutoencoderKind, Config};
+use super::{AudioEncoderKind, AutoencoderKind, Config, FaceCrop, FaceDetectorKind, FaceMask};
 
 type Check = Result<(), (String, String)>;
 
@@ -69,7 +69,73 @@ impl Config {
         if let Some(v) = &d.val_dataset {
             local_path(v, "data.val_dataset")?;
         }
-        Ok(())
+        self.validate_face()
+    }
+
+    fn validate_face(&self) -> Check {
+        let f = &self.data.face;
+        let det = f.detector;
+        ensure(
+            f.crop != FaceCrop::Face || det != FaceDetectorKind::None,
+            "data.face.crop",
+            || {
+                "`face` needs a face box: set data.face.detector to boxes, dlib-hog or dlib-cnn"
+                    .into()
+            },
+        )?;
+        ensure(
+            f.mask != FaceMask::Landmarks || det.is_dlib(),
+            "data.face.mask",
+            || {
+                format!(
+                    "`landmarks` needs landmarks, which data.face.detector {} does not give: \
+                     use dlib-hog or dlib-cnn",
+                    det.name()
+                )
+            },
+        )?;
+        positive(f.detect_every, "data.face.detect_every")?;
+        ensure(
+            f.detect_every == 1 || det.is_dlib(),
+            "data.face.detect_every",
+            || {
+                format!(
+                    "{} applies to a dlib detector, not {}",
+                    f.detect_every,
+                    det.name()
+                )
+            },
+        )?;
+        positive(f.min_face, "data.face.min_face")?;
+        positive(f.smooth_window, "data.face.smooth_window")?;
+        ensure(
+            f.margin >= 0.0 && f.margin <= 2.0,
+            "data.face.margin",
+            || format!("{} is outside [0, 2]", f.margin),
+        )?;
+        ensure(f.max_gap_s >= 0.0, "data.face.max_gap_s", || {
+            format!("{} is negative", f.max_gap_s)
+        })?;
+        ensure(f.min_segment_s >= 0.0, "data.face.min_segment_s", || {
+            format!("{} is negative", f.min_segment_s)
+        })?;
+        ensure(
+            f.track_iou > 0.0 && f.track_iou < 1.0,
+            "data.face.track_iou",
+            || format!("{} is outside (0, 1)", f.track_iou),
+        )?;
+        ensure(f.scene_cut >= 0.0, "data.face.scene_cut", || {
+            format!("{} is negative", f.scene_cut)
+        })?;
+        ensure(
+            det != FaceDetectorKind::DlibCnn || f.cnn_model.is_some(),
+            "data.face.cnn_model",
+            || {
+                "dlib-cnn needs the path of mmod_human_face_detector.dat (`bash ci/setup.sh` \
+                 puts one in ~/.cache/syncdiff/models)"
+                    .into()
+            },
+        )
     }
 
     fn validate_model(&self) -> Check {

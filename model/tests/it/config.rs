@@ -259,6 +259,42 @@ fn validation_names_the_key() {
 }
 
 #[test]
+fn face_settings_that_cannot_work_together_are_refused() {
+    let text = "data:\n  face:\n    detector: dlib-hog\n    crop: face\n    mask: landmarks\n";
+    Config::from_yaml(text, "configs/x.yaml", &[]).unwrap();
+    let e = yaml_err("data:\n  face:\n    crop: face\n", &[]);
+    assert!(
+        e.starts_with("configs/x.yaml: data.face.crop: `face` needs a face box"),
+        "{e}"
+    );
+    let e = yaml_err(
+        "train: {}\n",
+        &["data.face.detector=boxes", "data.face.mask=landmarks"],
+    );
+    assert!(
+        e.contains("data.face.mask: `landmarks` needs landmarks, which data.face.detector boxes"),
+        "{e}"
+    );
+    let e = yaml_err("train: {}\n", &["data.face.detect_every=3"]);
+    assert!(
+        e.contains("data.face.detect_every: 3 applies to a dlib detector, not none"),
+        "{e}"
+    );
+    let e = yaml_err("train: {}\n", &["data.face.detector=dlib-cnn"]);
+    assert!(e.contains("data.face.cnn_model: dlib-cnn needs"), "{e}");
+    let e = yaml_err("train: {}\n", &["data.face.detector=s3fd"]);
+    assert!(
+        e.contains("data.face.detector") && e.contains("s3fd"),
+        "{e}"
+    );
+    let e = yaml_err("train: {}\n", &["data.face.track_iou=1.5"]);
+    assert!(
+        e.contains("data.face.track_iou: 1.5 is outside (0, 1)"),
+        "{e}"
+    );
+}
+
+#[test]
 fn global_batch_must_divide_over_ranks() {
     let c = load("syncdiff-lrs2.yaml", &["train.global_batch=50"]).unwrap();
     let e = c.batch_plan(6).unwrap_err().to_string();
