@@ -48,6 +48,7 @@ fn clip(c: usize) -> ClipData {
         masked_latents: (0..FRAMES).flat_map(|f| lat(f, 1.0)).collect(),
         mel: (0..FRAMES * 104).map(|i| (i as f32 * 0.01).cos()).collect(),
         audio_features: Vec::new(),
+        faces: Vec::new(),
     }
 }
 
@@ -64,6 +65,7 @@ fn build(dir: &Path) -> anyhow::Result<()> {
         fps: 25,
         sample_rate: 16000,
         mask_fraction: 0.5,
+        face: Default::default(),
     };
     let clips: Vec<ClipData> = (0..CLIPS).map(clip).collect();
     let entries = clips

@@ -14,7 +14,9 @@ use tch::nn::VarStore;
 use tch::Device;
 
 use crate::audio::{FbankParams, LogFbank};
-use crate::lrs2::{decode_clip, encode_clip, read_filelist, ClipSettings, Rejection};
+use crate::lrs2::{
+    decode_clip_parts, encode_clip, read_filelist, ClipParts, ClipSettings, Rejection,
+};
 use crate::store::{
     shard_name, write_manifest, write_shard, AudioCacheTag, Manifest, ShardRecord, StoreError,
     StoreMeta, FORMAT_VERSION,
@@ -58,6 +60,9 @@ pub enum IngestError {
     /// The autoencoder weights could not be loaded.
     #[error(transparent)]
     Weights(#[from] syncdiff_model::weights::WeightsError),
+    /// The face front-end cannot start (a model file is missing or wrong).
+    #[error(transparent)]
+    Face(#[from] crate::face::FaceError),
     /// The output holds shards prepared with other settings.
     #[error(
         "{path} was prepared with other settings ({differences}; stored -> now); adding to it \
@@ -94,9 +99,16 @@ fn check_record(
 ) -> Result<ShardRecord<Vec<Rejection>>, IngestError> {
     let record = read_record(path)?;
     let mut differences = record.meta.differences(meta);
-    if record.entry.clips.len() + record.rejected.len() != ids.len()
-        || !record.entry.clips.iter().all(|c| ids.contains(c))
-    {
+    // Stored and rejected parts (`<id>#<first>-<end>` for a split clip) cover the shard's clips.
+    let base = |c: &String| c.split('#').next().unwrap_or(c).to_string();
+    let covered: std::collections::BTreeSet<String> = record
+        .entry
+        .clips
+        .iter()
+        .chain(record.rejected.iter().map(|r| &r.clip))
+        .map(base)
+        .collect();
+    if covered != ids.iter().cloned().collect() {
         differences.push("clips: the filelist or data.clips_per_shard changed".into());
     }
     if differences.is_empty() {
@@ -241,6 +253,7 @@ pub fn meta_for(
         fps: cfg.data.fps,
         sample_rate: cfg.data.sample_rate,
         mask_fraction: cfg.data.mask_fraction,
+        face: cfg.data.face.clone(),
     }
 }
 
@@ -268,8 +281,12 @@ pub struct IngestReport {
     pub clips: usize,
     /// Frames written by this rank.
     pub frames: u64,
-    /// Clips rejected by this rank.
+    /// Clips (or parts of clips) rejected by this rank.
     pub rejected: usize,
+    /// Source clips the face front-end split into several parts (lost face, scene cut).
+    pub split: usize,
+    /// Scene cuts found.
+    pub scene_cuts: usize,
     /// Whether this rank wrote the manifest (all shards were finished).
     pub manifest_written: bool,
     /// Wall seconds decoding (ffmpeg) and computing the filterbank, in parallel over clips.
@@ -327,7 +344,17 @@ pub fn ingest(
         sample_rate: cfg.data.sample_rate,
         mask_fraction: cfg.data.mask_fraction,
         audio_tolerance_s: 0.1,
+        face: cfg
+            .data
+            .face
+            .detector
+            .is_dlib()
+            .then(|| cfg.data.face.clone()),
     };
+    if let Some(face) = &settings.face {
+        // A missing or wrong model file stops the run before any work, naming the file.
+        crate::face::FrontEnd::new(face)?;
+    }
     let per = cfg.data.clips_per_shard as usize;
     let shards: Vec<&[String]> = ids.chunks(per).collect();
     let mine: Vec<usize> = (0..shards.len())
@@ -367,25 +394,32 @@ pub fn ingest(
         }
         // Decode and compute features in parallel; encode in batches on the device.
         let t0 = std::time::Instant::now();
-        let decoded: Vec<Result<_, Rejection>> = shards[i]
+        let decoded: Vec<ClipParts> = shards[i]
             .par_iter()
-            .map(|id| decode_clip(&opts.root, id, &settings, &fb))
+            .map(|id| decode_clip_parts(&opts.root, id, &settings, &fb))
             .collect();
         report.decode_s += t0.elapsed().as_secs_f64();
         let t0 = std::time::Instant::now();
         let mut clips = Vec::new();
         let mut rejected = Vec::new();
         for d in decoded {
-            match d {
-                Ok(c) => {
-                    let mut clip = encode_clip(&ae, c, &settings, device, opts.batch, opts.half);
-                    if let Some(cache) = &audio_cache {
-                        clip.audio_features = cache.features(&clip.mel, clip.frames);
+            report.scene_cuts += d.cuts;
+            if d.parts.iter().filter(|p| p.is_ok()).count() > 1 {
+                report.split += 1;
+            }
+            for part in d.parts {
+                match part {
+                    Ok(c) => {
+                        let mut clip =
+                            encode_clip(&ae, c, &settings, device, opts.batch, opts.half);
+                        if let Some(cache) = &audio_cache {
+                            clip.audio_features = cache.features(&clip.mel, clip.frames);
+                        }
+                        report.frames += clip.frames as u64;
+                        clips.push(clip);
                     }
-                    report.frames += clip.frames as u64;
-                    clips.push(clip);
+                    Err(r) => rejected.push(r),
                 }
-                Err(r) => rejected.push(r),
             }
             done += 1;
             progress(done, total, report.frames);

@@ -13,6 +13,7 @@ pub mod launch;
 pub mod lrs2;
 pub mod progress;
 pub mod rng;
+mod segments;
 pub mod store;
 pub mod synth;
 pub mod video;

@@ -14,16 +14,17 @@ use syncdiff_model::vq::Autoencoder;
 use tch::{Device, Kind, Tensor};
 
 use crate::audio::{mel_group_features, LogFbank};
-use crate::store::ClipData;
+use crate::store::{ClipData, FaceRecord};
 use crate::video;
 
-/// Why a clip was skipped (written to `rejected.jsonl`).
+/// Why a clip (or a part of it) was skipped (written to `rejected.jsonl`).
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct Rejection {
     /// `<speaker>/<clip>`.
     pub clip: String,
     /// Short reason code: missing, undecodable, truncated, no_audio, zero_frames, wrong_fps,
-    /// audio_short, bad_boxes.
+    /// audio_short, bad_boxes, no_face (no face, or a segment with one shorter than
+    /// `data.face.min_segment_s`), face_model.
     pub reason: String,
     /// Details.
     pub detail: String,
@@ -46,6 +47,9 @@ pub struct ClipSettings {
     pub mask_fraction: f64,
     /// Largest allowed shortfall of audio against video, in seconds.
     pub audio_tolerance_s: f64,
+    /// `data.face` when a dlib detector runs (the face front-end crops and masks); `None`: the
+    /// whole frame (or the sidecar box) is the face.
+    pub face: Option<syncdiff_model::config::FaceConfig>,
 }
 
 /// The clip ids of a split's filelist.
@@ -69,9 +73,18 @@ pub struct DecodedClip {
     pub rgb: Vec<u8>,
     /// Mel rows, frames x 104.
     pub mel: Vec<f32>,
+    /// Per-pixel masks, frames x S x S (true: hidden), from the face front-end; `None`: the
+    /// lower `mask_fraction` rows of every frame.
+    pub masks: Option<Vec<bool>>,
+    /// Per frame, what the face front-end found (empty without it).
+    pub faces: Vec<FaceRecord>,
+    /// Frame width of `rgb` (S, or the source's before the face front-end crops).
+    pub width: u32,
+    /// Frame height of `rgb`.
+    pub height: u32,
 }
 
-fn reject(clip: &str, reason: &str, detail: impl Into<String>) -> Rejection {
+pub(crate) fn reject(clip: &str, reason: &str, detail: impl Into<String>) -> Rejection {
     Rejection {
         clip: clip.to_string(),
         reason: reason.into(),
@@ -161,9 +174,11 @@ pub fn decode_clip(
         ));
     }
     let size = s.resolution;
-    let has_boxes = root.join("main").join(format!("{id}.boxes.txt")).exists();
-    // One ffmpeg pass: frames (scaled here unless boxes need the source frames) and audio.
-    let av = video::decode_av(&path, (!has_boxes).then_some(size), s.sample_rate).map_err(|e| {
+    let has_boxes = s.face.is_none() && root.join("main").join(format!("{id}.boxes.txt")).exists();
+    // One ffmpeg pass: frames (scaled here unless boxes or the face front-end need the source
+    // frames) and audio.
+    let scaled = !has_boxes && s.face.is_none();
+    let av = video::decode_av(&path, scaled.then_some(size), s.sample_rate).map_err(|e| {
         let msg = e.to_string();
         let reason = if msg.ends_with("no video stream") || msg.contains("matches no streams") {
             "zero_frames"
@@ -211,11 +226,15 @@ pub fn decode_clip(
             format!("{} decoding error(s){first_error}", av.errors.len()),
         ));
     }
-    let rgb = if has_boxes {
+    let (rgb, width, height) = if has_boxes {
         let b = boxes(root, id, frames)?.unwrap_or_default();
-        crop_resize(&av.rgb, av.width, av.height, &b, size)
+        (
+            crop_resize(&av.rgb, av.width, av.height, &b, size),
+            size,
+            size,
+        )
     } else {
-        av.rgb
+        (av.rgb, av.width, av.height)
     };
     let (audio_s, video_s) = (
         av.audio.len() as f64 / f64::from(s.sample_rate),
@@ -235,7 +254,36 @@ pub fn decode_clip(
         frames,
         rgb,
         mel,
+        masks: None,
+        faces: Vec::new(),
+        width,
+        height,
     })
+}
+
+/// [`decode_clip`], then, with the face front-end, the clip's segments with a face, each
+/// cropped and masked (`crate::segments`).
+pub fn decode_clip_parts(root: &Path, id: &str, s: &ClipSettings, fb: &LogFbank) -> ClipParts {
+    match (decode_clip(root, id, s, fb), &s.face) {
+        (Err(r), _) => ClipParts {
+            parts: vec![Err(r)],
+            cuts: 0,
+        },
+        (Ok(c), None) => ClipParts {
+            parts: vec![Ok(c)],
+            cuts: 0,
+        },
+        (Ok(c), Some(face)) => crate::segments::split(c, face, s),
+    }
+}
+
+/// What one source clip became.
+#[derive(Debug)]
+pub struct ClipParts {
+    /// The stored clips (one, or one per segment with a face) and the rejected ones.
+    pub parts: Vec<Result<DecodedClip, Rejection>>,
+    /// Scene cuts found in it.
+    pub cuts: usize,
 }
 
 /// Frames as model input: RGB bytes (F, S, S, 3) -> (F, 3, S, S) in [-1, 1], and the masked copy
@@ -293,13 +341,22 @@ pub fn encode_clip(
     batch: i64,
     half: bool,
 ) -> ClipData {
-    let (x, masked) = frames_to_tensors(
+    let (x, mut masked) = frames_to_tensors(
         &clip.rgb,
         clip.frames,
         s.resolution,
         s.mask_fraction,
         device,
     );
+    if let Some(m) = &clip.masks {
+        let side = i64::from(s.resolution);
+        let bytes: Vec<u8> = m.iter().map(|&b| u8::from(b)).collect();
+        let m = Tensor::from_slice(&bytes)
+            .view([clip.frames as i64, 1, side, side])
+            .to_kind(Kind::Bool)
+            .to_device(device);
+        masked = x.masked_fill(&m, -1.0);
+    }
     ClipData {
         id: clip.id,
         frames: clip.frames,
@@ -307,5 +364,6 @@ pub fn encode_clip(
         masked_latents: encode_latents(ae, &masked, batch, half),
         mel: clip.mel,
         audio_features: Vec::new(),
+        faces: clip.faces,
     }
 }

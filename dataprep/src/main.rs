@@ -122,7 +122,7 @@ fn main() -> ExitCode {
             bar.finish();
             r.map(|rep| {
                 format!(
-                    "rank {rank}/{world}: built {} shard(s), {} already finished; {} clips, {} frames in {:.1} s (decode+features {:.2} s, encode {:.2} s, write {:.2} s); {} rejected{}",
+                    "rank {rank}/{world}: built {} shard(s), {} already finished; {} clips, {} frames in {:.1} s (decode+features {:.2} s, encode {:.2} s, write {:.2} s); {} rejected{}{}",
                     rep.built,
                     rep.skipped,
                     rep.clips,
@@ -132,6 +132,7 @@ fn main() -> ExitCode {
                     rep.encode_s,
                     rep.write_s,
                     rep.rejected,
+                    if rep.split + rep.scene_cuts > 0 { format!(" ({} clip(s) split by the face front-end, {} scene cut(s))", rep.split, rep.scene_cuts) } else { String::new() },
                     if rep.manifest_written { format!("; wrote {}/manifest.json (reasons in rejected.jsonl)", out.display()) } else { String::new() }
                 )
             })

@@ -8,6 +8,10 @@
 //!   mel             float32 [F, 104]       stacked normalised filterbank, 1:1 with frames
 //!                                          (subchunks of 64 rows: contexts are read as ranges)
 //!   clip_offsets    int64   [C + 1]        frames of clip c: [offsets[c], offsets[c + 1])
+//!   face_box        float32 [F, 4]         with a dlib detector (data.face): the tracked face
+//!                                          box x0 y0 x1 y1, source pixels
+//!   landmarks       float32 [F, 68, 2]     its 68 landmarks (NaN where none were predicted)
+//!   crop            float32 [F, 6]         crop -> source affine map [a b c d e f] of the frame
 //!   (group attributes: format version, clip ids, autoencoder kind + sha256, filterbank, split)
 //! ```
 //! Reading one frame's latent touches one subchunk of one shard file.
@@ -25,8 +29,9 @@ use zarrs::filesystem::FilesystemStore;
 use zarrs::group::GroupBuilder;
 
 /// Version of the store layout written here (2: the settings that shaped the shards are
-/// recorded in the manifest and in every shard's `entry.json`).
-pub const FORMAT_VERSION: u32 = 2;
+/// recorded in the manifest and in every shard's `entry.json`; 3: the face front-end's
+/// settings are among them, and its per-frame boxes, landmarks and crops are stored).
+pub const FORMAT_VERSION: u32 = 3;
 /// Frames per shard file (outer chunk) of the per-frame arrays.
 pub const FRAMES_PER_CHUNK: u64 = 256;
 /// Width of one mel row.
@@ -92,6 +97,19 @@ pub struct ClipData {
     pub mel: Vec<f32>,
     /// Cached output of the frozen audio-encoder layers, frames x D (empty when not cached).
     pub audio_features: Vec<f16>,
+    /// Per frame, the face front-end's result (empty without a dlib detector).
+    pub faces: Vec<FaceRecord>,
+}
+
+/// What the face front-end found on one stored frame, in the source video's pixels.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct FaceRecord {
+    /// Face box `x0 y0 x1 y1`.
+    pub face_box: [f32; 4],
+    /// The 68 landmarks (x, y); NaN where none were predicted.
+    pub landmarks: [[f32; 2]; 68],
+    /// Crop -> source affine map `[a b c d e f]`: `x = a u + b v + c`, `y = d u + e v + f`.
+    pub crop: [f32; 6],
 }
 
 /// What identifies cached frozen audio-encoder features: they are valid only for these weights
@@ -140,6 +158,9 @@ pub struct StoreMeta {
     /// `data.mask_fraction`: lower fraction of the face box zeroed in the masked frame.
     #[serde(default)]
     pub mask_fraction: f64,
+    /// `data.face`: how faces were found, cropped and masked.
+    #[serde(default)]
+    pub face: syncdiff_model::config::FaceConfig,
 }
 
 impl StoreMeta {
@@ -320,6 +341,9 @@ pub fn write_shard<R: Serialize>(
     let mut mel = Vec::with_capacity(frames as usize * MEL_DIM as usize);
     let mut audio = Vec::new();
     let audio_dim = meta.audio_cache.as_ref().map(|t| t.dim as usize);
+    let with_faces = meta.face.detector.is_dlib();
+    let (mut boxes, mut marks, mut crops) =
+        (Vec::<f32>::new(), Vec::<f32>::new(), Vec::<f32>::new());
     let mut offsets = vec![0i64];
     for clip in clips {
         if clip.latents.len() != clip.frames * lat_len
@@ -350,6 +374,24 @@ pub fn write_shard<R: Serialize>(
                 });
             }
             audio.extend_from_slice(&clip.audio_features);
+        }
+        if with_faces {
+            if clip.faces.len() != clip.frames {
+                return Err(StoreError::Format {
+                    path: path.to_path_buf(),
+                    message: format!(
+                        "clip {}: face records for {} of {} frames",
+                        clip.id,
+                        clip.faces.len(),
+                        clip.frames
+                    ),
+                });
+            }
+            for f in &clip.faces {
+                boxes.extend_from_slice(&f.face_box);
+                marks.extend(f.landmarks.iter().flatten());
+                crops.extend_from_slice(&f.crop);
+            }
         }
         offsets.push(offsets[offsets.len() - 1] + clip.frames as i64);
     }
@@ -391,6 +433,18 @@ pub fn write_shard<R: Serialize>(
             &audio,
             path,
         )?;
+    }
+    if with_faces {
+        frame_array(&store, "face_box", &[4], data_type::float32(), &boxes, path)?;
+        frame_array(
+            &store,
+            "landmarks",
+            &[68, 2],
+            data_type::float32(),
+            &marks,
+            path,
+        )?;
+        frame_array(&store, "crop", &[6], data_type::float32(), &crops, path)?;
     }
     let n = offsets.len() as u64;
     let off = ArrayBuilder::new(vec![n], vec![n], data_type::int64(), 0i64)
@@ -473,6 +527,8 @@ struct Shard {
     masked: FrameArray,
     mel: FrameArray,
     audio: Option<FrameArray>,
+    /// face_box, landmarks, crop.
+    faces: Option<[FrameArray; 3]>,
     path: PathBuf,
 }
 
@@ -487,6 +543,11 @@ impl Shard {
         ];
         if let (Some(a), Some(tag)) = (&self.audio, &meta.audio_cache) {
             arrays.push(("audio_features", a, vec![tag.dim]));
+        }
+        if let Some([b, l, c]) = &self.faces {
+            arrays.push(("face_box", b, vec![4]));
+            arrays.push(("landmarks", l, vec![68, 2]));
+            arrays.push(("crop", c, vec![6]));
         }
         for (name, a, frame) in arrays {
             let shape = a.array.shape();
@@ -569,6 +630,15 @@ impl Dataset {
                     Some(_) => Some(FrameArray::open(&store, "audio_features", &path)?),
                     None => None,
                 },
+                faces: if manifest.meta.face.detector.is_dlib() {
+                    Some([
+                        FrameArray::open(&store, "face_box", &path)?,
+                        FrameArray::open(&store, "landmarks", &path)?,
+                        FrameArray::open(&store, "crop", &path)?,
+                    ])
+                } else {
+                    None
+                },
                 path: path.clone(),
             };
             shard.check(&manifest.meta, entry.frames.iter().sum())?;
@@ -632,6 +702,36 @@ impl Dataset {
         let s = &self.shards[c.shard];
         let a = if masked { &s.masked } else { &s.latents };
         a.read(c.start + t, 1, &s.path)
+    }
+
+    /// The face front-end's record of frame `t` of clip `clip`; `None` for a data set prepared
+    /// without a dlib detector.
+    pub fn face(&self, clip: usize, t: u64) -> Result<Option<FaceRecord>, StoreError> {
+        let c = self.check(clip, t, 1)?;
+        let s = &self.shards[c.shard];
+        let Some([b, l, cr]) = &s.faces else {
+            return Ok(None);
+        };
+        let at = c.start + t;
+        let bv: Vec<f32> = b.read(at, 1, &s.path)?;
+        let lv: Vec<f32> = l.read(at, 1, &s.path)?;
+        let cv: Vec<f32> = cr.read(at, 1, &s.path)?;
+        let bad = || StoreError::Format {
+            path: s.path.clone(),
+            message: format!("clip {} frame {t}: face arrays of the wrong size", c.id),
+        };
+        let mut landmarks = [[0f32; 2]; 68];
+        if lv.len() != 136 {
+            return Err(bad());
+        }
+        for (k, p) in landmarks.iter_mut().enumerate() {
+            *p = [lv[2 * k], lv[2 * k + 1]];
+        }
+        Ok(Some(FaceRecord {
+            face_box: bv.try_into().map_err(|_| bad())?,
+            landmarks,
+            crop: cv.try_into().map_err(|_| bad())?,
+        }))
     }
 
     /// Latent of frame `t` of clip `clip` (C x h x w values).

@@ -146,15 +146,15 @@ impl FrontEnd {
     /// A tracker for one clip of `width` x `height` frames at `fps`.
     pub fn tracker(&self, width: u32, height: u32, fps: f64) -> Tracker<'_> {
         let k = self.cfg.detect_every.max(1) as usize;
-        let gap = (self.cfg.max_gap_s * fps).round() as usize;
         Tracker {
             fe: self,
             width,
             height,
             detect_every: k,
-            allowance: gap.max(k - 1),
+            allowance: (self.cfg.max_gap_s * fps).round() as usize,
             raw: Vec::new(),
             last_match: None,
+            first_miss: None,
             last_run: None,
             prev_thumb: None,
         }
@@ -217,7 +217,8 @@ pub struct Tracker<'a> {
     detect_every: usize,
     allowance: usize,
     raw: Vec<track::RawFrame>,
-    last_match: Option<(usize, Rect)>,
+    last_match: Option<Rect>,
+    first_miss: Option<usize>,
     last_run: Option<usize>,
     prev_thumb: Option<Vec<f32>>,
 }
@@ -246,30 +247,40 @@ impl Tracker<'_> {
         if f.cut {
             self.last_match = None;
         }
-        if let Some((j, _)) = self.last_match {
-            if i - j - 1 > self.allowance {
-                self.last_match = None;
-            }
+        // Lost for longer than max_gap_s (counted from the first run that missed): a new track.
+        if self.first_miss.is_some_and(|m| i - m > self.allowance) {
+            self.last_match = None;
+            self.first_miss = None;
         }
+        // Every k-th frame while the face is found; after a miss, every frame until it is found
+        // again or lost.
+        let missed = self.last_run.is_some_and(|r| self.raw[r].det.is_none());
         let due = self.last_run.is_none_or(|r| i - r >= self.detect_every);
-        if self.last_match.is_none() || f.cut || due {
+        if self.last_match.is_none() || f.cut || due || missed {
             f.ran = true;
             self.last_run = Some(i);
             let faces = self.fe.detect_in(&img, w, h, cfg.min_face as f32);
             f.det = match self.last_match {
                 None => largest(&faces),
-                Some((_, prev)) => faces
+                Some(prev) => faces
                     .iter()
                     .map(|r| (r.iou(&prev), *r))
                     .filter(|(iou, _)| f64::from(*iou) >= cfg.track_iou)
                     .max_by(|a, b| a.0.total_cmp(&b.0))
                     .map(|(_, r)| r),
             };
-            if let Some(d) = f.det {
-                self.last_match = Some((i, d));
+            match f.det {
+                Some(d) => {
+                    self.last_match = Some(d);
+                    self.first_miss = None;
+                }
+                None if self.last_match.is_some() => {
+                    self.first_miss.get_or_insert(i);
+                }
+                None => {}
             }
         }
-        if let Some((_, r)) = self.last_match {
+        if let Some(r) = self.last_match {
             f.landmarks = self.fe.predictor.landmarks(&img, &r);
         }
         self.raw.push(f);

@@ -31,8 +31,9 @@ pub struct FaceFrame {
     pub detected: bool,
 }
 
-/// Consecutive frames that follow one face: matched detections at most `allowance` frames
-/// apart, no shot boundary inside. A segment ends at its last detection, or up to
+/// Consecutive frames that follow one face, with no shot boundary inside: the face is lost from
+/// the first detector run that misses it, and a segment goes on only if the face is found again
+/// within `allowance` lost frames. A segment ends at its last detection, or up to
 /// `detect_every - 1` frames later where the detector did not run.
 pub(crate) fn segments(
     raw: &[RawFrame],
@@ -40,8 +41,9 @@ pub(crate) fn segments(
     detect_every: usize,
 ) -> Vec<Range<usize>> {
     let mut out = Vec::new();
-    let mut current: Option<(usize, usize)> = None;
-    let close = |(start, last): (usize, usize), out: &mut Vec<Range<usize>>| {
+    // (start, last matched frame, first miss since then)
+    let mut current: Option<(usize, usize, Option<usize>)> = None;
+    let close = |(start, last, _): (usize, usize, Option<usize>), out: &mut Vec<Range<usize>>| {
         let mut end = last;
         while end + 1 < raw.len()
             && end + 1 - last < detect_every
@@ -60,13 +62,19 @@ pub(crate) fn segments(
         }
         if f.det.is_some() {
             current = match current {
-                Some((start, last)) if i - last - 1 <= allowance => Some((start, i)),
+                Some((start, _, miss)) if miss.is_none_or(|m| i - m <= allowance) => {
+                    Some((start, i, None))
+                }
                 Some(c) => {
                     close(c, &mut out);
-                    Some((i, i))
+                    Some((i, i, None))
                 }
-                None => Some((i, i)),
+                None => Some((i, i, None)),
             };
+        } else if f.ran {
+            if let Some((_, _, miss @ None)) = &mut current {
+                *miss = Some(i);
+            }
         }
     }
     if let Some(c) = current {
@@ -220,6 +228,9 @@ mod tests {
         assert_eq!(segments(&raw("D..D..D.."), 2, 3), vec![0..9]);
         // ... but not past a run that missed.
         assert_eq!(segments(&raw("D..D..m..m.."), 2, 3), vec![0..6]);
+        // Lost time counts from the first run that missed, not from the last detection.
+        assert_eq!(segments(&raw("D....mmD...."), 2, 5), vec![0..12]);
+        assert_eq!(segments(&raw("D....mmmD...."), 2, 5), vec![0..5, 8..13]);
     }
 
     #[test]

@@ -304,3 +304,129 @@ fn missing_or_wrong_model_files_are_one_line_errors_naming_them() {
         "data.face.detector none: the face front-end runs dlib-hog or dlib-cnn"
     );
 }
+
+/// An LRS2-layout root: a 3 s clip with the portrait throughout, one where it leaves the frame
+/// during the second second, and the cat; 160x160 at 25 fps with a tone as sound.
+fn lrs2_with_faces(root: &std::path::Path) {
+    let (_, still) = still_box();
+    let (w, h) = (160u32, 160u32);
+    let here = Pose {
+        scale: 1.15,
+        angle: 0.0,
+        pos: [80.0, 84.0],
+    };
+    let away = Pose {
+        pos: [2000.0, 84.0],
+        ..here
+    };
+    let always: Vec<Pose> = vec![here; 75];
+    let leaves: Vec<Pose> = (0..75)
+        .map(|i| if (25..50).contains(&i) { away } else { here })
+        .collect();
+    let tone: Vec<i16> = (0..3 * 16000)
+        .map(|i| ((i as f32 * 0.05).sin() * 8000.0) as i16)
+        .collect();
+    let main = root.join("main/spk00");
+    std::fs::create_dir_all(&main).unwrap();
+    for (name, poses) in [("00001", &always), ("00002", &leaves)] {
+        let frames = render(poses, still.centre(), w, h);
+        video::encode(
+            &main.join(format!("{name}.mp4")),
+            &frames,
+            w,
+            h,
+            25,
+            Some((&tone, 16000)),
+        )
+        .unwrap();
+    }
+    let cat = video::decode_frames(&photo("chelsea.png"), 160, 160).unwrap();
+    let cats: Vec<u8> = (0..75).flat_map(|_| cat.iter().copied()).collect();
+    video::encode(
+        &main.join("00003.mp4"),
+        &cats,
+        w,
+        h,
+        25,
+        Some((&tone, 16000)),
+    )
+    .unwrap();
+    std::fs::write(
+        root.join("train.txt"),
+        "spk00/00001\nspk00/00002\nspk00/00003\n",
+    )
+    .unwrap();
+}
+
+#[test]
+fn ingest_stores_face_parts_and_rejects_faceless_ones() {
+    let _g = crate::common::torch();
+    let dir = tempfile::tempdir().unwrap();
+    let (root, out) = (dir.path().join("lrs2"), dir.path().join("ds"));
+    lrs2_with_faces(&root);
+    let config = crate::common::repo().join("configs/debug.yaml");
+    let o = std::process::Command::new(env!("CARGO_BIN_EXE_syncdiff-dataprep"))
+        .args([
+            "lrs2",
+            "--root",
+            root.to_str().unwrap(),
+            "--out",
+            out.to_str().unwrap(),
+        ])
+        .args(["--config", config.to_str().unwrap()])
+        .args([
+            "--set",
+            "data.face.detector=dlib-hog",
+            "--set",
+            "data.face.mask=landmarks",
+        ])
+        .output()
+        .unwrap();
+    let err = String::from_utf8_lossy(&o.stderr);
+    assert!(o.status.success(), "{err}");
+    let summary = String::from_utf8_lossy(&o.stdout);
+    assert!(
+        summary.contains("2 rejected (1 clip(s) split by the face front-end, 2 scene cut(s))"),
+        "{summary}"
+    );
+    let ds = syncdiff_dataprep::store::Dataset::open(&out).unwrap();
+    let ids: Vec<&str> = ds.clips().iter().map(|c| c.id.as_str()).collect();
+    assert_eq!(
+        ids,
+        ["spk00/00001", "spk00/00002#0-25", "spk00/00002#50-75"]
+    );
+    let rejected = std::fs::read_to_string(out.join("rejected.jsonl")).unwrap();
+    let reasons: Vec<(String, String)> = rejected
+        .lines()
+        .map(|l| {
+            let v: serde_json::Value = serde_json::from_str(l).unwrap();
+            (
+                v["clip"].as_str().unwrap().into(),
+                v["reason"].as_str().unwrap().into(),
+            )
+        })
+        .collect();
+    assert_eq!(
+        reasons,
+        [
+            ("spk00/00002#25-50".to_string(), "no_face".to_string()),
+            ("spk00/00003".to_string(), "no_face".to_string())
+        ]
+    );
+    // The stored records: the face where it was drawn, landmarks, the whole-frame crop (LRS2).
+    for (ci, t) in [(0, 0), (0, 74), (1, 10), (2, 20)] {
+        let f = ds.face(ci, t).unwrap().unwrap();
+        let [x0, y0, x1, y1] = f.face_box;
+        let (cx, cy) = ((x0 + x1) / 2.0, (y0 + y1) / 2.0);
+        assert!(
+            (cx - 80.0).abs() < 3.0 && (cy - 84.0).abs() < 3.0,
+            "{:?}",
+            f.face_box
+        );
+        assert!(f.landmarks.iter().flatten().all(|v| v.is_finite()));
+        assert_eq!(f.crop, [5.0, 0.0, 0.0, 0.0, 5.0, 0.0]);
+        // The masked frame hides the mouth: its latent differs from the frame's.
+        assert_ne!(ds.latent(ci, t).unwrap(), ds.masked_latent(ci, t).unwrap());
+    }
+    assert_eq!(ds.mel(1, 0, 25).unwrap().len(), 25 * 104);
+}

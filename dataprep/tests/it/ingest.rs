@@ -89,6 +89,7 @@ fn ingest_round_trip_equals_direct_computation() {
         sample_rate: 16000,
         mask_fraction: 0.5,
         audio_tolerance_s: 0.1,
+        face: None,
     };
     let fb = LogFbank::new(FbankParams::default());
     for (ci, clip) in ds.clips().iter().enumerate() {
@@ -110,6 +111,10 @@ fn ingest_round_trip_equals_direct_computation() {
                 frames,
                 rgb: rgb.clone(),
                 mel: mel.clone(),
+                masks: None,
+                faces: Vec::new(),
+                width: 32,
+                height: 32,
             },
             &s,
             tch::Device::Cpu,

@@ -8,8 +8,10 @@ use std::path::Path;
 
 use half::f16;
 use syncdiff_dataprep::store::{
-    shard_name, write_manifest, write_shard, ClipData, Dataset, Manifest, StoreMeta, FORMAT_VERSION,
+    shard_name, write_manifest, write_shard, ClipData, Dataset, FaceRecord, Manifest, StoreMeta,
+    FORMAT_VERSION,
 };
+use syncdiff_model::config::{FaceConfig, FaceDetectorKind};
 
 fn meta() -> StoreMeta {
     StoreMeta {
@@ -24,6 +26,7 @@ fn meta() -> StoreMeta {
         fps: 25,
         sample_rate: 16000,
         mask_fraction: 0.5,
+        face: Default::default(),
     }
 }
 
@@ -48,7 +51,82 @@ fn clip(c: usize, frames: usize) -> ClipData {
         audio_features: (0..frames * 8)
             .map(|i| f16::from_f32(((c * 7 + i) % 512) as f32 * 0.25))
             .collect(),
+        // Face records (stored when the meta says a dlib detector made them).
+        faces: (0..frames).map(|f| face_record(c, f)).collect(),
     }
+}
+
+fn face_record(c: usize, f: usize) -> FaceRecord {
+    let v = (c * 1000 + f) as f32;
+    let mut landmarks = [[0f32; 2]; 68];
+    for (k, p) in landmarks.iter_mut().enumerate() {
+        *p = [v + k as f32, if k == 67 { f32::NAN } else { -v }];
+    }
+    FaceRecord {
+        face_box: [v, v + 1.0, v + 2.0, v + 3.0],
+        landmarks,
+        crop: [1.0, 0.0, v, 0.0, 1.0, -v],
+    }
+}
+
+#[test]
+fn face_records_round_trip_when_a_detector_made_them() {
+    let dir = tempfile::tempdir().unwrap();
+    for (name, detector) in [
+        ("none", FaceDetectorKind::None),
+        ("hog", FaceDetectorKind::DlibHog),
+    ] {
+        let d = dir.path().join(name);
+        let m = StoreMeta {
+            face: FaceConfig {
+                detector,
+                ..FaceConfig::default()
+            },
+            ..meta()
+        };
+        let entry =
+            write_shard::<String>(&d.join(shard_name(0)), &[clip(0, 7), clip(1, 300)], &m, &[])
+                .unwrap();
+        write_manifest(
+            &d,
+            &Manifest {
+                meta: m,
+                shards: vec![entry],
+            },
+        )
+        .unwrap();
+        let ds = Dataset::open(&d).unwrap();
+        for (ci, t) in [(0, 0), (0, 6), (1, 0), (1, 299)] {
+            let got = ds.face(ci, t).unwrap();
+            match detector {
+                FaceDetectorKind::None => assert!(got.is_none()),
+                _ => {
+                    let (got, want) = (got.unwrap(), face_record(ci, t as usize));
+                    assert_eq!((got.face_box, got.crop), (want.face_box, want.crop));
+                    assert_eq!(got.landmarks[..67], want.landmarks[..67]);
+                    assert!(got.landmarks[67][1].is_nan());
+                }
+            }
+        }
+        assert!(ds.face(1, 300).is_err());
+    }
+    // A clip without records in a data set that should have them is refused by name.
+    let mut bare = clip(0, 3);
+    bare.faces.clear();
+    let m = StoreMeta {
+        face: FaceConfig {
+            detector: FaceDetectorKind::DlibHog,
+            ..FaceConfig::default()
+        },
+        ..meta()
+    };
+    let e = write_shard::<String>(&dir.path().join("x").join(shard_name(0)), &[bare], &m, &[])
+        .unwrap_err();
+    assert!(
+        e.to_string()
+            .contains("clip spk00/00001: face records for 0 of 3 frames"),
+        "{e}"
+    );
 }
 
 #[test]

@@ -75,8 +75,9 @@ pub struct FaceConfig {
     pub mask: FaceMask,
     /// With `crop: face`: the square's margin on each side, as a fraction of the face box side.
     pub margin: f64,
-    /// Run the detector on every k-th frame; boxes in between are interpolated (landmarks are
-    /// still predicted on every frame).
+    /// Run the detector on every k-th frame while it finds the face (after a miss: every frame
+    /// until found or lost); boxes in between are interpolated, landmarks are predicted on every
+    /// frame.
     pub detect_every: u32,
     /// Smallest face side in source pixels; the detector runs on the frame scaled so that such
     /// a face meets its 80-pixel window, and smaller detections are ignored.
