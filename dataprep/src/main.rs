@@ -71,6 +71,26 @@ enum Command {
         #[arg(long)]
         rebuild: bool,
     },
+    /// Run the face front-end (`data.face`) on a video or an image and draw what it found:
+    /// `OUT/frame-NNNNN.png` (crop square yellow, face box green, mask blue, landmarks red) and
+    /// `OUT/crop-NNNNN.png` (the model's input) every `--every` frames. Check alignment here
+    /// before a long preparation.
+    Faces {
+        /// A video (any size and frame rate) or an image.
+        #[arg(long)]
+        input: PathBuf,
+        /// Directory for the pictures.
+        #[arg(long, value_parser = local_dir)]
+        out: PathBuf,
+        #[command(flatten)]
+        config: ConfigArgs,
+        /// Draw every N-th frame.
+        #[arg(long, default_value_t = 25, value_parser = clap::value_parser!(u32).range(1..))]
+        every: u32,
+        /// Look at the first SECONDS only.
+        #[arg(long, default_value_t = 10.0)]
+        seconds: f64,
+    },
     /// Summarise a prepared data set.
     Inspect {
         /// Data set directory.
@@ -138,6 +158,7 @@ fn main() -> ExitCode {
             })
             .map_err(anyhow::Error::from)
         }
+        Command::Faces { input, out, config, every, seconds } => faces(&input, &out, &config, every, seconds),
         Command::Inspect { dataset } => inspect(&dataset),
         Command::Config { config } => match config.load() {
             Ok(c) => Ok(format!(
@@ -169,6 +190,92 @@ fn main() -> ExitCode {
             ExitCode::FAILURE
         }
     }
+}
+
+/// `faces`: the front-end on one video, pictures of every `every`-th frame, and a summary.
+fn faces(
+    input: &std::path::Path,
+    out: &std::path::Path,
+    config: &ConfigArgs,
+    every: u32,
+    seconds: f64,
+) -> anyhow::Result<String> {
+    use syncdiff_dataprep::face::{overlay, CropTransform, FrontEnd};
+    use syncdiff_dataprep::video;
+    let cfg = config.load()?;
+    let face_cfg = &cfg.data.face;
+    let fe = FrontEnd::new(face_cfg)?;
+    let info = video::probe(input)?;
+    let (w, h) = (info.width, info.height);
+    anyhow::ensure!(
+        w > 0 && h > 0,
+        "{}: no frame size in the video stream",
+        input.display()
+    );
+    let fps = if info.fps > 0.0 { info.fps } else { 25.0 };
+    let rgb = video::decode_frames_upto(input, w, h, Some(seconds))?;
+    let frame_len = (w * h * 3) as usize;
+    let frames = rgb.len() / frame_len;
+    let bar = Progress::new(true, "faces", "frame", 0, frames as u64);
+    let mut tracker = fe.tracker(w, h, fps);
+    for (i, f) in rgb.chunks_exact(frame_len).enumerate() {
+        tracker.push(f)?;
+        bar.set(i as u64 + 1);
+    }
+    bar.finish();
+    let clip = tracker.finish();
+    std::fs::create_dir_all(out).map_err(|e| anyhow::anyhow!("{}: {e}", out.display()))?;
+    let mut drawn = 0;
+    for i in (0..frames).step_by(every as usize) {
+        let Some(face) = &clip.frames[i] else {
+            continue;
+        };
+        let src = &rgb[i * frame_len..(i + 1) * frame_len];
+        let mut pic = src.to_vec();
+        overlay(
+            &mut pic,
+            w,
+            h,
+            face,
+            face_cfg,
+            cfg.data.mask_fraction,
+            cfg.data.resolution,
+        );
+        video::write_png(&out.join(format!("frame-{i:05}.png")), &pic, w, h)?;
+        let crop = CropTransform::new(face_cfg, &face.rect, w, h, cfg.data.resolution);
+        let s = cfg.data.resolution;
+        video::write_png(
+            &out.join(format!("crop-{i:05}.png")),
+            &crop.warp(src, w, h),
+            s,
+            s,
+        )?;
+        drawn += 1;
+    }
+    if clip.with_face() == 0 {
+        let hint = match fe.smaller_face(&rgb[..frame_len], w, h)? {
+            Some(r) => format!(
+                " (a face of {:.0} px is in the first frame: lower data.face.min_face)",
+                r.side()
+            ),
+            None => String::new(),
+        };
+        anyhow::bail!(
+            "{}: no face of at least {} px (data.face.min_face) in {frames} frames{hint}",
+            input.display(),
+            face_cfg.min_face
+        );
+    }
+    Ok(format!(
+        "{}: {w}x{h} at {fps:.2} fps, {frames} frames; a face in {} ({} segment(s) {:?}, {} scene cut(s), detector on {} frames); {drawn} picture pair(s) in {}",
+        input.display(),
+        clip.with_face(),
+        clip.segments.len(),
+        clip.segments,
+        clip.cuts.len(),
+        clip.detector_runs,
+        out.display()
+    ))
 }
 
 /// `inspect`: clips, frames, shards, sizes, compression ratio, format, autoencoder.

@@ -143,28 +143,44 @@ pub fn probe(path: &Path) -> Result<VideoInfo, VideoError> {
 /// Decodes every frame at the source rate as RGB24, scaled to `width` x `height` (area filter).
 /// Returns the frames back to back (frames x height x width x 3 bytes).
 pub fn decode_frames(path: &Path, width: u32, height: u32) -> Result<Vec<u8>, VideoError> {
+    decode_frames_upto(path, width, height, None)
+}
+
+/// [`decode_frames`] of at most the first `seconds`.
+pub fn decode_frames_upto(
+    path: &Path,
+    width: u32,
+    height: u32,
+    seconds: Option<f64>,
+) -> Result<Vec<u8>, VideoError> {
     let p = path_str(path)?;
     let scale = format!("scale={width}:{height}:flags=area");
+    let limit = seconds.map(|s| format!("{s:.3}"));
+    let mut head = vec!["-v", "error", "-nostdin"];
+    if let Some(l) = &limit {
+        head.extend(["-t", l.as_str()]);
+    }
     let out = run(
         "ffmpeg",
         &[
-            "-v",
-            "error",
-            "-nostdin",
-            "-i",
-            p,
-            "-map",
-            "0:v:0",
-            "-vf",
-            &scale,
-            "-vsync",
-            "passthrough",
-            "-f",
-            "rawvideo",
-            "-pix_fmt",
-            "rgb24",
-            "-",
-        ],
+            &head[..],
+            &[
+                "-i",
+                p,
+                "-map",
+                "0:v:0",
+                "-vf",
+                &scale,
+                "-vsync",
+                "passthrough",
+                "-f",
+                "rawvideo",
+                "-pix_fmt",
+                "rgb24",
+                "-",
+            ],
+        ]
+        .concat(),
         path,
         None,
     )?;
@@ -179,6 +195,38 @@ pub fn decode_frames(path: &Path, width: u32, height: u32) -> Result<Vec<u8>, Vi
         ));
     }
     Ok(out)
+}
+
+/// Writes one RGB24 frame as a PNG.
+pub fn write_png(path: &Path, rgb: &[u8], width: u32, height: u32) -> Result<(), VideoError> {
+    let p = path_str(path)?;
+    let size = format!("{width}x{height}");
+    run(
+        "ffmpeg",
+        &[
+            "-v",
+            "error",
+            "-y",
+            "-f",
+            "rawvideo",
+            "-pix_fmt",
+            "rgb24",
+            "-s",
+            &size,
+            "-i",
+            "-",
+            "-frames:v",
+            "1",
+            "-f",
+            "image2",
+            "-c:v",
+            "png",
+            p,
+        ],
+        path,
+        Some(rgb),
+    )
+    .map(|_| ())
 }
 
 /// Decodes the first audio stream as mono int16 at `rate` Hz (ffmpeg resamples).

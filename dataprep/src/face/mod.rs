@@ -13,6 +13,7 @@
 //! through the `dlib-face-recognition` crate; see docs/faces.md.
 
 mod dlib;
+mod draw;
 pub mod geometry;
 mod track;
 
@@ -21,6 +22,7 @@ use std::path::{Path, PathBuf};
 
 use syncdiff_model::config::{FaceConfig, FaceDetectorKind};
 
+pub use draw::overlay;
 pub use geometry::{
     feather, landmark_box, mouth_mask, paste_back, warp, Affine, CropTransform, Landmarks, Rect,
     LANDMARK_BOX_SCALE,

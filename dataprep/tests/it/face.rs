@@ -430,3 +430,42 @@ fn ingest_stores_face_parts_and_rejects_faceless_ones() {
     }
     assert_eq!(ds.mel(1, 0, 25).unwrap().len(), 25 * 104);
 }
+
+#[test]
+fn the_faces_command_draws_what_it_found_and_names_a_faceless_input() {
+    let dir = tempfile::tempdir().unwrap();
+    let config = crate::common::repo().join("configs/syncdiff-lrs2.yaml");
+    let run = |input: &std::path::Path| {
+        std::process::Command::new(env!("CARGO_BIN_EXE_syncdiff-dataprep"))
+            .args(["faces", "--input", input.to_str().unwrap()])
+            .args(["--out", dir.path().to_str().unwrap()])
+            .args([
+                "--config",
+                config.to_str().unwrap(),
+                "--set",
+                "data.face.crop=face",
+            ])
+            .output()
+            .unwrap()
+    };
+    let o = run(&photo("astronaut.png"));
+    assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
+    let summary = String::from_utf8_lossy(&o.stdout);
+    assert!(
+        summary.contains("512x512") && summary.contains("a face in 1"),
+        "{summary}"
+    );
+    for f in ["frame-00000.png", "crop-00000.png"] {
+        assert!(dir.path().join(f).metadata().unwrap().len() > 1000, "{f}");
+    }
+    let o = run(&photo("chelsea.png"));
+    assert_eq!(o.status.code(), Some(1));
+    let err = String::from_utf8_lossy(&o.stderr);
+    assert!(
+        err.trim_end().lines().count() == 1
+            && err.contains(
+                "chelsea.png: no face of at least 80 px (data.face.min_face) in 1 frames"
+            ),
+        "{err}"
+    );
+}
