@@ -14,9 +14,7 @@ use tch::nn::VarStore;
 use tch::Device;
 
 use crate::audio::{FbankParams, LogFbank};
-use crate::lrs2::{
-    decode_clip_parts, encode_clip, read_filelist, ClipParts, ClipSettings, Rejection,
-};
+use crate::lrs2::{decode_clip_parts, encode_clip, ClipParts, ClipSettings, Rejection};
 use crate::store::{
     shard_name, write_manifest, write_shard, AudioCacheTag, Manifest, ShardRecord, StoreError,
     StoreMeta, FORMAT_VERSION,
@@ -25,8 +23,10 @@ use crate::store::{
 /// Options of an ingest run.
 #[derive(Debug, Clone)]
 pub struct IngestOptions {
-    /// LRS2 root (holds the filelists and `main/`).
+    /// Source root (LRS2: the filelists and `main/`; or a folder of videos).
     pub root: PathBuf,
+    /// How the root is laid out.
+    pub layout: crate::layout::Layout,
     /// `train`, `val` or `test`.
     pub split: String,
     /// Output data set directory.
@@ -310,8 +310,10 @@ pub fn ingest(
             message: e.to_string(),
         }
     };
-    let ids = read_filelist(&opts.root, &opts.split)
-        .map_err(io(&opts.root.join(format!("{}.txt", opts.split))))?;
+    let ids = opts
+        .layout
+        .clip_ids(&opts.root, &opts.split)
+        .map_err(|(path, e)| io(&path)(e))?;
     std::fs::create_dir_all(&opts.out).map_err(io(&opts.out))?;
     // This rank's GPU when there is one (a launcher's local rank picks it), else the CPU.
     let local_rank = crate::launch::Launch::from_env().local_rank;
@@ -344,6 +346,7 @@ pub fn ingest(
         sample_rate: cfg.data.sample_rate,
         mask_fraction: cfg.data.mask_fraction,
         audio_tolerance_s: 0.1,
+        layout: opts.layout,
         face: cfg
             .data
             .face

@@ -10,6 +10,7 @@ pub mod face;
 pub mod hash;
 pub mod ingest;
 pub mod launch;
+pub mod layout;
 pub mod lrs2;
 pub mod progress;
 pub mod rng;

@@ -1,12 +1,12 @@
-//! One LRS2 clip -> latents, masked latents and aligned filterbank rows.
+//! One source clip -> latents, masked latents and aligned filterbank rows.
 //!
-//! Layout read: `ROOT/{train,val,test}.txt` (lines `<speaker>/<clip>`, extra tokens ignored) and
-//! `ROOT/main/<speaker>/<clip>.mp4`. Optional face boxes: `ROOT/main/<speaker>/<clip>.boxes.txt`,
-//! one line `x0 y0 x1 y1` (source pixels) per frame; without it the whole frame is the face box
-//! (LRS2 frames are face crops). The masked frame zeroes (black pixels) the lower `mask_fraction`
-//! of the box.
+//! Where clips are: `crate::layout` (LRS2, or a folder of videos). In the LRS2 layout, optional
+//! face boxes: `ROOT/main/<speaker>/<clip>.boxes.txt`, one line `x0 y0 x1 y1` (source pixels) per
+//! frame; without it (and without a dlib detector, `crate::segments`) the whole frame is the face
+//! box (LRS2 frames are face crops). The masked frame zeroes (black pixels) the lower
+//! `mask_fraction` of the box.
 
-use std::path::{Path, PathBuf};
+use std::path::Path;
 
 use half::f16;
 use serde::{Deserialize, Serialize};
@@ -47,19 +47,11 @@ pub struct ClipSettings {
     pub mask_fraction: f64,
     /// Largest allowed shortfall of audio against video, in seconds.
     pub audio_tolerance_s: f64,
+    /// Where the clips are (LRS2 or a folder of videos).
+    pub layout: crate::layout::Layout,
     /// `data.face` when a dlib detector runs (the face front-end crops and masks); `None`: the
     /// whole frame (or the sidecar box) is the face.
     pub face: Option<syncdiff_model::config::FaceConfig>,
-}
-
-/// The clip ids of a split's filelist.
-pub fn read_filelist(root: &Path, split: &str) -> std::io::Result<Vec<String>> {
-    let text = std::fs::read_to_string(root.join(format!("{split}.txt")))?;
-    Ok(text
-        .lines()
-        .filter_map(|l| l.split_whitespace().next())
-        .map(str::to_string)
-        .collect())
 }
 
 /// Decoded clip before encoding: frames (F, S, S, 3) as RGB bytes and the mel rows.
@@ -90,10 +82,6 @@ pub(crate) fn reject(clip: &str, reason: &str, detail: impl Into<String>) -> Rej
         reason: reason.into(),
         detail: detail.into(),
     }
-}
-
-fn mp4(root: &Path, id: &str) -> PathBuf {
-    root.join("main").join(format!("{id}.mp4"))
 }
 
 /// Reads the face boxes sidecar when present.
@@ -165,7 +153,7 @@ pub fn decode_clip(
     s: &ClipSettings,
     fb: &LogFbank,
 ) -> Result<DecodedClip, Rejection> {
-    let path = mp4(root, id);
+    let path = s.layout.clip_path(root, id);
     if !path.is_file() {
         return Err(reject(
             id,
@@ -174,19 +162,24 @@ pub fn decode_clip(
         ));
     }
     let size = s.resolution;
-    let has_boxes = s.face.is_none() && root.join("main").join(format!("{id}.boxes.txt")).exists();
+    let has_boxes = s.face.is_none()
+        && s.layout == crate::layout::Layout::Lrs2
+        && root.join("main").join(format!("{id}.boxes.txt")).exists();
     // One ffmpeg pass: frames (scaled here unless boxes or the face front-end need the source
     // frames) and audio.
     let scaled = !has_boxes && s.face.is_none();
-    let av = video::decode_av(&path, scaled.then_some(size), s.sample_rate).map_err(|e| {
-        let msg = e.to_string();
-        let reason = if msg.ends_with("no video stream") || msg.contains("matches no streams") {
-            "zero_frames"
-        } else {
-            "undecodable"
-        };
-        reject(id, reason, msg)
-    })?;
+    let resample = s.layout.resamples().then_some(s.fps);
+    let av = video::decode_av_at(&path, scaled.then_some(size), s.sample_rate, resample).map_err(
+        |e| {
+            let msg = e.to_string();
+            let reason = if msg.ends_with("no video stream") || msg.contains("matches no streams") {
+                "zero_frames"
+            } else {
+                "undecodable"
+            };
+            reject(id, reason, msg)
+        },
+    )?;
     if (av.fps - s.fps).abs() > 0.01 {
         return Err(reject(
             id,

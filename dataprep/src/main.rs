@@ -11,6 +11,7 @@ use std::process::ExitCode;
 use clap::{Parser, Subcommand};
 use syncdiff_dataprep::ingest;
 use syncdiff_dataprep::launch::Launch;
+use syncdiff_dataprep::layout::Layout;
 use syncdiff_dataprep::progress::Progress;
 use syncdiff_dataprep::store::Dataset;
 use syncdiff_dataprep::synth::{synth, SynthOptions};
@@ -47,30 +48,12 @@ enum Command {
     },
     /// Turn a split of LRS2 (or a synthetic data set) into shard stores plus manifest.json.
     /// Resumable: finished shards are kept, interrupted ones rebuilt. Under `mpirun -n K` the
-    /// ranks split the shards.
-    Lrs2 {
-        /// LRS2 root: holds train.txt / val.txt / test.txt and main/.
-        #[arg(long, value_parser = local_dir)]
-        root: PathBuf,
-        /// train, val or test.
-        #[arg(long, default_value = "train")]
-        split: String,
-        /// Output data set directory.
-        #[arg(long, value_parser = local_dir)]
-        out: PathBuf,
-        #[command(flatten)]
-        config: ConfigArgs,
-        /// Frames per encoder batch.
-        #[arg(long, default_value_t = 32)]
-        batch: i64,
-        /// Encode in float16 (for GPUs; slow on CPU). Its error against float32: docs/dataprep.md.
-        #[arg(long)]
-        half: bool,
-        /// Rebuild finished shards that were prepared with other settings (resolution,
-        /// autoencoder, mask, filterbank, clips) instead of refusing to mix them with new ones.
-        #[arg(long)]
-        rebuild: bool,
-    },
+    /// ranks split the shards. ROOT holds train.txt / val.txt / test.txt and main/.
+    Lrs2(IngestArgs),
+    /// The same from a plain folder of videos (LRS3, your own recordings): every video under
+    /// ROOT (or those ROOT/<split>.txt lists), any frame rate (resampled to data.fps) and size;
+    /// use a dlib detector (`--set data.face.detector=dlib-hog --set data.face.crop=face`).
+    Videos(IngestArgs),
     /// Run the face front-end (`data.face`) on a video or an image and draw what it found:
     /// `OUT/frame-NNNNN.png` (crop square yellow, face box green, mask blue, landmarks red) and
     /// `OUT/crop-NNNNN.png` (the model's input) every `--every` frames. Check alignment here
@@ -103,6 +86,32 @@ enum Command {
     },
 }
 
+/// What an ingest from either layout takes.
+#[derive(Debug, clap::Args)]
+struct IngestArgs {
+    /// Source root (see the subcommand).
+    #[arg(long, value_parser = local_dir)]
+    root: PathBuf,
+    /// train, val or test (videos: the list ROOT/<split>.txt if present, else every video).
+    #[arg(long, default_value = "train")]
+    split: String,
+    /// Output data set directory.
+    #[arg(long, value_parser = local_dir)]
+    out: PathBuf,
+    #[command(flatten)]
+    config: ConfigArgs,
+    /// Frames per encoder batch.
+    #[arg(long, default_value_t = 32)]
+    batch: i64,
+    /// Encode in float16 (for GPUs; slow on CPU). Its error against float32: docs/dataprep.md.
+    #[arg(long)]
+    half: bool,
+    /// Rebuild finished shards that were prepared with other settings (resolution,
+    /// autoencoder, mask, filterbank, clips) instead of refusing to mix them with new ones.
+    #[arg(long)]
+    rebuild: bool,
+}
+
 /// A directory argument: a path, never an object-store URL (which would otherwise become a local
 /// directory named `s3:`).
 fn local_dir(arg: &str) -> Result<PathBuf, String> {
@@ -122,42 +131,14 @@ fn main() -> ExitCode {
             r.map(|n| format!("wrote {n} clips to {} ({} s each; train/val/test lists beside main/)", out.display(), seconds))
                 .map_err(anyhow::Error::from)
         }
-        Command::Lrs2 { root, split, out, config, batch, half, rebuild } => {
-            let cfg = match config.load() {
-                Ok(c) => c,
-                Err(e) => {
-                    eprintln!("error: {e}");
-                    return ExitCode::from(2);
-                }
-            };
-            let Launch { rank, world, .. } = Launch::from_env();
-            let opts = ingest::IngestOptions { root, split, out: out.clone(), batch, half, rank, world, rebuild };
-            let bar = Progress::new(rank == 0, "lrs2", "clip", 0, 0);
-            let start = std::time::Instant::now();
-            let r = ingest::ingest(&opts, &cfg, |done, total, frames| {
-                bar.set_total(total as u64);
-                bar.set(done as u64);
-                bar.message(|| format!("{:.0} frames/s", frames as f64 / start.elapsed().as_secs_f64().max(1e-3)));
-            });
-            bar.finish();
-            r.map(|rep| {
-                format!(
-                    "rank {rank}/{world}: built {} shard(s), {} already finished; {} clips, {} frames in {:.1} s (decode+features {:.2} s, encode {:.2} s, write {:.2} s); {} rejected{}{}",
-                    rep.built,
-                    rep.skipped,
-                    rep.clips,
-                    rep.frames,
-                    start.elapsed().as_secs_f64(),
-                    rep.decode_s,
-                    rep.encode_s,
-                    rep.write_s,
-                    rep.rejected,
-                    if rep.split + rep.scene_cuts > 0 { format!(" ({} clip(s) split by the face front-end, {} scene cut(s))", rep.split, rep.scene_cuts) } else { String::new() },
-                    if rep.manifest_written { format!("; wrote {}/manifest.json (reasons in rejected.jsonl)", out.display()) } else { String::new() }
-                )
-            })
-            .map_err(anyhow::Error::from)
-        }
+        Command::Lrs2(args) => match run_ingest(Layout::Lrs2, args) {
+            Ok(r) => r,
+            Err(code) => return code,
+        },
+        Command::Videos(args) => match run_ingest(Layout::Videos, args) {
+            Ok(r) => r,
+            Err(code) => return code,
+        },
         Command::Faces { input, out, config, every, seconds } => faces(&input, &out, &config, every, seconds),
         Command::Inspect { dataset } => inspect(&dataset),
         Command::Config { config } => match config.load() {
@@ -190,6 +171,69 @@ fn main() -> ExitCode {
             ExitCode::FAILURE
         }
     }
+}
+
+/// `lrs2` / `videos`: the ingest with a progress bar and its summary line; `Err` is the exit
+/// code of a configuration error (already printed).
+fn run_ingest(layout: Layout, args: IngestArgs) -> Result<anyhow::Result<String>, ExitCode> {
+    let IngestArgs {
+        root,
+        split,
+        out,
+        config,
+        batch,
+        half,
+        rebuild,
+    } = args;
+    let cfg = match config.load() {
+        Ok(c) => c,
+        Err(e) => {
+            eprintln!("error: {e}");
+            return Err(ExitCode::from(2));
+        }
+    };
+    let Launch { rank, world, .. } = Launch::from_env();
+    let opts = ingest::IngestOptions {
+        root,
+        layout,
+        split,
+        out: out.clone(),
+        batch,
+        half,
+        rank,
+        world,
+        rebuild,
+    };
+    let bar = Progress::new(rank == 0, layout.name(), "clip", 0, 0);
+    let start = std::time::Instant::now();
+    let r = ingest::ingest(&opts, &cfg, |done, total, frames| {
+        bar.set_total(total as u64);
+        bar.set(done as u64);
+        bar.message(|| {
+            format!(
+                "{:.0} frames/s",
+                frames as f64 / start.elapsed().as_secs_f64().max(1e-3)
+            )
+        });
+    });
+    bar.finish();
+    Ok(r.map(|rep| {
+        format!(
+            "rank {rank}/{world}: built {} shard(s), {} already finished; {} clips, {} frames in {:.1} s (decode+features {:.2} s, encode {:.2} s, write {:.2} s); {} rejected{}{}",
+            rep.built,
+            rep.skipped,
+            rep.clips,
+            rep.frames,
+            start.elapsed().as_secs_f64(),
+            rep.decode_s,
+            rep.encode_s,
+            rep.write_s,
+            rep.rejected,
+            if rep.split + rep.scene_cuts > 0 { format!(" ({} clip(s) split by the face front-end, {} scene cut(s))", rep.split, rep.scene_cuts) } else { String::new() },
+            if rep.manifest_written { format!("; wrote {}/manifest.json (reasons in rejected.jsonl)", out.display()) } else { String::new() }
+        )
+    })
+    .map_err(anyhow::Error::from))
 }
 
 /// `faces`: the front-end on one video, pictures of every `every`-th frame, and a summary.

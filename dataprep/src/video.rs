@@ -432,6 +432,17 @@ fn parse_input_streams(stderr: &str) -> (Option<(f64, u32, u32)>, bool) {
 /// Decodes video and audio in one ffmpeg process (one demux pass): frames at the source rate,
 /// scaled to `size` x `size` (area filter) when given, and audio as mono int16 at `rate` Hz.
 pub fn decode_av(path: &Path, size: Option<u32>, rate: u32) -> Result<DecodedAv, VideoError> {
+    decode_av_at(path, size, rate, None)
+}
+
+/// [`decode_av`] with the frames resampled to `fps` when given (ffmpeg's `fps` filter: frames
+/// dropped or repeated to the nearest time stamp); the result's `fps` is then that rate.
+pub fn decode_av_at(
+    path: &Path,
+    size: Option<u32>,
+    rate: u32,
+    fps: Option<f64>,
+) -> Result<DecodedAv, VideoError> {
     let p = path_str(path)?;
     let audio_tmp = tempfile_for(path).with_extension("a.s16");
     let audio_out = audio_tmp
@@ -452,8 +463,15 @@ pub fn decode_av(path: &Path, size: Option<u32>, rate: u32) -> Result<DecodedAv,
     .iter()
     .map(|s| s.to_string())
     .collect();
+    let mut filters = Vec::new();
+    if let Some(f) = fps {
+        filters.push(format!("fps={f}"));
+    }
     if let Some(s) = size {
-        args.extend(["-vf".to_string(), format!("scale={s}:{s}:flags=area")]);
+        filters.push(format!("scale={s}:{s}:flags=area"));
+    }
+    if !filters.is_empty() {
+        args.extend(["-vf".to_string(), filters.join(",")]);
     }
     args.extend(
         [
@@ -519,7 +537,8 @@ pub fn decode_av(path: &Path, size: Option<u32>, rate: u32) -> Result<DecodedAv,
         });
         return Err(failed(path, format!("ffmpeg: {line}")));
     }
-    let (fps, w, h) = video.ok_or_else(|| failed(path, "no video stream"))?;
+    let (source_fps, w, h) = video.ok_or_else(|| failed(path, "no video stream"))?;
+    let fps = fps.unwrap_or(source_fps);
     let audio_bytes = match (audio_read, has_audio) {
         (Ok(bytes), _) => bytes,
         (Err(_), false) => Vec::new(),

@@ -469,3 +469,91 @@ fn the_faces_command_draws_what_it_found_and_names_a_faceless_input() {
         "{err}"
     );
 }
+
+#[test]
+fn a_folder_of_own_videos_at_30_fps_is_prepared_at_25_with_face_crops() {
+    let _g = crate::common::torch();
+    let (_, still) = still_box();
+    let dir = tempfile::tempdir().unwrap();
+    let (root, out) = (dir.path().join("own"), dir.path().join("ds"));
+    std::fs::create_dir_all(root.join("talks")).unwrap();
+    let (w, h) = (640u32, 360u32);
+    // 3 s at 30 fps: the portrait drifting right.
+    let poses: Vec<Pose> = (0..90)
+        .map(|i| Pose {
+            scale: 1.2,
+            angle: 0.0,
+            pos: [250.0 + i as f32, 180.0],
+        })
+        .collect();
+    let tone: Vec<i16> = (0..3 * 44100)
+        .map(|i| ((i as f32 * 0.02).sin() * 8000.0) as i16)
+        .collect();
+    let frames = render(&poses, still.centre(), w, h);
+    video::encode(
+        &root.join("talks/astronaut.mp4"),
+        &frames,
+        w,
+        h,
+        30,
+        Some((&tone, 44100)),
+    )
+    .unwrap();
+    let cat = video::decode_frames(&photo("chelsea.png"), w, h).unwrap();
+    let cats: Vec<u8> = (0..60).flat_map(|_| cat.iter().copied()).collect();
+    video::encode(&root.join("cat.mp4"), &cats, w, h, 30, Some((&tone, 44100))).unwrap();
+    std::fs::write(root.join("notes.txt"), "not a video").unwrap();
+
+    let config = crate::common::repo().join("configs/debug.yaml");
+    let o = std::process::Command::new(env!("CARGO_BIN_EXE_syncdiff-dataprep"))
+        .args([
+            "videos",
+            "--root",
+            root.to_str().unwrap(),
+            "--out",
+            out.to_str().unwrap(),
+        ])
+        .args(["--config", config.to_str().unwrap()])
+        .args([
+            "--set",
+            "data.face.detector=dlib-hog",
+            "--set",
+            "data.face.crop=face",
+        ])
+        .output()
+        .unwrap();
+    assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
+    let ds = syncdiff_dataprep::store::Dataset::open(&out).unwrap();
+    let clips = ds.clips();
+    assert_eq!(clips.len(), 1, "{clips:?}");
+    assert_eq!(clips[0].id, "talks/astronaut.mp4");
+    assert!(
+        (74..=76).contains(&clips[0].frames),
+        "{} frames at 25 fps",
+        clips[0].frames
+    );
+    let rejected = std::fs::read_to_string(out.join("rejected.jsonl")).unwrap();
+    assert!(
+        rejected.contains("\"clip\":\"cat.mp4\"") && rejected.contains("no_face"),
+        "{rejected}"
+    );
+    // Frame t at 25 fps shows the pose of source frame ~1.2 t: the crop follows the face.
+    for t in [0u64, 37, 70] {
+        let f = ds.face(0, t).unwrap().unwrap();
+        let [x0, y0, x1, y1] = f.face_box;
+        let want = 250.0 + (t as f32 * 30.0 / 25.0);
+        assert!(
+            ((x0 + x1) / 2.0 - want).abs() < 4.0,
+            "frame {t}: {:?} vs x {want}",
+            f.face_box
+        );
+        assert!(((y0 + y1) / 2.0 - 180.0).abs() < 4.0, "{:?}", f.face_box);
+        // crop: face -> a square 1.5 face boxes wide around it, into 32 pixels.
+        let side = (x1 - x0) * 1.5;
+        assert!(
+            (f.crop[0] - side / 32.0).abs() < 1e-3 && f.crop[1] == 0.0,
+            "{:?}",
+            f.crop
+        );
+    }
+}

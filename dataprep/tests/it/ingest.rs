@@ -89,6 +89,7 @@ fn ingest_round_trip_equals_direct_computation() {
         sample_rate: 16000,
         mask_fraction: 0.5,
         audio_tolerance_s: 0.1,
+        layout: Default::default(),
         face: None,
     };
     let fb = LogFbank::new(FbankParams::default());

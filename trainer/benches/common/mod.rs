@@ -65,6 +65,7 @@ pub fn synthetic_dataset(dir: &Path, config: &Config) -> anyhow::Result<PathBuf>
     }
     let out = dir.join(format!("ds-{}", config.data.resolution));
     let opts = syncdiff_dataprep::ingest::IngestOptions {
+        layout: syncdiff_dataprep::layout::Layout::Lrs2,
         root,
         split: "train".into(),
         out: out.clone(),

@@ -77,6 +77,7 @@ pub fn prepared(dir: &Path, split: &str, sets: &[&str]) -> PathBuf {
 /// Ingests split `split` of the LRS2-layout tree `root` into `out` with `cfg` (one rank).
 pub fn ingest(root: &Path, split: &str, out: &Path, cfg: &syncdiff_model::config::Config) {
     let opts = syncdiff_dataprep::ingest::IngestOptions {
+        layout: syncdiff_dataprep::layout::Layout::Lrs2,
         root: root.to_path_buf(),
         split: split.into(),
         out: out.to_path_buf(),
