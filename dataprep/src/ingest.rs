@@ -100,7 +100,7 @@ fn check_record(
     let record = read_record(path)?;
     let mut differences = record.meta.differences(meta);
     // Stored and rejected parts (`<id>#<first>-<end>` for a split clip) cover the shard's clips.
-    let base = |c: &String| c.split('#').next().unwrap_or(c).to_string();
+    let base = |c: &String| crate::segments::source_id(c).to_string();
     let covered: std::collections::BTreeSet<String> = record
         .entry
         .clips
@@ -347,6 +347,7 @@ pub fn ingest(
         mask_fraction: cfg.data.mask_fraction,
         audio_tolerance_s: 0.1,
         layout: opts.layout,
+        sidecar_boxes: cfg.data.face.detector == syncdiff_model::config::FaceDetectorKind::Boxes,
         face: cfg
             .data
             .face
@@ -354,6 +355,14 @@ pub fn ingest(
             .is_dlib()
             .then(|| cfg.data.face.clone()),
     };
+    if settings.sidecar_boxes && opts.layout != crate::layout::Layout::Lrs2 {
+        return Err(IngestError::Io {
+            path: opts.root.clone(),
+            message: "data.face.detector boxes: sidecar boxes are read in the LRS2 layout only; \
+                      use dlib-hog or dlib-cnn"
+                .into(),
+        });
+    }
     if let Some(face) = &settings.face {
         // A missing or wrong model file stops the run before any work, naming the file.
         crate::face::FrontEnd::new(face)?;
@@ -407,7 +416,7 @@ pub fn ingest(
         let mut rejected = Vec::new();
         for d in decoded {
             report.scene_cuts += d.cuts;
-            if d.parts.iter().filter(|p| p.is_ok()).count() > 1 {
+            if d.parts.len() > 1 {
                 report.split += 1;
             }
             for part in d.parts {

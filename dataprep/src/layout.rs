@@ -54,9 +54,13 @@ impl Layout {
         let list = root.join(format!("{split}.txt"));
         if self == Self::Lrs2 || list.is_file() {
             let text = std::fs::read_to_string(&list).map_err(|e| (list.clone(), e))?;
+            // LRS2 lines may carry extra tokens; a video's path may hold spaces.
             return Ok(text
                 .lines()
-                .filter_map(|l| l.split_whitespace().next())
+                .filter_map(|l| match self {
+                    Self::Lrs2 => l.split_whitespace().next(),
+                    Self::Videos => Some(l.trim()).filter(|l| !l.is_empty()),
+                })
                 .map(str::to_string)
                 .collect());
         }
@@ -72,7 +76,9 @@ fn walk(root: &Path, dir: &Path, out: &mut Vec<String>) -> Result<(), (PathBuf, 
     for entry in entries {
         let entry = entry.map_err(|e| (dir.to_path_buf(), e))?;
         let path = entry.path();
-        if path.is_dir() {
+        // Real directories only: a symlinked one could loop.
+        let is_dir = entry.file_type().map(|t| t.is_dir()).unwrap_or(false);
+        if is_dir {
             walk(root, &path, out)?;
         } else if path
             .extension()

@@ -49,6 +49,8 @@ pub struct ClipSettings {
     pub audio_tolerance_s: f64,
     /// Where the clips are (LRS2 or a folder of videos).
     pub layout: crate::layout::Layout,
+    /// `data.face.detector: boxes`: crop each frame to its sidecar box (LRS2 layout).
+    pub sidecar_boxes: bool,
     /// `data.face` when a dlib detector runs (the face front-end crops and masks); `None`: the
     /// whole frame (or the sidecar box) is the face.
     pub face: Option<syncdiff_model::config::FaceConfig>,
@@ -162,9 +164,18 @@ pub fn decode_clip(
         ));
     }
     let size = s.resolution;
-    let has_boxes = s.face.is_none()
-        && s.layout == crate::layout::Layout::Lrs2
-        && root.join("main").join(format!("{id}.boxes.txt")).exists();
+    let sidecar = root.join("main").join(format!("{id}.boxes.txt"));
+    let has_boxes = s.sidecar_boxes && s.layout == crate::layout::Layout::Lrs2;
+    if has_boxes && !sidecar.is_file() {
+        return Err(reject(
+            id,
+            "bad_boxes",
+            format!(
+                "no sidecar {} (data.face.detector: boxes)",
+                sidecar.display()
+            ),
+        ));
+    }
     // One ffmpeg pass: frames (scaled here unless boxes or the face front-end need the source
     // frames) and audio.
     let scaled = !has_boxes && s.face.is_none();

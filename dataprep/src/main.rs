@@ -71,7 +71,7 @@ enum Command {
         #[arg(long, default_value_t = 25, value_parser = clap::value_parser!(u32).range(1..))]
         every: u32,
         /// Look at the first SECONDS only.
-        #[arg(long, default_value_t = 10.0)]
+        #[arg(long, default_value_t = 10.0, value_parser = positive_seconds)]
         seconds: f64,
     },
     /// Summarise a prepared data set.
@@ -110,6 +110,13 @@ struct IngestArgs {
     /// autoencoder, mask, filterbank, clips) instead of refusing to mix them with new ones.
     #[arg(long)]
     rebuild: bool,
+}
+
+fn positive_seconds(arg: &str) -> Result<f64, String> {
+    match arg.parse::<f64>() {
+        Ok(s) if s > 0.0 && s.is_finite() => Ok(s),
+        _ => Err(format!("{arg}: expected a number of seconds above 0")),
+    }
 }
 
 /// A directory argument: a path, never an object-store URL (which would otherwise become a local
@@ -260,6 +267,11 @@ fn faces(
     let rgb = video::decode_frames_upto(input, w, h, Some(seconds))?;
     let frame_len = (w * h * 3) as usize;
     let frames = rgb.len() / frame_len;
+    anyhow::ensure!(
+        frames > 0,
+        "{}: no frames decoded in the first {seconds} s",
+        input.display()
+    );
     let bar = Progress::new(true, "faces", "frame", 0, frames as u64);
     let mut tracker = fe.tracker(w, h, fps);
     for (i, f) in rgb.chunks_exact(frame_len).enumerate() {

@@ -11,12 +11,27 @@ use crate::face::{mouth_mask, CropTransform, FrontEnd};
 use crate::lrs2::{reject, ClipParts, ClipSettings, DecodedClip, Rejection};
 use crate::store::{FaceRecord, MEL_DIM};
 
+/// The source clip of a stored or rejected part: `id` without a trailing `#<first>-<end>`.
+pub(crate) fn source_id(id: &str) -> &str {
+    match id.rsplit_once('#') {
+        Some((base, range))
+            if range
+                .split_once('-')
+                .is_some_and(|(a, b)| a.parse::<usize>().is_ok() && b.parse::<usize>().is_ok()) =>
+        {
+            base
+        }
+        _ => id,
+    }
+}
+
 /// Runs the front-end over `clip` (full-size frames) and cuts it into its parts.
 pub(crate) fn split(clip: DecodedClip, cfg: &FaceConfig, s: &ClipSettings) -> ClipParts {
     let failed = |reason: &str, detail: String| ClipParts {
         parts: vec![Err(reject(&clip.id, reason, detail))],
         cuts: 0,
     };
+    // dlib's detectors are per thread; the landmark model is shared (loaded once).
     let fe = match FrontEnd::new(cfg) {
         Ok(fe) => fe,
         Err(e) => return failed("face_model", e.to_string()),
@@ -128,5 +143,19 @@ fn part(
         faces: records,
         width: s.resolution,
         height: s.resolution,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    #[test]
+    fn source_ids_drop_only_a_frame_range() {
+        assert_eq!(super::source_id("spk00/00002#25-50"), "spk00/00002");
+        assert_eq!(super::source_id("talks/take#2.mp4"), "talks/take#2.mp4");
+        assert_eq!(
+            super::source_id("talks/take#2.mp4#0-75"),
+            "talks/take#2.mp4"
+        );
+        assert_eq!(super::source_id("a#b-c"), "a#b-c");
     }
 }

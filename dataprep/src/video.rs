@@ -156,7 +156,8 @@ pub fn decode_frames_upto(
     let p = path_str(path)?;
     let scale = format!("scale={width}:{height}:flags=area");
     let limit = seconds.map(|s| format!("{s:.3}"));
-    let mut head = vec!["-v", "error", "-nostdin"];
+    // Frames as stored (the coded size ffprobe reports): a rotation tag is not applied.
+    let mut head = vec!["-v", "error", "-nostdin", "-noautorotate"];
     if let Some(l) = &limit {
         head.extend(["-t", l.as_str()]);
     }
@@ -455,6 +456,9 @@ pub fn decode_av_at(
         "level+info",
         "-nostdin",
         "-y",
+        // The frames as stored: the sizes read from the input stream describe them, and a
+        // rotation tag (phone videos) would otherwise turn them and scramble every frame.
+        "-noautorotate",
         "-i",
         p,
         "-map",

@@ -219,6 +219,7 @@ pub struct Tracker<'a> {
     detect_every: usize,
     allowance: usize,
     raw: Vec<track::RawFrame>,
+    /// Where the tracked face is: its last detection, moved along by the landmarks since.
     last_match: Option<Rect>,
     first_miss: Option<usize>,
     last_run: Option<usize>,
@@ -282,8 +283,13 @@ impl Tracker<'_> {
                 None => {}
             }
         }
-        if let Some(r) = self.last_match {
+        // Landmarks in the detection on a detector frame, else in the box of the previous
+        // frame's landmarks (the face as it was one frame ago, not at the last detection).
+        if let Some(r) = f.det.or(self.last_match) {
             f.landmarks = self.fe.predictor.landmarks(&img, &r);
+            if let Some(lm) = &f.landmarks {
+                self.last_match = Some(geometry::landmark_box(lm));
+            }
         }
         self.raw.push(f);
         Ok(())

@@ -90,6 +90,7 @@ fn ingest_round_trip_equals_direct_computation() {
         mask_fraction: 0.5,
         audio_tolerance_s: 0.1,
         layout: Default::default(),
+        sidecar_boxes: false,
         face: None,
     };
     let fb = LogFbank::new(FbankParams::default());
@@ -532,7 +533,20 @@ fn face_box_sidecar_crops_each_frame() {
     .unwrap();
     std::fs::write(main.join("clip.boxes.txt"), "0 0 32 64\n".repeat(10)).unwrap();
     std::fs::write(root.join("train.txt"), "spk/clip\n").unwrap();
-    let o = lrs2(&root, &out, &debug_config());
+    let boxes = |out: &Path| {
+        dataprep(&[
+            "lrs2",
+            "--root",
+            root.to_str().unwrap(),
+            "--out",
+            out.to_str().unwrap(),
+            "--config",
+            &debug_config(),
+            "--set",
+            "data.face.detector=boxes",
+        ])
+    };
+    let o = boxes(&out);
     assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
     let ds = Dataset::open(&out).unwrap();
     // resample autoencoder: 8x8 latent of the 32x32 crop, values in [-1, 1]: red everywhere.
@@ -550,11 +564,26 @@ fn face_box_sidecar_crops_each_frame() {
     // A box count that does not match the frames rejects the clip.
     std::fs::write(main.join("clip.boxes.txt"), "0 0 32 64\n".repeat(3)).unwrap();
     let out2 = dir.path().join("ds2");
-    let o = lrs2(&root, &out2, &debug_config());
+    let o = boxes(&out2);
     assert!(o.status.success());
     assert!(std::fs::read_to_string(out2.join("rejected.jsonl"))
         .unwrap()
         .contains("\"reason\":\"bad_boxes\""));
+    // detector none: the sidecar is not read, the whole frame is the face.
+    let out3 = dir.path().join("ds3");
+    let o = lrs2(&root, &out3, &debug_config());
+    assert!(o.status.success());
+    assert_eq!(Dataset::open(&out3).unwrap().clips().len(), 1);
+    // detector boxes without a sidecar: rejected.
+    std::fs::remove_file(main.join("clip.boxes.txt")).unwrap();
+    let out4 = dir.path().join("ds4");
+    let o = boxes(&out4);
+    assert!(o.status.success());
+    let rejected = std::fs::read_to_string(out4.join("rejected.jsonl")).unwrap();
+    assert!(
+        rejected.contains("\"reason\":\"bad_boxes\"") && rejected.contains("no sidecar"),
+        "{rejected}"
+    );
 }
 
 #[test]

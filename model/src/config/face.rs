@@ -12,8 +12,9 @@ pub enum FaceDetectorKind {
     #[default]
     #[serde(rename = "none")]
     None,
-    /// Boxes from a sidecar file next to each clip (`<clip>.boxes.txt`, one `x0 y0 x1 y1` line per
-    /// frame, source pixels).
+    /// Boxes from a sidecar file next to each LRS2 clip (`<clip>.boxes.txt`, one `x0 y0 x1 y1`
+    /// line per frame, source pixels); each frame is cropped to its box (a clip without one is
+    /// rejected, `bad_boxes`).
     #[serde(rename = "boxes")]
     Boxes,
     /// dlib's HOG frontal-face detector (compiled into dlib, no model file).
@@ -52,6 +53,16 @@ pub enum FaceCrop {
     Face,
 }
 
+impl FaceCrop {
+    /// The name in configurations.
+    pub fn name(self) -> &'static str {
+        match self {
+            Self::Frame => "frame",
+            Self::Face => "face",
+        }
+    }
+}
+
 /// `data.face.mask`: which part of the face the masked frame hides.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize, Deserialize)]
 #[serde(rename_all = "kebab-case")]
@@ -79,10 +90,10 @@ pub struct FaceConfig {
     /// until found or lost); boxes in between are interpolated, landmarks are predicted on every
     /// frame.
     pub detect_every: u32,
-    /// Smallest face side in source pixels; the detector runs on the frame scaled so that such
-    /// a face meets its 80-pixel window, and smaller detections are ignored.
+    /// Smallest face side in source pixels (at least 20); the detector runs on the frame scaled
+    /// so that such a face meets its 80-pixel window.
     pub min_face: u32,
-    /// Centred moving-average window, in frames, over boxes and landmarks (1: no smoothing).
+    /// Centred moving-average window, in frames (odd), over boxes and landmarks (1: none).
     pub smooth_window: u32,
     /// Longest time the tracked face may be missing before the clip is split, in seconds.
     pub max_gap_s: f64,
@@ -90,7 +101,7 @@ pub struct FaceConfig {
     pub min_segment_s: f64,
     /// Smallest IoU between the tracked box and a new detection of the same face.
     pub track_iou: f64,
-    /// Mean absolute difference between consecutive frames (0-255 grey levels, on a 64x64
+    /// Mean absolute difference between consecutive frames (0-255 grey levels, on a 32x32
     /// thumbnail) above which a frame starts a new shot (0 disables scene-cut detection).
     pub scene_cut: f64,
     /// dlib's 68-point landmark model (Debian `libdlib-data`).

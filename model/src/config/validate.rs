@@ -79,7 +79,7 @@ impl Config {
             f.crop != FaceCrop::Face || det != FaceDetectorKind::None,
             "data.face.crop",
             || {
-                "`face` needs a face box: set data.face.detector to boxes, dlib-hog or dlib-cnn"
+                "`face` needs a face detector: set data.face.detector to dlib-hog or dlib-cnn"
                     .into()
             },
         )?;
@@ -106,8 +106,25 @@ impl Config {
                 )
             },
         )?;
-        positive(f.min_face, "data.face.min_face")?;
-        positive(f.smooth_window, "data.face.smooth_window")?;
+        ensure(f.min_face >= 20, "data.face.min_face", || {
+            format!(
+                "{} is below 20 pixels (the detector would search a frame scaled by 80 / min_face)",
+                f.min_face
+            )
+        })?;
+        ensure(f.smooth_window % 2 == 1, "data.face.smooth_window", || {
+            format!(
+                "{} must be odd (a centred window; 1 turns smoothing off)",
+                f.smooth_window
+            )
+        })?;
+        ensure(
+            f.crop != FaceCrop::Face || det != FaceDetectorKind::Boxes,
+            "data.face.crop",
+            || {
+                "`face` with sidecar boxes is not supported: the boxes themselves are the crop; use crop: frame, or a dlib detector".into()
+            },
+        )?;
         ensure(
             f.margin >= 0.0 && f.margin <= 2.0,
             "data.face.margin",

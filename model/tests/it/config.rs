@@ -264,7 +264,7 @@ fn face_settings_that_cannot_work_together_are_refused() {
     Config::from_yaml(text, "configs/x.yaml", &[]).unwrap();
     let e = yaml_err("data:\n  face:\n    crop: face\n", &[]);
     assert!(
-        e.starts_with("configs/x.yaml: data.face.crop: `face` needs a face box"),
+        e.starts_with("configs/x.yaml: data.face.crop: `face` needs a face detector"),
         "{e}"
     );
     let e = yaml_err(
@@ -287,6 +287,21 @@ fn face_settings_that_cannot_work_together_are_refused() {
         e.contains("data.face.detector") && e.contains("s3fd"),
         "{e}"
     );
+    let e = yaml_err(
+        "train: {}\n",
+        &["data.face.detector=boxes", "data.face.crop=face"],
+    );
+    assert!(
+        e.contains("data.face.crop: `face` with sidecar boxes is not supported"),
+        "{e}"
+    );
+    let e = yaml_err("train: {}\n", &["data.face.min_face=4"]);
+    assert!(
+        e.contains("data.face.min_face: 4 is below 20 pixels"),
+        "{e}"
+    );
+    let e = yaml_err("train: {}\n", &["data.face.smooth_window=4"]);
+    assert!(e.contains("data.face.smooth_window: 4 must be odd"), "{e}");
     let e = yaml_err("train: {}\n", &["data.face.track_iou=1.5"]);
     assert!(
         e.contains("data.face.track_iou: 1.5 is outside (0, 1)"),

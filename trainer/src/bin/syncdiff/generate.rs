@@ -166,6 +166,17 @@ pub fn run(args: Args) -> anyhow::Result<String> {
             opts.steps
         );
     }
+    let face = &g.config.data.face;
+    if face.detector.is_dlib() && rank == 0 {
+        // Said once: generation does not run the face front-end yet (docs/faces.md).
+        eprintln!(
+            "warning: the model was prepared with data.face.detector {} (crop {}); `syncdiff \
+             generate` does not run the face front-end yet and takes each whole reference frame \
+             as the face crop: give reference videos cropped as the training frames were",
+            face.detector.name(),
+            face.crop.name()
+        );
+    }
     let progress = Progress::new(true, "generate", "frame", 0, 0);
     let start = Instant::now();
     let (mut done, mut frames) = (0usize, 0u64);
