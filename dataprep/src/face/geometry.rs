@@ -13,6 +13,8 @@ pub type Landmarks = [[f32; 2]; 68];
 /// Landmark indices (0-based, iBUG 68): the jaw line runs 0..=16, the nose's lowest point is 33.
 const JAW: std::ops::RangeInclusive<usize> = 2..=14;
 const NOSE_BOTTOM: usize = 33;
+/// Outer eye corners (left, right in the image).
+const EYE_OUTER: (usize, usize) = (36, 45);
 
 /// Side of the face box made from landmarks, in RMS radii of the 68 points about their mean: on a
 /// frontal face dlib's HOG box is this wide (2.51 on the astronaut portrait).
@@ -269,10 +271,23 @@ pub fn mouth_mask(
             let m = crop.to_crop();
             let nose = m.apply(lm[NOSE_BOTTOM]);
             let jaw: Vec<[f32; 2]> = lm[JAW].iter().map(|p| m.apply(*p)).collect();
+            // The top edge runs through the nose parallel to the eye line (outer corners 36,
+            // 45), so that a tilted head is masked below its nose, not below a horizontal.
+            let (l, r) = (m.apply(lm[EYE_OUTER.0]), m.apply(lm[EYE_OUTER.1]));
+            let len = (r[0] - l[0]).hypot(r[1] - l[1]);
+            let d = if len > 1e-3 {
+                [(r[0] - l[0]) / len, (r[1] - l[1]) / len]
+            } else {
+                [1.0, 0.0]
+            };
+            let on_line = |p: [f32; 2]| {
+                let t = (p[0] - nose[0]) * d[0] + (p[1] - nose[1]) * d[1];
+                [nose[0] + t * d[0], nose[1] + t * d[1]]
+            };
             let (first, last) = (jaw[0], jaw[jaw.len() - 1]);
-            let mut poly = vec![[first[0], nose[1]]];
+            let mut poly = vec![on_line(first)];
             poly.extend(jaw);
-            poly.push([last[0], nose[1]]);
+            poly.push(on_line(last));
             fill_polygon(&poly, s, &mut mask);
         }
         _ => {
@@ -560,6 +575,8 @@ mod tests {
             lm[i] = [16.0 - 12.0 * t.cos(), 8.0 + 22.0 * t.sin()];
         }
         lm[NOSE_BOTTOM] = [16.0, 12.0];
+        lm[EYE_OUTER.0] = [8.0, 6.0];
+        lm[EYE_OUTER.1] = [24.0, 6.0];
         let face = Rect {
             x0: 0.0,
             y0: 0.0,
@@ -573,6 +590,13 @@ mod tests {
         assert!(!at(16, 10), "above the nose");
         assert!(!at(1, 20) && !at(30, 20), "outside the jaw");
         assert!(!at(16, 31), "below the chin");
+        // A tilted head (eye line sloping down to the right): the top edge tilts with it.
+        lm[EYE_OUTER.0] = [8.0, 2.0];
+        lm[EYE_OUTER.1] = [24.0, 10.0];
+        let mask = mouth_mask(&cfg, 0.5, &crop, &face, Some(&lm));
+        let at = |x: usize, y: usize| mask[y * 32 + x];
+        assert!(!at(22, 13), "above the tilted nose line");
+        assert!(at(10, 11), "below the tilted nose line");
     }
 
     #[test]

@@ -364,24 +364,12 @@ fn ingest_stores_face_parts_and_rejects_faceless_ones() {
     let dir = tempfile::tempdir().unwrap();
     let (root, out) = (dir.path().join("lrs2"), dir.path().join("ds"));
     lrs2_with_faces(&root);
-    let config = crate::common::repo().join("configs/debug.yaml");
-    let o = std::process::Command::new(env!("CARGO_BIN_EXE_syncdiff-dataprep"))
-        .args([
-            "lrs2",
-            "--root",
-            root.to_str().unwrap(),
-            "--out",
-            out.to_str().unwrap(),
-        ])
-        .args(["--config", config.to_str().unwrap()])
-        .args([
-            "--set",
-            "data.face.detector=dlib-hog",
-            "--set",
-            "data.face.mask=landmarks",
-        ])
-        .output()
-        .unwrap();
+    let o = crate::common::ingest(
+        "lrs2",
+        &root,
+        &out,
+        &["data.face.detector=dlib-hog", "data.face.mask=landmarks"],
+    );
     let err = String::from_utf8_lossy(&o.stderr);
     assert!(o.status.success(), "{err}");
     let summary = String::from_utf8_lossy(&o.stdout);
@@ -504,24 +492,12 @@ fn a_folder_of_own_videos_at_30_fps_is_prepared_at_25_with_face_crops() {
     video::encode(&root.join("cat.mp4"), &cats, w, h, 30, Some((&tone, 44100))).unwrap();
     std::fs::write(root.join("notes.txt"), "not a video").unwrap();
 
-    let config = crate::common::repo().join("configs/debug.yaml");
-    let o = std::process::Command::new(env!("CARGO_BIN_EXE_syncdiff-dataprep"))
-        .args([
-            "videos",
-            "--root",
-            root.to_str().unwrap(),
-            "--out",
-            out.to_str().unwrap(),
-        ])
-        .args(["--config", config.to_str().unwrap()])
-        .args([
-            "--set",
-            "data.face.detector=dlib-hog",
-            "--set",
-            "data.face.crop=face",
-        ])
-        .output()
-        .unwrap();
+    let o = crate::common::ingest(
+        "videos",
+        &root,
+        &out,
+        &["data.face.detector=dlib-hog", "data.face.crop=face"],
+    );
     assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
     let ds = syncdiff_dataprep::store::Dataset::open(&out).unwrap();
     let clips = ds.clips();

@@ -533,19 +533,7 @@ fn face_box_sidecar_crops_each_frame() {
     .unwrap();
     std::fs::write(main.join("clip.boxes.txt"), "0 0 32 64\n".repeat(10)).unwrap();
     std::fs::write(root.join("train.txt"), "spk/clip\n").unwrap();
-    let boxes = |out: &Path| {
-        dataprep(&[
-            "lrs2",
-            "--root",
-            root.to_str().unwrap(),
-            "--out",
-            out.to_str().unwrap(),
-            "--config",
-            &debug_config(),
-            "--set",
-            "data.face.detector=boxes",
-        ])
-    };
+    let boxes = |out: &Path| common::ingest("lrs2", &root, out, &["data.face.detector=boxes"]);
     let o = boxes(&out);
     assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
     let ds = Dataset::open(&out).unwrap();
