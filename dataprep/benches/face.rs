@@ -92,40 +92,35 @@ fn main() -> anyhow::Result<()> {
     let small = clip(&astro, small_n, 160, 160, 160.0 / 140.0);
     let large = clip(&astro, large_n, 1280, 720, 1.8);
     use FaceDetectorKind::{DlibCnn, DlibHog};
-    let mut cases = Vec::new();
-    for (det, every, min_face) in [
+    let small_cases = [
         (DlibHog, 1, 80),
         (DlibHog, 5, 80),
         (DlibCnn, 1, 80),
         (DlibCnn, 5, 80),
-    ] {
-        cases.push(Case {
-            name: format!(
-                "160x160  {:8} every {every}  min_face {min_face}",
-                det.name()
-            ),
-            cfg: cfg(det, every, min_face),
-            width: 160,
-            height: 160,
-            frames: small.clone(),
-        });
-    }
-    for (det, every, min_face) in [
+    ];
+    let large_cases = [
         (DlibHog, 1, 80),
         (DlibHog, 1, 120),
         (DlibHog, 5, 120),
         (DlibCnn, 5, 120),
+    ];
+    let mut cases = Vec::new();
+    for (label, width, height, frames, list) in [
+        ("160x160 ", 160, 160, &small, small_cases),
+        ("1280x720", 1280, 720, &large, large_cases),
     ] {
-        cases.push(Case {
-            name: format!(
-                "1280x720 {:8} every {every}  min_face {min_face}",
-                det.name()
-            ),
-            cfg: cfg(det, every, min_face),
-            width: 1280,
-            height: 720,
-            frames: large.clone(),
-        });
+        for (det, every, min_face) in list {
+            cases.push(Case {
+                name: format!(
+                    "{label} {:8} every {every}  min_face {min_face}",
+                    det.name()
+                ),
+                cfg: cfg(det, every, min_face),
+                width,
+                height,
+                frames: frames.clone(),
+            });
+        }
     }
     let fronts: Vec<FrontEnd> = cases
         .iter()

@@ -171,13 +171,17 @@ pub(crate) fn resolve(
     let segs = segments(raw, allowance, detect_every);
     let mut frames = vec![None; raw.len()];
     for seg in &segs {
-        let rects = smooth_rects(&interpolate(raw, seg), window);
         let lms: Option<Vec<Landmarks>> = seg.clone().map(|i| raw[i].landmarks).collect();
         let lms = lms.map(|l| smooth_landmarks(&l, window));
+        // The detector's boxes only where there are no landmarks to make the box from.
+        let rects = match &lms {
+            Some(l) => l.iter().map(landmark_box).collect(),
+            None => smooth_rects(&interpolate(raw, seg), window),
+        };
         for (k, i) in seg.clone().enumerate() {
             let landmarks = lms.as_ref().map(|l| l[k]);
             frames[i] = Some(FaceFrame {
-                rect: landmarks.as_ref().map_or(rects[k], landmark_box),
+                rect: rects[k],
                 landmarks,
                 detected: raw[i].det.is_some(),
             });
