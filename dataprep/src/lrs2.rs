@@ -24,7 +24,7 @@ pub struct Rejection {
     pub clip: String,
     /// Short reason code: missing, undecodable, truncated, no_audio, zero_frames, wrong_fps,
     /// audio_short, bad_boxes, no_face (no face, or a segment with one shorter than
-    /// `data.face.min_segment_s`), face_model.
+    /// `data.face.min_segment_s`), face_model, pixel_format (grayscale or more than 8 bits).
     pub reason: String,
     /// Details.
     pub detail: String,
@@ -191,6 +191,10 @@ pub fn decode_clip(
             reject(id, reason, msg)
         },
     )?;
+    // Grayscale or more than 8 bits: decoding to 8-bit RGB would change it silently.
+    if let Err(e) = video::check_pixel_format(&path, &av.pix_fmt) {
+        return Err(reject(id, "pixel_format", e.to_string()));
+    }
     if (av.fps - s.fps).abs() > 0.01 {
         return Err(reject(
             id,

@@ -46,10 +46,10 @@ pub(crate) fn split(clip: DecodedClip, cfg: &FaceConfig, s: &ClipSettings) -> Cl
     let faces = tracker.finish();
     let cuts = faces.cuts.len();
     if faces.segments.is_empty() {
-        let detail = format!(
-            "no face of at least {} px (data.face.min_face) in {} frames",
-            cfg.min_face, clip.frames
-        );
+        let len = (w * h * 3) as usize;
+        let mid = clip.frames / 2;
+        let sample = clip.rgb.get(mid * len..(mid + 1) * len).unwrap_or_default();
+        let detail = fe.no_face_message(sample, w, h, clip.frames);
         return ClipParts {
             cuts,
             ..failed("no_face", detail)

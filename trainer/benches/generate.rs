@@ -1,6 +1,7 @@
 //! `syncdiff generate` throughput at the debug configuration: 8 clips generated as one batch vs
-//! the same 8 clips one at a time, interleaved. Both run the same model code (inputs prepared
-//! once; decoding the videos and writing the mp4s cost the same either way and are timed apart).
+//! the same 8 clips one at a time, interleaved. Both run the same model code (audio features
+//! prepared once; both decode the reference frames as they go, into frames kept in memory;
+//! encoding the mp4s costs the same either way and is timed apart).
 //!
 //! ```text
 //! source ci/env.sh && cargo bench -p syncdiff-trainer --bench generate
@@ -17,7 +18,9 @@ use std::time::Instant;
 use common::debug_config;
 use syncdiff_devkit::env_or;
 use syncdiff_devkit::stats::{interleave, median};
-use syncdiff_trainer::generate::{self, GenerateOptions, Generator, Job, Prepared};
+use syncdiff_trainer::generate::{
+    self, Collect, FrameSink, GenerateOptions, Generator, Job, Mp4Sink, Prepared,
+};
 use tch::Device;
 
 fn main() -> anyhow::Result<()> {
@@ -38,7 +41,7 @@ fn main() -> anyhow::Result<()> {
                 audio: clip((i + 1) % 2, i / 2),
                 out: dir.path().join(format!("out/{i}.mp4")),
             };
-            generate::prepare(&g, &job)
+            generate::prepare(&g, &job, &g.config.data.face)
         })
         .collect::<Result<_, _>>()?;
     let prepare_s = start.elapsed().as_secs_f64();
@@ -51,15 +54,26 @@ fn main() -> anyhow::Result<()> {
         seed: 0,
     };
     let all: Vec<&Prepared> = prepared.iter().collect();
+    // Frames kept in memory, one sink per clip.
+    let collect = |n: usize| (0..n).map(|_| Collect::default()).collect::<Vec<_>>();
+    let run = |g: &Generator, clips: &[&Prepared]| -> anyhow::Result<()> {
+        let mut sinks = collect(clips.len());
+        let mut s: Vec<&mut dyn FrameSink> =
+            sinks.iter_mut().map(|c| c as &mut dyn FrameSink).collect();
+        for r in generate::generate_batch(g, clips, &mut s, &opts, |_| {})? {
+            r?;
+        }
+        Ok(())
+    };
     let batched = || -> anyhow::Result<f64> {
         let t = Instant::now();
-        generate::generate_batch(&g, &all, &opts, |_| {})?;
+        run(&g, &all)?;
         Ok(t.elapsed().as_secs_f64())
     };
     let mut single = || -> anyhow::Result<f64> {
         let t = Instant::now();
         for p in &all {
-            generate::generate_batch(&g, &[p], &opts, |_| {})?;
+            run(&g, &[p])?;
         }
         Ok(t.elapsed().as_secs_f64())
     };
@@ -70,13 +84,23 @@ fn main() -> anyhow::Result<()> {
     let cmp = interleave(reps, &mut single, batched)?;
     let s = cmp.summary();
     let start = Instant::now();
-    let outs = generate::generate_batch(&g, &all, &opts, |_| {})?;
+    run(&g, &all)?;
     let gen_s = start.elapsed().as_secs_f64();
     let start = Instant::now();
-    for (p, o) in prepared.iter().zip(outs) {
-        generate::write(p, &o?)?;
+    let mut mp4s = prepared
+        .iter()
+        .map(Mp4Sink::create)
+        .collect::<Result<Vec<_>, _>>()?;
+    let mut out: Vec<&mut dyn FrameSink> =
+        mp4s.iter_mut().map(|c| c as &mut dyn FrameSink).collect();
+    for r in generate::generate_batch(&g, &all, &mut out, &opts, |_| {})? {
+        r?;
     }
-    let write_s = start.elapsed().as_secs_f64();
+    drop(out);
+    for m in mp4s {
+        m.finish()?;
+    }
+    let write_s = start.elapsed().as_secs_f64() - gen_s;
     println!(
         "one at a time: {:.1} frames/s; batched (8): {:.1} frames/s",
         frames as f64 / median(&cmp.a),
@@ -87,7 +111,7 @@ fn main() -> anyhow::Result<()> {
         s.median, s.low, s.high
     );
     println!(
-        "end to end for the batch: prepare (decode + encode + audio) {prepare_s:.2} s, generate {gen_s:.2} s, write mp4s {write_s:.2} s"
+        "end to end for the batch: prepare (audio features, frame count) {prepare_s:.2} s, generate {gen_s:.2} s, encoding the mp4s as they are made adds {write_s:.2} s"
     );
 
     // `--workers 2`: the batch split over 2 threads, each with its own model copy and one
@@ -101,7 +125,12 @@ fn main() -> anyhow::Result<()> {
         .collect::<anyhow::Result<_>>()?;
     let parallel = || -> anyhow::Result<f64> {
         let t = Instant::now();
-        generate::generate_batch_parallel(&mut workers, &all, &opts, |_| {})?;
+        let mut sinks = collect(all.len());
+        let mut s: Vec<&mut dyn FrameSink> =
+            sinks.iter_mut().map(|c| c as &mut dyn FrameSink).collect();
+        for r in generate::generate_batch_parallel(&mut workers, &all, &mut s, &opts, |_| {})? {
+            r?;
+        }
         Ok(t.elapsed().as_secs_f64())
     };
     let cmp = interleave(reps, &mut single, parallel)?;

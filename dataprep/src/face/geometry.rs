@@ -127,6 +127,22 @@ impl Affine {
         ]
     }
 
+    /// The map that draws an image scaled by `scale` and turned by `angle` (radians,
+    /// counter-clockwise on screen) about its point `from`, placed at `to`: it takes a point of
+    /// the drawing to the image point shown there (what [`warp`] needs to draw it).
+    pub fn similarity(scale: f32, angle: f32, from: [f32; 2], to: [f32; 2]) -> Affine {
+        let (s, c) = angle.sin_cos();
+        let (a, b, d, e) = (c / scale, s / scale, -s / scale, c / scale);
+        Affine([
+            a,
+            b,
+            from[0] - (a * to[0] + b * to[1]),
+            d,
+            e,
+            from[1] - (d * to[0] + e * to[1]),
+        ])
+    }
+
     /// The inverse map; `None` for a degenerate one.
     pub fn inverse(&self) -> Option<Affine> {
         let [a, b, c, d, e, f] = self.0.map(f64::from);

@@ -133,6 +133,20 @@ impl FrontEnd {
         Ok(largest(&found))
     }
 
+    /// Why no face was found in a clip of `frames` frames, for an error message: with a hint
+    /// when `sample` (one of its frames) holds a face smaller than `data.face.min_face`.
+    pub fn no_face_message(&self, sample: &[u8], width: u32, height: u32, frames: usize) -> String {
+        let min = self.cfg.min_face;
+        let base = format!("no face of at least {min} px (data.face.min_face) in {frames} frames");
+        match self.smaller_face(sample, width, height) {
+            Ok(Some(r)) => format!(
+                "{base}; a face of {:.0} px is there: lower data.face.min_face to find it",
+                r.side()
+            ),
+            _ => base,
+        }
+    }
+
     /// The 68 landmarks of the face in `rect`.
     pub fn landmarks(
         &self,

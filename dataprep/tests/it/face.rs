@@ -49,22 +49,7 @@ struct Pose {
 /// The frame -> photo map that draws the portrait with its face centre `still` at `pose.pos`,
 /// scaled and rotated about it.
 fn frame_to_photo(pose: &Pose, still: [f32; 2]) -> Affine {
-    let (s, c) = pose.angle.sin_cos();
-    let (a, b, d, e) = (
-        c / pose.scale,
-        s / pose.scale,
-        -s / pose.scale,
-        c / pose.scale,
-    );
-    let [px, py] = pose.pos;
-    Affine([
-        a,
-        b,
-        still[0] - (a * px + b * py),
-        d,
-        e,
-        still[1] - (d * px + e * py),
-    ])
+    Affine::similarity(pose.scale, pose.angle, still, pose.pos)
 }
 
 fn render(poses: &[Pose], still: [f32; 2], width: u32, height: u32) -> Vec<u8> {

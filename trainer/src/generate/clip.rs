@@ -1,14 +1,16 @@
-//! One generation job: the reference video and driving audio read and turned into the model's
-//! inputs (latents of every masked reference frame, the identity latent, the audio context of
-//! every output frame), and the generated frames written back as an mp4 with the driving audio.
+//! One generation job: the list file it comes from, the reference video and driving audio read
+//! and checked, the audio features computed and the face followed through the reference
+//! (before any frame is generated: a bad file fails in seconds, not after the model ran).
 
+use std::ops::Range;
 use std::path::{Path, PathBuf};
 
 use syncdiff_dataprep::audio::{mel_group_features, FbankParams, LogFbank};
-use syncdiff_dataprep::lrs2::{encode_batches, frames_to_tensors};
+use syncdiff_dataprep::face::{FaceFrame, FrontEnd};
 use syncdiff_dataprep::store::context_window;
-use syncdiff_dataprep::video;
-use tch::{Device, Kind, Tensor};
+use syncdiff_dataprep::video::{self, FrameReader};
+use syncdiff_model::config::FaceConfig;
+use tch::Tensor;
 
 use super::{GenerateError, Generator};
 
@@ -62,28 +64,56 @@ pub fn read_list(path: &Path) -> Result<Vec<Job>, GenerateError> {
     Ok(jobs)
 }
 
-/// A job's inputs on the model's device.
+/// A job read and looked at, before any frame is generated: the audio features, and where the
+/// face is in every reference frame. Nothing here grows with the video's size: frames are read
+/// again, one at a time, while generating.
 #[derive(Debug)]
 pub struct Prepared {
     /// The job.
     pub job: Job,
     /// Output frames (the driving audio's length at 25 fps).
     pub frames: usize,
-    /// Size of the reference video (the output is resized back to it).
+    /// Size of the reference video as stored (the output's size).
     pub width: u32,
     /// Height of the reference video.
     pub height: u32,
-    /// Driving audio, mono 16 kHz (the model's input; the output gets the original track).
-    pub audio: Vec<i16>,
-    /// Latent of the identity frame (C, h, w).
-    pub identity: Tensor,
-    /// Latents of the reference frames as they are (N, C, h, w): the pose of frame 0 and the
-    /// inpainting reference.
-    pub reference: Tensor,
-    /// Latents of the masked reference frames (N, C, h, w).
-    pub masked: Tensor,
-    /// Cross-attention context of every output frame (N, M, D).
-    pub context: Tensor,
+    /// Reference frames at 25 fps (the video ping-pongs when the audio is longer).
+    pub available: usize,
+    /// Frame rate of the reference video (resampled to 25 fps when it differs).
+    pub source_fps: f64,
+    /// Output frames without a face, passed through unchanged.
+    pub without_face: usize,
+    /// Mel-group features of every output frame (frames, MEL_DIM) on the model's device.
+    pub(crate) mel: Tensor,
+    /// The tracked face of every reference frame; `None`: each whole frame is the face
+    /// (`data.face.detector` none or boxes).
+    pub(crate) faces: Option<Vec<Option<FaceFrame>>>,
+    /// The face settings in use.
+    pub(crate) face: FaceConfig,
+    /// The model's input side.
+    pub(crate) resolution: u32,
+    /// `data.mask_fraction` of the model.
+    pub(crate) mask_fraction: f64,
+}
+
+impl Prepared {
+    /// Whether the reference frames are decoded at the model's size (whole-frame mode) rather
+    /// than at their own.
+    pub(crate) fn whole_frame(&self) -> bool {
+        self.faces.is_none()
+    }
+
+    /// Whether reference frame `r` is generated (has a face).
+    pub(crate) fn has_face(&self, r: usize) -> bool {
+        self.faces
+            .as_ref()
+            .is_none_or(|f| f.get(r).is_some_and(Option::is_some))
+    }
+
+    /// The 25 fps resampling of the reference, when it runs at another rate.
+    pub(crate) fn resample(&self) -> Option<f64> {
+        ((self.source_fps - f64::from(FPS)).abs() > 0.01).then_some(f64::from(FPS))
+    }
 }
 
 fn input(path: &Path, message: impl Into<String>) -> GenerateError {
@@ -107,32 +137,18 @@ pub fn ping_pong(t: usize, available: usize) -> usize {
     }
 }
 
-/// Reads and checks a job's files and computes its model inputs.
-pub fn prepare(g: &Generator, job: &Job) -> Result<Prepared, GenerateError> {
-    let res = g.resolution();
+/// Reads and checks a job's files, computes its audio features and, with a dlib detector in
+/// `face`, follows the face through the reference video (one decoding pass, frame by frame).
+pub fn prepare(g: &Generator, job: &Job, face: &FaceConfig) -> Result<Prepared, GenerateError> {
     for p in [&job.video, &job.audio] {
         if !p.is_file() {
             return Err(input(p, "no such file"));
         }
     }
     let info = video::probe(&job.video)?;
-    if (info.fps - f64::from(FPS)).abs() > 0.01 {
-        return Err(input(
-            &job.video,
-            format!(
-                "{:.3} fps; the model works at {FPS} fps (convert with `ffmpeg -i IN -r {FPS} OUT.mp4`)",
-                info.fps
-            ),
-        ));
-    }
-    if info.width < res || info.height < res {
-        return Err(input(
-            &job.video,
-            format!(
-                "{}x{} is smaller than the model's input {res}x{res}",
-                info.width, info.height
-            ),
-        ));
+    video::check_pixel_format(&job.video, &info.pix_fmt)?;
+    if info.fps <= 0.0 {
+        return Err(input(&job.video, "the video states no frame rate"));
     }
     let audio = video::decode_audio(&job.audio, RATE).map_err(|e| match e {
         video::VideoError::Failed { path, message } if message.contains("matches no streams") => {
@@ -151,101 +167,79 @@ pub fn prepare(g: &Generator, job: &Job) -> Result<Prepared, GenerateError> {
             ),
         ));
     }
-    let av = video::decode_av(&job.video, Some(res), RATE)?;
-    let available = av.rgb.len() / (res * res * 3) as usize;
-    if available == 0 {
-        return Err(input(&job.video, "no frames decoded"));
-    }
-    let (x, masked) = frames_to_tensors(
-        &av.rgb,
-        available,
-        res,
-        g.config.data.mask_fraction,
-        g.device,
-    );
-    // Reference frame of each output frame: the video ping-pongs when shorter than the audio.
-    let order: Vec<i64> = (0..frames)
-        .map(|t| ping_pong(t, available) as i64)
-        .collect();
-    let index = Tensor::from_slice(&order).to_device(g.device);
-    let encode = |x: &Tensor| encode_batches(&g.autoencoder, x, 16, false).index_select(0, &index);
-    let (reference, masked_latents) = (encode(&x), encode(&masked));
-    let identity = reference.get(0);
-    let context = audio_context(g, &audio, frames);
-    Ok(Prepared {
-        job: job.clone(),
-        frames,
-        width: info.width,
-        height: info.height,
-        audio,
-        identity,
-        reference,
-        masked: masked_latents,
-        context,
-    })
-}
-
-/// The cross-attention context of every output frame: the audio window around it (as in
-/// training: `context_frames` frames centred where the clip allows) through the audio path.
-fn audio_context(g: &Generator, audio: &[i16], frames: usize) -> Tensor {
     let fb = LogFbank::new(FbankParams::default());
     let samples: Vec<f64> = audio.iter().map(|&v| f64::from(v)).collect();
     let mel = Tensor::from_slice(&mel_group_features(&fb, &samples, frames))
         .view([frames as i64, syncdiff_dataprep::store::MEL_DIM as i64])
         .to_device(g.device);
-    let max = u64::from(g.config.model.audio_encoder.context_frames);
-    let mut parts = Vec::new();
-    for chunk in (0..frames).collect::<Vec<_>>().chunks(32) {
-        let (mels, offsets): (Vec<Tensor>, Vec<i64>) = chunk
-            .iter()
-            .map(|&t| {
-                let (start, len) = context_window(t as u64, frames as u64, max);
-                (
-                    mel.narrow(0, start as i64, len as i64),
-                    (t as u64 - start) as i64,
-                )
-            })
-            .unzip();
-        parts.push(tch::no_grad(|| {
-            g.model
-                .audio()
-                .batch_context(&mels, &offsets, false, |_, _| true)
-        }));
+    let mut p = Prepared {
+        job: job.clone(),
+        frames,
+        width: info.width,
+        height: info.height,
+        available: 0,
+        source_fps: info.fps,
+        without_face: 0,
+        mel,
+        faces: None,
+        face: face.clone(),
+        resolution: g.resolution(),
+        mask_fraction: g.config.data.mask_fraction,
+    };
+    if face.detector.is_dlib() {
+        let fe = FrontEnd::new(face)?;
+        let mut reader = FrameReader::open(&job.video, p.width, p.height, p.resample(), None)?;
+        let mut tracker = fe.tracker(p.width, p.height, f64::from(FPS));
+        let mut buf = vec![0u8; reader.frame_len()];
+        let mut first = Vec::new();
+        while reader.next_frame(&mut buf)? {
+            tracker.push(&buf)?;
+            if first.is_empty() {
+                first = buf.clone();
+            }
+        }
+        let faces = tracker.finish();
+        p.available = reader.frames_read();
+        if p.available > 0 && faces.with_face() == 0 {
+            let why = fe.no_face_message(&first, p.width, p.height, p.available);
+            return Err(input(&job.video, why));
+        }
+        p.faces = Some(faces.frames);
+    } else {
+        // Whole frames at the model's size: only the count is needed now.
+        let res = g.resolution();
+        let mut reader = FrameReader::open(&job.video, p.width, p.height, p.resample(), Some(res))?;
+        let mut buf = vec![0u8; reader.frame_len()];
+        while reader.next_frame(&mut buf)? {}
+        p.available = reader.frames_read();
     }
-    Tensor::cat(&parts, 0)
+    if p.available == 0 {
+        return Err(input(&job.video, "no frames decoded"));
+    }
+    p.without_face = (0..frames)
+        .filter(|&t| !p.has_face(ping_pong(t, p.available)))
+        .count();
+    Ok(p)
 }
 
-/// Writes generated frames (N, 3, S, S) in [-1, 1] as the job's mp4: resized to the reference
-/// video's size, muxed with the driving audio. Written under a temporary name and renamed, so an
-/// interrupted run never leaves a file that looks finished.
-pub fn write(p: &Prepared, frames: &Tensor) -> Result<(), GenerateError> {
-    let (w, h) = (i64::from(p.width), i64::from(p.height));
-    let rgb = tch::no_grad(|| {
-        let x = frames.to_device(Device::Cpu).to_kind(Kind::Float);
-        let x = if x.size()[2..] == [h, w] {
-            x
-        } else {
-            x.upsample_bilinear2d([h, w], false, None, None)
-        };
-        ((x.clamp(-1.0, 1.0) + 1.0) * 127.5)
-            .round()
-            .to_kind(Kind::Uint8)
-            .permute([0, 2, 3, 1])
-            .contiguous()
-    });
-    let bytes =
-        Vec::<u8>::try_from(rgb.flatten(0, -1)).map_err(|e| GenerateError::Model(e.to_string()))?;
-    let partial = check_output(&p.job.out)?;
-    // The drive's own sound track (its rate and channels), not the model's 16 kHz mono copy.
-    video::encode_with(
-        &partial,
-        &bytes,
-        p.width,
-        p.height,
-        FPS,
-        Some(video::AudioSource::File(&p.job.audio)),
-    )?;
-    std::fs::rename(&partial, &p.job.out).map_err(|e| input(&p.job.out, e.to_string()))
+/// The cross-attention context of output frames `range`: the audio window around each (as in
+/// training: `context_frames` frames centred where the clip allows) through the audio path.
+pub(crate) fn audio_context(g: &Generator, p: &Prepared, range: Range<usize>) -> Tensor {
+    let max = u64::from(g.config.model.audio_encoder.context_frames);
+    let (mels, offsets): (Vec<Tensor>, Vec<i64>) = range
+        .map(|t| {
+            let (start, len) = context_window(t as u64, p.frames as u64, max);
+            (
+                p.mel.narrow(0, start as i64, len as i64),
+                (t as u64 - start) as i64,
+            )
+        })
+        .unzip();
+    tch::no_grad(|| {
+        g.model
+            .audio()
+            .batch_context(&mels, &offsets, false, |_, _| true)
+    })
 }
 
 /// Checks that `out` can be written (creating its directory), before any work goes into it;

@@ -1,14 +1,29 @@
 //! Inference (model-spec.md section 8): lip-synced video from a reference video and driving
 //! audio. Frames of one clip are generated in order, each conditioned on the identity frame (the
-//! reference's first frame), the previously *generated* frame (the pose prior; frame 0 uses the
-//! reference's first frame), the masked reference frame and the audio around it. Different clips
-//! are independent, so a batch of clips advances one frame at a time together.
+//! reference's first frame with a face), the previously *generated* frame (the pose prior; the
+//! first frame uses its own reference), the masked reference frame and the audio around it.
+//! Different clips are independent, so a batch of clips advances one frame at a time together.
+//!
+//! ```text
+//! prepare   audio -> mel features; reference -> face track (dlib detectors; one decoding pass)
+//! per frame reference frame (decoded again, one at a time) -> face crop + mouth mask
+//!           -> encode -> sample -> decode -> paste back through the feathered mask -> encoder
+//! ```
+//!
+//! Memory holds a few frames per clip whatever the video's length (docs/generate.md).
 
 mod clip;
+mod frames;
 mod model;
+mod settings;
 
-pub use clip::{check_output, ping_pong, prepare, read_list, write, Job, Prepared, FPS, RATE};
+pub use clip::{check_output, ping_pong, prepare, read_list, Job, Prepared, FPS, RATE};
+pub use frames::{Collect, FrameSink, Mp4Sink};
 pub use model::{Generator, WeightChoice};
+pub use settings::face_settings;
+
+use clip::audio_context;
+use frames::{frame_input, output_frame, Framed, Reference};
 
 use std::path::PathBuf;
 
@@ -37,6 +52,12 @@ pub enum GenerateError {
     /// The model could not be built, loaded or run.
     #[error("{0}")]
     Model(String),
+    /// A `--set` override is malformed or gives an invalid configuration.
+    #[error(transparent)]
+    Config(#[from] syncdiff_model::config::ConfigError),
+    /// The face front-end could not run.
+    #[error(transparent)]
+    Face(#[from] syncdiff_dataprep::face::FaceError),
     /// The model produced NaN or Inf for a clip: that clip stops, the others go on.
     #[error(
         "{out}: the model's output is not finite (NaN or Inf) at frame {frame}; clip stopped \
@@ -49,9 +70,6 @@ pub enum GenerateError {
         frame: u64,
     },
 }
-
-/// One clip's generated frames (N, 3, S, S) in [-1, 1] on the CPU, or why it stopped.
-pub type ClipOutput = Result<Tensor, GenerateError>;
 
 impl From<SyncDiffError> for GenerateError {
     fn from(e: SyncDiffError) -> Self {
@@ -92,25 +110,51 @@ fn clip_key(job: &Job) -> u64 {
 
 /// One frame step of some clips: their inputs, moved to whichever thread samples them.
 struct Chunk {
+    /// Model inputs (B, 3, S, S) and their masked copies.
+    x: Tensor,
     masked: Tensor,
-    identity: Tensor,
+    /// Per clip: its identity latent (C, h, w) and pose prior (NP, C, h, w); `None` on the
+    /// clip's first generated frame (both come from this frame's own latent then).
+    identity: Vec<Option<Tensor>>,
+    previous: Vec<Option<Tensor>>,
     context: Tensor,
-    previous: Tensor,
-    /// Inpainting reference latents, when inpainting.
-    reference: Option<Tensor>,
     /// Noise keys of the clips.
     keys: Vec<u64>,
     /// Frame index.
     t: u64,
 }
 
-/// Samples one chunk: (latents (B, C, h, w), images (B, 3, S, S) on the CPU).
+/// What sampling one chunk gives: the generated latents (B, C, h, w), images (B, 3, S, S) on
+/// the CPU, and the latents of the unmasked inputs (identity and pose prior of first frames).
+struct Sampled {
+    z: Tensor,
+    images: Tensor,
+    reference: Tensor,
+}
+
 fn sample_chunk(
     g: &Generator,
     c: Chunk,
     opts: &GenerateOptions,
-) -> Result<(Tensor, Tensor), GenerateError> {
-    let shape = c.identity.size()[1..].to_vec();
+    np: i64,
+) -> Result<Sampled, GenerateError> {
+    let encode = |x: &Tensor| tch::no_grad(|| g.autoencoder.encode(&x.to_device(g.device)));
+    let reference = encode(&c.x).to_kind(Kind::Float);
+    let masked = encode(&c.masked).to_kind(Kind::Float);
+    let identity: Vec<Tensor> = (0..c.keys.len())
+        .map(|j| match &c.identity[j] {
+            Some(t) => t.shallow_clone(),
+            None => reference.get(j as i64),
+        })
+        .collect();
+    let previous: Vec<Tensor> = (0..c.keys.len())
+        .map(|j| match &c.previous[j] {
+            Some(t) => t.shallow_clone(),
+            None => first_prior(&reference.get(j as i64), np),
+        })
+        .collect();
+    let (identity, previous) = (Tensor::stack(&identity, 0), Tensor::stack(&previous, 0));
+    let shape = reference.size()[1..].to_vec();
     let noise_of = |extra: &[u64]| {
         let keys: Vec<Vec<u64>> = c
             .keys
@@ -124,12 +168,12 @@ fn sample_chunk(
         sampler: opts.sampler,
         steps: opts.steps,
         eta: opts.eta,
-        inpaint: c.reference.as_ref().zip(keep.as_ref()),
+        inpaint: opts.inpaint.then_some(&reference).zip(keep.as_ref()),
     };
     let cond = Conditioning {
-        masked: &c.masked,
-        identity: Some(&c.identity),
-        previous: Some(&c.previous),
+        masked: &masked,
+        identity: Some(&identity),
+        previous: Some(&previous),
         context: &c.context,
     };
     let z = g
@@ -145,25 +189,44 @@ fn sample_chunk(
         .clamp(-1.0, 1.0)
         .to_kind(Kind::Float)
         .to_device(tch::Device::Cpu);
-    Ok((z, images))
+    Ok(Sampled {
+        z,
+        images,
+        reference,
+    })
 }
 
-/// Generates every clip of `batch` together; `progress(frames)` after each frame step with the
-/// number of frames just made. Returns each clip's frames (N_i, 3, S, S) in [-1, 1] on the CPU,
-/// or the error that stopped that clip alone (non-finite outputs).
+/// The pose prior before anything is generated: the first frame's own latent, NP times.
+fn first_prior(latent: &Tensor, np: i64) -> Tensor {
+    let first = latent.unsqueeze(0);
+    if np > 0 {
+        first.repeat([np, 1, 1, 1])
+    } else {
+        first.narrow(0, 0, 0)
+    }
+}
+
+/// How one clip went.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct ClipReport {
+    /// Frames the model made.
+    pub generated: usize,
+    /// Frames without a face, passed through unchanged.
+    pub passed_through: usize,
+}
+
+/// Generates every clip of `batch` together, each clip's frames going to its sink as they are
+/// made; `progress(frames)` after each frame step with the number of frames just finished.
+/// Returns each clip's report, or the error that stopped that clip alone (a file that cannot be
+/// read again, non-finite outputs); an error of the whole batch (the model failing) is `Err`.
 pub fn generate_batch(
     g: &Generator,
     batch: &[&Prepared],
+    sinks: &mut [&mut dyn FrameSink],
     opts: &GenerateOptions,
     progress: impl FnMut(usize),
-) -> Result<Vec<ClipOutput>, GenerateError> {
-    let np = g.config.model.priors.needed_previous_frames() as i64;
-    frame_steps(batch, np, opts.inpaint, 1, progress, |chunks| {
-        chunks
-            .into_iter()
-            .map(|c| sample_chunk(g, c, opts))
-            .collect()
-    })
+) -> Result<Vec<Result<ClipReport, GenerateError>>, GenerateError> {
+    frame_steps(Models::One(g), batch, sinks, opts, progress)
 }
 
 /// As [`generate_batch`], with each frame step's clips split among `workers` (copies of one
@@ -173,119 +236,261 @@ pub fn generate_batch(
 pub fn generate_batch_parallel(
     workers: &mut [Generator],
     batch: &[&Prepared],
+    sinks: &mut [&mut dyn FrameSink],
     opts: &GenerateOptions,
     progress: impl FnMut(usize),
-) -> Result<Vec<ClipOutput>, GenerateError> {
-    let Some(first) = workers.first() else {
+) -> Result<Vec<Result<ClipReport, GenerateError>>, GenerateError> {
+    if workers.is_empty() {
         return Err(GenerateError::Model("no generator to run".into()));
-    };
-    let np = first.config.model.priors.needed_previous_frames() as i64;
-    let parts = workers.len();
-    frame_steps(batch, np, opts.inpaint, parts, progress, |chunks| {
-        std::thread::scope(|s| {
-            let handles: Vec<_> = workers
-                .iter_mut()
-                .zip(chunks)
-                .map(|(g, c)| s.spawn(move || sample_chunk(g, c, opts)))
-                .collect();
-            handles
-                .into_iter()
-                .map(|h| {
-                    h.join().unwrap_or_else(|_| {
-                        Err(GenerateError::Model("a generation worker panicked".into()))
-                    })
-                })
-                .collect()
-        })
-    })
+    }
+    frame_steps(Models::Many(workers), batch, sinks, opts, progress)
 }
 
-/// The autoregressive loop over frames: builds each frame step's inputs for the clips still
-/// running, in up to `parts` chunks, hands them to `sample`, and feeds the latents back as the
-/// next pose prior.
+/// The model(s) a batch runs on.
+enum Models<'a> {
+    One(&'a Generator),
+    /// Copies sampled on their own threads (a libtorch model is not shared between threads).
+    Many(&'a mut [Generator]),
+}
+
+impl Models<'_> {
+    /// The model that also computes the audio context (between steps, never while sampling).
+    fn first(&self) -> &Generator {
+        match self {
+            Self::One(g) => g,
+            Self::Many(w) => &w[0],
+        }
+    }
+
+    fn parts(&self) -> usize {
+        match self {
+            Self::One(_) => 1,
+            Self::Many(w) => w.len(),
+        }
+    }
+
+    fn sample(
+        &mut self,
+        chunks: Vec<Chunk>,
+        opts: &GenerateOptions,
+        np: i64,
+    ) -> Result<Vec<Sampled>, GenerateError> {
+        match self {
+            Self::One(g) => chunks
+                .into_iter()
+                .map(|c| sample_chunk(g, c, opts, np))
+                .collect(),
+            Self::Many(workers) => std::thread::scope(|s| {
+                let handles: Vec<_> = workers
+                    .iter_mut()
+                    .zip(chunks)
+                    .map(|(g, c)| {
+                        let g: &mut Generator = g;
+                        s.spawn(move || sample_chunk(g, c, opts, np))
+                    })
+                    .collect();
+                handles
+                    .into_iter()
+                    .map(|h| {
+                        h.join().unwrap_or_else(|_| {
+                            Err(GenerateError::Model("a generation worker panicked".into()))
+                        })
+                    })
+                    .collect()
+            }),
+        }
+    }
+}
+
+/// Frames of audio context computed at a time.
+const CONTEXT_CHUNK: usize = 32;
+
+/// A clip while it is generated.
+struct Running<'a> {
+    p: &'a Prepared,
+    /// The reference being read (`None` when it could not be opened).
+    reference: Option<Reference>,
+    identity: Option<Tensor>,
+    previous: Option<Tensor>,
+    /// Audio context of output frames `context.0 ..`.
+    context: (usize, Option<Tensor>),
+    report: ClipReport,
+    stopped: Option<GenerateError>,
+}
+
+impl Running<'_> {
+    fn context(&mut self, g: &Generator, t: usize) -> Tensor {
+        let (start, cached) = &self.context;
+        match cached {
+            Some(c) if t >= *start && t < start + c.size()[0] as usize => c.get((t - start) as i64),
+            _ => {
+                let end = (t + CONTEXT_CHUNK).min(self.p.frames);
+                let c = audio_context(g, self.p, t..end);
+                let first = c.get(0);
+                self.context = (t, Some(c));
+                first
+            }
+        }
+    }
+}
+
+/// The autoregressive loop over frames: reads each clip's reference frame, passes frames without
+/// a face straight to the sink, builds the frame step's inputs for the others in up to `parts`
+/// chunks, hands them to `sample`, puts the results back into their frames, and feeds the
+/// latents back as the next pose prior.
 fn frame_steps(
+    mut models: Models<'_>,
     batch: &[&Prepared],
-    np: i64,
-    inpaint: bool,
-    parts: usize,
+    sinks: &mut [&mut dyn FrameSink],
+    opts: &GenerateOptions,
     mut progress: impl FnMut(usize),
-    mut sample: impl FnMut(Vec<Chunk>) -> Result<Vec<(Tensor, Tensor)>, GenerateError>,
-) -> Result<Vec<ClipOutput>, GenerateError> {
-    let Some(longest) = batch.iter().map(|p| p.frames).max() else {
-        return Ok(Vec::new());
-    };
-    let keys: Vec<u64> = batch.iter().map(|p| clip_key(&p.job)).collect();
-    // Pose prior of each clip: its last NP generated latents (the reference's first frame before
-    // anything is generated).
-    let mut previous: Vec<Tensor> = batch
+) -> Result<Vec<Result<ClipReport, GenerateError>>, GenerateError> {
+    let parts = models.parts();
+    if sinks.len() != batch.len() {
+        return Err(GenerateError::Model(format!(
+            "{} clips but {} frame sinks",
+            batch.len(),
+            sinks.len()
+        )));
+    }
+    let np = models.first().config.model.priors.needed_previous_frames() as i64;
+    let mut clips: Vec<Running> = batch
         .iter()
         .map(|p| {
-            let first = p.reference.get(0).unsqueeze(0);
-            if np > 0 {
-                first.repeat([np, 1, 1, 1])
-            } else {
-                first.narrow(0, 0, 0)
+            let (reference, stopped) = match Reference::open(p) {
+                Ok(r) => (Some(r), None),
+                Err(e) => (None, Some(e)),
+            };
+            Running {
+                p,
+                reference,
+                identity: None,
+                previous: None,
+                context: (0, None),
+                report: ClipReport {
+                    generated: 0,
+                    passed_through: 0,
+                },
+                stopped,
             }
         })
         .collect();
-    let mut outputs: Vec<Vec<Tensor>> = batch.iter().map(|_| Vec::new()).collect();
-    let mut stopped: Vec<Option<GenerateError>> = batch.iter().map(|_| None).collect();
+    let keys: Vec<u64> = batch.iter().map(|p| clip_key(&p.job)).collect();
+    let longest = batch.iter().map(|p| p.frames).max().unwrap_or(0);
     for t in 0..longest {
-        let active: Vec<usize> = (0..batch.len())
-            .filter(|&i| batch[i].frames > t && stopped[i].is_none())
-            .collect();
-        if active.is_empty() {
-            break;
+        let mut done = 0;
+        // Read this step's frame of every running clip; frames without a face go out now.
+        let mut framed: Vec<(usize, Framed)> = Vec::new();
+        for (i, c) in clips.iter_mut().enumerate() {
+            let Some(reference) = c.reference.as_mut() else {
+                continue;
+            };
+            if c.p.frames <= t || c.stopped.is_some() {
+                continue;
+            }
+            let r = ping_pong(t, c.p.available);
+            let mut buf = vec![0u8; reference.frame_len()];
+            let step = reference
+                .get(r, &mut buf)
+                .and_then(|()| match frame_input(c.p, r, buf) {
+                    Ok(f) => Ok(Some(f)),
+                    Err(frame) => sinks[i].push(&frame).map(|()| None),
+                });
+            match step {
+                Ok(Some(f)) => framed.push((i, f)),
+                Ok(None) => {
+                    c.report.passed_through += 1;
+                    done += 1;
+                }
+                Err(e) => c.stopped = Some(e),
+            }
         }
-        let size = active.len().div_ceil(parts.max(1));
-        let groups: Vec<&[usize]> = active.chunks(size.max(1)).collect();
+        if framed.is_empty() {
+            progress(done);
+            if clips
+                .iter()
+                .all(|c| c.stopped.is_some() || c.p.frames <= t + 1)
+            {
+                break;
+            }
+            continue;
+        }
+        let size = framed.len().div_ceil(parts.max(1));
+        let mut groups: Vec<Vec<(usize, Framed)>> = Vec::new();
+        for item in framed {
+            match groups.last_mut() {
+                Some(gr) if gr.len() < size => gr.push(item),
+                _ => groups.push(vec![item]),
+            }
+        }
         let chunks: Vec<Chunk> = groups
             .iter()
             .map(|group| {
-                let stack = |f: &dyn Fn(usize) -> Tensor| {
-                    Tensor::stack(&group.iter().map(|&i| f(i)).collect::<Vec<_>>(), 0)
+                let stack = |f: &dyn Fn(&Framed) -> Tensor| {
+                    Tensor::stack(&group.iter().map(|(_, fr)| f(fr)).collect::<Vec<_>>(), 0)
                 };
-                let ti = t as i64;
+                let context: Vec<Tensor> = group
+                    .iter()
+                    .map(|&(i, _)| clips[i].context(models.first(), t))
+                    .collect();
                 Chunk {
-                    masked: stack(&|i| batch[i].masked.get(ti)),
-                    identity: stack(&|i| batch[i].identity.shallow_clone()),
-                    context: stack(&|i| batch[i].context.get(ti)),
-                    previous: stack(&|i| previous[i].shallow_clone()),
-                    reference: inpaint.then(|| stack(&|i| batch[i].reference.get(ti))),
-                    keys: group.iter().map(|&i| keys[i]).collect(),
+                    x: stack(&|f| f.x.shallow_clone()),
+                    masked: stack(&|f| f.masked.shallow_clone()),
+                    identity: group
+                        .iter()
+                        .map(|&(i, _)| clips[i].identity.as_ref().map(Tensor::shallow_clone))
+                        .collect(),
+                    previous: group
+                        .iter()
+                        .map(|&(i, _)| clips[i].previous.as_ref().map(Tensor::shallow_clone))
+                        .collect(),
+                    context: Tensor::stack(&context, 0),
+                    keys: group.iter().map(|&(i, _)| keys[i]).collect(),
                     t: t as u64,
                 }
             })
             .collect();
-        let results = sample(chunks)?;
-        for (group, (z, images)) in groups.iter().zip(results) {
+        let results = models.sample(chunks, opts, np)?;
+        for (group, out) in groups.into_iter().zip(results) {
             // One host read per chunk and frame: NaN or Inf in a clip's latent stops that clip
             // (it would feed the next frame's pose prior and give a black video).
-            let finite = Vec::<bool>::try_from(z.isfinite().flatten(1, -1).all_dim(1, false))
+            let finite = Vec::<bool>::try_from(out.z.isfinite().flatten(1, -1).all_dim(1, false))
                 .map_err(|e| GenerateError::Model(e.to_string()))?;
-            for (j, &i) in group.iter().enumerate() {
+            for (j, (i, fr)) in group.into_iter().enumerate() {
+                let c = &mut clips[i];
                 if !finite.get(j).copied().unwrap_or(false) {
-                    stopped[i] = Some(GenerateError::NonFinite {
-                        out: batch[i].job.out.clone(),
+                    c.stopped = Some(GenerateError::NonFinite {
+                        out: c.p.job.out.clone(),
                         frame: t as u64,
                     });
                     continue;
                 }
-                let zi = z.get(j as i64).unsqueeze(0);
-                if np > 0 {
-                    previous[i] = Tensor::cat(&[previous[i].narrow(0, 1, np - 1), zi], 0);
+                let ji = j as i64;
+                let zi = out.z.get(ji).unsqueeze(0);
+                let own = out.reference.get(ji);
+                let prev = c.previous.take().unwrap_or_else(|| first_prior(&own, np));
+                c.previous = Some(if np > 0 {
+                    Tensor::cat(&[prev.narrow(0, 1, np - 1), zi], 0)
+                } else {
+                    prev
+                });
+                c.identity.get_or_insert(own);
+                match output_frame(c.p, fr, &out.images.get(ji)).and_then(|f| sinks[i].push(&f)) {
+                    Ok(()) => {
+                        c.report.generated += 1;
+                        done += 1;
+                    }
+                    Err(e) => c.stopped = Some(e),
                 }
-                outputs[i].push(images.get(j as i64));
             }
         }
-        progress(active.len());
+        progress(done);
     }
-    Ok(outputs
-        .iter()
-        .zip(stopped)
-        .map(|(o, stop)| match stop {
+    Ok(clips
+        .into_iter()
+        .map(|c| match c.stopped {
             Some(e) => Err(e),
-            None => Ok(Tensor::stack(o, 0)),
+            None => Ok(c.report),
         })
         .collect())
 }

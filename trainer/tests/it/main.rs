@@ -17,6 +17,7 @@ mod ema_schedule;
 mod eval_scripts;
 mod faults;
 mod generate;
+mod generate_faces;
 mod learns_audio;
 mod metrics;
 mod optim;

@@ -11,7 +11,7 @@ use std::time::Instant;
 use anyhow::bail;
 use syncdiff_dataprep::launch::{DeviceChoice, Launch};
 use syncdiff_dataprep::progress::Progress;
-use syncdiff_model::config::SamplerKind;
+use syncdiff_model::config::{FaceDetectorKind, SamplerKind};
 use tch::Device;
 
 use syncdiff_trainer::generate::{self, GenerateOptions, Generator, Job, WeightChoice};
@@ -23,7 +23,8 @@ pub struct Args {
     /// checkpoint URL (its newest valid checkpoint).
     #[arg(long)]
     checkpoint: String,
-    /// Reference video (identity and pose; 25 fps, at least the model's resolution).
+    /// Reference video (identity and pose; any size and frame rate: the output has its size,
+    /// at 25 fps).
     #[arg(long)]
     video: Option<PathBuf>,
     /// Driving audio (wav, mp4, anything ffmpeg reads); sets the output length.
@@ -70,6 +71,10 @@ pub struct Args {
     /// model and one libtorch thread (faster than intra-op threads for small models).
     #[arg(long, default_value_t = 1, value_parser = clap::value_parser!(u64).range(1..=64))]
     workers: u64,
+    /// Override a face setting, e.g. `--set data.face.min_face=60` (repeatable; the model's
+    /// own settings are what it was trained with: a change is warned about).
+    #[arg(long = "set", value_name = "data.face.KEY=VALUE")]
+    set: Vec<String>,
 }
 
 /// Runs the request on this rank; returns the summary line.
@@ -166,24 +171,35 @@ pub fn run(args: Args) -> anyhow::Result<String> {
             opts.steps
         );
     }
-    let face = &g.config.data.face;
-    if face.detector.is_dlib() && rank == 0 {
-        // Said once: generation does not run the face front-end yet (docs/faces.md).
-        eprintln!(
-            "warning: the model was prepared with data.face.detector {} (crop {}); `syncdiff \
-             generate` does not run the face front-end yet and takes each whole reference frame \
-             as the face crop: give reference videos cropped as the training frames were",
-            face.detector.name(),
-            face.crop.name()
-        );
+    let (face, departures) = generate::face_settings(&g.config, &args.set)?;
+    if rank == 0 {
+        if !departures.is_empty() {
+            // Said once: sync accuracy drops when alignment differs from training.
+            eprintln!(
+                "warning: face settings depart from what the model was trained with: {}; \
+                 lip sync may suffer (docs/faces.md)",
+                departures.join(", ")
+            );
+        }
+        if face.detector == FaceDetectorKind::Boxes {
+            eprintln!(
+                "warning: data.face.detector boxes: generation does not read sidecar boxes and \
+                 takes each whole reference frame as the face crop; give face crops, or \
+                 --set data.face.detector=dlib-hog to find the face (docs/faces.md)"
+            );
+        }
     }
     let progress = Progress::new(true, "generate", "frame", 0, 0);
     let start = Instant::now();
     let (mut done, mut frames) = (0usize, 0u64);
+    let mut passed = 0u64;
     for chunk in mine.chunks(args.batch.max(1)) {
         let mut prepared = Vec::new();
         for job in chunk {
-            match generate::prepare(&models[0], job) {
+            if face.detector.is_dlib() {
+                progress.message(|| format!("finding the face in {}", job.video.display()));
+            }
+            match generate::prepare(&models[0], job, &face) {
                 Ok(p) => {
                     progress.add_total(p.frames as u64);
                     prepared.push(p);
@@ -202,18 +218,44 @@ pub fn run(args: Args) -> anyhow::Result<String> {
                 mine.len()
             )
         });
-        let refs: Vec<&generate::Prepared> = prepared.iter().collect();
+        // Each clip's encoder, fed as frames are made.
+        let mut ready = Vec::new();
+        let mut sinks = Vec::new();
+        for p in &prepared {
+            match generate::Mp4Sink::create(p) {
+                Ok(s) => {
+                    ready.push(p);
+                    sinks.push(s);
+                }
+                Err(e) => {
+                    progress.eprintln(&format!("error: {e}"));
+                    failed.push(e.to_string());
+                }
+            }
+        }
+        let mut dyn_sinks: Vec<&mut dyn generate::FrameSink> = sinks
+            .iter_mut()
+            .map(|s| s as &mut dyn generate::FrameSink)
+            .collect();
         let tick = |n: usize| progress.inc(n as u64);
-        let outputs = if models.len() == 1 {
-            generate::generate_batch(&models[0], &refs, &opts, tick)?
+        let reports = if models.len() == 1 {
+            generate::generate_batch(&models[0], &ready, &mut dyn_sinks, &opts, tick)?
         } else {
-            generate::generate_batch_parallel(&mut models, &refs, &opts, tick)?
+            generate::generate_batch_parallel(&mut models, &ready, &mut dyn_sinks, &opts, tick)?
         };
-        for (p, out) in prepared.iter().zip(outputs) {
-            match out.and_then(|frames| generate::write(p, &frames)) {
-                Ok(()) => {
-                    frames += p.frames as u64;
-                    let line = format!("wrote {} ({} frames)", p.job.out.display(), p.frames);
+        drop(dyn_sinks);
+        for ((p, sink), report) in ready.iter().zip(sinks).zip(reports) {
+            match report.and_then(|r| sink.finish().map(|()| r)) {
+                Ok(r) => {
+                    let n = (r.generated + r.passed_through) as u64;
+                    frames += n;
+                    passed += r.passed_through as u64;
+                    let note = if r.passed_through > 0 {
+                        format!(", {} without a face passed through", r.passed_through)
+                    } else {
+                        String::new()
+                    };
+                    let line = format!("wrote {} ({n} frames{note})", p.job.out.display());
                     progress.println(&line);
                 }
                 Err(e) => {
@@ -232,7 +274,7 @@ pub fn run(args: Args) -> anyhow::Result<String> {
         String::new()
     };
     let summary = format!(
-        "{rank_note}{} clip(s), {frames} frames in {secs:.1} s ({:.2} frames/s), {} {} steps{}{}",
+        "{rank_note}{} clip(s), {frames} frames in {secs:.1} s ({:.2} frames/s), {} {} steps{}{}{}{}",
         mine.len() - (failed.len() - early),
         frames as f64 / secs.max(1e-9),
         opts.steps,
@@ -242,7 +284,13 @@ pub fn run(args: Args) -> anyhow::Result<String> {
         } else {
             String::new()
         },
-        if opts.inpaint { ", inpainting" } else { "" }
+        if opts.inpaint { ", inpainting" } else { "" },
+        if passed > 0 {
+            format!(", {passed} frames without a face passed through")
+        } else {
+            String::new()
+        },
+        peak_memory().map_or(String::new(), |m| format!(", peak memory {m} MiB"))
     );
     if !failed.is_empty() {
         bail!(
@@ -252,6 +300,14 @@ pub fn run(args: Args) -> anyhow::Result<String> {
         );
     }
     Ok(summary)
+}
+
+/// This process's peak resident memory (Linux `VmHWM`; ffmpeg's processes not included).
+fn peak_memory() -> Option<u64> {
+    let status = std::fs::read_to_string("/proc/self/status").ok()?;
+    let line = status.lines().find(|l| l.starts_with("VmHWM:"))?;
+    let kib: u64 = line.split_whitespace().nth(1)?.parse().ok()?;
+    Some(kib / 1024)
 }
 
 /// The jobs of a command line: one clip, or the lines of `--list`.

@@ -1,9 +1,13 @@
 //! Video and audio I/O through ffmpeg/ffprobe processes: probe, decode RGB frames at the source
 //! rate, decode audio resampled to mono 16 kHz int16, encode frames (+ audio) to mp4.
 
+mod stream;
+
 use std::io::Write;
 use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
+
+pub use stream::{FrameReader, FrameWriter};
 
 /// Why a video could not be read or written. Messages name the file.
 #[derive(Debug, thiserror::Error)]
@@ -39,6 +43,51 @@ pub struct VideoInfo {
     pub has_audio: bool,
     /// Duration of the audio stream in seconds (0 without audio).
     pub audio_seconds: f64,
+    /// ffmpeg's name of the video stream's pixel format (`yuv420p`, `gray`, `yuv420p10le`).
+    pub pix_fmt: String,
+}
+
+/// Bits per sample of an ffmpeg pixel format name (8 unless the name says more).
+fn bit_depth(pix_fmt: &str) -> u32 {
+    let f = pix_fmt.trim_end_matches("le").trim_end_matches("be");
+    if let Some(i) = f.rfind('p') {
+        let tail = &f[i + 1..];
+        if !tail.is_empty() && tail.bytes().all(|b| b.is_ascii_digit()) {
+            return tail.parse().unwrap_or(8);
+        }
+    }
+    if ["rgb48", "bgr48", "rgba64", "bgra64"]
+        .iter()
+        .any(|n| f.starts_with(n))
+    {
+        return 16;
+    }
+    8
+}
+
+/// Refuses the videos the pipeline would silently change: grayscale (the model sees colour),
+/// and more than 8 bits per sample (frames are decoded to 8-bit RGB).
+pub fn check_pixel_format(path: &Path, pix_fmt: &str) -> Result<(), VideoError> {
+    let grey = ["gray", "ya8", "ya16", "monow", "monob"]
+        .iter()
+        .any(|g| pix_fmt.starts_with(g));
+    if grey {
+        return Err(failed(
+            path,
+            format!("grayscale video (pixel format {pix_fmt}); the model needs colour frames"),
+        ));
+    }
+    let bits = bit_depth(pix_fmt);
+    if bits > 8 {
+        return Err(failed(
+            path,
+            format!(
+                "{bits}-bit video (pixel format {pix_fmt}); convert it to 8 bits first: \
+                 ffmpeg -i IN -pix_fmt yuv420p OUT.mp4"
+            ),
+        ));
+    }
+    Ok(())
 }
 
 fn failed(path: &Path, message: impl Into<String>) -> VideoError {
@@ -137,6 +186,7 @@ pub fn probe(path: &Path) -> Result<VideoInfo, VideoError> {
         fps,
         has_audio: audio.is_some(),
         audio_seconds: audio.map(seconds).unwrap_or(0.0),
+        pix_fmt: video["pix_fmt"].as_str().unwrap_or("").to_string(),
     })
 }
 
@@ -274,7 +324,8 @@ pub enum AudioSource<'a> {
 }
 
 /// [`encode`] with any [`AudioSource`]. The output is an mp4 whatever the file name says; the
-/// video ends with the shorter of frames and sound.
+/// video ends with the shorter of frames and sound. (All frames at once: [`FrameWriter`]
+/// streams them.)
 pub fn encode_with(
     path: &Path,
     frames: &[u8],
@@ -283,65 +334,11 @@ pub fn encode_with(
     fps: u32,
     audio: Option<AudioSource<'_>>,
 ) -> Result<(), VideoError> {
-    let p = path_str(path)?;
-    let size = format!("{width}x{height}");
-    let rate = fps.to_string();
-    let tmp = tempfile_for(path);
-    let mut args: Vec<String> = [
-        "-v", "error", "-y", "-f", "rawvideo", "-pix_fmt", "rgb24", "-s", &size, "-r", &rate, "-i",
-        "-",
-    ]
-    .iter()
-    .map(|s| s.to_string())
-    .collect();
-    let owned = |v: &[&str]| v.iter().map(|s| s.to_string()).collect::<Vec<_>>();
-    match audio {
-        Some(AudioSource::Samples(samples, sr)) => {
-            let bytes: Vec<u8> = samples.iter().flat_map(|s| s.to_le_bytes()).collect();
-            std::fs::write(&tmp, bytes).map_err(|e| failed(&tmp, e.to_string()))?;
-            args.extend(owned(&[
-                "-f",
-                "s16le",
-                "-ar",
-                &sr.to_string(),
-                "-ac",
-                "1",
-                "-i",
-            ]));
-            args.extend(owned(&[path_str(&tmp)?, "-map", "0:v:0", "-map", "1:a:0"]));
-            args.extend(owned(&["-c:a", "aac", "-b:a", "96k"]));
-        }
-        Some(AudioSource::File(src)) => {
-            args.extend(owned(&[
-                "-i",
-                path_str(src)?,
-                "-map",
-                "0:v:0",
-                "-map",
-                "1:a:0",
-            ]));
-            args.extend(owned(&["-c:a", "aac", "-b:a", "192k"]));
-        }
-        None => {}
+    let mut w = FrameWriter::create(path, width, height, fps, audio)?;
+    for f in frames.chunks((width * height * 3).max(1) as usize) {
+        w.push(f)?;
     }
-    args.extend(owned(&[
-        "-c:v",
-        "libx264",
-        "-preset",
-        "fast",
-        "-crf",
-        "12",
-        "-pix_fmt",
-        "yuv420p",
-        "-shortest",
-        "-f",
-        "mp4",
-        p,
-    ]));
-    let refs: Vec<&str> = args.iter().map(String::as_str).collect();
-    let result = run("ffmpeg", &refs, path, Some(frames));
-    let _ = std::fs::remove_file(&tmp);
-    result.map(|_| ())
+    w.finish()
 }
 
 /// A scratch file next to `path` for intermediate audio.
@@ -369,6 +366,8 @@ pub struct DecodedAv {
     pub duration_s: Option<f64>,
     /// Messages ffmpeg logged at error level while decoding (a damaged stream), first first.
     pub errors: Vec<String>,
+    /// The source's pixel format as ffmpeg names it (empty when it did not say).
+    pub pix_fmt: String,
 }
 
 /// Error-level messages of an ffmpeg log written with `-v level+info`, without the markers.
@@ -428,6 +427,18 @@ fn parse_input_streams(stderr: &str) -> (Option<(f64, u32, u32)>, bool) {
         }
     }
     (video, audio)
+}
+
+/// The pixel format of the first input's video stream in ffmpeg's description of it
+/// (`Video: h264 (High), yuv420p(tv, progressive), 1280x720, ...`).
+fn parse_pix_fmt(stderr: &str) -> Option<String> {
+    let input = stderr.split("Stream mapping:").next().unwrap_or("");
+    let line = input
+        .lines()
+        .find(|l| l.trim_start().starts_with("Stream #0:") && l.contains(": Video:"))?;
+    let fields = line.split(": Video:").nth(1)?;
+    let fmt = fields.split(", ").nth(1)?.split('(').next()?.trim();
+    (!fmt.is_empty()).then(|| fmt.to_string())
 }
 
 /// Decodes video and audio in one ffmpeg process (one demux pass): frames at the source rate,
@@ -524,6 +535,7 @@ pub fn decode_av_at(
                 audio: Vec::new(),
                 duration_s: parse_duration(&stderr),
                 errors,
+                pix_fmt: parse_pix_fmt(&stderr).unwrap_or_default(),
             });
         }
         // A readable input without a video stream (e.g. audio only).
@@ -572,5 +584,43 @@ pub fn decode_av_at(
             .collect(),
         duration_s: parse_duration(&stderr),
         errors,
+        pix_fmt: parse_pix_fmt(&stderr).unwrap_or_default(),
     })
+}
+
+#[cfg(test)]
+#[allow(clippy::unwrap_used)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn grey_and_deep_pixel_formats_are_refused_and_read_from_ffmpeg_logs() {
+        for ok in ["yuv420p", "yuvj420p", "nv12", "rgb24", "gbrp", ""] {
+            assert!(check_pixel_format(Path::new("a.mp4"), ok).is_ok(), "{ok}");
+        }
+        for (fmt, bits) in [
+            ("yuv420p10le", 10),
+            ("p010le", 10),
+            ("gbrp12be", 12),
+            ("rgb48le", 16),
+        ] {
+            let e = check_pixel_format(Path::new("a.mp4"), fmt)
+                .unwrap_err()
+                .to_string();
+            assert!(
+                e.starts_with(&format!("a.mp4: {bits}-bit video (pixel format {fmt})")),
+                "{e}"
+            );
+        }
+        let e = check_pixel_format(Path::new("g.mkv"), "gray")
+            .unwrap_err()
+            .to_string();
+        assert!(e.contains("g.mkv: grayscale video"), "{e}");
+        let log =
+            "Input #0, mov,mp4, from 'x.mp4':\n  Stream #0:0[0x1](und): Video: h264 (High 10) \
+                   (avc1 / 0x31637661), yuv420p10le(tv, bt709, progressive), 1280x720, 30 fps\n\
+                   Stream mapping:\n  Stream #0:0 -> #0:0 (h264 -> rawvideo)\n";
+        assert_eq!(parse_pix_fmt(log).as_deref(), Some("yuv420p10le"));
+        assert_eq!(parse_pix_fmt("nothing"), None);
+    }
 }
