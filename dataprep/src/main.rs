@@ -257,6 +257,7 @@ fn faces(
     let face_cfg = &cfg.data.face;
     let fe = FrontEnd::new(face_cfg)?;
     let info = video::probe(input)?;
+    video::check_pixel_format(input, &info.pix_fmt)?;
     let (w, h) = (info.width, info.height);
     anyhow::ensure!(
         w > 0 && h > 0,

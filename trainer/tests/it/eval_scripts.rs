@@ -9,7 +9,7 @@ use crate::common;
 use std::path::{Path, PathBuf};
 use std::process::Command;
 
-fn reference(script: &str, args: &[&str]) -> serde_json::Value {
+pub(crate) fn reference(script: &str, args: &[&str]) -> serde_json::Value {
     let o = common::python()
         .arg(common::repo().join("trainer/tests/reference").join(script))
         .args(args)

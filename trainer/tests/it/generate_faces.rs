@@ -230,6 +230,7 @@ fn a_720p_video_gets_a_generated_mouth_and_keeps_every_other_pixel() {
         s(&out),
         "--steps".into(),
         "2".into(),
+        "--preview".into(),
     ];
     for set in face_sets(110) {
         args.extend(["--set".into(), set]);
@@ -259,6 +260,14 @@ fn a_720p_video_gets_a_generated_mouth_and_keeps_every_other_pixel() {
         "{}",
         info.audio_seconds
     );
+    // The before / after / difference strip, each panel 360 rows high.
+    let png = d.join("out/interview.mp4.preview.png");
+    let strip = video::probe(&png).unwrap();
+    assert_eq!((strip.width, strip.height), (3 * 640, 360));
+    // docs/images/generate-strip.png is this picture (copied where SYNCDIFF_KEEP_PREVIEW says).
+    if let Ok(keep) = std::env::var("SYNCDIFF_KEEP_PREVIEW") {
+        std::fs::copy(&png, keep).unwrap();
+    }
 }
 
 #[test]
@@ -298,6 +307,71 @@ fn frames_without_a_face_pass_through_and_a_faceless_video_is_named() {
         );
     }
     assert!(mad(&frames[10], &input[10]) > 0.0);
+
+    // `syncdiff eval --faces`: the mouth region and the LSE crops come from the face.
+    let (gt, pred) = (d.join("gt"), d.join("pred"));
+    std::fs::create_dir_all(&gt).unwrap();
+    std::fs::copy(&src, gt.join("leaves.mp4")).unwrap();
+    std::fs::create_dir_all(&pred).unwrap();
+    let audio = video::AudioSource::File(&drive);
+    let mut wr = FrameWriter::create(&pred.join("leaves.mp4"), w, h, 25, Some(audio)).unwrap();
+    for f in &frames {
+        wr.push(f).unwrap();
+    }
+    wr.finish().unwrap();
+    let syncnet = d.join("syncnet.pt");
+    crate::eval_scripts::reference(
+        "syncnet_ref.py",
+        &["make", "--out", &s(&syncnet), "--seed", "3"],
+    );
+    let eval = |extra: &[&str]| {
+        let rep = d.join("eval.json");
+        let o = Command::new(env!("CARGO_BIN_EXE_syncdiff"))
+            .args([
+                "eval",
+                "--pred",
+                &s(&pred),
+                "--gt",
+                &s(&gt),
+                "--report",
+                &s(&rep),
+            ])
+            .args(extra)
+            .output()
+            .unwrap();
+        assert!(o.status.success(), "{}", common::text(&o).1);
+        let r: serde_json::Value = serde_json::from_slice(&std::fs::read(&rep).unwrap()).unwrap();
+        r["videos"][0].clone()
+    };
+    let faces = eval(&[
+        "--faces",
+        "--min-face",
+        "60",
+        "--syncnet",
+        &s(&syncnet),
+        "--vshift",
+        "3",
+    ]);
+    let fixed = eval(&[]);
+    let (mouth, whole) = (
+        faces["mouth_psnr"].as_f64().unwrap(),
+        faces["psnr"].as_f64().unwrap(),
+    );
+    println!(
+        "eval --faces: PSNR {whole:.2}, mouth PSNR {mouth:.2}, LSE {}",
+        faces["lse"]
+    );
+    // Only the mouth was generated: it differs more than the frame as a whole.
+    assert!(mouth < whole, "{mouth} vs {whole}");
+    assert_ne!(faces["mouth_psnr"], fixed["mouth_psnr"]);
+    // A frame without a face has no mouth score; LSE ran on the face crops.
+    assert!(
+        faces["per_frame"][30][3].is_null(),
+        "{}",
+        faces["per_frame"][30]
+    );
+    assert!(fixed["per_frame"][30][3].is_number());
+    assert!(faces["lse"]["lse_c"].as_f64().unwrap().is_finite());
 
     // A video of a cat: no face at all, an error naming it.
     let cat = video::decode_frames(&photo("chelsea.png"), 451, 300).unwrap();

@@ -8,8 +8,10 @@ use std::path::{Path, PathBuf};
 
 use anyhow::{bail, Context};
 use serde::Serialize;
+use syncdiff_dataprep::face::{ClipFaces, CropTransform, FrontEnd, Rect};
 use syncdiff_dataprep::launch::DeviceChoice;
 use syncdiff_dataprep::video;
+use syncdiff_model::config::{FaceConfig, FaceCrop, FaceDetectorKind};
 
 use syncdiff_trainer::eval::{self, mouth, psnr, ssim, wer, Lse, Region, Script, View};
 
@@ -86,6 +88,15 @@ pub struct Args {
     /// Synthetic data set: mouth opening read from the frames vs `<name>.mouth.txt`.
     #[arg(long)]
     openings: bool,
+    /// Find the face in every frame (dlib HOG, docs/faces.md), as syncnet_python crops faces
+    /// before scoring: PSNR/SSIM of the mouth take the lower half of the ground truth's face
+    /// box (not --mouth), and LSE scores square crops of the prediction's face over its
+    /// longest face track.
+    #[arg(long)]
+    faces: bool,
+    /// With --faces: the smallest face looked for, in pixels.
+    #[arg(long, default_value_t = 80, value_parser = clap::value_parser!(u32).range(20..))]
+    min_face: u32,
     /// Where the `.mouth.txt` and `.txt` references are [default: --gt].
     #[arg(long)]
     truth_dir: Option<PathBuf>,
@@ -182,9 +193,32 @@ fn score(
         );
     }
     let n = na.min(nb);
-    let region = opts.mouth.region(w, h);
+    let fe = if opts.faces {
+        Some(FrontEnd::new(&face_config(opts))?)
+    } else {
+        None
+    };
+    // The mouth region of each frame: fixed (--mouth), or from the ground truth's face.
+    let regions: Vec<Option<Region>> = match &fe {
+        None => vec![Some(opts.mouth.region(w, h)); n],
+        Some(fe) => {
+            let faces = track(fe, &a[..n * size], info.width, info.height, info.fps)?;
+            if faces.with_face() == 0 {
+                bail!(
+                    "{}: no face found for --faces (--min-face {})",
+                    gt.display(),
+                    opts.min_face
+                );
+            }
+            faces
+                .frames
+                .iter()
+                .map(|f| f.as_ref().and_then(|f| lower_half(&f.rect, w, h)))
+                .collect()
+        }
+    };
     let mut per_frame = Vec::new();
-    for i in 0..n {
+    for (i, region) in regions.iter().enumerate() {
         let frame = i * size..(i + 1) * size;
         let x = View {
             data: &a[frame.clone()],
@@ -196,24 +230,34 @@ fn score(
             data: &b[frame],
             ..x
         };
+        // A frame without a face has no mouth score (NaN: left out of the means).
+        let (mouth_psnr, mouth_ssim) = match region {
+            Some(r) => (psnr(&x, &y, Some(*r))?, ssim(&x, &y, Some(*r))?),
+            None => (f64::NAN, f64::NAN),
+        };
         per_frame.push([
             psnr(&x, &y, None)?,
             ssim(&x, &y, None)?,
-            psnr(&x, &y, Some(region))?,
-            ssim(&x, &y, Some(region))?,
+            mouth_psnr,
+            mouth_ssim,
         ]);
     }
     let lse = match &nets.syncnet {
         Some(net) => {
-            let av = video::decode_av(pred, Some(eval::CROP), 16_000)?;
+            let size = if fe.is_some() { None } else { Some(eval::CROP) };
+            let av = video::decode_av(pred, size, 16_000)?;
             if !av.has_audio {
                 bail!(
                     "{}: no audio track to score lip sync against",
                     pred.display()
                 );
             }
+            let (rgb, audio) = match &fe {
+                None => (av.rgb, av.audio),
+                Some(fe) => face_crops(fe, &face_config(opts), &av, pred)?,
+            };
             Some(
-                eval::lse(net, &av.rgb, &av.audio, opts.vshift, 20)
+                eval::lse(net, &rgb, &audio, opts.vshift, 20)
                     .with_context(|| pred.display().to_string())?,
             )
         }
@@ -271,6 +315,71 @@ fn score(
         openings,
         per_frame,
     })
+}
+
+/// The face settings of --faces: HOG, square face crops with syncnet_python's 0.4 margin.
+fn face_config(opts: &Args) -> FaceConfig {
+    FaceConfig {
+        detector: FaceDetectorKind::DlibHog,
+        crop: FaceCrop::Face,
+        margin: 0.4,
+        min_face: opts.min_face,
+        ..FaceConfig::default()
+    }
+}
+
+/// The face of every frame of an RGB24 video.
+fn track(fe: &FrontEnd, rgb: &[u8], w: u32, h: u32, fps: f64) -> anyhow::Result<ClipFaces> {
+    let mut t = fe.tracker(w, h, fps);
+    for f in rgb.chunks_exact((w * h * 3) as usize) {
+        t.push(f)?;
+    }
+    Ok(t.finish())
+}
+
+/// The lower half of a face box, inside the frame (`None` when nothing of it is).
+fn lower_half(r: &Rect, w: usize, h: usize) -> Option<Region> {
+    let clamp = |v: f32, hi: usize| (v.max(0.0) as usize).min(hi);
+    let (x0, x1) = (clamp(r.x0, w), clamp(r.x1, w));
+    let (y0, y1) = (clamp(r.y0 + r.height() / 2.0, h), clamp(r.y1, h));
+    (x1 > x0 && y1 > y0).then_some(Region {
+        x: x0,
+        y: y0,
+        w: x1 - x0,
+        h: y1 - y0,
+    })
+}
+
+/// SyncNet's input with --faces: the prediction's face cropped square (eval::CROP pixels) over
+/// its longest face track, and the audio of those frames.
+fn face_crops(
+    fe: &FrontEnd,
+    cfg: &FaceConfig,
+    av: &video::DecodedAv,
+    pred: &Path,
+) -> anyhow::Result<(Vec<u8>, Vec<i16>)> {
+    let faces = track(fe, &av.rgb, av.width, av.height, av.fps)?;
+    let Some(seg) = faces.segments.iter().max_by_key(|s| s.len()).cloned() else {
+        bail!(
+            "{}: no face found for LSE (--min-face {})",
+            pred.display(),
+            cfg.min_face
+        );
+    };
+    let len = (av.width * av.height * 3) as usize;
+    let mut rgb = Vec::with_capacity(seg.len() * (eval::CROP * eval::CROP * 3) as usize);
+    for i in seg.clone() {
+        let Some(f) = &faces.frames[i] else {
+            bail!("{}: frame {i} of a face track has no face", pred.display());
+        };
+        let crop = CropTransform::new(cfg, &f.rect, av.width, av.height, eval::CROP);
+        rgb.extend(crop.warp(&av.rgb[i * len..(i + 1) * len], av.width, av.height));
+    }
+    // 16 kHz audio: 640 samples per 25 fps frame.
+    let per = (16_000.0 / av.fps).round() as usize;
+    let end = (seg.end * per).min(av.audio.len());
+    let audio = av.audio[(seg.start * per).min(end)..end].to_vec();
+    Ok((rgb, audio))
 }
 
 /// One column of the table: header, width, and the value of a video (None: not computed).

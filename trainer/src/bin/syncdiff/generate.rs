@@ -9,8 +9,10 @@ use std::path::{Path, PathBuf};
 use std::time::Instant;
 
 use anyhow::bail;
+use syncdiff_dataprep::face;
 use syncdiff_dataprep::launch::{DeviceChoice, Launch};
 use syncdiff_dataprep::progress::Progress;
+use syncdiff_dataprep::video;
 use syncdiff_model::config::{FaceDetectorKind, SamplerKind};
 use tch::Device;
 
@@ -71,6 +73,10 @@ pub struct Args {
     /// model and one libtorch thread (faster than intra-op threads for small models).
     #[arg(long, default_value_t = 1, value_parser = clap::value_parser!(u64).range(1..=64))]
     workers: u64,
+    /// Also write `OUT.preview.png` beside each output: its middle frame before, after, and
+    /// the difference (x4), side by side.
+    #[arg(long)]
+    preview: bool,
     /// Override a face setting, e.g. `--set data.face.min_face=60` (repeatable; the model's
     /// own settings are what it was trained with: a change is warned about).
     #[arg(long = "set", value_name = "data.face.KEY=VALUE")]
@@ -257,6 +263,12 @@ pub fn run(args: Args) -> anyhow::Result<String> {
                     };
                     let line = format!("wrote {} ({n} frames{note})", p.job.out.display());
                     progress.println(&line);
+                    if args.preview {
+                        match preview(p) {
+                            Ok(png) => progress.println(&format!("wrote {}", png.display())),
+                            Err(e) => progress.eprintln(&format!("warning: preview: {e}")),
+                        }
+                    }
                 }
                 Err(e) => {
                     progress.eprintln(&format!("error: {e}"));
@@ -300,6 +312,59 @@ pub fn run(args: Args) -> anyhow::Result<String> {
         );
     }
     Ok(summary)
+}
+
+/// Frame `k` of a video at 25 fps, as generation read it.
+fn frame_at(path: &Path, k: usize) -> anyhow::Result<(Vec<u8>, u32, u32)> {
+    let info = video::probe(path)?;
+    let mut rd = video::FrameReader::open(path, info.width, info.height, Some(25.0), None)?;
+    let mut buf = vec![0u8; rd.frame_len()];
+    for _ in 0..=k {
+        if !rd.next_frame(&mut buf)? {
+            bail!("{}: fewer than {} frames", path.display(), k + 1);
+        }
+    }
+    Ok((buf, info.width, info.height))
+}
+
+/// Writes `OUT.preview.png`: the middle output frame's reference, the output, and their
+/// difference x4, each scaled to 360 rows.
+fn preview(p: &generate::Prepared) -> anyhow::Result<PathBuf> {
+    let k = p.frames / 2;
+    let (before, w, h) = frame_at(&p.job.video, generate::ping_pong(k, p.available))?;
+    let (after, ow, oh) = frame_at(&p.job.out, k)?;
+    anyhow::ensure!(
+        (ow, oh) == (w, h),
+        "the output is {ow}x{oh}, the reference {w}x{h}"
+    );
+    let diff: Vec<u8> = before
+        .iter()
+        .zip(&after)
+        .map(|(a, b)| (u32::from(a.abs_diff(*b)) * 4).min(255) as u8)
+        .collect();
+    let rows = 360u32.min(h);
+    let cols = (u64::from(w) * u64::from(rows) / u64::from(h)).max(1) as u32;
+    let k = w as f32 / cols as f32;
+    let scale = face::Affine([k, 0.0, 0.0, 0.0, h as f32 / rows as f32, 0.0]);
+    let panels: Vec<Vec<u8>> = [&before, &after, &diff]
+        .iter()
+        .map(|f| face::warp(f, w, h, &scale, cols, rows))
+        .collect();
+    let line = (cols * 3) as usize;
+    let mut strip = Vec::with_capacity(line * 3 * rows as usize);
+    for y in 0..rows as usize {
+        for panel in &panels {
+            strip.extend_from_slice(&panel[y * line..(y + 1) * line]);
+        }
+    }
+    let name = p
+        .job
+        .out
+        .file_name()
+        .map_or_else(Default::default, |n| n.to_string_lossy().into_owned());
+    let png = p.job.out.with_file_name(format!("{name}.preview.png"));
+    video::write_png(&png, &strip, cols * 3, rows)?;
+    Ok(png)
 }
 
 /// This process's peak resident memory (Linux `VmHWM`; ffmpeg's processes not included).
