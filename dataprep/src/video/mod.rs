@@ -144,6 +144,33 @@ fn run(
     Ok(out.stdout)
 }
 
+/// The ffmpeg output arguments that write the first video stream to stdout as raw RGB24 frames,
+/// resampled to `fps` (the `fps` filter) and scaled to `size` (area filter) when given.
+fn rgb_frames_args(fps: Option<f64>, size: Option<(u32, u32)>) -> Vec<String> {
+    let mut args = vec!["-map".to_string(), "0:v:0".to_string()];
+    let mut filters = Vec::new();
+    if let Some(f) = fps {
+        filters.push(format!("fps={f}"));
+    }
+    if let Some((w, h)) = size {
+        filters.push(format!("scale={w}:{h}:flags=area"));
+    }
+    if !filters.is_empty() {
+        args.extend(["-vf".to_string(), filters.join(",")]);
+    }
+    let raw = [
+        "-vsync",
+        "passthrough",
+        "-f",
+        "rawvideo",
+        "-pix_fmt",
+        "rgb24",
+        "pipe:1",
+    ];
+    args.extend(raw.iter().map(|s| s.to_string()));
+    args
+}
+
 fn path_str(path: &Path) -> Result<&str, VideoError> {
     path.to_str()
         .ok_or_else(|| failed(path, "path is not valid UTF-8"))
@@ -204,37 +231,19 @@ pub fn decode_frames_upto(
     seconds: Option<f64>,
 ) -> Result<Vec<u8>, VideoError> {
     let p = path_str(path)?;
-    let scale = format!("scale={width}:{height}:flags=area");
     let limit = seconds.map(|s| format!("{s:.3}"));
     // Frames as stored (the coded size ffprobe reports): a rotation tag is not applied.
-    let mut head = vec!["-v", "error", "-nostdin", "-noautorotate"];
-    if let Some(l) = &limit {
-        head.extend(["-t", l.as_str()]);
+    let mut args: Vec<String> = ["-v", "error", "-nostdin", "-noautorotate"]
+        .iter()
+        .map(|s| s.to_string())
+        .collect();
+    if let Some(l) = limit {
+        args.extend(["-t".to_string(), l]);
     }
-    let out = run(
-        "ffmpeg",
-        &[
-            &head[..],
-            &[
-                "-i",
-                p,
-                "-map",
-                "0:v:0",
-                "-vf",
-                &scale,
-                "-vsync",
-                "passthrough",
-                "-f",
-                "rawvideo",
-                "-pix_fmt",
-                "rgb24",
-                "-",
-            ],
-        ]
-        .concat(),
-        path,
-        None,
-    )?;
+    args.extend(["-i".to_string(), p.to_string()]);
+    args.extend(rgb_frames_args(None, Some((width, height))));
+    let refs: Vec<&str> = args.iter().map(String::as_str).collect();
+    let out = run("ffmpeg", &refs, path, None)?;
     let frame = (width * height * 3) as usize;
     if out.is_empty() || out.len() % frame != 0 {
         return Err(failed(
@@ -472,39 +481,15 @@ pub fn decode_av_at(
         "-noautorotate",
         "-i",
         p,
-        "-map",
-        "0:v:0",
     ]
     .iter()
     .map(|s| s.to_string())
     .collect();
-    let mut filters = Vec::new();
-    if let Some(f) = fps {
-        filters.push(format!("fps={f}"));
-    }
-    if let Some(s) = size {
-        filters.push(format!("scale={s}:{s}:flags=area"));
-    }
-    if !filters.is_empty() {
-        args.extend(["-vf".to_string(), filters.join(",")]);
-    }
+    args.extend(rgb_frames_args(fps, size.map(|s| (s, s))));
     args.extend(
-        [
-            "-vsync",
-            "passthrough",
-            "-f",
-            "rawvideo",
-            "-pix_fmt",
-            "rgb24",
-            "pipe:1",
-            "-map",
-            "0:a:0?",
-            "-ac",
-            "1",
-            "-ar",
-        ]
-        .iter()
-        .map(|s| s.to_string()),
+        ["-map", "0:a:0?", "-ac", "1", "-ar"]
+            .iter()
+            .map(|s| s.to_string()),
     );
     args.extend([rate.to_string(), "-f".into(), "s16le".into(), audio_out]);
     let out = Command::new("ffmpeg")

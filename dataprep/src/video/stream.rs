@@ -7,7 +7,7 @@ use std::path::{Path, PathBuf};
 use std::process::{Child, ChildStdin, ChildStdout, Command, Stdio};
 use std::thread::JoinHandle;
 
-use super::{failed, path_str, tempfile_for, AudioSource, VideoError};
+use super::{failed, path_str, rgb_frames_args, tempfile_for, AudioSource, VideoError};
 
 /// Starts a tool with piped stdio; its stderr is collected on a thread (a full pipe would block
 /// it).
@@ -88,30 +88,7 @@ impl FrameReader {
             .iter()
             .map(|s| s.to_string())
             .collect();
-        args.extend(["-map".into(), "0:v:0".into()]);
-        let mut filters = Vec::new();
-        if let Some(f) = fps {
-            filters.push(format!("fps={f}"));
-        }
-        if let Some(s) = size {
-            filters.push(format!("scale={s}:{s}:flags=area"));
-        }
-        if !filters.is_empty() {
-            args.extend(["-vf".to_string(), filters.join(",")]);
-        }
-        args.extend(
-            [
-                "-vsync",
-                "passthrough",
-                "-f",
-                "rawvideo",
-                "-pix_fmt",
-                "rgb24",
-                "pipe:1",
-            ]
-            .iter()
-            .map(|s| s.to_string()),
-        );
+        args.extend(rgb_frames_args(fps, size.map(|s| (s, s))));
         let (mut child, log) = spawn("ffmpeg", &args, false)?;
         let stdout = child.stdout.take().ok_or_else(|| VideoError::Tool {
             tool: "ffmpeg",

@@ -218,25 +218,14 @@ fn a_720p_video_gets_a_generated_mouth_and_keeps_every_other_pixel() {
 
     // The command line: a 1280x720 mp4 at 25 fps with the drive's own sound track.
     let out = d.join("out/interview.mp4");
-    let mut args = vec![
-        "generate".to_string(),
-        "--checkpoint".into(),
-        s(&model),
-        "--video".into(),
-        s(&src),
-        "--audio".into(),
-        s(&drive),
-        "--out".into(),
-        s(&out),
-        "--steps".into(),
-        "2".into(),
-        "--preview".into(),
-    ];
-    for set in face_sets(110) {
-        args.extend(["--set".into(), set]);
-    }
-    let refs: Vec<&str> = args.iter().map(String::as_str).collect();
-    let o = syncdiff(&refs);
+    let o = generate_cli(
+        &model,
+        &src,
+        &drive,
+        &out,
+        110,
+        &["--steps", "2", "--preview"],
+    );
     let (stdout, stderr) = common::text(&o);
     assert!(o.status.success(), "{stderr}");
     assert_eq!(
@@ -297,6 +286,15 @@ fn frames_without_a_face_pass_through_and_a_faceless_video_is_named() {
     };
     let p = generate::prepare(&g, &job, &face).unwrap();
     assert_eq!(p.without_face, 25);
+    // Faces smaller than data.face.min_face: the error says so.
+    let (big, _) = generate::face_settings(&g.config, &face_sets(160)).unwrap();
+    let err = generate::prepare(&g, &job, &big).unwrap_err().to_string();
+    assert!(
+        err.contains(
+            "leaves.mp4: no face of at least 160 px (data.face.min_face) in 75 frames; a face of"
+        ) && err.ends_with("px is there: lower data.face.min_face to find it"),
+        "{err}"
+    );
     let (report, frames) = generate_frames(&g, &p);
     assert_eq!((report.generated, report.passed_through), (50, 25));
     let input = reference_frames(&src, w, h);
@@ -384,22 +382,7 @@ fn frames_without_a_face_pass_through_and_a_faceless_video_is_named() {
     }
     wr.finish().unwrap();
     let out = d.join("cat-out.mp4");
-    let mut args = vec![
-        "generate".to_string(),
-        "--checkpoint".into(),
-        s(&model),
-        "--video".into(),
-        s(&cat_video),
-        "--audio".into(),
-        s(&drive),
-        "--out".into(),
-        s(&out),
-    ];
-    for set in face_sets(60) {
-        args.extend(["--set".into(), set]);
-    }
-    let refs: Vec<&str> = args.iter().map(String::as_str).collect();
-    let o = syncdiff(&refs);
+    let o = generate_cli(&model, &cat_video, &drive, &out, 60, &[]);
     let (_, stderr) = common::text(&o);
     assert!(!o.status.success());
     assert!(
@@ -408,6 +391,28 @@ fn frames_without_a_face_pass_through_and_a_faceless_video_is_named() {
     );
     assert!(!stderr.contains("panicked"), "{stderr}");
     assert!(!out.exists());
+}
+
+/// `syncdiff generate` with the face settings of [`face_sets`] and `extra` arguments.
+fn generate_cli(
+    model: &Path,
+    video: &Path,
+    audio: &Path,
+    out: &Path,
+    min_face: u32,
+    extra: &[&str],
+) -> std::process::Output {
+    let mut args: Vec<String> = ["generate", "--checkpoint", &s(model), "--video", &s(video)]
+        .iter()
+        .map(|a| a.to_string())
+        .collect();
+    args.extend(["--audio".into(), s(audio), "--out".into(), s(out)]);
+    args.extend(extra.iter().map(|a| a.to_string()));
+    for set in face_sets(min_face) {
+        args.extend(["--set".into(), set]);
+    }
+    let refs: Vec<&str> = args.iter().map(String::as_str).collect();
+    syncdiff(&refs)
 }
 
 /// `syncdiff generate`'s own peak-memory figure for a reference and drive of `seconds`.
@@ -421,24 +426,7 @@ fn peak_mib(d: &Path, model: &Path, seconds: usize) -> f64 {
     });
     let drive = speech(d, seconds as f64);
     let out = d.join(format!("out-{seconds}.mp4"));
-    let mut args = vec![
-        "generate".to_string(),
-        "--checkpoint".into(),
-        s(model),
-        "--video".into(),
-        s(&src),
-        "--audio".into(),
-        s(&drive),
-        "--out".into(),
-        s(&out),
-        "--steps".into(),
-        "1".into(),
-    ];
-    for set in face_sets(60) {
-        args.extend(["--set".into(), set]);
-    }
-    let refs: Vec<&str> = args.iter().map(String::as_str).collect();
-    let o = syncdiff(&refs);
+    let o = generate_cli(model, &src, &drive, &out, 60, &["--steps", "1"]);
     let (stdout, stderr) = common::text(&o);
     assert!(o.status.success(), "{stderr}");
     assert!(stdout.contains(&format!("{frames} frames")), "{stdout}");
