@@ -317,6 +317,18 @@ pub fn frames_to_tensors(
     (x, masked)
 }
 
+/// Frames (F, 3, S, S) with the pixels `masks` hides (F x S x S, row-major, true: hidden) black,
+/// as the front-end's mouth masks are applied.
+pub fn mask_pixels(x: &Tensor, masks: &[bool]) -> Tensor {
+    let size = x.size();
+    let bytes: Vec<u8> = masks.iter().map(|&b| u8::from(b)).collect();
+    let m = Tensor::from_slice(&bytes)
+        .view([size[0], 1, size[2], size[3]])
+        .to_kind(Kind::Bool)
+        .to_device(x.device());
+    x.masked_fill(&m, -1.0)
+}
+
 /// Encodes frames (N, 3, S, S) in batches of `batch` on their device; `half` encodes in float16
 /// (CUDA only). Returns float32 latents on the same device.
 pub fn encode_batches(ae: &Autoencoder, x: &Tensor, batch: i64, half: bool) -> Tensor {
@@ -357,13 +369,7 @@ pub fn encode_clip(
         device,
     );
     if let Some(m) = &clip.masks {
-        let side = i64::from(s.resolution);
-        let bytes: Vec<u8> = m.iter().map(|&b| u8::from(b)).collect();
-        let m = Tensor::from_slice(&bytes)
-            .view([clip.frames as i64, 1, side, side])
-            .to_kind(Kind::Bool)
-            .to_device(device);
-        masked = x.masked_fill(&m, -1.0);
+        masked = mask_pixels(&x, m);
     }
     ClipData {
         id: clip.id,

@@ -186,32 +186,36 @@ pub fn prepare(g: &Generator, job: &Job, face: &FaceConfig) -> Result<Prepared, 
         resolution: g.resolution(),
         mask_fraction: g.config.data.mask_fraction,
     };
-    if face.detector.is_dlib() {
-        let fe = FrontEnd::new(face)?;
-        let mut reader = FrameReader::open(&job.video, p.width, p.height, p.resample(), None)?;
-        let mut tracker = fe.tracker(p.width, p.height, f64::from(FPS));
-        let mut buf = vec![0u8; reader.frame_len()];
-        let mut first = Vec::new();
-        while reader.next_frame(&mut buf)? {
-            tracker.push(&buf)?;
+    // With a detector the face is followed through full-size frames; whole frames (at the
+    // model's size) are only counted now.
+    let fe = if face.detector.is_dlib() {
+        Some(FrontEnd::new(face)?)
+    } else {
+        None
+    };
+    let size = fe.is_none().then(|| g.resolution());
+    let mut reader = FrameReader::open(&job.video, p.width, p.height, p.resample(), size)?;
+    let mut tracker = fe
+        .as_ref()
+        .map(|fe| fe.tracker(p.width, p.height, f64::from(FPS)));
+    let mut buf = vec![0u8; reader.frame_len()];
+    let mut first = Vec::new();
+    while reader.next_frame(&mut buf)? {
+        if let Some(t) = tracker.as_mut() {
+            t.push(&buf)?;
             if first.is_empty() {
                 first = buf.clone();
             }
         }
+    }
+    p.available = reader.frames_read();
+    if let (Some(fe), Some(tracker)) = (&fe, tracker) {
         let faces = tracker.finish();
-        p.available = reader.frames_read();
         if p.available > 0 && faces.with_face() == 0 {
             let why = fe.no_face_message(&first, p.width, p.height, p.available);
             return Err(input(&job.video, why));
         }
         p.faces = Some(faces.frames);
-    } else {
-        // Whole frames at the model's size: only the count is needed now.
-        let res = g.resolution();
-        let mut reader = FrameReader::open(&job.video, p.width, p.height, p.resample(), Some(res))?;
-        let mut buf = vec![0u8; reader.frame_len()];
-        while reader.next_frame(&mut buf)? {}
-        p.available = reader.frames_read();
     }
     if p.available == 0 {
         return Err(input(&job.video, "no frames decoded"));

@@ -8,8 +8,9 @@ use std::io::{Read, Seek, SeekFrom, Write};
 use std::path::PathBuf;
 
 use syncdiff_dataprep::face::{feather, mouth_mask, paste_back, CropTransform};
+use syncdiff_dataprep::lrs2::{frames_to_tensors, mask_pixels};
 use syncdiff_dataprep::video::{AudioSource, FrameReader, FrameWriter};
-use tch::{Kind, Tensor};
+use tch::{Device, Kind, Tensor};
 
 use super::clip::{check_output, Prepared, FPS};
 use super::GenerateError;
@@ -175,16 +176,6 @@ pub(crate) struct Framed {
     pub masked: Tensor,
 }
 
-/// (S, S, 3) bytes -> (3, S, S) in [-1, 1].
-fn to_tensor(rgb: &[u8], s: i64) -> Tensor {
-    Tensor::from_slice(rgb)
-        .view([s, s, 3])
-        .permute([2, 0, 1])
-        .to_kind(Kind::Float)
-        / 127.5
-        - 1.0
-}
-
 impl Prepared {
     /// Where reference frame `r`'s face is cut from and which of the crop's pixels are masked
     /// (`crop_size^2`, row-major): `None` in whole-frame mode or when the frame has no face.
@@ -210,13 +201,13 @@ impl Prepared {
 
 /// Frame `r` of `p` (already read into `frame`) as model input; `Err(frame)`: no face in it.
 pub(crate) fn frame_input(p: &Prepared, r: usize, frame: Vec<u8>) -> Result<Framed, Vec<u8>> {
-    let s = i64::from(p.resolution);
+    let tensors = |rgb: &[u8]| {
+        let (x, masked) = frames_to_tensors(rgb, 1, p.resolution, p.mask_fraction, Device::Cpu);
+        (x.get(0), masked.get(0))
+    };
     if p.whole_frame() {
         // As ingest masks whole frames: the lower `mask_fraction` rows.
-        let x = to_tensor(&frame, s);
-        let first = ((1.0 - p.mask_fraction) * f64::from(p.resolution)).round() as i64;
-        let masked = x.copy();
-        let _ = masked.narrow(1, first, s - first).fill_(-1.0);
+        let (x, masked) = tensors(&frame);
         return Ok(Framed {
             frame,
             crop: None,
@@ -227,12 +218,8 @@ pub(crate) fn frame_input(p: &Prepared, r: usize, frame: Vec<u8>) -> Result<Fram
     let Some((crop, mask)) = p.face_crop(r) else {
         return Err(frame);
     };
-    let x = to_tensor(&crop.warp(&frame, p.width, p.height), s);
-    let bytes: Vec<u8> = mask.iter().map(|&b| u8::from(b)).collect();
-    let m = Tensor::from_slice(&bytes)
-        .view([1, s, s])
-        .to_kind(Kind::Bool);
-    let masked = x.masked_fill(&m, -1.0);
+    let (x, _) = tensors(&crop.warp(&frame, p.width, p.height));
+    let masked = mask_pixels(&x.unsqueeze(0), &mask).get(0);
     Ok(Framed {
         frame,
         crop: Some((crop, mask)),

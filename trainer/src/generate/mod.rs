@@ -378,6 +378,9 @@ fn frame_steps(
     let keys: Vec<u64> = batch.iter().map(|p| clip_key(&p.job)).collect();
     let longest = batch.iter().map(|p| p.frames).max().unwrap_or(0);
     for t in 0..longest {
+        if clips.iter().all(|c| c.stopped.is_some() || c.p.frames <= t) {
+            break;
+        }
         let mut done = 0;
         // Read this step's frame of every running clip; frames without a face go out now.
         let mut framed: Vec<(usize, Framed)> = Vec::new();
@@ -407,12 +410,6 @@ fn frame_steps(
         }
         if framed.is_empty() {
             progress(done);
-            if clips
-                .iter()
-                .all(|c| c.stopped.is_some() || c.p.frames <= t + 1)
-            {
-                break;
-            }
             continue;
         }
         let size = framed.len().div_ceil(parts.max(1));
