@@ -120,6 +120,12 @@ impl Schedule {
         }
     }
 
+    /// The x0 prediction of `model_output` for x = `x` at timestep `t`.
+    pub fn x0_at(&self, model_output: &Tensor, t: i64, x: &Tensor) -> Tensor {
+        let a_t = self.alphas_cumprod[t as usize];
+        self.x0_of(model_output, x, a_t.sqrt(), (1.0 - a_t).sqrt())
+    }
+
     /// DDIM timesteps for `steps` sampling steps, from noisiest to cleanest.
     pub fn ddim_timesteps(&self, steps: usize) -> Vec<i64> {
         let ratio = (self.timesteps() / steps.max(1)) as i64;

@@ -25,7 +25,7 @@ pub struct Conditioning<'a> {
     pub context: &'a Tensor,
 }
 
-/// Options of DDIM sampling.
+/// Options of sampling.
 #[derive(Debug)]
 pub struct SampleOptions<'a> {
     /// DDIM or DPM-Solver++(2M).
@@ -34,6 +34,12 @@ pub struct SampleOptions<'a> {
     pub steps: usize,
     /// DDIM eta (0: deterministic).
     pub eta: f64,
+    /// Audio classifier-free guidance scale: the output is `uncond + guidance * (cond -
+    /// uncond)`, the unconditional half taking the learned null context; 1 is off (one pass).
+    pub guidance: f64,
+    /// DDIM: return the last step's x0 prediction instead of its x_prev (which still holds
+    /// the noise of alpha-bar at the first timestep). DPM-Solver++ ends at x0 either way.
+    pub final_x0: bool,
     /// Blend target: re-noised reference latent (B, C, h, w) and keep mask (B or 1, 1, h, w):
     /// where keep = 1 the reference is imposed at every step (DiffTalk's inpainting).
     pub inpaint: Option<(&'a Tensor, &'a Tensor)>,
@@ -59,6 +65,12 @@ pub enum SyncDiffError {
         /// Which input.
         what: &'static str,
     },
+    /// Guidance needs the learned null context, which only models trained with audio dropout have.
+    #[error(
+        "{0} needs a model trained with audio dropout (train.audio_dropout > 0, which learns the \
+         null audio context); this model has none"
+    )]
+    NoNullContext(String),
     /// A conditioning input has the wrong number of dimensions.
     #[error("the {what} latents must be {expected}, got shape {actual:?}")]
     Shape {
@@ -71,18 +83,26 @@ pub enum SyncDiffError {
     },
 }
 
-/// SyncDiff: UNet (`unet.*`) plus the pose bottleneck (`bottleneck.*`).
+/// SyncDiff: UNet (`unet.*`) plus the pose bottleneck (`bottleneck.*`) and, for models trained
+/// with audio dropout, the learned null audio context (`null_context`, (1, M, D)).
 #[derive(Debug)]
 pub struct SyncDiff {
     unet: Unet,
     bottleneck: Option<nn::Conv2D>,
+    null_context: Option<Tensor>,
     priors: PriorsConfig,
     schedule: Schedule,
 }
 
 impl SyncDiff {
-    /// Builds the denoiser of `cfg` under `vs`.
+    /// Builds the denoiser of `cfg` under `vs` (without a null context).
     pub fn new(vs: nn::Path, cfg: &ModelConfig) -> Self {
+        Self::build(vs, cfg, false)
+    }
+
+    /// Builds the denoiser of `cfg` under `vs`; with `null_context`, also the learned null audio
+    /// context (initialised to zeros) that audio dropout trains and guidance samples with.
+    pub fn build(vs: nn::Path, cfg: &ModelConfig, null_context: bool) -> Self {
         let shape = UnetShape::of(cfg);
         let np = i64::from(cfg.priors.previous_frames);
         let c = i64::from(cfg.latent_channels());
@@ -94,9 +114,19 @@ impl SyncDiff {
             };
             nn::conv2d(&vs / "bottleneck", c * np, np, 1, conv)
         });
+        let unet = Unet::new(&vs / "unet", &shape);
+        // Made after every other variable, so it does not shift their random initialisation.
+        let null_context = null_context.then(|| {
+            let (m, d) = (
+                i64::from(cfg.context_tokens()),
+                i64::from(cfg.context_dim()),
+            );
+            vs.zeros("null_context", &[1, m, d])
+        });
         Self {
-            unet: Unet::new(&vs / "unet", &shape),
+            unet,
             bottleneck,
+            null_context,
             priors: cfg.priors.clone(),
             schedule: Schedule::new(&cfg.diffusion),
         }
@@ -110,6 +140,22 @@ impl SyncDiff {
     /// The UNet.
     pub fn unet(&self) -> &Unet {
         &self.unet
+    }
+
+    /// The learned null audio context (1, M, D), when the model has one.
+    pub fn null_context(&self) -> Option<&Tensor> {
+        self.null_context.as_ref()
+    }
+
+    /// `context` (B, M, D) with the samples where `drop` (B,) is true replaced by the null
+    /// context (audio dropout). Fails when the model has no null context.
+    pub fn drop_context(&self, context: &Tensor, drop: &Tensor) -> Result<Tensor, SyncDiffError> {
+        let null = self
+            .null_context
+            .as_ref()
+            .ok_or_else(|| SyncDiffError::NoNullContext("audio dropout".into()))?;
+        let keep = drop.logical_not().view([-1, 1, 1]);
+        Ok(context.where_self(&keep, &null.expand_as(context)))
     }
 
     /// Channels the UNet sees besides the noisy latent: (B, in_channels - C, h, w).
@@ -171,10 +217,11 @@ impl SyncDiff {
         Ok(out.mse_loss(&self.schedule.target(z0, t, noise), tch::Reduction::Mean))
     }
 
-    /// Sampling (DDIM or DPM-Solver++(2M)) from x_T = `noise`: (B, C, h, w). `step_noise(n)` gives the noise (like
-    /// x_T) of step i's draws: `StepNoise::Ddim(i)` when eta > 0, `StepNoise::Inpaint(i)` for the
-    /// re-noised reference; `None` draws from libtorch's generator. Returns the predicted clean
-    /// latent (B, C, h, w).
+    /// Sampling (DDIM or DPM-Solver++(2M)) from x_T = `noise`: (B, C, h, w). `step_noise(n)`
+    /// gives the noise (like x_T) of step i's draws: `StepNoise::Ddim(i)` when eta > 0,
+    /// `StepNoise::Inpaint(i)` for the re-noised reference; `None` draws from libtorch's
+    /// generator. With guidance, the conditional and unconditional halves run as one UNet call
+    /// on 2B samples. Returns the predicted clean latent (B, C, h, w).
     pub fn sample(
         &self,
         cond: &Conditioning<'_>,
@@ -184,6 +231,18 @@ impl SyncDiff {
     ) -> Result<Tensor, SyncDiffError> {
         tch::no_grad(|| {
             let b = noise.size()[0];
+            let guided = opts.guidance != 1.0;
+            // The priors do not change over the steps: the bottleneck runs once.
+            let mut priors = self.priors_input(cond)?;
+            let mut context = cond.context.shallow_clone();
+            if guided {
+                let null = self.null_context.as_ref().ok_or_else(|| {
+                    SyncDiffError::NoNullContext(format!("guidance {}", opts.guidance))
+                })?;
+                priors = Tensor::cat(&[&priors, &priors], 0);
+                context = Tensor::cat(&[&context, &null.expand_as(&context)], 0);
+            }
+            let rows = if guided { 2 * b } else { b };
             let mut x = noise.shallow_clone();
             let mut dpm = (opts.sampler == SamplerKind::DpmPp2m)
                 .then(|| DpmSolverPp2m::new(&self.schedule, opts.steps));
@@ -191,6 +250,7 @@ impl SyncDiff {
                 Some(s) => s.timesteps().to_vec(),
                 None => self.schedule.ddim_timesteps(opts.steps),
             };
+            let last = timesteps.len().saturating_sub(1);
             for (i, t) in timesteps.into_iter().enumerate() {
                 let tt = Tensor::full([b], t, (Kind::Int64, x.device()));
                 if let Some((reference, keep)) = opts.inpaint {
@@ -199,9 +259,21 @@ impl SyncDiff {
                     let renoised = self.schedule.q_sample(reference, &tt, &draw);
                     x = &renoised * keep + &x * (1.0 - keep);
                 }
-                let out = self.predict(&x, &tt, cond, false)?;
+                let xs = if guided {
+                    Tensor::cat(&[&x, &x], 0)
+                } else {
+                    x.shallow_clone()
+                };
+                let input = Tensor::cat(&[xs, priors.shallow_clone()], 1);
+                let ts = Tensor::full([rows], t, (Kind::Int64, x.device()));
+                let mut out = self.unet.forward(&input, &ts, &context, false);
+                if guided {
+                    let halves = out.chunk(2, 0);
+                    out = &halves[1] + (&halves[0] - &halves[1]) * opts.guidance;
+                }
                 x = match &mut dpm {
                     Some(solver) => solver.step(&out, &x),
+                    None if opts.final_x0 && i == last => self.schedule.x0_at(&out, t, &x),
                     None => {
                         let extra = (opts.eta > 0.0)
                             .then(|| step_noise(StepNoise::Ddim(i)))

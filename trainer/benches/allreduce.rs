@@ -60,7 +60,7 @@ fn main() -> anyhow::Result<()> {
         // The sizes of every trained parameter (in name order, as Flat sorts them); the buffers
         // are laid out from them, so the model itself need not stay in memory.
         let numels: Vec<usize> = {
-            let model = TrainModel::new(&config.model, Device::Cpu);
+            let model = TrainModel::new(&config, Device::Cpu);
             let mut named = model.trainable();
             named.sort_by(|a, b| a.0.cmp(&b.0));
             named.iter().map(|(_, t)| t.numel()).collect()

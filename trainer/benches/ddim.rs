@@ -73,6 +73,8 @@ fn main() -> anyhow::Result<()> {
             sampler: syncdiff_model::config::SamplerKind::Ddim,
             steps,
             eta: 0.0,
+            guidance: 1.0,
+            final_x0: false,
             inpaint: None,
         };
         let mut rust = || -> anyhow::Result<f64> {

@@ -47,7 +47,7 @@ struct Update {
 impl Update {
     fn new(config: &Config, bucket_elems: usize) -> anyhow::Result<Self> {
         tch::manual_seed(config.train.seed as i64);
-        let model = TrainModel::new(&config.model, Device::Cpu);
+        let model = TrainModel::new(config, Device::Cpu);
         let flat = Flat::new(model.trainable(), bucket_elems)?;
         // Gradients of a realistic scale (a backward pass would give the same operations).
         tch::no_grad(|| {

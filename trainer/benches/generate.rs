@@ -51,6 +51,8 @@ fn main() -> anyhow::Result<()> {
         steps: g.config.sample.ddim_steps as usize,
         eta: 0.0,
         inpaint: false,
+        guidance: 1.0,
+        final_x0: false,
         seed: 0,
     };
     let all: Vec<&Prepared> = prepared.iter().collect();

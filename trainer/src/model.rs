@@ -3,7 +3,7 @@
 
 use syncdiff_dataprep::rng::Rng;
 use syncdiff_model::audio::AudioPath;
-use syncdiff_model::config::ModelConfig;
+use syncdiff_model::config::Config;
 use syncdiff_model::syncdiff::{Conditioning, SyncDiff, SyncDiffError};
 use tch::nn::VarStore;
 use tch::{Device, Tensor};
@@ -11,7 +11,8 @@ use tch::{Device, Tensor};
 use crate::data::{keyed_noise, Batch};
 
 /// Every trained network of SyncDiff in one VarStore: `audio.*`, `temporal.*`, `unet.*`,
-/// `bottleneck.*` (frozen audio layers are in it too, with `requires_grad = false`).
+/// `bottleneck.*`, and `null_context` when trained with audio dropout (frozen audio layers are in
+/// it too, with `requires_grad = false`).
 #[derive(Debug)]
 pub struct TrainModel {
     /// The variables.
@@ -20,25 +21,31 @@ pub struct TrainModel {
     denoiser: SyncDiff,
     layerdrop: f64,
     previous_noise: f64,
+    audio_dropout: f64,
 }
 
 /// Separate the layerdrop and pose-noise streams from the sample's other random choices.
 const LAYERDROP: u64 = 0x6c64_726f;
 const POSE_NOISE: u64 = 0x706f_7365;
+const AUDIO_DROPOUT: u64 = 0x6e75_6c6c;
 
 impl TrainModel {
-    /// Builds the model of `cfg` on `device` (random initialisation from tch's global seed).
-    pub fn new(cfg: &ModelConfig, device: Device) -> Self {
+    /// Builds the model of `config.model` on `device` (random initialisation from tch's global
+    /// seed), with a null audio context when `config.train.audio_dropout` > 0.
+    pub fn new(config: &Config, device: Device) -> Self {
+        let cfg = &config.model;
         let vs = VarStore::new(device);
         let root = vs.root();
         let audio = AudioPath::new(&root, cfg);
-        let denoiser = SyncDiff::new(root.clone(), cfg);
+        let audio_dropout = config.train.audio_dropout;
+        let denoiser = SyncDiff::build(root.clone(), cfg, audio_dropout > 0.0);
         Self {
             vs,
             audio,
             denoiser,
             layerdrop: cfg.audio_encoder.layerdrop,
             previous_noise: cfg.priors.previous_noise,
+            audio_dropout,
         }
     }
 
@@ -83,9 +90,25 @@ impl TrainModel {
         keyed_noise(&keys, &batch.previous.size()[1..]).to_device(batch.previous.device())
     }
 
+    /// Which samples of a batch train unconditionally (audio dropout): (B,) bool, keyed by each
+    /// sample's seed (the same on any world size).
+    pub fn audio_dropped(&self, batch: &Batch) -> Vec<bool> {
+        let p = self.audio_dropout;
+        batch
+            .seeds
+            .iter()
+            .map(|&s| p > 0.0 && Rng::new(&[s, AUDIO_DROPOUT]).uniform() < p)
+            .collect()
+    }
+
     /// Diffusion loss of a batch (already on the model's device): a scalar.
     pub fn loss(&self, batch: &Batch, train: bool) -> Result<Tensor, SyncDiffError> {
-        let context = self.context(batch, train);
+        let mut context = self.context(batch, train);
+        let dropped = self.audio_dropped(batch);
+        if train && dropped.contains(&true) {
+            let drop = Tensor::from_slice(&dropped).to_device(context.device());
+            context = self.denoiser.drop_context(&context, &drop)?;
+        }
         let previous = if train && self.previous_noise > 0.0 {
             &batch.previous + self.pose_noise(batch) * self.previous_noise
         } else {

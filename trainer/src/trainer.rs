@@ -108,7 +108,7 @@ impl<'a> Trainer<'a> {
         let t = &config.train;
         let plan = config.batch_plan(rt.world_size() as u32)?;
         tch::manual_seed(t.seed as i64);
-        let model = TrainModel::new(&config.model, device);
+        let model = TrainModel::new(config, device);
         // Pretrained AV-HuBERT (`syncdiff convert avhubert`), before the broadcast.
         if let Some(w) = &config.model.audio_encoder.weights {
             if config.model.audio_encoder.kind == syncdiff_model::config::AudioEncoderKind::Avhubert

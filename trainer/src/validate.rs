@@ -185,6 +185,8 @@ impl Validator {
             sampler: config.sample.sampler,
             steps: config.sample.ddim_steps as usize,
             eta: 0.0,
+            guidance: config.sample.guidance,
+            final_x0: config.sample.final_x0,
             inpaint: None,
         };
         let generate = |batch: &Batch| -> Result<Tensor, ValidateError> {

@@ -129,6 +129,10 @@ pub struct TrainConfig {
     pub grad_clip: Option<f64>,
     /// Exponential moving average of the weights.
     pub ema: EmaConfig,
+    /// Probability of replacing a sample's audio context with the learned null context
+    /// (`null_context`, keyed by the sample's seed), which audio classifier-free guidance
+    /// (`sample.guidance`) needs. 0 (the paper): no null context in the model.
+    pub audio_dropout: f64,
 }
 
 impl Default for TrainConfig {
@@ -151,6 +155,7 @@ impl Default for TrainConfig {
             epoch_unit: EpochUnit::Clip,
             grad_clip: Some(0.1),
             ema: EmaConfig::default(),
+            audio_dropout: 0.0,
         }
     }
 }
@@ -330,6 +335,11 @@ pub struct SampleConfig {
     pub eta: f64,
     /// Blend the re-noised reference outside the mask at every step (DiffTalk); off in the paper.
     pub inpaint: bool,
+    /// Audio classifier-free guidance scale (1: off; > 1 needs `train.audio_dropout` > 0).
+    pub guidance: f64,
+    /// DDIM: end with the last step's x0 prediction instead of x_prev, which keeps the noise
+    /// level of the first timestep (and feeds it to the next frame's pose prior).
+    pub final_x0: bool,
 }
 
 impl Default for SampleConfig {
@@ -339,6 +349,8 @@ impl Default for SampleConfig {
             ddim_steps: 200,
             eta: 0.0,
             inpaint: false,
+            guidance: 1.0,
+            final_x0: false,
         }
     }
 }

@@ -348,6 +348,11 @@ impl Config {
             Some(s) => positive(s, "train.steps")?,
             None => positive(t.epochs, "train.epochs")?,
         }
+        ensure(
+            (0.0..1.0).contains(&t.audio_dropout),
+            "train.audio_dropout",
+            || format!("{}: must be in [0, 1)", t.audio_dropout),
+        )?;
         if let Some(c) = t.grad_clip {
             positive(c, "train.grad_clip")?;
         }
@@ -398,6 +403,22 @@ impl Config {
                 format!(
                     "{}: stochastic steps are DDIM's; dpmpp-2m is deterministic (set 0)",
                     s.eta
+                )
+            },
+        )?;
+        ensure(
+            s.guidance.is_finite() && s.guidance >= 1.0,
+            "sample.guidance",
+            || format!("{}: must be at least 1 (1: no guidance)", s.guidance),
+        )?;
+        ensure(
+            s.guidance == 1.0 || self.train.audio_dropout > 0.0,
+            "sample.guidance",
+            || {
+                format!(
+                    "{}: guidance needs the null audio context that train.audio_dropout > 0 \
+                     learns (train.audio_dropout is 0)",
+                    s.guidance
                 )
             },
         )

@@ -257,6 +257,12 @@ struct Reader<'a> {
 
 /// Parses a pickle into a [`Value`], refusing globals outside the allowed set.
 pub fn parse(data: &[u8]) -> Result<Value, PickleError> {
+    parse_prefix(data).map(|(v, _)| v)
+}
+
+/// Parses the pickle at the start of `data` (which may go on after its STOP): the value and the
+/// bytes it took. Legacy `torch.save` files are several pickles in a row.
+pub fn parse_prefix(data: &[u8]) -> Result<(Value, usize), PickleError> {
     let mut r = Reader {
         data,
         pos: 0,
@@ -266,7 +272,7 @@ pub fn parse(data: &[u8]) -> Result<Value, PickleError> {
         memo: HashMap::new(),
     };
     let root = r.run()?;
-    r.resolve(root, &mut Vec::new())
+    Ok((r.resolve(root, &mut Vec::new())?, r.pos))
 }
 
 impl Reader<'_> {

@@ -248,6 +248,28 @@ fn validation_names_the_key() {
         e.starts_with("configs/x.yaml: sample.eta: 0.5: stochastic steps are DDIM's"),
         "{e}"
     );
+    // Guidance needs a model trained with audio dropout; both are range-checked.
+    let e = yaml_err("sample:\n  guidance: 2\n", &[]);
+    assert!(
+        e.starts_with("configs/x.yaml: sample.guidance: 2: guidance needs the null audio context"),
+        "{e}"
+    );
+    let e = yaml_err("sample:\n  guidance: 0.5\n", &["train.audio_dropout=0.1"]);
+    assert!(
+        e.contains("sample.guidance: 0.5: must be at least 1"),
+        "{e}"
+    );
+    let e = yaml_err("train:\n  audio_dropout: 1.0\n", &[]);
+    assert!(
+        e.contains("train.audio_dropout: 1: must be in [0, 1)"),
+        "{e}"
+    );
+    let c = Config::from_yaml(
+        "train:\n  audio_dropout: 0.1\nsample:\n  guidance: 1.5\n  final_x0: true\n",
+        "configs/x.yaml",
+        &[],
+    );
+    assert!(c.is_ok(), "{c:?}");
     let e = yaml_err("sample:\n  sampler: euler\n", &[]);
     assert!(e.contains("sample.sampler") && e.contains("euler"), "{e}");
     // An object-store data set is refused by name, not read as a directory called `s3:`.

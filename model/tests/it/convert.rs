@@ -98,7 +98,7 @@ fn not_a_checkpoint_is_a_clear_error() {
     std::fs::write(&p, b"definitely not a zip").unwrap();
     let e = convert::vq_f4(&p).unwrap_err().to_string();
     assert!(
-        e.contains("junk.ckpt: not a torch.save zip checkpoint"),
+        e.contains("junk.ckpt: neither a torch.save zip checkpoint nor a legacy torch.save file"),
         "{e}"
     );
 }

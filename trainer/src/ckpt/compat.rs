@@ -1,7 +1,8 @@
 //! What may change when a run resumes. The model, the data set, the seed, the global batch and
 //! the epoch unit may not (the weights, the sample order and the loader position depend on
 //! them); everything else may: learning-rate schedule and length, intervals, URLs and paths,
-//! logging, the distributed settings, sampling. The world size may change when it divides the
+//! logging, the distributed settings, sampling, and `train.audio_dropout` as long as it stays
+//! on (or off). The world size may change when it divides the
 //! global batch.
 
 use std::collections::BTreeMap;
@@ -76,6 +77,14 @@ pub fn check_compatible(
                  order and loader position depend on it)"
             ));
         }
+    }
+    let (was, is) = (saved_config.train.audio_dropout, now.train.audio_dropout);
+    if (was > 0.0) != (is > 0.0) {
+        return Err(format!(
+            "train.audio_dropout is {is}, the checkpoint has {was}; audio dropout cannot be \
+             switched on or off on resume (it adds the null_context parameter); its value may \
+             change"
+        ));
     }
     let as_json = |c: &Config| flatten(&serde_json::to_value(&c.model).unwrap_or_default());
     let (was, is) = (as_json(saved_config), as_json(now));
@@ -156,5 +165,20 @@ mod tests {
         );
         let e = check_compatible(&st, &saved, &config(&["train.seed=5"]), "abc").unwrap_err();
         assert!(e.starts_with("train.seed is 5"), "{e}");
+    }
+
+    #[test]
+    fn audio_dropout_may_change_but_not_switch_on_or_off() {
+        let saved = config(&[]);
+        let on = config(&["train.audio_dropout=0.1"]);
+        let e = check_compatible(&state(&saved), &saved, &on, "abc").unwrap_err();
+        assert!(
+            e.starts_with("train.audio_dropout is 0.1, the checkpoint has 0;"),
+            "{e}"
+        );
+        let e = check_compatible(&state(&on), &on, &saved, "abc").unwrap_err();
+        assert!(e.starts_with("train.audio_dropout is 0, the checkpoint has 0.1;"));
+        let more = config(&["train.audio_dropout=0.2"]);
+        check_compatible(&state(&on), &on, &more, "abc").unwrap();
     }
 }

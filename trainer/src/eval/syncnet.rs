@@ -11,15 +11,18 @@
 //! - LSE-D = the minimum of that mean, LSE-C = its median minus the minimum, offset = vshift
 //!   minus the position of the minimum.
 //!
-//! The SyncNet comes as TorchScript with methods `forward_lip` ((B, 3, 5, 224, 224) -> (B, 1024))
-//! and `forward_aud` ((B, 1, 13, 20) -> (B, 1024)); docs/evaluation.md shows how to script the
-//! pretrained syncnet_python model.
+//! The SyncNet is syncnet_python's own `syncnet_v2.model` (a state dict, run by
+//! [`NativeSyncNet`]), or TorchScript with methods `forward_lip` ((B, 3, 5, 224, 224) -> (B,
+//! 1024)) and `forward_aud` ((B, 1, 13, 20) -> (B, 1024)) for other SyncNets.
 
 use std::path::{Path, PathBuf};
 
 use serde::Serialize;
 use syncdiff_dataprep::audio::{FbankParams, LogFbank};
+use syncdiff_model::weights::torchzip::is_torchscript;
 use tch::{CModule, Device, IValue, Kind, Tensor};
+
+use super::syncnet_net::NativeSyncNet;
 
 /// Side of SyncNet's face crops.
 pub const CROP: u32 = 224;
@@ -39,6 +42,9 @@ pub enum ScriptError {
         /// libtorch's message (first line).
         message: String,
     },
+    /// A state dict cannot be read or is not the network's (the message names the file).
+    #[error("{0}")]
+    Weights(String),
     /// Running the module failed (wrong method names or shapes).
     #[error("{path}: {message}")]
     Run {
@@ -106,6 +112,55 @@ impl Script {
     }
 }
 
+/// A SyncNet: syncnet_python's state dict run natively, or a TorchScript module.
+#[derive(Debug)]
+pub enum SyncNet {
+    /// `syncnet_v2.model` (or any SyncNetModel state dict).
+    Native(NativeSyncNet),
+    /// TorchScript with `forward_lip` and `forward_aud`.
+    Script(Script),
+}
+
+impl SyncNet {
+    /// Loads `path`: TorchScript when it is a TorchScript archive, else a SyncNetModel state dict.
+    pub fn load(path: &Path, device: Device) -> Result<Self, ScriptError> {
+        Ok(if is_torchscript(path) {
+            Self::Script(Script::load(path, device)?)
+        } else {
+            Self::Native(NativeSyncNet::load(path, device)?)
+        })
+    }
+
+    /// The device inputs go to.
+    pub fn device(&self) -> Device {
+        match self {
+            Self::Native(n) => n.device(),
+            Self::Script(s) => s.device(),
+        }
+    }
+
+    fn path(&self) -> &Path {
+        match self {
+            Self::Native(n) => n.path(),
+            Self::Script(s) => &s.path,
+        }
+    }
+
+    fn lip(&self, x: &Tensor) -> Result<Tensor, ScriptError> {
+        match self {
+            Self::Native(n) => Ok(n.forward_lip(x)),
+            Self::Script(s) => s.call("forward_lip", &[x.shallow_clone()]),
+        }
+    }
+
+    fn aud(&self, x: &Tensor) -> Result<Tensor, ScriptError> {
+        match self {
+            Self::Native(n) => Ok(n.forward_aud(x)),
+            Self::Script(s) => s.call("forward_aud", &[x.shallow_clone()]),
+        }
+    }
+}
+
 /// LSE scores of one video.
 #[derive(Debug, Clone, Copy, Serialize)]
 pub struct Lse {
@@ -121,7 +176,7 @@ pub struct Lse {
 
 /// LSE-C/D of frames `rgb` ((T, 224, 224, 3) RGB24 bytes) and their audio (16 kHz mono).
 pub fn lse(
-    net: &Script,
+    net: &SyncNet,
     rgb: &[u8],
     audio: &[i16],
     vshift: i64,
@@ -160,8 +215,8 @@ pub fn lse(
         let end = (start + batch).min(windows);
         let v: Vec<Tensor> = (start..end).map(|i| video.narrow(2, i, WINDOW)).collect();
         let a: Vec<Tensor> = (start..end).map(|i| cc.narrow(3, 4 * i, 20)).collect();
-        lip.push(net.call("forward_lip", &[Tensor::cat(&v, 0)])?);
-        aud.push(net.call("forward_aud", &[Tensor::cat(&a, 0)])?);
+        lip.push(net.lip(&Tensor::cat(&v, 0))?);
+        aud.push(net.aud(&Tensor::cat(&a, 0))?);
     }
     let lip = Tensor::cat(&lip, 0)
         .to_kind(Kind::Float)
@@ -171,7 +226,7 @@ pub fn lse(
         .to_device(Device::Cpu);
     if lip.dim() != 2 || lip.size() != aud.size() {
         return Err(ScriptError::Run {
-            path: net.path.clone(),
+            path: net.path().to_path_buf(),
             message: format!(
                 "forward_lip gave {:?} and forward_aud {:?}; expected two (windows, D) tensors",
                 lip.size(),
@@ -181,7 +236,7 @@ pub fn lse(
     }
     let mean = mean_distances(&lip, &aud, vshift);
     let read_err = |e: tch::TchError| ScriptError::Run {
-        path: net.path.clone(),
+        path: net.path().to_path_buf(),
         message: format!("reading the offset distances: {e}"),
     };
     let values: Vec<f64> = Vec::try_from(&mean).map_err(read_err)?;

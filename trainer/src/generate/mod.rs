@@ -88,6 +88,10 @@ pub struct GenerateOptions {
     pub eta: f64,
     /// Impose the re-noised reference outside the mask at every step (DiffTalk's blend).
     pub inpaint: bool,
+    /// Audio classifier-free guidance scale (1: off).
+    pub guidance: f64,
+    /// DDIM: end with the last step's x0 prediction.
+    pub final_x0: bool,
     /// Seed of the initial and per-step noise.
     pub seed: u64,
 }
@@ -168,6 +172,8 @@ fn sample_chunk(
         sampler: opts.sampler,
         steps: opts.steps,
         eta: opts.eta,
+        guidance: opts.guidance,
+        final_x0: opts.final_x0,
         inpaint: opts.inpaint.then_some(&reference).zip(keep.as_ref()),
     };
     let cond = Conditioning {

@@ -82,7 +82,7 @@ impl Generator {
                 )));
             }
         }
-        let model = TrainModel::new(&config.model, device);
+        let model = TrainModel::new(&config, device);
         let label = PathBuf::from(&source);
         syncdiff_model::weights::load_into(&model.vs, "", &label, &tensors)
             .map_err(|e| GenerateError::Model(e.to_string()))?;
@@ -91,7 +91,7 @@ impl Generator {
 
     /// A model of `config` with random weights (for benchmarks and tests of the machinery).
     pub fn random(config: Config, device: Device) -> Result<Self, GenerateError> {
-        let model = TrainModel::new(&config.model, device);
+        let model = TrainModel::new(&config, device);
         Self::assemble(config, model, device, "random weights".into())
     }
 

@@ -1,4 +1,5 @@
-//! `syncdiff eval` metrics that need models or helpers: LSE-C/D with a TorchScript SyncNet and
+//! `syncdiff eval` metrics that need models or helpers: LSE-C/D with a SyncNet (TorchScript, and
+//! the same weights as syncnet_v2.model-style state dicts run by the Rust SyncNet) and
 //! LPIPS with a TorchScript network, each against a direct Python computation run live on the
 //! same video (trainer/tests/reference/{syncnet,lpips}_ref.py, random weights in the real
 //! layouts); the WER hook with a stand-in lip reader; the mouth-opening reader on `synth` frames.
@@ -58,27 +59,57 @@ fn lse_matches_the_syncnet_python_procedure_run_live() {
     let dir = tempfile::tempdir().unwrap();
     let gt = clips(dir.path());
     let model = dir.path().join("syncnet.pt");
+    // The same random weights as TorchScript and as state dicts (syncnet_v2.model's legacy
+    // torch.save format, and zipped), which the Rust SyncNet runs.
+    let legacy = dir.path().join("syncnet_v2.model");
+    let zipped = dir.path().join("syncnet.pth");
     reference(
         "syncnet_ref.py",
-        &["make", "--out", &s(&model), "--seed", "3"],
+        &[
+            "make",
+            "--out",
+            &s(&model),
+            "--seed",
+            "3",
+            "--state-dict",
+            &s(&legacy),
+            "--state-dict-zip",
+            &s(&zipped),
+        ],
     );
-    let rep = dir.path().join("r.json");
-    let (ok, out, err) = eval(&[
-        "--pred",
-        &s(&gt),
-        "--gt",
-        &s(&gt),
-        "--syncnet",
-        &s(&model),
-        "--vshift",
-        "5",
-        "--report",
-        &s(&rep),
-    ]);
-    assert!(ok, "{err}");
-    println!("{out}");
-    let ours = report(&rep);
+    let scores = |net: &Path| {
+        let rep = dir.path().join("r.json");
+        let (ok, out, err) = eval(&[
+            "--pred",
+            &s(&gt),
+            "--gt",
+            &s(&gt),
+            "--syncnet",
+            &s(net),
+            "--vshift",
+            "5",
+            "--report",
+            &s(&rep),
+        ]);
+        assert!(ok, "{err}");
+        println!("{out}");
+        report(&rep)
+    };
+    let ours = scores(&model);
+    let native = [scores(&legacy), scores(&zipped)];
     for (i, name) in ["a.mp4", "b.mp4"].iter().enumerate() {
+        // The state dicts give the TorchScript module's scores (same ops in another order).
+        for n in &native {
+            let (x, y) = (&n["videos"][i]["lse"], &ours["videos"][i]["lse"]);
+            assert_eq!(x["offset"], y["offset"], "{name}");
+            for k in ["lse_d", "lse_c"] {
+                let (a, b) = (x[k].as_f64().unwrap(), y[k].as_f64().unwrap());
+                assert!(
+                    (a - b).abs() <= 1e-4 * b.abs().max(1.0),
+                    "{name} {k}: {a} vs {b}"
+                );
+            }
+        }
         let py = reference(
             "syncnet_ref.py",
             &[
@@ -227,7 +258,7 @@ fn bad_metric_inputs_are_named() {
         &rep,
     ]);
     assert!(
-        !ok && err.contains("not-a-model.pt: cannot load TorchScript"),
+        !ok && err.contains("not-a-model.pt: neither a torch.save zip checkpoint nor a legacy"),
         "{err}"
     );
     // An LPIPS network used as SyncNet: the missing method is named.

@@ -16,6 +16,11 @@ pub(crate) fn s(p: &Path) -> String {
 
 /// Trains the debug configuration for `steps` steps on one process and exports a bundle.
 pub(crate) fn bundle(dir: &Path, steps: u32) -> PathBuf {
+    bundle_with(dir, steps, &[])
+}
+
+/// [`bundle`] with extra `--set` overrides.
+pub(crate) fn bundle_with(dir: &Path, steps: u32, sets: &[&str]) -> PathBuf {
     let ds = common::dataset();
     let ck = dir.join("ck");
     let o = Command::new(env!("CARGO_BIN_EXE_syncdiff-train"))
@@ -26,6 +31,7 @@ pub(crate) fn bundle(dir: &Path, steps: u32) -> PathBuf {
         .args(["--set", &format!("log.dir={}", s(&dir.join("runs")))])
         .args(["--set", &format!("train.steps={steps}")])
         .args(["--set", &format!("checkpoint.interval={steps}")])
+        .args(sets.iter().flat_map(|x| ["--set", x]))
         .output()
         .unwrap();
     assert!(o.status.success(), "{}", common::text(&o).1);
@@ -210,7 +216,8 @@ fn a_clip_generated_in_a_batch_equals_the_clip_generated_alone() {
         self, Collect, FrameSink, GenerateOptions, Generator, Job, WeightChoice,
     };
     let dir = tempfile::tempdir().unwrap();
-    let model = bundle(dir.path(), 20);
+    // Trained with audio dropout, so that guidance can run too.
+    let model = bundle_with(dir.path(), 20, &["train.audio_dropout=0.2"]);
     let root = common::synthetic();
     let g = Generator::load(&s(&model), WeightChoice::Ema, None, tch::Device::Cpu).unwrap();
     let job = |v: &str, a: &str, o: &str| Job {
@@ -250,16 +257,19 @@ fn a_clip_generated_in_a_batch_equals_the_clip_generated_alone() {
             .unwrap_or(0)
     };
     use syncdiff_model::config::SamplerKind;
-    for (sampler, eta) in [
-        (SamplerKind::Ddim, 0.0),
-        (SamplerKind::Ddim, 0.5),
-        (SamplerKind::DpmPp2m, 0.0),
+    for (sampler, eta, guidance) in [
+        (SamplerKind::Ddim, 0.0, 1.0),
+        (SamplerKind::Ddim, 0.5, 1.0),
+        (SamplerKind::DpmPp2m, 0.0, 1.0),
+        (SamplerKind::Ddim, 0.0, 2.0),
     ] {
         let opts = GenerateOptions {
             sampler,
             steps: 5,
             eta,
             inpaint: eta > 0.0,
+            guidance,
+            final_x0: guidance > 1.0,
             seed: 7,
         };
         let both = run(&[&a, &b], &opts, None);
@@ -268,7 +278,9 @@ fn a_clip_generated_in_a_batch_equals_the_clip_generated_alone() {
         assert_eq!(alone[0].len(), 25 * 160 * 160 * 3);
         // Float results within ~1e-5 of each other: at most one level after rounding.
         let diff = max_diff(&both[1], &alone[0]);
-        println!("{sampler:?} eta {eta}: max abs difference {diff} levels (of 255)");
+        println!(
+            "{sampler:?} eta {eta} guidance {guidance}: max abs difference {diff} levels (of 255)"
+        );
         assert!(diff <= 1, "{sampler:?} eta {eta}: {diff}");
         // Split over two worker models (`--workers 2`): the same result.
         let mut workers: Vec<Generator> = (0..2)
@@ -383,6 +395,27 @@ fn bad_inputs_give_one_clear_error_each_and_the_other_clips_still_finish() {
         !o.status.success() && stderr.contains("nope: no such bundle directory"),
         "{stderr}"
     );
+    // Guidance with a model trained without audio dropout.
+    let o = syncdiff(&[
+        "generate",
+        "--checkpoint",
+        &s(&model),
+        "--video",
+        &s(&good),
+        "--audio",
+        &s(&good),
+        "--out",
+        &s(&d.join("x.mp4")),
+        "--guidance",
+        "2",
+    ]);
+    let (_, stderr) = common::text(&o);
+    assert!(
+        !o.status.success()
+            && stderr.contains("--guidance 2: this model was trained without audio dropout"),
+        "{stderr}"
+    );
+    assert!(!d.join("x.mp4").exists());
     // In a list, a bad line is reported, the good one is written, and the exit status fails.
     let list = d.join("list.txt");
     std::fs::write(

@@ -105,6 +105,8 @@ fn options() -> GenerateOptions {
         steps: 2,
         eta: 0.0,
         inpaint: false,
+        guidance: 1.0,
+        final_x0: false,
         seed: 1,
     }
 }

@@ -22,7 +22,7 @@ fn training_steps_on_synthetic_data_reduce_the_loss() {
     let sampler = Sampler::new(0, cfg.train.epoch_unit, &frames, u64::from(np), 1000, 4).unwrap();
 
     tch::manual_seed(0);
-    let model = TrainModel::new(&cfg.model, tch::Device::Cpu);
+    let model = TrainModel::new(&cfg, tch::Device::Cpu);
     let trainable = model.trainable();
     assert!(
         trainable.iter().any(|(n, _)| n.starts_with("unet."))
@@ -91,7 +91,7 @@ fn layerdrop_decisions_follow_each_samples_seed() {
     let ctx = u64::from(cfg.model.audio_encoder.context_frames);
     let batch = Batch::read(&ds, &specs, np, ctx).unwrap();
     tch::manual_seed(0);
-    let model = TrainModel::new(&cfg.model, tch::Device::Cpu);
+    let model = TrainModel::new(&cfg, tch::Device::Cpu);
     // Same seeds: the same layers run (no dropout), whatever the global RNG did in between.
     let a = model.context(&batch, true);
     let _ = tch::Tensor::randn([100], (tch::Kind::Float, tch::Device::Cpu));
@@ -135,7 +135,7 @@ fn pose_noise_perturbs_training_only_and_follows_each_samples_seed() {
     let batch = Batch::read(&ds, &specs, np, ctx).unwrap();
     let model = |cfg: &Config| {
         tch::manual_seed(0);
-        TrainModel::new(&cfg.model, tch::Device::Cpu)
+        TrainModel::new(cfg, tch::Device::Cpu)
     };
     let (a, b) = (model(&plain), model(&noisy));
     let loss = |m: &TrainModel, train: bool| f64::try_from(m.loss(&batch, train).unwrap()).unwrap();
@@ -272,7 +272,7 @@ fn every_trained_parameter_gets_a_gradient() {
     let ds = Dataset::open(out).unwrap();
     let (specs, np, ctx) = first_step(&ds, &cfg);
     tch::manual_seed(0);
-    let model = TrainModel::new(&cfg.model, tch::Device::Cpu);
+    let model = TrainModel::new(&cfg, tch::Device::Cpu);
     let batch = Batch::read(&ds, &specs, np, ctx).unwrap();
     model.loss(&batch, true).unwrap().backward();
     let dead: Vec<String> = model
@@ -319,4 +319,66 @@ fn a_float16_batch_arrives_as_the_float32_batch() {
     }
     // Moving a float32 CPU batch to the CPU shares its tensors.
     assert_eq!(wide.to(tch::Device::Cpu).z0.data_ptr(), wide.z0.data_ptr());
+}
+
+/// Audio dropout: keyed per sample (the same choice for the same seed), about the configured
+/// share of samples, and the dropped samples train the null context.
+#[test]
+fn audio_dropout_is_keyed_per_sample_and_trains_the_null_context() {
+    let _torch = common::torch();
+    let out = common::dataset();
+    let cfg = Config::load(
+        &common::repo().join("configs/debug.yaml"),
+        &[syncdiff_model::config::Override::parse("train.audio_dropout=0.5").unwrap()],
+    )
+    .unwrap();
+    let ds = Dataset::open(out).unwrap();
+    let frames: Vec<u64> = ds.clips().iter().map(|c| c.frames).collect();
+    let np = cfg.model.priors.previous_frames;
+    let sampler = Sampler::new(0, cfg.train.epoch_unit, &frames, u64::from(np), 1000, 4).unwrap();
+    tch::manual_seed(0);
+    let model = TrainModel::new(&cfg, tch::Device::Cpu);
+    assert!(model.trainable().iter().any(|(n, _)| n == "null_context"));
+    let context = u64::from(cfg.model.audio_encoder.context_frames);
+    let (mut state, mut drops, mut seen) = (LoaderState::default(), 0, 0);
+    let mut with_drop = None;
+    for _ in 0..12 {
+        let order = sampler.permutation(state.epoch);
+        let specs = sampler.step(state, 0, 1, 4, &order).concat();
+        let batch = Batch::read(&ds, &specs, np, context).unwrap();
+        let dropped = model.audio_dropped(&batch);
+        assert_eq!(dropped, model.audio_dropped(&batch), "not deterministic");
+        // The same sample (seed) gets the same choice in another batch.
+        let alone = Batch::read(&ds, &specs[..1], np, context).unwrap();
+        assert_eq!(model.audio_dropped(&alone)[0], dropped[0]);
+        drops += dropped.iter().filter(|&&d| d).count();
+        seen += dropped.len();
+        if dropped.contains(&true) && with_drop.is_none() {
+            with_drop = Some(batch);
+        }
+        state = sampler.advance(state);
+    }
+    println!("audio dropout 0.5: {drops} of {seen} samples dropped");
+    assert!(
+        drops * 5 >= seen && drops * 5 <= 4 * seen,
+        "{drops} of {seen}"
+    );
+    let batch = with_drop.unwrap();
+    let null = model
+        .trainable()
+        .into_iter()
+        .find(|(n, _)| n == "null_context")
+        .unwrap()
+        .1;
+    model.loss(&batch, true).unwrap().backward();
+    let g = f64::try_from(null.grad().abs().sum(Kind::Float)).unwrap();
+    assert!(g > 0.0, "no gradient reached the null context");
+    // Without training (validation) nothing is dropped: the loss equals the no-dropout model's.
+    let mut plain_cfg = cfg.clone();
+    plain_cfg.train.audio_dropout = 0.0;
+    tch::manual_seed(0);
+    let plain = TrainModel::new(&plain_cfg, tch::Device::Cpu);
+    let a = f64::try_from(model.loss(&batch, false).unwrap()).unwrap();
+    let b = f64::try_from(plain.loss(&batch, false).unwrap()).unwrap();
+    assert_eq!(a, b);
 }

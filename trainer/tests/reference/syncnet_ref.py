@@ -1,6 +1,6 @@
 """SyncNet LSE-D / LSE-C reference (syncnet_python's SyncNetInstance.evaluate), for the Rust lip-sync metric.
 
-    python syncnet_ref.py make --out syncnet.pt --seed 0
+    python syncnet_ref.py make --out syncnet.pt --seed 0 [--state-dict S.model] [--state-dict-zip S.pth]
         Build the SyncNet "S" architecture (Chung & Zisserman 2016, syncnet_python SyncNetModel.py)
         with random weights and random BatchNorm running statistics (eval mode), and save it with
         torch.jit.script. Exported methods: forward_lip((B,3,5,224,224)) -> (B,1024) and
@@ -89,6 +89,12 @@ def cmd_make(args):
         assert scripted.forward_lip(torch.rand(2, 3, 5, 224, 224) * 255).shape == (2, 1024)
         assert scripted.forward_aud(torch.randn(2, 1, 13, 20)).shape == (2, 1024)
     scripted.save(args.out)
+    # The same weights as a state dict, the form of syncnet_python's syncnet_v2.model (keys
+    # netcnnaud.0.weight, ...): in the legacy torch.save format the released file has, and zipped.
+    if args.state_dict:
+        torch.save(net.state_dict(), args.state_dict, _use_new_zipfile_serialization=False)
+    if args.state_dict_zip:
+        torch.save(net.state_dict(), args.state_dict_zip)
 
 
 def ffmpeg_bytes(video: str, *out_args: str) -> bytes:
@@ -153,6 +159,8 @@ def main():
     m = sub.add_parser("make")
     m.add_argument("--out", required=True)
     m.add_argument("--seed", type=int, default=0)
+    m.add_argument("--state-dict", help="also save the state dict here (legacy torch.save format)")
+    m.add_argument("--state-dict-zip", help="also save the state dict here (zip torch.save format)")
     m.set_defaults(func=cmd_make)
     s = sub.add_parser("lse")
     s.add_argument("--model", required=True)

@@ -13,7 +13,7 @@ use syncdiff_dataprep::launch::DeviceChoice;
 use syncdiff_dataprep::video;
 use syncdiff_model::config::{FaceConfig, FaceCrop, FaceDetectorKind};
 
-use syncdiff_trainer::eval::{self, mouth, psnr, ssim, wer, Lse, Region, Script, View};
+use syncdiff_trainer::eval::{self, mouth, psnr, ssim, wer, Lse, Region, Script, SyncNet, View};
 
 /// The mouth region as fractions of the frame: x, y, width, height.
 #[derive(Debug, Clone, Copy)]
@@ -72,7 +72,8 @@ pub struct Args {
     /// Where to write the JSON report.
     #[arg(long, default_value = "eval.json")]
     report: PathBuf,
-    /// SyncNet as TorchScript (methods forward_lip, forward_aud): LSE-C and LSE-D.
+    /// SyncNet for LSE-C and LSE-D: syncnet_python's syncnet_v2.model as it is downloaded (a
+    /// state dict, read without executing it), or TorchScript with forward_lip and forward_aud.
     #[arg(long)]
     syncnet: Option<PathBuf>,
     /// Audio-video offsets LSE searches, +- frames.
@@ -160,7 +161,7 @@ fn mean_finite(v: impl Iterator<Item = f64>) -> f64 {
 
 /// The loaded TorchScript metrics.
 struct Nets {
-    syncnet: Option<Script>,
+    syncnet: Option<SyncNet>,
     lpips: Option<Script>,
 }
 
@@ -465,7 +466,7 @@ pub fn run(opts: Args) -> anyhow::Result<String> {
         syncnet: opts
             .syncnet
             .as_deref()
-            .map(|p| Script::load(p, device))
+            .map(|p| SyncNet::load(p, device))
             .transpose()?,
         lpips: opts
             .lpips

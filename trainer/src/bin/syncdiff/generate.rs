@@ -54,6 +54,14 @@ pub struct Args {
     /// sample.inpaint].
     #[arg(long)]
     inpaint: Option<bool>,
+    /// Audio classifier-free guidance scale, 1 = off (needs a model trained with
+    /// train.audio_dropout > 0) [default: sample.guidance].
+    #[arg(long)]
+    guidance: Option<f64>,
+    /// DDIM: end with the last step's x0 prediction instead of x_prev [default:
+    /// sample.final_x0].
+    #[arg(long)]
+    final_x0: Option<bool>,
     /// Seed of the sampling noise.
     #[arg(long, default_value_t = 0)]
     seed: u64,
@@ -161,8 +169,20 @@ pub fn run(args: Args) -> anyhow::Result<String> {
         steps: args.steps.unwrap_or(s.ddim_steps as usize),
         eta: args.eta.unwrap_or(s.eta),
         inpaint: args.inpaint.unwrap_or(s.inpaint),
+        guidance: args.guidance.unwrap_or(s.guidance),
+        final_x0: args.final_x0.unwrap_or(s.final_x0),
         seed: args.seed,
     };
+    if !(opts.guidance.is_finite() && opts.guidance >= 1.0) {
+        bail!("--guidance {}: must be at least 1 (1: off)", opts.guidance);
+    }
+    if opts.guidance != 1.0 && g.model.denoiser().null_context().is_none() {
+        bail!(
+            "--guidance {}: this model was trained without audio dropout \
+             (train.audio_dropout 0), so it has no null audio context to guide against; use 1",
+            opts.guidance
+        );
+    }
     if opts.eta > 0.0 && opts.sampler != SamplerKind::Ddim {
         bail!(
             "--eta {}: stochastic steps are DDIM's; {} is deterministic",
@@ -286,7 +306,7 @@ pub fn run(args: Args) -> anyhow::Result<String> {
         String::new()
     };
     let summary = format!(
-        "{rank_note}{} clip(s), {frames} frames in {secs:.1} s ({:.2} frames/s), {} {} steps{}{}{}{}",
+        "{rank_note}{} clip(s), {frames} frames in {secs:.1} s ({:.2} frames/s), {} {} steps{}{}{}{}{}",
         mine.len() - (failed.len() - early),
         frames as f64 / secs.max(1e-9),
         opts.steps,
@@ -297,6 +317,11 @@ pub fn run(args: Args) -> anyhow::Result<String> {
             String::new()
         },
         if opts.inpaint { ", inpainting" } else { "" },
+        if opts.guidance != 1.0 {
+            format!(", guidance {}", opts.guidance)
+        } else {
+            String::new()
+        },
         if passed > 0 {
             format!(", {passed} frames without a face passed through")
         } else {
