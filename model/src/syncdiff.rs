@@ -252,8 +252,8 @@ impl SyncDiff {
             };
             let last = timesteps.len().saturating_sub(1);
             for (i, t) in timesteps.into_iter().enumerate() {
-                let tt = Tensor::full([b], t, (Kind::Int64, x.device()));
                 if let Some((reference, keep)) = opts.inpaint {
+                    let tt = Tensor::full([b], t, (Kind::Int64, x.device()));
                     let draw = step_noise(StepNoise::Inpaint(i))
                         .unwrap_or_else(|| noise.zeros_like().normal_(0.0, 1.0));
                     let renoised = self.schedule.q_sample(reference, &tt, &draw);
