@@ -12,6 +12,8 @@ set -euo pipefail
 here="$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)"
 venv="${SYNCDIFF_VENV:-$HOME/.cache/syncdiff/venv}"
 req="$here/requirements.txt"
+# Peer packages for the parity tests, installed without their declared dependencies (see the file).
+peers="$here/requirements-peers.txt"
 
 log() { printf '[setup] %s\n' "$*"; }
 
@@ -36,7 +38,7 @@ fi
 
 # --- Python virtualenv ------------------------------------------------------------------------
 stamp="$venv/.syncdiff-requirements.sha256"
-want="$(sha256sum "$req" | cut -d' ' -f1)"
+want="$(cat "$req" "$peers" | sha256sum | cut -d' ' -f1)"
 if [ -f "$stamp" ] && [ "$(cat "$stamp")" = "$want" ] && [ -x "$venv/bin/python" ]; then
   log "virtualenv up to date: $venv"
 else
@@ -45,11 +47,12 @@ else
     mkdir -p "$(dirname "$venv")"
     python3 -m venv "$venv"
   fi
-  log "installing Python packages from ci/requirements.txt (torch is ~4.7 GB; a few minutes)"
+  log "installing Python packages from ci/requirements*.txt (torch is ~4.7 GB; a few minutes)"
   "$venv/bin/python" -m pip install -q --upgrade pip
   "$venv/bin/python" -m pip install -q -r "$req"
+  "$venv/bin/python" -m pip install -q --no-deps -r "$peers"
   echo "$want" >"$stamp"
-  log "installed: $(tr '\n' ' ' < <(grep -v '^#' "$req"))"
+  log "installed: $(tr '\n' ' ' < <(grep -h -v '^#' "$req" "$peers"))"
 fi
 
 # cudarc's dynamic loader looks for libnccl.so (and .so.13, ...), never .so.2, which is what the

@@ -213,7 +213,12 @@ impl TorchCheckpoint {
                 .get(pos..pos + 8)
                 .map(|b| i64::from_le_bytes(b.try_into().unwrap_or([0; 8])))
                 .ok_or_else(|| io(format!("truncated before storage {key}")))?;
-            let elem = elems.get(&key).copied().unwrap_or(1);
+            // The record gives elements; their size comes from the tensor that uses the storage.
+            let elem = elems.get(&key).copied().ok_or_else(|| {
+                io(format!(
+                    "storage {key} is used by no tensor the reader understood (unsupported layout)"
+                ))
+            })?;
             let len = usize::try_from(count)
                 .ok()
                 .and_then(|c| c.checked_mul(elem))

@@ -162,3 +162,19 @@ fn fairseq_avhubert_checkpoint_converts_with_weight_norm_folded() {
     let _enc = AvHubert::new(vs.root(), &cfg);
     weights::load(&vs, &out).unwrap();
 }
+
+/// Python 2 era files (the lpips package's weights/v0.1/alex.pth) build their state dict as
+/// `OrderedDict([[key, value], ...])`, not as an empty OrderedDict filled by SETITEMS.
+#[test]
+fn ordered_dict_built_from_a_list_of_pairs() {
+    let bytes = b"\x80\x02ccollections\nOrderedDict\nq\x00]q\x01(]q\x02(X\x01\x00\x00\x00aK\x01e](X\x01\x00\x00\x00bK\x02ee\x85R.";
+    let v = syncdiff_model::weights::pickle::parse(bytes).unwrap();
+    assert_eq!(v.get("a"), Some(&Value::Int(1)), "{v:?}");
+    assert_eq!(v.get("b"), Some(&Value::Int(2)), "{v:?}");
+    // A pair that is not a pair is an error, not a guess.
+    let bad = b"\x80\x02ccollections\nOrderedDict\nq\x00]q\x01(]q\x02(X\x01\x00\x00\x00aee\x85R.";
+    let e = syncdiff_model::weights::pickle::parse(bad)
+        .unwrap_err()
+        .to_string();
+    assert!(e.contains("not a (key, value) pair"), "{e}");
+}

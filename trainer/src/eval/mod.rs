@@ -1,15 +1,19 @@
 //! Evaluation of generated videos: PSNR/SSIM (scikit-image definitions), LSE-C/D (syncnet_python's
-//! SyncNet from its state dict, or TorchScript), LPIPS (TorchScript), WER through an external lip reader, and the mouth opening
-//! of the synthetic data set.
+//! SyncNet from its state dict, or TorchScript), LPIPS (the lpips package's AlexNet model from
+//! its weights, or TorchScript), WER through an external lip reader, and the mouth opening of the
+//! synthetic data set.
 
 mod lpips;
+mod lpips_net;
 mod metrics;
 pub mod mouth;
+mod state_dict;
 mod syncnet;
 mod syncnet_net;
 pub mod wer;
 
-pub use lpips::lpips;
+pub use lpips::{lpips, Lpips};
+pub use lpips_net::NativeLpips;
 pub use metrics::{psnr, ssim, MetricError, Region, View};
 pub use syncnet::{lse, Lse, Script, ScriptError, SyncNet, CROP};
 pub use syncnet_net::NativeSyncNet;

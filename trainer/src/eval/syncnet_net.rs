@@ -10,9 +10,9 @@
 use std::collections::HashMap;
 use std::path::{Path, PathBuf};
 
-use syncdiff_model::weights::torchzip::{state_dict_entries, TorchCheckpoint};
-use tch::{Device, Kind, Tensor};
+use tch::{Device, Tensor};
 
+use super::state_dict::{self, Shape};
 use super::syncnet::ScriptError;
 
 /// One layer of a tower.
@@ -93,56 +93,15 @@ impl NativeSyncNet {
     /// `__S__.` and `module.` are accepted; a missing, misshapen or unknown tensor is an error
     /// that names it.
     pub fn load(path: &Path, device: Device) -> Result<Self, ScriptError> {
-        let load_err =
-            |message: String| ScriptError::Weights(format!("{}: {message}", path.display()));
-        let mut ckpt =
-            TorchCheckpoint::open(path).map_err(|e| ScriptError::Weights(e.to_string()))?;
-        // A state dict, or a dict holding one (`{"state_dict": ...}`).
-        let root = ckpt.root.get("state_dict").unwrap_or(&ckpt.root).clone();
-        let entries = state_dict_entries(&root);
-        if entries.is_empty() {
-            return Err(load_err(
-                "no tensors: expected a SyncNet state dict (syncnet_python's syncnet_v2.model)"
-                    .into(),
-            ));
-        }
-        let mut file = HashMap::new();
-        for (name, r) in entries {
-            let key = name
-                .trim_start_matches("__S__.")
-                .trim_start_matches("module.")
-                .to_string();
-            let t = ckpt
-                .tensor(&name, &r)
-                .map_err(|e| ScriptError::Weights(e.to_string()))?;
-            file.insert(key, t);
-        }
+        let file = state_dict::read(
+            path,
+            "a SyncNet state dict (syncnet_python's syncnet_v2.model)",
+            |_| false,
+        )?;
         let fc_out = file
             .get("netfcaud.3.weight")
             .map_or(1024, |t| t.size().first().copied().unwrap_or(1024));
-        let mut weights = HashMap::new();
-        for (name, shape) in expected_shapes(fc_out) {
-            let t = file.remove(&name).ok_or_else(|| {
-                load_err(format!(
-                    "missing tensor `{name}` (shape {shape:?}): not a syncnet_python SyncNet"
-                ))
-            })?;
-            if t.size() != shape {
-                return Err(load_err(format!(
-                    "tensor `{name}` has shape {:?}, SyncNet's is {shape:?}",
-                    t.size()
-                )));
-            }
-            weights.insert(name, t.to_kind(Kind::Float).to_device(device));
-        }
-        // Batch-norm step counters of newer PyTorch versions carry no weights.
-        file.retain(|k, _| !k.ends_with(".num_batches_tracked"));
-        if let Some(extra) = file.keys().min() {
-            return Err(load_err(format!(
-                "{} tensor(s) SyncNet does not have, e.g. `{extra}` (another model?)",
-                file.len()
-            )));
-        }
+        let weights = state_dict::take(file, &expected_shapes(fc_out), path, "SyncNet", device)?;
         Ok(Self {
             weights,
             path: path.to_path_buf(),
@@ -250,7 +209,7 @@ impl NativeSyncNet {
 
 /// Every tensor of the model with its shape (`fc_out`: the embedding width, 1024 in
 /// syncnet_v2).
-fn expected_shapes(fc_out: i64) -> Vec<(String, Vec<i64>)> {
+fn expected_shapes(fc_out: i64) -> Vec<Shape> {
     let mut out = Vec::new();
     for (name, layers) in [("netcnnaud", AUDIO), ("netcnnlip", LIP)] {
         for layer in layers {
@@ -274,7 +233,7 @@ fn expected_shapes(fc_out: i64) -> Vec<(String, Vec<i64>)> {
     out
 }
 
-fn bn_shapes(out: &mut Vec<(String, Vec<i64>)>, prefix: &str, channels: i64) {
+fn bn_shapes(out: &mut Vec<Shape>, prefix: &str, channels: i64) {
     for s in ["weight", "bias", "running_mean", "running_var"] {
         out.push((format!("{prefix}.{s}"), vec![channels]));
     }

@@ -143,6 +143,146 @@ fn lse_matches_the_syncnet_python_procedure_run_live() {
     }
 }
 
+/// Parity with a SyncNet no one here wrote: the PyPI package syncnet-python (its SyncNetModel and
+/// SyncNetInstance.evaluate), random weights saved as syncnet_v2.model is (legacy torch.save).
+/// The package scores JPEG frames; its script writes the pixels it read back from them, and the
+/// same audio, to lossless mp4s, so both sides score identical bytes and the tolerance covers
+/// float arithmetic only (1e-4 relative: the same ops, summed in another order).
+#[test]
+fn lse_matches_the_syncnet_python_package_run_live() {
+    let dir = tempfile::tempdir().unwrap();
+    let gt = clips(dir.path());
+    let weights = dir.path().join("syncnet_v2.model");
+    reference(
+        "syncnet_peer.py",
+        &["weights", "--out", &s(&weights), "--seed", "5"],
+    );
+    let pred = dir.path().join("lossless");
+    let mut peer = Vec::new();
+    for name in ["a", "b"] {
+        peer.push(reference(
+            "syncnet_peer.py",
+            &[
+                "lse",
+                "--weights",
+                &s(&weights),
+                "--video",
+                &s(&gt.join(format!("{name}.mp4"))),
+                "--work",
+                &s(&dir.path().join(format!("jpg-{name}"))),
+                "--out",
+                &s(&pred.join(format!("{name}.mp4"))),
+            ],
+        ));
+    }
+    let rep = dir.path().join("r.json");
+    let (ok, out, err) = eval(&[
+        "--pred",
+        &s(&pred),
+        "--gt",
+        &s(&pred),
+        "--syncnet",
+        &s(&weights),
+        "--report",
+        &s(&rep),
+    ]);
+    assert!(ok, "{err}");
+    println!("{out}");
+    let ours = report(&rep);
+    for (i, py) in peer.iter().enumerate() {
+        let lse = &ours["videos"][i]["lse"];
+        println!("clip {i}: ours {lse}, syncnet-python {py}");
+        assert_eq!(lse["offset"], py["offset"], "clip {i}");
+        assert_eq!(
+            lse["windows"],
+            py["frames"].as_i64().unwrap() - 5,
+            "clip {i}"
+        );
+        for k in ["lse_d", "lse_c"] {
+            let (a, b) = (lse[k].as_f64().unwrap(), py[k].as_f64().unwrap());
+            assert!(
+                (a - b).abs() <= 1e-4 * b.abs().max(1.0),
+                "clip {i} {k}: {a} vs {b}"
+            );
+        }
+    }
+}
+
+/// Parity with the PyPI package lpips (LPIPS(net="alex"), v0.1): its shipped linear weights and
+/// a random torchvision AlexNet state dict, the two files `--lpips` / `--alexnet` take. Both
+/// sides decode the same mp4s with ffmpeg; 1e-4 relative covers float summation order.
+#[test]
+fn lpips_matches_the_lpips_package_run_live() {
+    let dir = tempfile::tempdir().unwrap();
+    let gt = clips(dir.path());
+    let pred = dir.path().join("pred");
+    std::fs::create_dir_all(&pred).unwrap();
+    std::fs::copy(gt.join("a.mp4"), pred.join("b.mp4")).unwrap();
+    std::fs::copy(gt.join("b.mp4"), pred.join("a.mp4")).unwrap();
+    let alexnet = dir.path().join("alexnet.pth");
+    let made = reference(
+        "lpips_peer.py",
+        &["alexnet", "--out", &s(&alexnet), "--seed", "2"],
+    );
+    let lin = made["lin"].as_str().unwrap().to_string();
+    let rep = dir.path().join("r.json");
+    let (ok, out, err) = eval(&[
+        "--pred",
+        &s(&pred),
+        "--gt",
+        &s(&gt),
+        "--lpips",
+        &lin,
+        "--alexnet",
+        &s(&alexnet),
+        "--report",
+        &s(&rep),
+    ]);
+    assert!(ok, "{err}");
+    println!("{out}");
+    let ours = report(&rep);
+    for (i, name) in ["a.mp4", "b.mp4"].iter().enumerate() {
+        let py = reference(
+            "lpips_peer.py",
+            &[
+                "score",
+                "--alexnet",
+                &s(&alexnet),
+                "--pred",
+                &s(&pred.join(name)),
+                "--gt",
+                &s(&gt.join(name)),
+            ],
+        );
+        let (l, lp) = (
+            ours["videos"][i]["lpips"].as_f64().unwrap(),
+            py["lpips"].as_f64().unwrap(),
+        );
+        println!("{name}: LPIPS ours {l}, lpips package {lp}");
+        assert!(lp > 0.01, "the two clips should differ");
+        assert!((l - lp).abs() <= 1e-4 * lp, "{name}: LPIPS {l} vs {lp}");
+    }
+    // The linear weights alone, and the trunk given as --lpips, are named.
+    let run = |extra: &[&str]| {
+        let mut args = vec!["--pred", gt.to_str().unwrap(), "--gt", gt.to_str().unwrap()];
+        args.extend_from_slice(extra);
+        args.extend_from_slice(&["--report", rep.to_str().unwrap()]);
+        let (ok, _, err) = eval(&args);
+        assert!(!ok, "{extra:?} should fail");
+        err
+    };
+    let err = run(&["--lpips", &lin]);
+    assert!(
+        err.contains("--alexnet") && err.contains("alex.pth"),
+        "{err}"
+    );
+    let err = run(&["--lpips", &s(&alexnet), "--alexnet", &s(&alexnet)]);
+    assert!(
+        err.contains("missing tensor `lin0.model.1.weight`"),
+        "{err}"
+    );
+}
+
 #[test]
 fn lpips_matches_the_python_computation_and_wer_scores_the_hook() {
     let dir = tempfile::tempdir().unwrap();

@@ -13,7 +13,7 @@ use syncdiff_dataprep::launch::DeviceChoice;
 use syncdiff_dataprep::video;
 use syncdiff_model::config::{FaceConfig, FaceCrop, FaceDetectorKind};
 
-use syncdiff_trainer::eval::{self, mouth, psnr, ssim, wer, Lse, Region, Script, SyncNet, View};
+use syncdiff_trainer::eval::{self, mouth, psnr, ssim, wer, Lpips, Lse, Region, SyncNet, View};
 
 /// The mouth region as fractions of the frame: x, y, width, height.
 #[derive(Debug, Clone, Copy)]
@@ -79,9 +79,13 @@ pub struct Args {
     /// Audio-video offsets LSE searches, +- frames.
     #[arg(long, default_value_t = 15, value_parser = clap::value_parser!(i64).range(1..))]
     vshift: i64,
-    /// LPIPS as TorchScript (forward(x, y) on [-1, 1] images).
+    /// LPIPS: the lpips package's linear weights (lpips/weights/v0.1/alex.pth, with --alexnet),
+    /// or TorchScript (forward(x, y) on [-1, 1] images).
     #[arg(long)]
     lpips: Option<PathBuf>,
+    /// AlexNet trunk for --lpips alex.pth: torchvision's state dict (alexnet-owt-7be5be79.pth).
+    #[arg(long, requires = "lpips")]
+    alexnet: Option<PathBuf>,
     /// Lip reader for WER: a shell command whose last stdout line is the transcript of
     /// `{video}`; references from `<name>.txt` (LRS2 `Text:` line) in --truth-dir.
     #[arg(long)]
@@ -101,7 +105,7 @@ pub struct Args {
     /// Where the `.mouth.txt` and `.txt` references are [default: --gt].
     #[arg(long)]
     truth_dir: Option<PathBuf>,
-    /// Device of the TorchScript metrics: cpu, cuda, cuda:N, auto (a GPU when there is one).
+    /// Device of the metric networks (SyncNet, LPIPS): cpu, cuda, cuda:N, auto (a GPU when there is one).
     #[arg(long, default_value = "cpu", value_name = "auto|cpu|cuda|cuda:N")]
     device: DeviceChoice,
 }
@@ -159,10 +163,10 @@ fn mean_finite(v: impl Iterator<Item = f64>) -> f64 {
     }
 }
 
-/// The loaded TorchScript metrics.
+/// The loaded metric networks.
 struct Nets {
     syncnet: Option<SyncNet>,
-    lpips: Option<Script>,
+    lpips: Option<Lpips>,
 }
 
 fn score(
@@ -471,7 +475,7 @@ pub fn run(opts: Args) -> anyhow::Result<String> {
         lpips: opts
             .lpips
             .as_deref()
-            .map(|p| Script::load(p, device))
+            .map(|p| Lpips::load(p, opts.alexnet.as_deref(), device))
             .transpose()?,
     };
     let mut videos = Vec::new();

@@ -1,0 +1,90 @@
+"""LPIPS computed by the PyPI package lpips (0.1.4: LPIPS(net="alex"), v0.1, the linear-layer
+weights its wheel ships), run live with a random AlexNet trunk, for the parity test of
+`syncdiff eval --lpips alex.pth --alexnet A`.
+
+    python lpips_peer.py alexnet --out alexnet.pth --seed 0
+        torchvision's AlexNet with random weights, its whole state dict (features and classifier,
+        as torchvision's alexnet-owt-7be5be79.pth) in the legacy torch.save format.
+        Prints {"lin": the package's weights/v0.1/alex.pth}.
+
+    python lpips_peer.py score --alexnet A --pred P.mp4 --gt G.mp4
+        The package's LPIPS with that trunk: mean over the first min(frames) frames of both videos
+        at their native size, frames in [-1, 1] (16 per call). Prints {"lpips", "frames"}.
+"""
+import argparse
+import inspect
+import json
+import os
+import subprocess
+
+import lpips
+import numpy as np
+import torch
+import torchvision
+
+
+def lin_weights() -> str:
+    return os.path.join(os.path.dirname(inspect.getfile(lpips.LPIPS)), "weights", "v0.1", "alex.pth")
+
+
+def cmd_alexnet(args):
+    torch.manual_seed(args.seed)
+    net = torchvision.models.alexnet(weights=None)
+    torch.save(net.state_dict(), args.out, _use_new_zipfile_serialization=False)
+    print(json.dumps({"lin": lin_weights()}))
+
+
+def read_frames(video: str) -> torch.Tensor:
+    probe = subprocess.run(["ffprobe", "-v", "error", "-select_streams", "v:0", "-show_entries",
+                            "stream=width,height", "-of", "csv=p=0", video],
+                           check=True, stdout=subprocess.PIPE, text=True).stdout
+    w, h = (int(v) for v in probe.strip().split(",")[:2])
+    raw = subprocess.run(["ffmpeg", "-v", "error", "-nostdin", "-i", video, "-map", "0:v:0",
+                          "-f", "rawvideo", "-pix_fmt", "rgb24", "pipe:1"],
+                         check=True, stdout=subprocess.PIPE).stdout
+    rgb = np.frombuffer(raw, np.uint8).reshape(-1, h, w, 3)
+    return torch.from_numpy(rgb.transpose(0, 3, 1, 2).astype(np.float32)) / 127.5 - 1
+
+
+def cmd_score(args):
+    # pnet_rand: the trunk is not downloaded; ours is copied into it below.
+    model = lpips.LPIPS(net="alex", version="0.1", pretrained=True, pnet_rand=True, verbose=False)
+    trunk = torch.load(args.alexnet, map_location="cpu")
+    copied = 0
+    with torch.no_grad():
+        for s in range(1, model.net.N_slices + 1):
+            for idx, layer in getattr(model.net, f"slice{s}").named_children():
+                if isinstance(layer, torch.nn.Conv2d):
+                    layer.weight.copy_(trunk[f"features.{idx}.weight"])
+                    layer.bias.copy_(trunk[f"features.{idx}.bias"])
+                    copied += 1
+    assert copied == 5, copied
+    model.eval()
+    pred, gt = read_frames(args.pred), read_frames(args.gt)
+    n = min(len(pred), len(gt))
+    vals = []
+    with torch.no_grad():
+        for i in range(0, n, 16):
+            vals.append(model(pred[i:i + 16], gt[i:i + 16]).flatten())
+    score = float(torch.cat(vals).mean()) if n else float("nan")
+    print(json.dumps({"lpips": score, "frames": n}))
+
+
+def main():
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    sub = p.add_subparsers(dest="cmd", required=True)
+    a = sub.add_parser("alexnet")
+    a.add_argument("--out", required=True)
+    a.add_argument("--seed", type=int, default=0)
+    a.set_defaults(func=cmd_alexnet)
+    s = sub.add_parser("score")
+    s.add_argument("--alexnet", required=True)
+    s.add_argument("--pred", required=True)
+    s.add_argument("--gt", required=True)
+    s.set_defaults(func=cmd_score)
+    args = p.parse_args()
+    args.func(args)
+
+
+if __name__ == "__main__":
+    main()
