@@ -54,6 +54,40 @@ fn report(path: &Path) -> serde_json::Value {
     serde_json::from_slice(&std::fs::read(path).unwrap()).unwrap()
 }
 
+/// Predictions for `gt`'s two clips: a's frames with b's name and vice versa (a real difference
+/// to measure).
+fn swapped(dir: &Path, gt: &Path) -> PathBuf {
+    let pred = dir.join("pred");
+    std::fs::create_dir_all(&pred).unwrap();
+    std::fs::copy(gt.join("a.mp4"), pred.join("b.mp4")).unwrap();
+    std::fs::copy(gt.join("b.mp4"), pred.join("a.mp4")).unwrap();
+    pred
+}
+
+/// Our per-video LPIPS in `ours` against `script score NET_ARGS --pred P --gt G` per clip.
+fn assert_lpips_matches(
+    ours: &serde_json::Value,
+    script: &str,
+    net_args: &[&str],
+    pred: &Path,
+    gt: &Path,
+) {
+    for (i, name) in ["a.mp4", "b.mp4"].iter().enumerate() {
+        let (p, g) = (s(&pred.join(name)), s(&gt.join(name)));
+        let mut args = vec!["score"];
+        args.extend_from_slice(net_args);
+        args.extend_from_slice(&["--pred", &p, "--gt", &g]);
+        let py = reference(script, &args);
+        let (l, lp) = (
+            ours["videos"][i]["lpips"].as_f64().unwrap(),
+            py["lpips"].as_f64().unwrap(),
+        );
+        println!("{name}: LPIPS ours {l}, {script} {lp}");
+        assert!(lp > 0.01, "the two clips should differ");
+        assert!((l - lp).abs() <= 1e-4 * lp, "{name}: LPIPS {l} vs {lp}");
+    }
+}
+
 #[test]
 fn lse_matches_the_syncnet_python_procedure_run_live() {
     let dir = tempfile::tempdir().unwrap();
@@ -215,10 +249,7 @@ fn lse_matches_the_syncnet_python_package_run_live() {
 fn lpips_matches_the_lpips_package_run_live() {
     let dir = tempfile::tempdir().unwrap();
     let gt = clips(dir.path());
-    let pred = dir.path().join("pred");
-    std::fs::create_dir_all(&pred).unwrap();
-    std::fs::copy(gt.join("a.mp4"), pred.join("b.mp4")).unwrap();
-    std::fs::copy(gt.join("b.mp4"), pred.join("a.mp4")).unwrap();
+    let pred = swapped(dir.path(), &gt);
     let alexnet = dir.path().join("alexnet.pth");
     let made = reference(
         "lpips_peer.py",
@@ -241,27 +272,13 @@ fn lpips_matches_the_lpips_package_run_live() {
     assert!(ok, "{err}");
     println!("{out}");
     let ours = report(&rep);
-    for (i, name) in ["a.mp4", "b.mp4"].iter().enumerate() {
-        let py = reference(
-            "lpips_peer.py",
-            &[
-                "score",
-                "--alexnet",
-                &s(&alexnet),
-                "--pred",
-                &s(&pred.join(name)),
-                "--gt",
-                &s(&gt.join(name)),
-            ],
-        );
-        let (l, lp) = (
-            ours["videos"][i]["lpips"].as_f64().unwrap(),
-            py["lpips"].as_f64().unwrap(),
-        );
-        println!("{name}: LPIPS ours {l}, lpips package {lp}");
-        assert!(lp > 0.01, "the two clips should differ");
-        assert!((l - lp).abs() <= 1e-4 * lp, "{name}: LPIPS {l} vs {lp}");
-    }
+    assert_lpips_matches(
+        &ours,
+        "lpips_peer.py",
+        &["--alexnet", &s(&alexnet)],
+        &pred,
+        &gt,
+    );
     // The linear weights alone, and the trunk given as --lpips, are named.
     let run = |extra: &[&str]| {
         let mut args = vec!["--pred", gt.to_str().unwrap(), "--gt", gt.to_str().unwrap()];
@@ -287,11 +304,7 @@ fn lpips_matches_the_lpips_package_run_live() {
 fn lpips_matches_the_python_computation_and_wer_scores_the_hook() {
     let dir = tempfile::tempdir().unwrap();
     let gt = clips(dir.path());
-    // Predictions: a's frames with b's name and vice versa (a real difference to measure).
-    let pred = dir.path().join("pred");
-    std::fs::create_dir_all(&pred).unwrap();
-    std::fs::copy(gt.join("a.mp4"), pred.join("b.mp4")).unwrap();
-    std::fs::copy(gt.join("b.mp4"), pred.join("a.mp4")).unwrap();
+    let pred = swapped(dir.path(), &gt);
     std::fs::write(gt.join("a.txt"), "Text:  the cat sat down\nConf:  5\n").unwrap();
     std::fs::write(gt.join("b.txt"), "Text:  a dog ran\n").unwrap();
     let model = dir.path().join("lpips.pt");
@@ -315,27 +328,7 @@ fn lpips_matches_the_python_computation_and_wer_scores_the_hook() {
     assert!(ok, "{err}");
     println!("{out}");
     let ours = report(&rep);
-    for (i, name) in ["a.mp4", "b.mp4"].iter().enumerate() {
-        let py = reference(
-            "lpips_ref.py",
-            &[
-                "score",
-                "--model",
-                &s(&model),
-                "--pred",
-                &s(&pred.join(name)),
-                "--gt",
-                &s(&gt.join(name)),
-            ],
-        );
-        let (l, lp) = (
-            ours["videos"][i]["lpips"].as_f64().unwrap(),
-            py["lpips"].as_f64().unwrap(),
-        );
-        println!("{name}: LPIPS ours {l}, python {lp}");
-        assert!(lp > 0.01, "the two clips should differ");
-        assert!((l - lp).abs() <= 1e-4 * lp, "{name}: LPIPS {l} vs {lp}");
-    }
+    assert_lpips_matches(&ours, "lpips_ref.py", &["--model", &s(&model)], &pred, &gt);
     // "THE CAT SAT" vs "THE CAT SAT DOWN": 1 error in 4; vs "A DOG RAN": 3 in 3.
     assert_eq!(ours["videos"][0]["wer"]["errors"], 1);
     assert_eq!(ours["videos"][1]["wer"]["errors"], 3);

@@ -15,12 +15,11 @@ import argparse
 import inspect
 import json
 import os
-import subprocess
 
 import lpips
-import numpy as np
 import torch
 import torchvision
+from lpips_ref import read_frames  # the same ffmpeg decoding as the TorchScript reference
 
 
 def lin_weights() -> str:
@@ -32,18 +31,6 @@ def cmd_alexnet(args):
     net = torchvision.models.alexnet(weights=None)
     torch.save(net.state_dict(), args.out, _use_new_zipfile_serialization=False)
     print(json.dumps({"lin": lin_weights()}))
-
-
-def read_frames(video: str) -> torch.Tensor:
-    probe = subprocess.run(["ffprobe", "-v", "error", "-select_streams", "v:0", "-show_entries",
-                            "stream=width,height", "-of", "csv=p=0", video],
-                           check=True, stdout=subprocess.PIPE, text=True).stdout
-    w, h = (int(v) for v in probe.strip().split(",")[:2])
-    raw = subprocess.run(["ffmpeg", "-v", "error", "-nostdin", "-i", video, "-map", "0:v:0",
-                          "-f", "rawvideo", "-pix_fmt", "rgb24", "pipe:1"],
-                         check=True, stdout=subprocess.PIPE).stdout
-    rgb = np.frombuffer(raw, np.uint8).reshape(-1, h, w, 3)
-    return torch.from_numpy(rgb.transpose(0, 3, 1, 2).astype(np.float32)) / 127.5 - 1
 
 
 def cmd_score(args):
