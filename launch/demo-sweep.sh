@@ -2,7 +2,7 @@
 # Quality against sampling steps and audio guidance on the demo's trained model (the table in
 # docs/generate.md). Run after launch/demo.sh, which leaves the model and the test jobs:
 #
-#   bash launch/demo-sweep.sh                       # the table's settings
+#   bash launch/demo-sweep.sh                       # the table's settings (~1 hour on 2 cores)
 #   bash launch/demo-sweep.sh ddim:20 dpmpp-2m:5:2  # SAMPLER:STEPS[:GUIDANCE[:FINAL_X0]]
 #
 # For each setting: `syncdiff generate` the demo's 16 jobs (8 held-out clips with their own
@@ -22,8 +22,8 @@ BIN=target/debug
   exit 1
 }
 if [ $# -eq 0 ]; then
-  set -- ddim:10 ddim:20 ddim:40 dpmpp-2m:3 dpmpp-2m:5 dpmpp-2m:10 \
-    ddim:10:1:true dpmpp-2m:5:1.5 dpmpp-2m:5:2 dpmpp-2m:5:3
+  set -- ddim:10 ddim:20 ddim:40 ddim:10:1:true dpmpp-2m:3 dpmpp-2m:5 dpmpp-2m:10 \
+    dpmpp-2m:5:1.5 dpmpp-2m:5:2 dpmpp-2m:5:3
 fi
 mkdir -p "$OUT/sweep"
 rows="$OUT/sweep/rows.jsonl"

@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # The demo, README's first command: SyncDiff learns lip sync on synthetic talking faces on a CPU.
 #
-#   bash launch/demo.sh            # set-up and build on a fresh machine, then ~12 minutes
+#   bash launch/demo.sh            # set-up and build on a fresh machine, then 14-26 minutes
 #
 # 1. set-up (ci/setup.sh) and build;
 # 2. `syncdiff-dataprep synth`: 8 speakers x 12 clips of 3 s (faces whose mouth follows espeak-ng

@@ -10,6 +10,9 @@
 //!    against 50 DPM-Solver++ steps.
 //! 2. Guidance: the same clip at guidance 2 vs 1 (DPM-Solver++, 5 steps), and at the UNet: one
 //!    batched call on 2B rows (what `sample` does) vs two calls on B rows, B = 8.
+//! 3. The paper's scale (`BENCH_PAPER=0` skips it): one forward of the paper's UNet
+//!    (configs/syncdiff-lrs2.yaml, 64x64 latents, batch 1, random weights), which projects a
+//!    frame's 200 DDIM steps against 50 DPM-Solver++ steps on this machine.
 
 mod common;
 
@@ -18,7 +21,9 @@ use std::time::Instant;
 use syncdiff_devkit::stats::{interleave, median};
 use syncdiff_devkit::{env_or, repo};
 use syncdiff_model::config::{Config, Override, SamplerKind};
+use syncdiff_model::unet::{Unet, UnetShape};
 use syncdiff_trainer::generate::{self, Collect, FrameSink, GenerateOptions, Generator, Job};
+use tch::nn::VarStore;
 use tch::{Device, Kind, Tensor};
 
 fn options(sampler: SamplerKind, steps: usize, guidance: f64) -> GenerateOptions {
@@ -83,18 +88,22 @@ fn main() -> anyhow::Result<()> {
             s.low,
             s.high
         );
-        per_step.push((n, a / (n * frames) as f64, b / ((n / 4) * frames) as f64));
+        per_step.push((n, a, b));
     }
-    for (n, ddim, dpm) in &per_step {
-        println!(
-            "per step and frame (from N = {n}): DDIM {:.1} ms, DPM-Solver++ {:.1} ms; the paper's \
-             200 DDIM steps would take {:.2} s per frame here, 50 DPM-Solver++ steps {:.2} s",
-            ddim * 1e3,
-            dpm * 1e3,
-            ddim * 200.0,
-            dpm * 50.0
-        );
-    }
+    // Per step and frame from the difference between N = 40 and N = 20 (the per-frame work
+    // outside the sampler cancels out), and that per-frame work itself.
+    let (t20, t40) = (per_step[0], per_step[1]);
+    let f = frames as f64;
+    let ddim_step = (t40.1 - t20.1) / (20.0 * f);
+    let dpm_step = (t40.2 - t20.2) / (5.0 * f);
+    println!(
+        "per step and frame: DDIM {:.1} ms, DPM-Solver++ {:.1} ms ({:.2}x); per frame outside \
+         the steps {:.1} ms",
+        ddim_step * 1e3,
+        dpm_step * 1e3,
+        dpm_step / ddim_step,
+        (t20.1 / f - 20.0 * ddim_step) * 1e3
+    );
 
     let (plain, guided) = (
         options(SamplerKind::DpmPp2m, 5, 1.0),
@@ -164,6 +173,55 @@ fn main() -> anyhow::Result<()> {
         s.median,
         s.low,
         s.high
+    );
+    if env_or("BENCH_PAPER", 1) == 1 {
+        paper_scale()?;
+    }
+    Ok(())
+}
+
+/// One forward of the paper's UNet at batch 1, and the per-frame time of 200 DDIM steps against
+/// 50 DPM-Solver++ steps it implies (a step of either sampler is one UNet call plus arithmetic
+/// on one latent, which the per-step figures above show to be small next to the call).
+fn paper_scale() -> anyhow::Result<()> {
+    let config = Config::load(&repo().join("configs/syncdiff-lrs2.yaml"), &[])?;
+    let m = &config.model;
+    let side = i64::from(config.data.resolution) >> (m.autoencoder.block_out_channels.len() - 1);
+    tch::manual_seed(0);
+    let vs = VarStore::new(Device::Cpu);
+    let unet = Unet::new(vs.root(), &UnetShape::of(m));
+    let x = Tensor::randn(
+        [1, i64::from(m.unet_in_channels()), side, side],
+        (Kind::Float, Device::Cpu),
+    );
+    let c = Tensor::randn(
+        [1, i64::from(m.context_tokens()), i64::from(m.context_dim())],
+        (Kind::Float, Device::Cpu),
+    );
+    let t = Tensor::full([1], 500, (Kind::Int64, Device::Cpu));
+    let mut times = Vec::new();
+    for _ in 0..env_or("BENCH_REPS_PAPER", 3) + 1 {
+        let start = Instant::now();
+        tch::no_grad(|| {
+            let _ = unet.forward(&x, &t, &c, false);
+        });
+        times.push(start.elapsed().as_secs_f64());
+    }
+    times.remove(0); // warm-up
+    let f = median(&times);
+    let params: i64 = vs
+        .trainable_variables()
+        .iter()
+        .map(|v| v.numel() as i64)
+        .sum();
+    println!(
+        "paper UNet ({:.0} M parameters, {side}x{side} latents, batch 1): {:.2} s per forward \
+         (median of {}); per frame: 200 DDIM steps {:.0} s, 50 DPM-Solver++ steps {:.0} s",
+        params as f64 / 1e6,
+        f,
+        times.len(),
+        200.0 * f,
+        50.0 * f
     );
     Ok(())
 }
