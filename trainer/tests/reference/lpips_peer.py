@@ -19,7 +19,7 @@ import os
 import lpips
 import torch
 import torchvision
-from lpips_ref import read_frames  # the same ffmpeg decoding as the TorchScript reference
+from lpips_ref import print_score  # the same decoding and averaging as the TorchScript reference
 
 
 def lin_weights() -> str:
@@ -46,15 +46,7 @@ def cmd_score(args):
                     layer.bias.copy_(trunk[f"features.{idx}.bias"])
                     copied += 1
     assert copied == 5, copied
-    model.eval()
-    pred, gt = read_frames(args.pred), read_frames(args.gt)
-    n = min(len(pred), len(gt))
-    vals = []
-    with torch.no_grad():
-        for i in range(0, n, 16):
-            vals.append(model(pred[i:i + 16], gt[i:i + 16]).flatten())
-    score = float(torch.cat(vals).mean()) if n else float("nan")
-    print(json.dumps({"lpips": score, "frames": n}))
+    print_score(model.eval(), args.pred, args.gt)
 
 
 def main():

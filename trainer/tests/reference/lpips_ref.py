@@ -79,9 +79,9 @@ def read_frames(video: str) -> torch.Tensor:
     return torch.from_numpy(rgb.transpose(0, 3, 1, 2).astype(np.float32)) / 127.5 - 1
 
 
-def cmd_score(args):
-    model = torch.jit.load(args.model).eval()
-    pred, gt = read_frames(args.pred), read_frames(args.gt)
+def print_score(model, pred_video: str, gt_video: str):
+    """Print {"lpips", "frames"}: `model`'s mean over the common frames, 16 pairs per call."""
+    pred, gt = read_frames(pred_video), read_frames(gt_video)
     n = min(len(pred), len(gt))
     pred, gt = pred[:n], gt[:n]
     vals = []
@@ -90,6 +90,10 @@ def cmd_score(args):
             vals.append(model(pred[i:i + 16], gt[i:i + 16]).flatten())
     score = float(torch.cat(vals).mean()) if n else float("nan")
     print(json.dumps({"lpips": score, "frames": n}))
+
+
+def cmd_score(args):
+    print_score(torch.jit.load(args.model).eval(), args.pred, args.gt)
 
 
 def main():
