@@ -20,8 +20,10 @@ log() { printf '[setup] %s\n' "$*"; }
 # --- Debian packages -------------------------------------------------------------------------
 # libdlib-dev, libopenblas-dev, liblapack-dev: dlib for the face front-end (links BLAS/LAPACK);
 # libdlib-data: its 68-point landmark model (/usr/share/dlib/shape_predictor_68_face_landmarks.dat).
+# slurm-wlm, munge: the one-machine SLURM the cluster tests start (ci/slurm-local.sh); the
+# packages' own services are not used.
 apt_pkgs=(openmpi-bin libopenmpi-dev libclang-dev clang pkg-config ffmpeg espeak-ng python3-venv procps
-  libdlib-dev libdlib-data libopenblas-dev liblapack-dev)
+  libdlib-dev libdlib-data libopenblas-dev liblapack-dev slurm-wlm munge)
 missing=()
 for p in "${apt_pkgs[@]}"; do
   dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q "install ok installed" || missing+=("$p")

@@ -316,9 +316,8 @@ pub fn ingest(
         .map_err(|(path, e)| io(&path)(e))?;
     std::fs::create_dir_all(&opts.out).map_err(io(&opts.out))?;
     // This rank's GPU when there is one (a launcher's local rank picks it), else the CPU.
-    let local_rank = crate::launch::Launch::from_env().local_rank;
-    let device = crate::launch::DeviceChoice::Auto
-        .device(local_rank)
+    let device = crate::launch::Launch::from_env()
+        .and_then(|l| crate::launch::DeviceChoice::Auto.device(l.local_rank))
         .map_err(|message| IngestError::Io {
             path: opts.out.clone(),
             message,

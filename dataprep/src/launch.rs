@@ -24,49 +24,63 @@ pub struct Launch {
 }
 
 impl Launch {
-    /// From this process's environment.
-    pub fn from_env() -> Self {
+    /// From this process's environment; an error names a SLURM job-array variable that cannot be
+    /// turned into a place among the array's tasks.
+    pub fn from_env() -> Result<Self, String> {
         Self::from_vars(|name| std::env::var(name).ok())
     }
 
     /// From variables looked up by `get` (the first launcher variable that parses wins).
-    pub fn from_vars(get: impl Fn(&str) -> Option<String>) -> Self {
+    ///
+    /// SLURM's task variables count only inside a job step (`srun`, where `SLURM_STEP_ID` is set):
+    /// a batch script also sees `SLURM_NTASKS` (the allocation's) and `SLURM_PROCID=0`, but it is
+    /// one process. In a job array (`sbatch --array=A-B[:S]`) each array task is one more level:
+    /// task i of C with W processes of its own holds ranks `i*W .. i*W+W` of `C*W`, so an array
+    /// of single-process tasks splits the work like `mpirun -n C` would.
+    pub fn from_vars(get: impl Fn(&str) -> Option<String>) -> Result<Self, String> {
         let first = |names: &[&str]| {
             names
                 .iter()
                 .find_map(|n| get(n)?.trim().parse::<usize>().ok())
         };
-        let world = first(&["OMPI_COMM_WORLD_SIZE", "PMI_SIZE", "SLURM_NTASKS"])
-            .unwrap_or(1)
-            .max(1);
-        let rank = first(&[
-            "OMPI_COMM_WORLD_RANK",
-            "PMI_RANK",
-            "PMIX_RANK",
+        let in_step = get("SLURM_STEP_ID").is_some();
+        let slurm = |name: &'static str| if in_step { Some(name) } else { None };
+        let names = |fixed: &[&'static str], slurm_name: &'static str| {
+            let mut v = fixed.to_vec();
+            v.extend(slurm(slurm_name));
+            v
+        };
+        let world = first(&names(
+            &["OMPI_COMM_WORLD_SIZE", "PMI_SIZE"],
+            "SLURM_NTASKS",
+        ))
+        .unwrap_or(1)
+        .max(1);
+        let rank = first(&names(
+            &["OMPI_COMM_WORLD_RANK", "PMI_RANK", "PMIX_RANK"],
             "SLURM_PROCID",
-        ])
+        ))
         .unwrap_or(0)
         .min(world - 1);
-        let local_size = first(&[
-            "OMPI_COMM_WORLD_LOCAL_SIZE",
-            "MPI_LOCALNRANKS",
+        let local_size = first(&names(
+            &["OMPI_COMM_WORLD_LOCAL_SIZE", "MPI_LOCALNRANKS"],
             "SLURM_NTASKS_PER_NODE",
-        ])
+        ))
         .unwrap_or(world)
         .clamp(1, world);
-        let local_rank = first(&[
-            "OMPI_COMM_WORLD_LOCAL_RANK",
-            "MPI_LOCALRANKID",
+        let local_rank = first(&names(
+            &["OMPI_COMM_WORLD_LOCAL_RANK", "MPI_LOCALRANKID"],
             "SLURM_LOCALID",
-        ])
+        ))
         .unwrap_or(0)
         .min(local_size - 1);
-        Self {
-            rank,
-            world,
+        let (task, tasks) = array_task(&get)?;
+        Ok(Self {
+            rank: task * world + rank,
+            world: tasks * world,
             local_rank,
             local_size,
-        }
+        })
     }
 
     /// libtorch threads for a rank computing on the CPU: [`cpu_threads_per_rank`].
@@ -80,6 +94,42 @@ impl Launch {
 pub fn cpu_threads_per_rank(local_size: usize) -> usize {
     let cores = std::thread::available_parallelism().map_or(1, |n| n.get());
     (cores / local_size.max(1)).max(1)
+}
+
+/// This job-array task's index among the array's tasks and their number, `(0, 1)` outside an
+/// array. Indices map to `0..count` through `(id - min) / step`; a list that is not one evenly
+/// spaced range (`--array=1,4,5`) cannot be mapped and is an error, as is a variable that does not
+/// parse.
+fn array_task(get: &impl Fn(&str) -> Option<String>) -> Result<(usize, usize), String> {
+    let Some(id) = get("SLURM_ARRAY_TASK_ID") else {
+        return Ok((0, 1));
+    };
+    let var = |name: &str| -> Result<usize, String> {
+        let v = get(name).ok_or_else(|| format!("{name} is not set (SLURM_ARRAY_TASK_ID={id})"))?;
+        v.trim()
+            .parse()
+            .map_err(|_| format!("{name}={v:?}: expected a non-negative integer"))
+    };
+    let id = var("SLURM_ARRAY_TASK_ID")?;
+    let (min, max, count) = (
+        var("SLURM_ARRAY_TASK_MIN")?,
+        var("SLURM_ARRAY_TASK_MAX")?,
+        var("SLURM_ARRAY_TASK_COUNT")?,
+    );
+    let step = if get("SLURM_ARRAY_TASK_STEP").is_some() {
+        var("SLURM_ARRAY_TASK_STEP")?.max(1)
+    } else {
+        1
+    };
+    let evenly = max >= min && (max - min) % step == 0 && (max - min) / step + 1 == count;
+    if !evenly || id < min || (id - min) % step != 0 {
+        return Err(format!(
+            "job array task {id} of {count} (min {min}, max {max}, step {step}): the array is not \
+             one evenly spaced range, so its tasks cannot split the work; submit --array=A-B or A-B:S \
+             (rerun single tasks of it with --dependency, or all of it: finished work is kept)"
+        ));
+    }
+    Ok(((id - min) / step, count))
 }
 
 /// A `--device` argument: `auto` (this rank's GPU when there is one, else the CPU), `cpu`,
@@ -157,12 +207,16 @@ impl DeviceChoice {
 mod tests {
     use super::*;
 
-    fn launch(vars: &[(&str, &str)]) -> Launch {
+    fn try_launch(vars: &[(&str, &str)]) -> Result<Launch, String> {
         Launch::from_vars(|n| {
             vars.iter()
                 .find(|(k, _)| *k == n)
                 .map(|(_, v)| v.to_string())
         })
+    }
+
+    fn launch(vars: &[(&str, &str)]) -> Launch {
+        try_launch(vars).unwrap()
     }
 
     #[test]
@@ -193,6 +247,7 @@ mod tests {
             }
         );
         let slurm = launch(&[
+            ("SLURM_STEP_ID", "0"),
             ("SLURM_NTASKS", "2"),
             ("SLURM_PROCID", "1"),
             ("SLURM_LOCALID", "1"),
@@ -206,9 +261,61 @@ mod tests {
                 local_size: 2
             }
         );
+        // A batch script sees the allocation's task count and SLURM_PROCID=0 but is one process.
+        let batch = launch(&[("SLURM_NTASKS", "2"), ("SLURM_PROCID", "0")]);
+        assert_eq!((batch.rank, batch.world), (0, 1));
         // A rank beyond the world (a stale variable) is clamped, never out of range.
         let odd = launch(&[("PMI_SIZE", "2"), ("PMI_RANK", "7")]);
         assert_eq!((odd.rank, odd.world), (1, 2));
+    }
+
+    #[test]
+    fn job_array_tasks_are_one_more_level_of_ranks() {
+        let array = |id: &str, extra: &[(&'static str, &'static str)]| {
+            let mut v = vec![
+                ("SLURM_ARRAY_TASK_ID", id.to_string()),
+                ("SLURM_ARRAY_TASK_MIN", "3".into()),
+                ("SLURM_ARRAY_TASK_MAX", "7".into()),
+                ("SLURM_ARRAY_TASK_COUNT", "3".into()),
+                ("SLURM_ARRAY_TASK_STEP", "2".into()),
+            ];
+            v.extend(extra.iter().map(|(k, x)| (*k, x.to_string())));
+            let r: Vec<(&str, &str)> = v.iter().map(|(k, x)| (*k, x.as_str())).collect();
+            try_launch(&r)
+        };
+        // --array=3-7:2, one process per task: tasks 3, 5, 7 are ranks 0, 1, 2 of 3.
+        let t = array("5", &[]).unwrap();
+        assert_eq!((t.rank, t.world, t.local_rank, t.local_size), (1, 3, 0, 1));
+        assert_eq!(array("7", &[]).unwrap().rank, 2);
+        // Two srun tasks in each array task: task 7's second process is rank 5 of 6.
+        let t = array(
+            "7",
+            &[
+                ("SLURM_STEP_ID", "0"),
+                ("SLURM_NTASKS", "2"),
+                ("SLURM_PROCID", "1"),
+                ("SLURM_LOCALID", "1"),
+            ],
+        )
+        .unwrap();
+        assert_eq!((t.rank, t.world, t.local_rank), (5, 6, 1));
+        // An index off the range, a list that is not a range, a bad value: errors naming it.
+        assert!(array("4", &[])
+            .unwrap_err()
+            .contains("not one evenly spaced range"));
+        let list = try_launch(&[
+            ("SLURM_ARRAY_TASK_ID", "4"),
+            ("SLURM_ARRAY_TASK_MIN", "1"),
+            ("SLURM_ARRAY_TASK_MAX", "5"),
+            ("SLURM_ARRAY_TASK_COUNT", "3"),
+        ]);
+        assert!(list.unwrap_err().contains("task 4 of 3"));
+        let bad = try_launch(&[("SLURM_ARRAY_TASK_ID", "x")]).unwrap_err();
+        assert!(bad.contains("SLURM_ARRAY_TASK_ID=\"x\""), "{bad}");
+        let missing = try_launch(&[("SLURM_ARRAY_TASK_ID", "1")]);
+        assert!(missing
+            .unwrap_err()
+            .contains("SLURM_ARRAY_TASK_MIN is not set"));
     }
 
     #[test]

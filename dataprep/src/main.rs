@@ -199,7 +199,13 @@ fn run_ingest(layout: Layout, args: IngestArgs) -> Result<anyhow::Result<String>
             return Err(ExitCode::from(2));
         }
     };
-    let Launch { rank, world, .. } = Launch::from_env();
+    let Launch { rank, world, .. } = match Launch::from_env() {
+        Ok(l) => l,
+        Err(e) => {
+            eprintln!("error: {e}");
+            return Err(ExitCode::from(2));
+        }
+    };
     let opts = ingest::IngestOptions {
         root,
         layout,

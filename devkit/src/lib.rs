@@ -4,6 +4,7 @@
 //!
 //! Only `[dev-dependencies]` name this crate.
 
+pub mod slurm;
 pub mod stats;
 
 use std::path::{Path, PathBuf};

@@ -9,5 +9,6 @@ mod common;
 mod audio;
 mod face;
 mod ingest;
+mod slurm;
 mod store;
 mod synth;

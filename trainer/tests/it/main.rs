@@ -23,6 +23,7 @@ mod metrics;
 mod optim;
 mod resume;
 mod sampler;
+mod slurm;
 mod step;
 mod tensorboard;
 mod tools;

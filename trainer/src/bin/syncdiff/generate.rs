@@ -94,7 +94,7 @@ pub struct Args {
 /// Runs the request on this rank; returns the summary line.
 pub fn run(args: Args) -> anyhow::Result<String> {
     let jobs = jobs(args.list.as_deref(), args.video, args.audio, args.out)?;
-    let launch = Launch::from_env();
+    let launch = Launch::from_env().map_err(anyhow::Error::msg)?;
     let (rank, world) = (launch.rank, launch.world);
     let device = args
         .device
