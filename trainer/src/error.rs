@@ -24,6 +24,9 @@ pub enum TrainError {
         /// Cause.
         source: StoreError,
     },
+    /// A data set on object storage could not be made local.
+    #[error(transparent)]
+    DataCache(#[from] crate::data::remote::CacheError),
     /// The data set does not match the configuration.
     #[error("{0}")]
     DatasetSettings(String),

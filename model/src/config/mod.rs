@@ -38,8 +38,8 @@ pub use model::{
 };
 pub use plan::{BatchPlan, StepPlan};
 pub use run::{
-    CheckpointConfig, DataConfig, DistBackend, DistConfig, EmaConfig, EpochUnit, LogConfig,
-    LrSchedule, OptimizerKind, SampleConfig, SamplerKind, SizeHint, TrainConfig,
+    CheckpointConfig, DataCacheConfig, DataConfig, DistBackend, DistConfig, EmaConfig, EpochUnit,
+    LogConfig, LrSchedule, OptimizerKind, SampleConfig, SamplerKind, SizeHint, TrainConfig,
 };
 pub use secrets::{redact_secrets, redact_url, url_secret_problem, SECRET_VARS};
 

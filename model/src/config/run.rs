@@ -8,10 +8,13 @@ use super::FaceConfig;
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields, default)]
 pub struct DataConfig {
-    /// Prepared data set (directory of `shard-NNNNN.zarr` stores plus `manifest.json`).
+    /// Prepared data set (directory of `shard-NNNNN.zarr` stores plus `manifest.json`): a path,
+    /// or an `s3://`, `gs://` or `az://` URL read through the node-local cache (`data.cache`).
     pub dataset: String,
-    /// Validation data set (same format); none disables validation.
+    /// Validation data set (same format and places); none disables validation.
     pub val_dataset: Option<String>,
+    /// The node-local cache of data sets on object storage.
+    pub cache: DataCacheConfig,
     /// Frame side in pixels after resizing (the latent side is this / the autoencoder factor).
     pub resolution: u32,
     /// Video frame rate the features are aligned to.
@@ -37,6 +40,7 @@ impl Default for DataConfig {
         Self {
             dataset: "data/lrs2".into(),
             val_dataset: None,
+            cache: DataCacheConfig::default(),
             resolution: 256,
             fps: 25,
             sample_rate: 16000,
@@ -46,6 +50,27 @@ impl Default for DataConfig {
             prefetch: 4,
             size_hint: None,
             face: FaceConfig::default(),
+        }
+    }
+}
+
+/// `data.cache`: where a node keeps the data sets it read from object storage. Shared by every
+/// rank and run on the node; whole shards are fetched once, checked, and kept until space is
+/// needed for another data set (least recently used first, never one a process is using).
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct DataCacheConfig {
+    /// Cache directory on node-local storage; none: `$TMPDIR/syncdiff-data-cache` (or `/tmp/...`).
+    pub dir: Option<String>,
+    /// Largest size of everything in the cache, in GB (10^9 bytes).
+    pub max_gb: f64,
+}
+
+impl Default for DataCacheConfig {
+    fn default() -> Self {
+        Self {
+            dir: None,
+            max_gb: 200.0,
         }
     }
 }

@@ -14,14 +14,22 @@ fn ensure(ok: bool, key: &str, message: impl FnOnce() -> String) -> Check {
 
 /// Data sets are read from a file system (local or shared): a URL would otherwise be taken as a
 /// relative directory named `s3:`.
-fn local_path(path: &str, key: &str) -> Check {
-    ensure(!path.contains("://"), key, || {
+/// A data set location: a path, or an object-store URL (read through `data.cache`) that carries
+/// no credentials.
+fn dataset_location(path: &str, key: &str) -> Check {
+    let Some((scheme, _)) = path.split_once("://") else {
+        return Ok(());
+    };
+    ensure(matches!(scheme, "s3" | "gs" | "az"), key, || {
         format!(
-            "{}: data sets are read from a local or shared file system, not from object storage; \
-             copy the data set there and give its path",
+            "{}: unsupported scheme {scheme}://; give a path, or an s3://, gs:// or az:// URL",
             super::redact_url(path)
         )
-    })
+    })?;
+    match super::url_secret_problem(path) {
+        Some(problem) => Err((key.into(), problem.into())),
+        None => Ok(()),
+    }
 }
 
 fn unit_interval(x: f64, key: &str) -> Check {
@@ -65,10 +73,11 @@ impl Config {
         ensure(!d.dataset.is_empty(), "data.dataset", || {
             "must not be empty".into()
         })?;
-        local_path(&d.dataset, "data.dataset")?;
+        dataset_location(&d.dataset, "data.dataset")?;
         if let Some(v) = &d.val_dataset {
-            local_path(v, "data.val_dataset")?;
+            dataset_location(v, "data.val_dataset")?;
         }
+        positive(d.cache.max_gb, "data.cache.max_gb")?;
         self.validate_face()
     }
 

@@ -272,12 +272,23 @@ fn validation_names_the_key() {
     assert!(c.is_ok(), "{c:?}");
     let e = yaml_err("sample:\n  sampler: euler\n", &[]);
     assert!(e.contains("sample.sampler") && e.contains("euler"), "{e}");
-    // An object-store data set is refused by name, not read as a directory called `s3:`.
-    let e = yaml_err("train: {}\n", &["data.val_dataset=s3://bucket/val"]);
+    // Object-store data sets are read through the node cache; other schemes, credentials in
+    // the URL and an empty cache are refused by name.
+    let c = Config::from_yaml(
+        "data:\n  dataset: s3://bucket/train\n  val_dataset: gs://b/val\n",
+        "configs/x.yaml",
+        &[],
+    );
+    assert!(c.is_ok(), "{c:?}");
+    let e = yaml_err("train: {}\n", &["data.val_dataset=http://host/val"]);
     assert!(
-        e.starts_with("--set data.val_dataset=s3://bucket/val: data.val_dataset: s3://bucket/val: data sets are read from a local or shared file system"),
+        e.starts_with("--set data.val_dataset=http://host/val: data.val_dataset: http://host/val: unsupported scheme http://"),
         "{e}"
     );
+    let e = yaml_err("train: {}\n", &["data.dataset=s3://key:secret@bucket/x"]);
+    assert!(e.contains("data.dataset") && !e.contains("secret"), "{e}");
+    let e = yaml_err("train: {}\n", &["data.cache.max_gb=0"]);
+    assert!(e.contains("data.cache.max_gb"), "{e}");
 }
 
 #[test]

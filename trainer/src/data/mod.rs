@@ -4,6 +4,7 @@
 
 mod batch;
 mod loader;
+pub mod remote;
 mod sampler;
 
 pub use batch::Batch;

@@ -18,7 +18,6 @@ mod checkpoints;
 mod output;
 mod validation;
 
-use std::path::Path;
 use std::sync::Arc;
 
 use syncdiff_dataprep::store::Dataset;
@@ -146,7 +145,15 @@ pub fn train(
 /// The training data set, checked against the configuration, and the sample order over it.
 fn open_data(config: &Config, rt: &Runtime) -> Result<(Dataset, Arc<Sampler>), TrainError> {
     let path = &config.data.dataset;
-    let ds = Dataset::open(Path::new(path)).map_err(|source| TrainError::Dataset {
+    let local = crate::data::remote::local(
+        "data.dataset",
+        path,
+        config,
+        rt.local_rank() as usize,
+        rt.local_size() as usize,
+        &rt.prefix(),
+    )?;
+    let ds = Dataset::open(&local).map_err(|source| TrainError::Dataset {
         path: path.clone(),
         source,
     })?;

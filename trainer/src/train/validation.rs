@@ -30,7 +30,16 @@ impl Validation {
         let world = rt.world_size() as u64;
         let validator = match (&config.data.val_dataset, config.log.val_interval) {
             (Some(path), n) if n > 0 => {
-                Some(Validator::new(config, path, rt.rank() as u64, world)?)
+                let local = crate::data::remote::local(
+                    "data.val_dataset",
+                    path,
+                    config,
+                    rt.local_rank() as usize,
+                    rt.local_size() as usize,
+                    &rt.prefix(),
+                )?;
+                let local = local.to_string_lossy();
+                Some(Validator::new(config, &local, rt.rank() as u64, world)?)
             }
             _ => None,
         };

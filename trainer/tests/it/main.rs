@@ -12,6 +12,7 @@ mod common;
 mod ckpt_s3;
 mod ckpt_store;
 mod cli;
+mod data_s3;
 mod ddp;
 mod ema_schedule;
 mod eval_scripts;

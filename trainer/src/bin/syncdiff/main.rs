@@ -10,11 +10,14 @@
 //! syncdiff ckpt export s3://bucket/run/step-000005000 --out bundle/
 //! syncdiff generate --checkpoint bundle/ --video ref.mp4 --audio drive.wav --out out.mp4
 //! syncdiff generate --checkpoint s3://bucket/run/step-000005000 --list pairs.txt --batch 8
+//! syncdiff data upload ds/ s3://bucket/ds                    # a prepared data set, manifest last
+//! syncdiff data fetch --config C.yaml                         # fill this node's data cache
 //! syncdiff eval --pred out/ --gt gt/ [--syncnet syncnet.pt] [--lpips lpips.pt] [--openings]
 //! ```
 
 mod ckpt;
 mod convert;
+mod data;
 mod eval;
 mod forward;
 mod generate;
@@ -55,6 +58,9 @@ enum Command {
     /// Checkpoints: list, inspect, export.
     #[command(subcommand)]
     Ckpt(ckpt::Command),
+    /// Data sets on object storage: upload one, fill this node's cache.
+    #[command(subcommand)]
+    Data(data::Command),
 }
 
 /// A user error (a configuration that does not load): exit code 2, like a usage error.
@@ -87,6 +93,7 @@ fn main() -> ExitCode {
         Command::Generate(a) => generate::run(a),
         Command::Eval(a) => eval::run(a),
         Command::Ckpt(c) => ckpt::run(c),
+        Command::Data(c) => data::run(c),
     };
     match result {
         Ok(summary) => {
