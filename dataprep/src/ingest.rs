@@ -41,6 +41,8 @@ pub struct IngestOptions {
     pub world: usize,
     /// Rebuild finished shards whose recorded settings differ from this run's (else refuse).
     pub rebuild: bool,
+    /// Where the data set is published (`--out s3://...`); `out` is then the staging directory.
+    pub publish: Option<std::sync::Arc<crate::publish::Publish>>,
 }
 
 /// Why the ingest stopped (bad clips never stop it: they are rejected).
@@ -63,6 +65,9 @@ pub enum IngestError {
     /// The face front-end cannot start (a model file is missing or wrong).
     #[error(transparent)]
     Face(#[from] crate::face::FaceError),
+    /// Object storage (the `--out` URL).
+    #[error("{0}")]
+    Publish(String),
     /// The output holds shards prepared with other settings.
     #[error(
         "{path} was prepared with other settings ({differences}; stored -> now); adding to it \
@@ -377,6 +382,9 @@ pub fn ingest(
     // Finished shards built with other settings are refused (or, with --rebuild, rebuilt):
     // all checked before any work, and the manifest goes first so it never describes shards it
     // does not match.
+    if let Some(p) = &opts.publish {
+        p.pull_records(&opts.out, mine.iter().copied())?;
+    }
     let mut redo = vec![false; shards.len()];
     for &i in &mine {
         let path = opts.out.join(shard_name(i));
@@ -389,6 +397,9 @@ pub fn ingest(
         }
     }
     if redo.iter().any(|&r| r) {
+        if let Some(p) = &opts.publish {
+            p.remove_manifest()?;
+        }
         let m = opts.out.join("manifest.json");
         match std::fs::remove_file(&m) {
             Err(e) if e.kind() != std::io::ErrorKind::NotFound => return Err(io(&m)(e)),
@@ -440,10 +451,24 @@ pub fn ingest(
         report.rejected += rejected.len();
         let t0 = std::time::Instant::now();
         write_shard(&path, &clips, &meta, &rejected)?;
+        if let Some(p) = &opts.publish {
+            p.push_shard(&opts.out, i)?;
+        }
         report.write_s += t0.elapsed().as_secs_f64();
         report.built += 1;
     }
-    report.manifest_written = finish(&opts.out, &shards, &meta)?;
+    report.manifest_written = match &opts.publish {
+        None => finish(&opts.out, &shards, &meta)?,
+        Some(p) => {
+            // Other ranks' and tasks' shards are in the store, not in this staging directory.
+            p.pull_records(&opts.out, 0..shards.len())?;
+            let done = finish(&opts.out, &shards, &meta)?;
+            if done {
+                p.push_manifest(&opts.out)?;
+            }
+            done
+        }
+    };
     Ok(report)
 }
 

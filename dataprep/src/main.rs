@@ -95,9 +95,14 @@ struct IngestArgs {
     /// train, val or test (videos: the list ROOT/<split>.txt if present, else every video).
     #[arg(long, default_value = "train")]
     split: String,
-    /// Output data set directory.
+    /// Output data set: a directory, or s3://, gs://, az:// (built in --stage, each shard
+    /// uploaded when finished, manifest.json last; credentials from the environment).
+    #[arg(long)]
+    out: String,
+    /// Staging directory for an object-store --out (default: under the temporary directory,
+    /// named by the URL, so a rerun resumes there).
     #[arg(long, value_parser = local_dir)]
-    out: PathBuf,
+    stage: Option<PathBuf>,
     #[command(flatten)]
     config: ConfigArgs,
     /// Frames per encoder batch.
@@ -123,7 +128,7 @@ fn positive_seconds(arg: &str) -> Result<f64, String> {
 /// directory named `s3:`).
 fn local_dir(arg: &str) -> Result<PathBuf, String> {
     if arg.contains("://") {
-        return Err("data sets and clips are read and written on a local or shared file system, not object storage".into());
+        return Err("clips and sources are read from a local or shared file system, not object storage (only --out may be an s3://, gs:// or az:// URL)".into());
     }
     Ok(PathBuf::from(arg))
 }
@@ -187,11 +192,31 @@ fn run_ingest(layout: Layout, args: IngestArgs) -> Result<anyhow::Result<String>
         root,
         split,
         out,
+        stage,
         config,
         batch,
         half,
         rebuild,
     } = args;
+    let publish = if out.contains("://") && !out.starts_with("file://") {
+        match syncdiff_dataprep::publish::Publish::open(&out) {
+            Ok(p) => Some(std::sync::Arc::new(p)),
+            Err(e) => {
+                eprintln!("error: --out {e}");
+                return Err(ExitCode::from(2));
+            }
+        }
+    } else {
+        None
+    };
+    let dir = match (&publish, stage) {
+        (Some(_), Some(stage)) => stage,
+        (Some(_), None) => syncdiff_dataprep::publish::default_stage(&out),
+        (None, _) => PathBuf::from(out.strip_prefix("file://").unwrap_or(&out)),
+    };
+    if let Some(p) = &publish {
+        eprintln!("publishing to {} (staging in {})", p.url(), dir.display());
+    }
     let cfg = match config.load() {
         Ok(c) => c,
         Err(e) => {
@@ -210,12 +235,13 @@ fn run_ingest(layout: Layout, args: IngestArgs) -> Result<anyhow::Result<String>
         root,
         layout,
         split,
-        out: out.clone(),
+        out: dir,
         batch,
         half,
         rank,
         world,
         rebuild,
+        publish,
     };
     let bar = Progress::new(rank == 0, layout.name(), "clip", 0, 0);
     let start = std::time::Instant::now();
@@ -243,7 +269,7 @@ fn run_ingest(layout: Layout, args: IngestArgs) -> Result<anyhow::Result<String>
             rep.write_s,
             rep.rejected,
             if rep.split + rep.scene_cuts > 0 { format!(" ({} clip(s) split by the face front-end, {} scene cut(s))", rep.split, rep.scene_cuts) } else { String::new() },
-            if rep.manifest_written { format!("; wrote {}/manifest.json (reasons in rejected.jsonl)", out.display()) } else { String::new() }
+            if rep.manifest_written { format!("; wrote {}/manifest.json (reasons in rejected.jsonl)", syncdiff_dataprep::objstore::safe_url(out.trim_end_matches('/'))) } else { String::new() }
         )
     })
     .map_err(anyhow::Error::from))

@@ -650,22 +650,45 @@ fn a_rerun_with_other_settings_refuses_to_mix_data_sets() {
     );
 }
 
-/// An object-store URL as an output is refused in one line; nothing named `s3:` appears.
+/// An object-store `--out` is published there, never a local directory named `s3:`; an unknown
+/// scheme is refused in one line (a URL as `--root` too).
 #[test]
-fn an_object_store_url_is_refused_as_a_directory() {
+fn object_store_outputs_are_never_local_directories() {
     let dir = tempfile::tempdir().unwrap();
-    let o = Command::new(env!("CARGO_BIN_EXE_syncdiff-dataprep"))
-        .current_dir(dir.path())
-        .args(["lrs2", "--root", "r", "--out", "s3://bucket/ds", "--config"])
-        .arg(debug_config())
-        .output()
-        .unwrap();
+    let run = |args: &[&str]| {
+        Command::new(env!("CARGO_BIN_EXE_syncdiff-dataprep"))
+            .current_dir(dir.path())
+            .args(args)
+            .args(["--config", &debug_config()])
+            .output()
+            .unwrap()
+    };
+    let o = run(&["lrs2", "--root", "r", "--out", "ftp://bucket/ds"]);
     let err = String::from_utf8_lossy(&o.stderr);
     assert_eq!(o.status.code(), Some(2), "{err}");
-    assert_eq!(err.lines().count(), 1, "{err}");
     assert!(
-        err.starts_with("error: invalid value 's3://bucket/ds' for '--out <OUT>': data sets and clips are read and written on a local or shared file system"),
+        err.starts_with("error: --out ftp://bucket/ds: unsupported scheme ftp://"),
         "{err}"
     );
-    assert!(!dir.path().join("s3:").exists());
+    // The missing source is found before any request to the store.
+    let o = run(&[
+        "lrs2",
+        "--root",
+        "r",
+        "--out",
+        "s3://bucket/ds",
+        "--stage",
+        "st",
+    ]);
+    let err = String::from_utf8_lossy(&o.stderr);
+    assert!(!o.status.success());
+    assert!(
+        err.contains("publishing to s3://bucket/ds (staging in st)") && err.contains("error: r"),
+        "{err}"
+    );
+    let o = run(&["lrs2", "--root", "s3://bucket/r", "--out", "ds"]);
+    let err = String::from_utf8_lossy(&o.stderr);
+    assert_eq!(o.status.code(), Some(2), "{err}");
+    assert!(err.contains("not object storage"), "{err}");
+    assert!(!dir.path().join("s3:").exists() && !dir.path().join("ftp:").exists());
 }

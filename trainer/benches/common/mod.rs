@@ -74,6 +74,7 @@ pub fn synthetic_dataset(dir: &Path, config: &Config) -> anyhow::Result<PathBuf>
         rank: 0,
         world: 1,
         rebuild: false,
+        publish: None,
     };
     syncdiff_dataprep::ingest::ingest(&opts, config, |_, _, _| {})?;
     Ok(out)

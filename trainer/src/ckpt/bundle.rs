@@ -8,7 +8,7 @@ use std::path::Path;
 use serde::{Deserialize, Serialize};
 
 use super::format::FileEntry;
-use super::store::sha256_file;
+use super::sha256_file;
 use super::CkptError;
 
 /// The description of a bundle, written last.

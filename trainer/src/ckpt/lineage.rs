@@ -16,8 +16,8 @@
 
 use super::format::{self, MANIFEST};
 use super::load::Listed;
-use super::store::Store;
 use super::CkptError;
+use super::Store;
 
 /// Directory under a checkpoint URL that holds checkpoints moved out of the way.
 pub const SET_ASIDE: &str = "set-aside";

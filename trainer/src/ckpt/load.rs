@@ -7,8 +7,8 @@ use std::path::{Path, PathBuf};
 use tch::Tensor;
 
 use super::format::{self, Manifest, TrainerState};
-use super::store::Store;
 use super::CkptError;
+use super::Store;
 
 /// A checkpoint directory as listed.
 #[derive(Debug, Clone)]

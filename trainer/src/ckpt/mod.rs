@@ -10,7 +10,6 @@ mod load;
 mod resume;
 mod safetensors;
 mod save;
-mod store;
 
 pub use bundle::{BundleInfo, BUNDLE};
 pub use compat::{check_compatible, flatten};
@@ -24,7 +23,9 @@ pub use resume::{resume, ResumePolicy, Resumed};
 #[cfg(feature = "fault-injection")]
 pub use save::FAULT_KILL_AFTER_ENV;
 pub use save::{apply_retention, to_host, write, Retention, SaveReport, Saver, Snapshot};
-pub use store::{hex, safe_url, sha256_file, Retry, Store, StoreOptions};
+pub use syncdiff_dataprep::objstore::{
+    hex, safe_url, sha256_file, ObjError, Retry, Store, StoreOptions,
+};
 
 /// Checkpoint errors. Messages name the URL or file; none holds a credential.
 #[derive(Debug, thiserror::Error)]
@@ -104,4 +105,25 @@ pub enum CkptError {
     /// Another rank failed during the resume.
     #[error("resume: {0}")]
     Resume(String),
+}
+
+/// Storage errors in checkpoint terms (a bad URL is `checkpoint.url`'s).
+impl From<ObjError> for CkptError {
+    fn from(e: ObjError) -> Self {
+        match e {
+            ObjError::Url { url, message } => Self::Url { url, message },
+            ObjError::Storage {
+                url,
+                what,
+                attempts,
+                message,
+            } => Self::Storage {
+                url,
+                what,
+                attempts,
+                message,
+            },
+            ObjError::NoLocation { url } => Self::NoLocation { url },
+        }
+    }
 }

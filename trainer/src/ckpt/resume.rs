@@ -215,6 +215,7 @@ pub fn resume(
     // Rank 0 has its copy; the first rank of every other node downloads one.
     let fetched = if leader && !rt.is_main() {
         Store::open_read(&base, store.retry())
+            .map_err(CkptError::from)
             .and_then(|s| fetch(&s, &dir, &manifest, &local))
             .map_err(|e| e.to_string())
     } else {

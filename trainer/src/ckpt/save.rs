@@ -12,8 +12,8 @@ use tch::Tensor;
 use super::format::{self, FileEntry, Manifest, TrainerState};
 use super::load::list;
 use super::safetensors::encode;
-use super::store::Store;
 use super::CkptError;
+use super::Store;
 
 /// Test-only fault injection (cargo feature `fault-injection`): `FILE@STEP` kills the process
 /// (abort) right after uploading that file of the checkpoint of that step, leaving a save cut

@@ -34,7 +34,7 @@ use sha2::{Digest, Sha256};
 use syncdiff_dataprep::store::Manifest;
 use syncdiff_model::config::Config;
 
-use crate::ckpt::{hex, safe_url, CkptError, Retry, Store};
+use crate::ckpt::{hex, safe_url, ObjError, Retry, Store};
 
 /// With the `fault-injection` feature: `N` makes the process exit (as if killed) after
 /// downloading N files into a shard's partial directory.
@@ -277,7 +277,7 @@ pub fn fill(key: &str, url: &str, s: &CacheSettings) -> Result<Filled, CacheErro
         url: safe_url(url),
         message,
     };
-    let store_err = |e: CkptError| remote(e.to_string());
+    let store_err = |e: ObjError| remote(e.to_string());
     let cache = |path: &Path| {
         let path = path.to_path_buf();
         move |e: std::io::Error| CacheError::Cache {

@@ -170,7 +170,7 @@ fn read_checkpoint(url: &str, weights: WeightChoice) -> Result<Loaded, GenerateE
             "{url}: no such bundle directory or checkpoint location"
         )));
     }
-    let store = Store::open_read(base, retry)?;
+    let store = Store::open_read(base, retry).map_err(ckpt::CkptError::from)?;
     let chosen = match dir {
         Some(dir) => ckpt::exact(&store, dir, tmp.path())?,
         None => ckpt::newest_valid(&store, tmp.path())?.ok_or_else(|| {

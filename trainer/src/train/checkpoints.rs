@@ -46,13 +46,16 @@ impl Checkpoints {
     /// a data set encoded with other autoencoder weights than the configured ones.
     pub fn open(config: &Config, rt: &Runtime, ds: &Dataset) -> Result<Self, TrainError> {
         let c = &config.checkpoint;
-        let store = Arc::new(Store::open(
-            &c.url,
-            Retry {
-                attempts: c.retries,
-                backoff: Duration::from_secs_f64(c.retry_backoff_s),
-            },
-        )?);
+        let store = Arc::new(
+            Store::open(
+                &c.url,
+                Retry {
+                    attempts: c.retries,
+                    backoff: Duration::from_secs_f64(c.retry_backoff_s),
+                },
+            )
+            .map_err(crate::ckpt::CkptError::from)?,
+        );
         let mut external = std::collections::BTreeMap::new();
         for (key, path) in [
             ("vq_f4", &config.model.autoencoder.weights),

@@ -86,6 +86,7 @@ pub fn ingest(root: &Path, split: &str, out: &Path, cfg: &syncdiff_model::config
         rank: 0,
         world: 1,
         rebuild: false,
+        publish: None,
     };
     syncdiff_dataprep::ingest::ingest(&opts, cfg, |_, _, _| {}).unwrap();
 }

@@ -333,3 +333,92 @@ fn ranks_of_a_node_fetch_each_shard_once_and_missing_data_sets_are_named() {
         "{err}"
     );
 }
+
+#[test]
+fn dataprep_publishes_to_s3_from_two_tasks_with_the_manifest_last_and_equal_to_disk() {
+    let _torch = common::torch();
+    let dir = tempfile::tempdir().unwrap();
+    let moto = MotoServer::start();
+    moto.create_bucket("data");
+    let url = "s3://data/published";
+    let cfg = syncdiff_model::config::Config::load(
+        &repo().join("configs/debug.yaml"),
+        &[syncdiff_model::config::Override::parse("data.clips_per_shard=1").unwrap()],
+    )
+    .unwrap();
+    let on_disk = common::prepared(dir.path(), "train", &["data.clips_per_shard=1"]);
+    let store = syncdiff_trainer::ckpt::Store::open_with_options(
+        url,
+        syncdiff_trainer::ckpt::Retry {
+            attempts: 2,
+            backoff: std::time::Duration::from_millis(100),
+        },
+        &moto.options(),
+    )
+    .unwrap();
+    // Two tasks (ranks 0 and 1 of 2) on "different nodes": each its own staging directory.
+    for rank in 0..2 {
+        let opts = syncdiff_dataprep::ingest::IngestOptions {
+            layout: syncdiff_dataprep::layout::Layout::Lrs2,
+            root: common::synthetic().to_path_buf(),
+            split: "train".into(),
+            out: dir.path().join(format!("stage-{rank}")),
+            batch: 16,
+            half: false,
+            rank,
+            world: 2,
+            rebuild: false,
+            publish: Some(std::sync::Arc::new(
+                syncdiff_dataprep::publish::Publish::open_with_options(url, &moto.options())
+                    .unwrap(),
+            )),
+        };
+        let report = syncdiff_dataprep::ingest::ingest(&opts, &cfg, |_, _, _| {}).unwrap();
+        assert_eq!(report.built, 2);
+        let names: Vec<String> = store
+            .list_files("")
+            .unwrap()
+            .into_iter()
+            .map(|f| f.0)
+            .collect();
+        // The first task's shards are up, whole (entry.json included), but no manifest: the
+        // data set is not readable until the last shard is there.
+        assert_eq!(
+            names.contains(&"manifest.json".to_string()),
+            rank == 1,
+            "{names:?}"
+        );
+        assert_eq!(report.manifest_written, rank == 1);
+    }
+    let remote: BTreeMap<String, Vec<u8>> = store
+        .list_files("")
+        .unwrap()
+        .into_iter()
+        .map(|(n, _)| {
+            let b = store.get_bytes(&n).unwrap();
+            (n, b)
+        })
+        .collect();
+    assert_eq!(
+        remote,
+        files(&on_disk),
+        "the published data set differs from the one on disk"
+    );
+    // A third run with an empty staging directory finds every shard finished in the store.
+    let opts = syncdiff_dataprep::ingest::IngestOptions {
+        layout: syncdiff_dataprep::layout::Layout::Lrs2,
+        root: common::synthetic().to_path_buf(),
+        split: "train".into(),
+        out: dir.path().join("stage-new"),
+        batch: 16,
+        half: false,
+        rank: 0,
+        world: 1,
+        rebuild: false,
+        publish: Some(std::sync::Arc::new(
+            syncdiff_dataprep::publish::Publish::open_with_options(url, &moto.options()).unwrap(),
+        )),
+    };
+    let report = syncdiff_dataprep::ingest::ingest(&opts, &cfg, |_, _, _| {}).unwrap();
+    assert_eq!((report.built, report.skipped), (0, 4));
+}

@@ -1,25 +1,55 @@
-//! One storage layer over object_store: local paths and `file://`, `s3://`, `gs://`, `az://`.
+//! One storage layer over object_store, for data sets and checkpoints: local paths and
+//! `file://`, `s3://`, `gs://`, `az://`.
 //! Credentials come from the environment (or instance metadata) through object_store's builders;
 //! or explicitly as [`StoreOptions`]; nothing secret is taken from URLs or configs, and error
 //! messages pass through [`syncdiff_model::config::redact_secrets`].
 //!
 //! The API is blocking (the trainer is not async): each store owns a small tokio runtime. Every
-//! operation is retried with exponential backoff (`checkpoint.retries`, `retry_backoff_s`), each
+//! operation is retried with exponential backoff (for checkpoints: `checkpoint.retries`, `retry_backoff_s`), each
 //! failed attempt reported on stderr.
 
 use std::path::Path;
 use std::sync::Arc;
 use std::time::Duration;
 
+pub use crate::hash::{hex, sha256_file};
 use futures::StreamExt;
 use object_store::path::Path as ObjPath;
 use object_store::{ObjectStore, ObjectStoreExt, PutPayload, RetryConfig, WriteMultipart};
 use sha2::{Digest, Sha256};
-pub use syncdiff_dataprep::hash::{hex, sha256_file};
 
 use syncdiff_model::config::redact_secrets;
 
-use super::CkptError;
+/// A storage operation that failed (after its retries) or a location that cannot be used.
+#[derive(Debug, thiserror::Error)]
+pub enum ObjError {
+    /// The URL cannot be used.
+    #[error("{url}: {message}")]
+    Url {
+        /// URL (redacted).
+        url: String,
+        /// Why.
+        message: String,
+    },
+    /// A storage operation failed after its retries.
+    #[error("{what} {url} failed after {attempts} attempt(s): {message}")]
+    Storage {
+        /// Object URL.
+        url: String,
+        /// upload, download, list or delete.
+        what: String,
+        /// Attempts made.
+        attempts: u32,
+        /// The last error (credentials redacted).
+        message: String,
+    },
+    /// A location opened for reading does not exist (distinct from one that holds nothing).
+    #[error("{url}: no such directory")]
+    NoLocation {
+        /// URL.
+        url: String,
+    },
+}
 
 /// Part size of multipart uploads (S3 needs at least 5 MiB per part).
 const PART: usize = 16 << 20;
@@ -55,7 +85,7 @@ pub struct Retry {
     pub backoff: Duration,
 }
 
-/// A checkpoint location: an object store and a prefix inside it.
+/// A storage location: an object store and a prefix inside it.
 pub struct Store {
     inner: Arc<dyn ObjectStore>,
     prefix: ObjPath,
@@ -104,7 +134,7 @@ fn http_retry() -> RetryConfig {
 impl Store {
     /// Opens `url` to write checkpoints: a local path, `file:///abs/dir`, `s3://bucket/prefix`,
     /// `gs://bucket/prefix` or `az://container/prefix`. Local directories are created.
-    pub fn open(url: &str, retry: Retry) -> Result<Self, CkptError> {
+    pub fn open(url: &str, retry: Retry) -> Result<Self, ObjError> {
         Self::open_with(url, retry, true, &StoreOptions::default())
     }
 
@@ -113,13 +143,13 @@ impl Store {
         url: &str,
         retry: Retry,
         options: &StoreOptions,
-    ) -> Result<Self, CkptError> {
+    ) -> Result<Self, ObjError> {
         Self::open_with(url, retry, true, options)
     }
 
     /// Opens `url` to read only: nothing is created, and a local directory that does not exist is
-    /// an error ([`CkptError::NotFound`]), not an empty location.
-    pub fn open_read(url: &str, retry: Retry) -> Result<Self, CkptError> {
+    /// an error ([`ObjError::NoLocation`]), not an empty location.
+    pub fn open_read(url: &str, retry: Retry) -> Result<Self, ObjError> {
         Self::open_with(url, retry, false, &StoreOptions::default())
     }
 
@@ -128,8 +158,8 @@ impl Store {
         retry: Retry,
         create: bool,
         options: &StoreOptions,
-    ) -> Result<Self, CkptError> {
-        let bad = |message: String| CkptError::Url {
+    ) -> Result<Self, ObjError> {
+        let bad = |message: String| ObjError::Url {
             url: safe_url(url),
             message,
         };
@@ -146,14 +176,14 @@ impl Store {
         fn keyed<K: std::str::FromStr>(
             options: &StoreOptions,
             url: &str,
-        ) -> Result<Vec<(K, String)>, CkptError> {
+        ) -> Result<Vec<(K, String)>, ObjError> {
             options
                 .0
                 .iter()
                 .map(|(k, v)| {
                     k.parse()
                         .map(|key| (key, v.clone()))
-                        .map_err(|_| CkptError::Url {
+                        .map_err(|_| ObjError::Url {
                             url: safe_url(url),
                             message: format!("unknown store option {k:?} for this scheme"),
                         })
@@ -174,7 +204,7 @@ impl Store {
                     std::fs::create_dir_all(dir)
                         .map_err(|e| bad(format!("cannot create the directory: {e}")))?;
                 } else if !Path::new(dir).is_dir() {
-                    return Err(CkptError::NoLocation { url: safe_url(url) });
+                    return Err(ObjError::NoLocation { url: safe_url(url) });
                 }
                 let fs = object_store::local::LocalFileSystem::new_with_prefix(dir)
                     .map_err(store_err)?;
@@ -215,7 +245,7 @@ impl Store {
         };
         let rt = tokio::runtime::Builder::new_multi_thread()
             .worker_threads(2)
-            .thread_name("ckpt-io")
+            .thread_name("store-io")
             .enable_all()
             .build()
             .map_err(|e| bad(format!("cannot start the I/O runtime: {e}")))?;
@@ -259,7 +289,7 @@ impl Store {
         what: &str,
         rel: &str,
         mut op: impl FnMut() -> Result<T, object_store::Error>,
-    ) -> Result<T, CkptError> {
+    ) -> Result<T, ObjError> {
         let mut wait = self.retry.backoff;
         let mut attempt = 1;
         loop {
@@ -278,7 +308,7 @@ impl Store {
                     attempt += 1;
                 }
                 Err(e) => {
-                    return Err(CkptError::Storage {
+                    return Err(ObjError::Storage {
                         url: self.display(rel),
                         what: what.to_string(),
                         attempts: attempt,
@@ -290,7 +320,7 @@ impl Store {
     }
 
     /// Writes `data` to `rel` in one request.
-    pub fn put_bytes(&self, rel: &str, data: &[u8]) -> Result<(), CkptError> {
+    pub fn put_bytes(&self, rel: &str, data: &[u8]) -> Result<(), ObjError> {
         let path = self.path(rel);
         let payload = bytes::Bytes::copy_from_slice(data);
         self.retrying("upload", rel, || {
@@ -303,7 +333,7 @@ impl Store {
     /// Uploads the concatenation of `chunks` to `rel` (one request up to 32 MiB, else a
     /// multipart upload, aborted when it fails); returns its size and sha256, computed from the
     /// bytes sent.
-    pub fn put_chunks(&self, rel: &str, chunks: &[&[u8]]) -> Result<(u64, String), CkptError> {
+    pub fn put_chunks(&self, rel: &str, chunks: &[&[u8]]) -> Result<(u64, String), ObjError> {
         let size: u64 = chunks.iter().map(|c| c.len() as u64).sum();
         if size <= SINGLE_PUT_MAX {
             let data = chunks.concat();
@@ -337,7 +367,7 @@ impl Store {
     }
 
     /// Reads `rel` whole.
-    pub fn get_bytes(&self, rel: &str) -> Result<Vec<u8>, CkptError> {
+    pub fn get_bytes(&self, rel: &str) -> Result<Vec<u8>, ObjError> {
         let path = self.path(rel);
         self.retrying("download", rel, || {
             self.rt.block_on(async {
@@ -348,7 +378,7 @@ impl Store {
     }
 
     /// Downloads `rel` into the local file `dest`; returns its size and sha256.
-    pub fn get_file(&self, rel: &str, dest: &Path) -> Result<(u64, String), CkptError> {
+    pub fn get_file(&self, rel: &str, dest: &Path) -> Result<(u64, String), ObjError> {
         use std::io::Write;
         let path = self.path(rel);
         self.retrying("download", rel, || {
@@ -369,7 +399,7 @@ impl Store {
     }
 
     /// Names of the "directories" directly under the prefix.
-    pub fn list_dirs(&self) -> Result<Vec<String>, CkptError> {
+    pub fn list_dirs(&self) -> Result<Vec<String>, ObjError> {
         let prefix = (!self.prefix.as_ref().is_empty()).then_some(&self.prefix);
         let listed = self.retrying("list", "", || {
             self.rt.block_on(self.inner.list_with_delimiter(prefix))
@@ -384,7 +414,7 @@ impl Store {
     }
 
     /// Objects under `dir` (relative names and sizes).
-    pub fn list_files(&self, dir: &str) -> Result<Vec<(String, u64)>, CkptError> {
+    pub fn list_files(&self, dir: &str) -> Result<Vec<(String, u64)>, ObjError> {
         let path = self.path(dir);
         let metas = self.retrying("list", dir, || {
             self.rt.block_on(async {
@@ -408,7 +438,7 @@ impl Store {
     }
 
     /// Copies the object `from` to `to` inside the store (server-side where the store can).
-    pub fn copy(&self, from: &str, to: &str) -> Result<(), CkptError> {
+    pub fn copy(&self, from: &str, to: &str) -> Result<(), ObjError> {
         let (src, dst) = (self.path(from), self.path(to));
         self.retrying("copy", from, || {
             self.rt.block_on(self.inner.copy(&src, &dst))
@@ -416,13 +446,13 @@ impl Store {
     }
 
     /// Deletes the object `rel`.
-    pub fn delete(&self, rel: &str) -> Result<(), CkptError> {
+    pub fn delete(&self, rel: &str) -> Result<(), ObjError> {
         let path = self.path(rel);
         self.retrying("delete", rel, || self.rt.block_on(self.inner.delete(&path)))
     }
 
     /// Deletes every object under `dir`.
-    pub fn delete_dir(&self, dir: &str) -> Result<(), CkptError> {
+    pub fn delete_dir(&self, dir: &str) -> Result<(), ObjError> {
         for (name, _) in self.list_files(dir)? {
             self.delete(&format!("{dir}/{name}"))?;
         }
