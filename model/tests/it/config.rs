@@ -285,8 +285,8 @@ fn validation_names_the_key() {
         e.starts_with("--set data.val_dataset=http://host/val: data.val_dataset: http://host/val: unsupported scheme http://"),
         "{e}"
     );
-    let e = yaml_err("train: {}\n", &["data.dataset=s3://key:secret@bucket/x"]);
-    assert!(e.contains("data.dataset") && !e.contains("secret"), "{e}");
+    let e = yaml_err("train: {}\n", &["data.dataset=s3://key:hunter2@bucket/x"]);
+    assert!(e.contains("data.dataset") && !e.contains("hunter2"), "{e}");
     let e = yaml_err("train: {}\n", &["data.cache.max_gb=0"]);
     assert!(e.contains("data.cache.max_gb"), "{e}");
 }
