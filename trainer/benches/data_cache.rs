@@ -45,7 +45,10 @@ fn read_all(root: &Path) -> anyhow::Result<f64> {
 fn main() -> anyhow::Result<()> {
     let reps = env_or("BENCH_REPS", 9);
     let dir = tempfile::tempdir()?;
-    let config = with_dataset(dir.path(), debug_config(&["data.clips_per_shard=2", "data.resolution=256"])?)?;
+    let config = with_dataset(
+        dir.path(),
+        debug_config(&["data.clips_per_shard=2", "data.resolution=256"])?,
+    )?;
     let local = std::path::PathBuf::from(&config.data.dataset);
 
     // A real S3 server on loopback; object_store reads its settings from the environment.

@@ -28,3 +28,4 @@ mod slurm;
 mod step;
 mod tensorboard;
 mod tools;
+mod two_nodes;
