@@ -220,6 +220,45 @@ fn the_time_limit_signal_stops_saves_and_requeues_and_the_requeued_job_resumes()
         &["CANCELLED", "COMPLETED", "FAILED"],
         Duration::from_secs(60),
     );
+    // The state saved at the signal is the state of an uninterrupted run of k steps (constant
+    // learning rate: nothing depends on train.steps); resuming from such a state is bit-identical
+    // (the batch-signal test above).
+    let local = dir.path().join("k-steps");
+    let o = common::mpirun(2)
+        .args(["--config", "configs/debug.yaml", "--resume", "never"])
+        .args(train_sets(
+            common::dataset(),
+            &local.display().to_string(),
+            &logs,
+            k,
+            100_000,
+        ))
+        .args(["--set", "dist.cpu_threads=1"])
+        .output()
+        .unwrap();
+    assert!(o.status.success(), "{}", text(&o).1);
+    let m: serde_json::Value = serde_json::from_slice(
+        &std::fs::read(local.join(format!("step-{k:09}/manifest.json"))).unwrap(),
+    )
+    .unwrap();
+    let mut uninterrupted: Vec<(String, String)> = m["files"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .filter(|f| f["name"].as_str().unwrap().ends_with(".safetensors"))
+        .map(|f| {
+            (
+                f["name"].as_str().unwrap().to_string(),
+                f["sha256"].as_str().unwrap().to_string(),
+            )
+        })
+        .collect();
+    uninterrupted.sort();
+    assert_eq!(
+        s3_hashes(&moto, "s3://runs/t", k),
+        uninterrupted,
+        "the state saved at the time-limit signal (step {k}) differs from {k} uninterrupted steps"
+    );
 }
 
 /// (SLURM_PROCID, pid) of the job's rank processes.
