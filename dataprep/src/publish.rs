@@ -131,7 +131,8 @@ pub fn default_stage(url: &str) -> PathBuf {
         .join(&h[..16])
 }
 
-fn walk(dir: &Path, out: &mut Vec<PathBuf>) -> std::io::Result<()> {
+/// Appends every file under `dir` (recursively) to `out`.
+pub fn walk(dir: &Path, out: &mut Vec<PathBuf>) -> std::io::Result<()> {
     for e in std::fs::read_dir(dir)? {
         let p = e?.path();
         if p.is_dir() {

@@ -350,10 +350,15 @@ pub fn encode_with(
     w.finish()
 }
 
-/// A scratch file next to `path` for intermediate audio.
+/// A scratch file for intermediate audio of `path`: in the temporary directory (a source
+/// directory may be read-only) and unique to this call, since threads of one process may decode
+/// the same file at once (a clip that is both the video and the audio of a generation job, or
+/// two ingests in one process).
 fn tempfile_for(path: &Path) -> PathBuf {
+    static NEXT: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(0);
+    let n = NEXT.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
     let name = path.file_name().and_then(|n| n.to_str()).unwrap_or("out");
-    path.with_file_name(format!(".{name}.{}.s16", std::process::id()))
+    std::env::temp_dir().join(format!(".syncdiff-{}-{n}-{name}.s16", std::process::id()))
 }
 
 /// A clip decoded in one ffmpeg pass: RGB24 frames and mono int16 audio.

@@ -692,3 +692,34 @@ fn object_store_outputs_are_never_local_directories() {
     assert!(err.contains("not object storage"), "{err}");
     assert!(!dir.path().join("s3:").exists() && !dir.path().join("ftp:").exists());
 }
+
+/// Threads of one process decoding the same clip at once each get the whole clip (the scratch
+/// file for its audio is unique per call; it once lived beside the clip, named by the process,
+/// and one thread deleted another's), and nothing is written beside the source.
+#[test]
+fn one_clip_decoded_by_many_threads_at_once_is_whole_every_time() {
+    let dir = tempfile::tempdir().unwrap();
+    make_synth(dir.path(), 1);
+    let clip = dir.path().join("main/spk00/00001.mp4");
+    let one = video::decode_av(&clip, Some(32), 16000).unwrap();
+    assert!(!one.audio.is_empty());
+    std::thread::scope(|s| {
+        let handles: Vec<_> = (0..8)
+            .map(|_| s.spawn(|| video::decode_av(&clip, Some(32), 16000)))
+            .collect();
+        for h in handles {
+            let d = h.join().unwrap().unwrap();
+            assert_eq!(
+                (d.audio.len(), d.rgb.len()),
+                (one.audio.len(), one.rgb.len())
+            );
+            assert!(d.audio == one.audio);
+        }
+    });
+    let beside: Vec<_> = std::fs::read_dir(dir.path().join("main/spk00"))
+        .unwrap()
+        .map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
+        .filter(|n| n.ends_with(".s16"))
+        .collect();
+    assert!(beside.is_empty(), "{beside:?}");
+}

@@ -3,30 +3,11 @@
 //! data set equals the one a single process writes, file for file.
 #![allow(clippy::unwrap_used)]
 
-use std::collections::BTreeMap;
 use std::path::Path;
 use std::process::Command;
 
 use syncdiff_dataprep::synth::{synth, SynthOptions};
-use syncdiff_devkit::{repo, slurm::cluster};
-
-/// Every file under `root` (relative path -> bytes).
-fn files(root: &Path) -> BTreeMap<String, Vec<u8>> {
-    fn walk(dir: &Path, root: &Path, out: &mut BTreeMap<String, Vec<u8>>) {
-        for e in std::fs::read_dir(dir).unwrap() {
-            let p = e.unwrap().path();
-            if p.is_dir() {
-                walk(&p, root, out);
-            } else {
-                let rel = p.strip_prefix(root).unwrap().display().to_string();
-                out.insert(rel, std::fs::read(&p).unwrap());
-            }
-        }
-    }
-    let mut out = BTreeMap::new();
-    walk(root, root, &mut out);
-    out
-}
+use syncdiff_devkit::{repo, slurm::cluster, tree as files};
 
 #[test]
 fn a_job_array_writes_the_data_set_one_process_writes() {

@@ -561,7 +561,7 @@ pub fn upload(dir: &Path, url: &str, retry: Retry) -> Result<Uploaded, CacheErro
     for shard in &manifest.shards {
         let root = dir.join(&shard.name);
         let mut files = Vec::new();
-        walk(&root, &mut files).map_err(|e| local(&root, &e))?;
+        syncdiff_dataprep::publish::walk(&root, &mut files).map_err(|e| local(&root, &e))?;
         files.sort();
         for f in files {
             let rel = f
@@ -581,16 +581,4 @@ pub fn upload(dir: &Path, url: &str, retry: Retry) -> Result<Uploaded, CacheErro
     out.files += 1;
     out.bytes += bytes.len() as u64;
     Ok(out)
-}
-
-fn walk(dir: &Path, out: &mut Vec<PathBuf>) -> std::io::Result<()> {
-    for e in std::fs::read_dir(dir)? {
-        let p = e?.path();
-        if p.is_dir() {
-            walk(&p, out)?;
-        } else {
-            out.push(p);
-        }
-    }
-    Ok(())
 }

@@ -102,6 +102,23 @@ pub fn mpirun(n: u32) -> Command {
     c
 }
 
+/// (name, sha256) of every `.safetensors` file a checkpoint's `manifest.json` lists, in its order.
+pub fn tensor_hashes(manifest: &[u8]) -> Vec<(String, String)> {
+    let m: serde_json::Value = serde_json::from_slice(manifest).unwrap();
+    m["files"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .filter(|f| f["name"].as_str().unwrap().ends_with(".safetensors"))
+        .map(|f| {
+            (
+                f["name"].as_str().unwrap().to_string(),
+                f["sha256"].as_str().unwrap().to_string(),
+            )
+        })
+        .collect()
+}
+
 /// stdout and stderr of a finished command.
 pub fn text(o: &Output) -> (String, String) {
     (

@@ -11,6 +11,7 @@ use std::path::{Path, PathBuf};
 use std::process::{Command, Output};
 
 use common::{repo, text, MotoServer};
+use syncdiff_devkit::tree as files;
 
 fn syncdiff(moto: &MotoServer, args: &[&str]) -> Output {
     Command::new(env!("CARGO_BIN_EXE_syncdiff"))
@@ -38,26 +39,6 @@ fn fetch(moto: &MotoServer, url: &str, cache: &Path, max_gb: f64, env: &[(&str, 
         .args(["--set", &format!("data.cache.max_gb={max_gb}")])
         .output()
         .unwrap()
-}
-
-/// Every file under `root` (relative path -> bytes), the cache's own bookkeeping left out.
-fn files(root: &Path) -> BTreeMap<String, Vec<u8>> {
-    fn walk(dir: &Path, root: &Path, out: &mut BTreeMap<String, Vec<u8>>) {
-        for e in std::fs::read_dir(dir).unwrap() {
-            let p = e.unwrap().path();
-            if p.is_dir() {
-                walk(&p, root, out);
-            } else {
-                out.insert(
-                    p.strip_prefix(root).unwrap().display().to_string(),
-                    std::fs::read(&p).unwrap(),
-                );
-            }
-        }
-    }
-    let mut out = BTreeMap::new();
-    walk(root, root, &mut out);
-    out
 }
 
 /// The shard files of a data set directory (what the cache must reproduce exactly).
@@ -399,10 +380,17 @@ fn dataprep_publishes_to_s3_from_two_tasks_with_the_manifest_last_and_equal_to_d
             (n, b)
         })
         .collect();
-    assert_eq!(
-        remote,
-        files(&on_disk),
-        "the published data set differs from the one on disk"
+    let local = files(&on_disk);
+    let differ: Vec<&String> = remote
+        .keys()
+        .chain(local.keys())
+        .filter(|k| remote.get(*k) != local.get(*k))
+        .collect();
+    assert!(
+        differ.is_empty(),
+        "the published data set differs from the one on disk in {differ:?}; rejected: {:?} vs {:?}",
+        String::from_utf8_lossy(remote.get("rejected.jsonl").map_or(&[][..], |v| v)),
+        String::from_utf8_lossy(local.get("rejected.jsonl").map_or(&[][..], |v| v))
     );
     // A third run with an empty staging directory finds every shard finished in the store.
     let opts = syncdiff_dataprep::ingest::IngestOptions {

@@ -74,20 +74,7 @@ fn wait_for(rx: &mpsc::Receiver<String>, needle: &str, seen: &mut Vec<String>) {
 }
 
 fn manifest_hashes(dir: &Path) -> Vec<(String, String)> {
-    let m: serde_json::Value =
-        serde_json::from_slice(&std::fs::read(dir.join("manifest.json")).unwrap()).unwrap();
-    m["files"]
-        .as_array()
-        .unwrap()
-        .iter()
-        .filter(|f| f["name"].as_str().unwrap().ends_with(".safetensors"))
-        .map(|f| {
-            (
-                f["name"].as_str().unwrap().to_string(),
-                f["sha256"].as_str().unwrap().to_string(),
-            )
-        })
-        .collect()
+    common::tensor_hashes(&std::fs::read(dir.join("manifest.json")).unwrap())
 }
 
 const STEPS: u64 = 40;

@@ -72,19 +72,7 @@ fn s3_hashes(moto: &MotoServer, url: &str, step: u64) -> Vec<(String, String)> {
     let m = store
         .get_bytes(&format!("step-{step:09}/manifest.json"))
         .unwrap();
-    let m: serde_json::Value = serde_json::from_slice(&m).unwrap();
-    let mut v: Vec<(String, String)> = m["files"]
-        .as_array()
-        .unwrap()
-        .iter()
-        .filter(|f| f["name"].as_str().unwrap().ends_with(".safetensors"))
-        .map(|f| {
-            (
-                f["name"].as_str().unwrap().to_string(),
-                f["sha256"].as_str().unwrap().to_string(),
-            )
-        })
-        .collect();
+    let mut v = common::tensor_hashes(&m);
     v.sort();
     v
 }
@@ -237,22 +225,9 @@ fn the_time_limit_signal_stops_saves_and_requeues_and_the_requeued_job_resumes()
         .output()
         .unwrap();
     assert!(o.status.success(), "{}", text(&o).1);
-    let m: serde_json::Value = serde_json::from_slice(
+    let mut uninterrupted = common::tensor_hashes(
         &std::fs::read(local.join(format!("step-{k:09}/manifest.json"))).unwrap(),
-    )
-    .unwrap();
-    let mut uninterrupted: Vec<(String, String)> = m["files"]
-        .as_array()
-        .unwrap()
-        .iter()
-        .filter(|f| f["name"].as_str().unwrap().ends_with(".safetensors"))
-        .map(|f| {
-            (
-                f["name"].as_str().unwrap().to_string(),
-                f["sha256"].as_str().unwrap().to_string(),
-            )
-        })
-        .collect();
+    );
     uninterrupted.sort();
     assert_eq!(
         s3_hashes(&moto, "s3://runs/t", k),
