@@ -500,7 +500,10 @@ pub fn local(
     }
     let s = CacheSettings::from_config(config, local_rank, local_size);
     let filled = fill(key, location, &s)?;
-    eprintln!("{prefix} {key} {}: {filled}", safe_url(location));
+    // One write for the whole line: ranks share the launcher's stderr, and a line written in
+    // pieces interleaves with other ranks' lines.
+    let line = format!("{prefix} {key} {}: {filled}\n", safe_url(location));
+    let _ = std::io::Write::write_all(&mut std::io::stderr().lock(), line.as_bytes());
     Ok(filled.entry)
 }
 
