@@ -13,6 +13,17 @@ use crate::ingest::IngestError;
 use crate::objstore::{safe_url, ObjError, Retry, Store, StoreOptions};
 use crate::store::shard_name;
 
+/// What an upload sent.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct Uploaded {
+    /// Files sent.
+    pub files: u64,
+    /// Bytes sent.
+    pub bytes: u64,
+    /// Files already in the store at the same size, not sent again.
+    pub skipped: u64,
+}
+
 /// The store a data set is published to.
 #[derive(Debug)]
 pub struct Publish {
@@ -78,8 +89,24 @@ impl Publish {
 
     /// Uploads the finished shard `i` from `out`: every file, `entry.json` last.
     pub fn push_shard(&self, out: &Path, i: usize) -> Result<(), IngestError> {
-        let name = shard_name(i);
-        let root = out.join(&name);
+        self.push_dir(
+            out,
+            &shard_name(i),
+            &Default::default(),
+            &mut Uploaded::default(),
+        )
+    }
+
+    /// Uploads the files of `out/dir` whose size differs from `there` (the store's listing),
+    /// `entry.json` last, so a shard with an `entry.json` in the store is whole.
+    fn push_dir(
+        &self,
+        out: &Path,
+        dir: &str,
+        there: &std::collections::HashMap<String, u64>,
+        sent: &mut Uploaded,
+    ) -> Result<(), IngestError> {
+        let root = out.join(dir);
         let mut files = Vec::new();
         walk(&root, &mut files).map_err(io(&root))?;
         files.sort_by_key(|p| (p.file_name().is_some_and(|n| n == "entry.json"), p.clone()));
@@ -90,19 +117,59 @@ impl Publish {
                 .to_string_lossy()
                 .into_owned();
             let data = std::fs::read(&f).map_err(io(&f))?;
+            if there.get(&rel) == Some(&(data.len() as u64)) {
+                sent.skipped += 1;
+                continue;
+            }
             self.store.put_chunks(&rel, &[&data])?;
+            sent.files += 1;
+            sent.bytes += data.len() as u64;
         }
         Ok(())
     }
 
-    /// Uploads `rejected.jsonl`, then `manifest.json`, from `out`.
-    pub fn push_manifest(&self, out: &Path) -> Result<(), IngestError> {
+    /// Uploads the prepared data set `dir` (which has its manifest): every shard as
+    /// [`Publish::push_shard`] does, skipping files already in the store at the same size (an
+    /// interrupted upload resumes), then `rejected.jsonl` and `manifest.json`.
+    pub fn push_dataset(&self, dir: &Path) -> Result<Uploaded, IngestError> {
+        let mp = dir.join("manifest.json");
+        let text = std::fs::read(&mp).map_err(|e| IngestError::Io {
+            path: mp.clone(),
+            message: format!(
+                "{e}; a data set without manifest.json is incomplete: finish syncdiff-dataprep first"
+            ),
+        })?;
+        let manifest: crate::store::Manifest =
+            serde_json::from_slice(&text).map_err(|e| IngestError::Io {
+                path: mp.clone(),
+                message: e.to_string(),
+            })?;
+        let there: std::collections::HashMap<String, u64> =
+            self.store.list_files("")?.into_iter().collect();
+        let mut sent = Uploaded::default();
+        for shard in &manifest.shards {
+            self.push_dir(dir, &shard.name, &there, &mut sent)?;
+        }
+        let (files, sent_bytes) = self.push_manifest(dir)?;
+        sent.files += files;
+        sent.bytes += sent_bytes;
+        Ok(sent)
+    }
+
+    /// Uploads `rejected.jsonl` (when there is one), then `manifest.json`, from `out`; the
+    /// files and bytes sent.
+    pub fn push_manifest(&self, out: &Path) -> Result<(u64, u64), IngestError> {
+        let mut sent = (0, 0);
         for name in ["rejected.jsonl", "manifest.json"] {
             let p = out.join(name);
+            if name == "rejected.jsonl" && !p.exists() {
+                continue;
+            }
             let data = std::fs::read(&p).map_err(io(&p))?;
             self.store.put_bytes(name, &data)?;
+            sent = (sent.0 + 1, sent.1 + data.len() as u64);
         }
-        Ok(())
+        Ok(sent)
     }
 
     /// Removes the store's manifest (before shards are rebuilt: it would describe old ones).

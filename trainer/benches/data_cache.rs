@@ -84,7 +84,7 @@ fn main() -> anyhow::Result<()> {
         attempts: 2,
         backoff: std::time::Duration::from_millis(200),
     };
-    remote::upload(&local, url, retry)?;
+    remote::upload(&local, url)?;
     let settings = CacheSettings {
         dir: dir.path().join("cache"),
         max_bytes: 1 << 34,

@@ -31,6 +31,8 @@ use std::path::{Path, PathBuf};
 use std::sync::Mutex;
 
 use sha2::{Digest, Sha256};
+use syncdiff_dataprep::publish::Publish;
+pub use syncdiff_dataprep::publish::Uploaded;
 use syncdiff_dataprep::store::Manifest;
 use syncdiff_model::config::Config;
 
@@ -507,81 +509,16 @@ pub fn local(
     Ok(filled.entry)
 }
 
-/// What [`upload`] did.
-#[derive(Debug, Clone, Default, PartialEq, Eq)]
-pub struct Uploaded {
-    /// Files sent and their bytes.
-    pub files: u64,
-    /// Bytes sent.
-    pub bytes: u64,
-    /// Files already in the store at the same size, not sent again.
-    pub skipped: u64,
-}
-
-/// Uploads the prepared data set `dir` to `url`: every shard's files, then `rejected.jsonl`, then
-/// `manifest.json` last, so that a reader never finds a manifest whose shards are not all there.
-/// Files already in the store with the same size are skipped (an interrupted upload resumes).
-pub fn upload(dir: &Path, url: &str, retry: Retry) -> Result<Uploaded, CacheError> {
+/// Uploads the prepared data set `dir` to `url`: every shard's files (`entry.json` last), then
+/// `rejected.jsonl`, then `manifest.json` last, so that a reader never finds a manifest whose
+/// shards are not all there. Files already in the store with the same size are skipped (an
+/// interrupted upload resumes). The same uploader as `syncdiff-dataprep --out URL`.
+pub fn upload(dir: &Path, url: &str) -> Result<Uploaded, CacheError> {
     let remote = |message: String| CacheError::Remote {
         key: "upload".into(),
         url: safe_url(url),
         message,
     };
-    let local = |path: &Path, e: &dyn std::fmt::Display| CacheError::Remote {
-        key: "upload".into(),
-        url: path.display().to_string(),
-        message: e.to_string(),
-    };
-    let mp = dir.join("manifest.json");
-    let bytes = std::fs::read(&mp).map_err(|e| {
-        local(
-            &mp,
-            &format!("{e}; a data set without manifest.json is incomplete: finish syncdiff-dataprep first"),
-        )
-    })?;
-    let manifest: Manifest = serde_json::from_slice(&bytes).map_err(|e| local(&mp, &e))?;
-    let store = Store::open(url, retry).map_err(|e| remote(e.to_string()))?;
-    let mut out = Uploaded::default();
-    let there: std::collections::HashMap<String, u64> = store
-        .list_files("")
-        .map_err(|e| remote(e.to_string()))?
-        .into_iter()
-        .collect();
-    let mut send = |rel: &str| -> Result<(), CacheError> {
-        let path = dir.join(rel);
-        let data = std::fs::read(&path).map_err(|e| local(&path, &e))?;
-        if there.get(rel) == Some(&(data.len() as u64)) {
-            out.skipped += 1;
-            return Ok(());
-        }
-        store
-            .put_chunks(rel, &[&data])
-            .map_err(|e| remote(e.to_string()))?;
-        out.files += 1;
-        out.bytes += data.len() as u64;
-        Ok(())
-    };
-    for shard in &manifest.shards {
-        let root = dir.join(&shard.name);
-        let mut files = Vec::new();
-        syncdiff_dataprep::publish::walk(&root, &mut files).map_err(|e| local(&root, &e))?;
-        files.sort();
-        for f in files {
-            let rel = f
-                .strip_prefix(dir)
-                .unwrap_or(&f)
-                .to_string_lossy()
-                .into_owned();
-            send(&rel)?;
-        }
-    }
-    if dir.join("rejected.jsonl").exists() {
-        send("rejected.jsonl")?;
-    }
-    store
-        .put_bytes("manifest.json", &bytes)
-        .map_err(|e| remote(e.to_string()))?;
-    out.files += 1;
-    out.bytes += bytes.len() as u64;
-    Ok(out)
+    let p = Publish::open(url).map_err(|e| remote(e.to_string()))?;
+    p.push_dataset(dir).map_err(|e| remote(e.to_string()))
 }

@@ -5,7 +5,6 @@ use std::path::PathBuf;
 use clap::Subcommand;
 use syncdiff_dataprep::launch::Launch;
 use syncdiff_model::config::ConfigArgs;
-use syncdiff_trainer::ckpt::Retry;
 use syncdiff_trainer::data::remote;
 
 #[derive(Debug, Subcommand)]
@@ -31,11 +30,7 @@ pub enum Command {
 pub fn run(c: Command) -> anyhow::Result<String> {
     match c {
         Command::Upload { dir, url } => {
-            let retry = Retry {
-                attempts: 4,
-                backoff: std::time::Duration::from_secs(2),
-            };
-            let u = remote::upload(&dir, &url, retry)?;
+            let u = remote::upload(&dir, &url)?;
             Ok(format!(
                 "uploaded {} to {}: {} file(s), {:.1} MB sent, {} already there",
                 dir.display(),
