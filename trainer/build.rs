@@ -2,13 +2,17 @@ include!("../model/tch_link.rs");
 
 fn main() {
     link_libtorch();
-    compile_opcount();
+    compile_torch_shims();
     compile_mpi_in_place();
 }
 
-/// csrc/opcount.cpp against the wheel's headers (the include directory beside its lib/).
-fn compile_opcount() {
-    println!("cargo:rerun-if-changed=csrc/opcount.cpp");
+/// The libtorch shims (csrc/opcount.cpp, csrc/amp.cpp) against the wheel's headers (the
+/// include directory beside its lib/).
+fn compile_torch_shims() {
+    const FILES: [&str; 2] = ["csrc/opcount.cpp", "csrc/amp.cpp"];
+    for f in FILES {
+        println!("cargo:rerun-if-changed={f}");
+    }
     println!("cargo:rerun-if-env-changed=LIBTORCH_CXX11_ABI");
     let Ok(lib) = std::env::var("DEP_TCH_LIBTORCH_LIB") else {
         panic!("torch-sys did not export DEP_TCH_LIBTORCH_LIB: cannot find libtorch's headers");
@@ -18,13 +22,13 @@ fn compile_opcount() {
     let abi = std::env::var("LIBTORCH_CXX11_ABI").unwrap_or_else(|_| "1".into());
     cc::Build::new()
         .cpp(true)
-        .file("csrc/opcount.cpp")
+        .files(FILES)
         .include(&include)
         .std("c++17")
         .define("_GLIBCXX_USE_CXX11_ABI", abi.as_str())
         .warnings(false)
         .flag_if_supported("-Wno-c++20-extensions")
-        .compile("syncdiff_opcount");
+        .compile("syncdiff_torch_shims");
 }
 
 /// csrc/mpi_in_place.c with the MPI compiler (or include paths) that mpi-sys uses.

@@ -41,6 +41,7 @@ fn state(step: u64) -> TrainerState {
         external_weights: Default::default(),
         saved_unix: now_unix(),
         run: Some("run-bench".into()),
+        loss_scale: None,
     }
 }
 

@@ -3,7 +3,7 @@
 
 use syncdiff_model::avhubert::{AvHubert, MelEncoder};
 use syncdiff_model::config::{
-    AudioEncoderKind, AutoencoderKind, BatchPlan, Config, ConfigError, StepPlan,
+    AudioEncoderKind, AutoencoderKind, BatchPlan, Config, ConfigError, Precision, StepPlan,
 };
 use syncdiff_model::syncdiff::SyncDiff;
 use syncdiff_model::temporal::TemporalFilter;
@@ -157,14 +157,21 @@ pub struct MemoryEstimate {
     /// EMA copy of the trainable weights.
     pub ema: i64,
     /// UNet activations kept for backward at the micro-batch (rough estimate; the audio encoder's
-    /// activations over the context are not included).
+    /// activations over the context are not included), at the training precision's element size.
     pub activations: i64,
+    /// bf16/fp16: autocast's low-precision copies of the trainable weights, cached for the
+    /// forward and backward of a step.
+    pub cast_cache: i64,
+    /// `train.precision` the estimate is for.
+    pub precision: Precision,
+    /// The same estimate under fp32, for comparison.
+    pub fp32_total: i64,
 }
 
 impl MemoryEstimate {
     /// Sum of all parts.
     pub fn total(&self) -> i64 {
-        self.weights + self.grads + self.optimizer + self.ema + self.activations
+        self.weights + self.grads + self.optimizer + self.ema + self.cast_cache + self.activations
     }
 }
 
@@ -245,7 +252,10 @@ impl ModelReport {
         let shape = UnetShape::of(m);
         let side = i64::from(config.latent_side());
         let f32b = 4;
-        let memory = MemoryEstimate {
+        let precision = config.train.precision;
+        let activation_elems = shape.activation_floats(side, side) * i64::from(micro_batch);
+        let low = |elems: i64, p: Precision| (p.activation_bytes() * elems as f64) as i64;
+        let mut memory = MemoryEstimate {
             weights: f32b * (trainable + resident_frozen),
             grads: f32b * trainable,
             optimizer: 2 * f32b * trainable,
@@ -254,8 +264,17 @@ impl ModelReport {
             } else {
                 0
             },
-            activations: f32b * shape.activation_floats(side, side) * i64::from(micro_batch),
+            cast_cache: 0,
+            activations: low(activation_elems, Precision::Fp32),
+            precision: Precision::Fp32,
+            fp32_total: 0,
         };
+        memory.fp32_total = memory.total();
+        if precision != Precision::Fp32 {
+            memory.precision = precision;
+            memory.cast_cache = low(trainable + resident_frozen, precision);
+            memory.activations = low(activation_elems, precision);
+        }
         Self { components, memory }
     }
 
@@ -290,11 +309,27 @@ impl ModelReport {
         let trainable: i64 = self.components.iter().filter(|c| c.2).map(|c| c.1).sum();
         let total: i64 = self.components.iter().map(|c| c.1).sum();
         let e = &self.memory;
+        let precision = match e.precision {
+            Precision::Fp32 => String::new(),
+            p => format!(
+                ", {} autocast; fp32 would be ~{}",
+                p.name(),
+                g(e.fp32_total)
+            ),
+        };
+        let cast = match e.precision {
+            Precision::Fp32 => String::new(),
+            p => format!(" + {} weight copies {}", p.name(), g(e.cast_cache)),
+        };
         vec![
             format!("{prefix} parameters: {}", parts.join(", ")),
             format!("{prefix} parameters: trainable {}, total {}", m(trainable), m(total)),
             format!(
-                "{prefix} memory estimate per rank (micro-batch {micro_batch}): weights {} + grads {} + AdamW {} + EMA {} + activations ~{} = ~{}",
+                "{prefix} parameter + optimizer bytes (fp32 master weights, grads, AdamW, EMA): {}",
+                g(e.weights + e.grads + e.optimizer + e.ema)
+            ),
+            format!(
+                "{prefix} memory estimate per rank (micro-batch {micro_batch}{precision}): weights {} + grads {} + AdamW {} + EMA {}{cast} + activations ~{} = ~{}",
                 g(e.weights),
                 g(e.grads),
                 g(e.optimizer),

@@ -68,4 +68,7 @@ pub enum TrainError {
     /// A checkpoint could not be saved or resumed.
     #[error(transparent)]
     Ckpt(#[from] crate::ckpt::CkptError),
+    /// libtorch refused a precision switch (autocast, TF32).
+    #[error("train.precision: {0}")]
+    Amp(#[from] crate::amp::AmpError),
 }

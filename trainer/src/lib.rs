@@ -2,6 +2,7 @@
 //! generation and evaluation. The networks live in `syncdiff-model`; the data format in
 //! `syncdiff-dataprep`.
 
+pub mod amp;
 pub mod cadence;
 pub mod ckpt;
 pub mod data;

@@ -7,8 +7,10 @@ use std::time::{Duration, Instant};
 
 use syncdiff_dataprep::rng::Rng;
 
-use syncdiff_model::config::{BatchPlan, Config, DistBackend, OptimizerKind};
+use syncdiff_model::config::{BatchPlan, Config, DistBackend, OptimizerKind, Precision};
 use tch::{Device, Tensor};
+
+use crate::amp::{unscale_and_check, Autocast, LossScaleState, LossScaler};
 
 use crate::ckpt::{to_host, CkptError, Restored};
 use crate::data::Batch;
@@ -21,8 +23,11 @@ use crate::optim::{bucket_elements, clip_grad_norm, AdamW, Ema, Flat, Optimizer,
 
 /// Test-only fault injection (cargo feature `fault-injection`): `RANK:STEP` perturbs one
 /// parameter on that rank after that step, so the parameter checksum has something to catch.
-#[cfg(feature = "fault-injection")]
 pub const FAULT_DESYNC_ENV: &str = "SYNCDIFF_FAULT_DESYNC";
+
+/// Test-only fault injection: `RANK:STEP` writes an inf into one gradient on that rank before
+/// that step's all-reduce (the fp16 loss scaler must skip the step on every rank).
+pub const FAULT_INF_GRAD_ENV: &str = "SYNCDIFF_FAULT_INF_GRAD";
 
 /// What one optimizer step measured.
 #[derive(Debug, Clone, Copy)]
@@ -33,6 +38,11 @@ pub struct StepStats {
     pub grad_norm: Option<f64>,
     /// Some rank asked to stop after this step.
     pub stop: bool,
+    /// The fp16 loss scale this step ran with (`train.precision: fp16`).
+    pub loss_scale: Option<f32>,
+    /// The step was skipped: its averaged gradients held an inf or NaN (fp16), so the
+    /// parameters, AdamW and EMA did not move.
+    pub skipped: bool,
     /// Waiting for the batches.
     pub data: Duration,
     /// Gradient all-reduce.
@@ -58,7 +68,10 @@ pub struct Trainer<'a> {
     collective_timeout: Duration,
     data_timeout: Duration,
     fault: Option<u64>,
+    inf_fault: Option<u64>,
     seed: u64,
+    precision: Precision,
+    scaler: Option<LossScaler>,
     ema_decay: (f64, bool),
 }
 
@@ -80,11 +93,11 @@ impl std::fmt::Debug for Trainer<'_> {
 }
 
 #[cfg(feature = "fault-injection")]
-fn desync_fault(rank: i32) -> Result<Option<u64>, TrainError> {
-    let Ok(v) = std::env::var(FAULT_DESYNC_ENV) else {
+fn rank_step_fault(var: &str, rank: i32) -> Result<Option<u64>, TrainError> {
+    let Ok(v) = std::env::var(var) else {
         return Ok(None);
     };
-    let bad = || TrainError::Unsupported(format!("{FAULT_DESYNC_ENV}={v}: expected RANK:STEP"));
+    let bad = || TrainError::Unsupported(format!("{var}={v}: expected RANK:STEP"));
     let (r, s) = v.split_once(':').ok_or_else(bad)?;
     let r: i32 = r.parse().map_err(|_| bad())?;
     let s: u64 = s.parse().map_err(|_| bad())?;
@@ -92,7 +105,7 @@ fn desync_fault(rank: i32) -> Result<Option<u64>, TrainError> {
 }
 
 #[cfg(not(feature = "fault-injection"))]
-fn desync_fault(_rank: i32) -> Result<Option<u64>, TrainError> {
+fn rank_step_fault(_var: &str, _rank: i32) -> Result<Option<u64>, TrainError> {
     Ok(None)
 }
 
@@ -107,6 +120,13 @@ impl<'a> Trainer<'a> {
     ) -> Result<Self, TrainError> {
         let t = &config.train;
         let plan = config.batch_plan(rt.world_size() as u32)?;
+        crate::amp::set_tf32(t.tf32)?;
+        if t.tf32 && device == Device::Cpu && rt.is_main() {
+            eprintln!(
+                "{} train.tf32: no effect on CPU (TF32 is a GPU matmul and convolution mode)",
+                rt.prefix()
+            );
+        }
         tch::manual_seed(t.seed as i64);
         let model = TrainModel::new(config, device);
         // Pretrained AV-HuBERT (`syncdiff convert avhubert`), before the broadcast.
@@ -172,8 +192,11 @@ impl<'a> Trainer<'a> {
             grad_clip: t.grad_clip,
             collective_timeout,
             data_timeout: Duration::from_secs(config.dist.data_timeout_s),
-            fault: desync_fault(rt.rank())?,
+            fault: rank_step_fault(FAULT_DESYNC_ENV, rt.rank())?,
+            inf_fault: rank_step_fault(FAULT_INF_GRAD_ENV, rt.rank())?,
             seed: t.seed,
+            precision: t.precision,
+            scaler: (t.precision == Precision::Fp16).then(|| LossScaler::new(&t.loss_scale)),
             ema_decay: (t.ema.decay, t.ema.warmup),
         })
     }
@@ -208,11 +231,19 @@ impl<'a> Trainer<'a> {
         let data = t0.elapsed();
         // The loss stays on the device until the step's one read of it.
         let mut loss_sum: Option<Tensor> = None;
+        let loss_scale = self.scaler.as_ref().map(LossScaler::scale);
         for batch in &batches {
             let batch = batch.to(self.device);
-            // Mean over the rank's samples: each micro-batch contributes its share.
-            let loss = self.model.loss(&batch, true)? / f64::from(self.plan.accumulation);
-            loss.backward();
+            // Mean over the rank's samples: each micro-batch contributes its share. The forward
+            // and the loss under autocast (bf16/fp16), the backward outside it, as PyTorch does.
+            let loss = {
+                let _autocast = Autocast::enter(self.precision, self.device)?;
+                self.model.loss(&batch, true)?
+            } / f64::from(self.plan.accumulation);
+            match loss_scale {
+                Some(s) => (&loss * f64::from(s)).backward(),
+                None => loss.backward(),
+            }
             let loss = loss.detach();
             loss_sum = Some(match loss_sum {
                 Some(sum) => sum + loss,
@@ -222,6 +253,13 @@ impl<'a> Trainer<'a> {
         // A parameter this rank's backward did not reach (an AV-HuBERT layer skipped by
         // layerdrop) keeps its zeroed gradient: every rank reduces the same layout.
         self.flat.check()?;
+        if self.inf_fault == Some(step) {
+            if let Some(g) = self.flat.grads().first() {
+                tch::no_grad(|| {
+                    let _ = g.get(0).fill_(f64::INFINITY);
+                });
+            }
+        }
         let t1 = Instant::now();
         // One rank has nothing to average with: skip the copies.
         let stop = if self.rt.world_size() > 1 {
@@ -233,15 +271,28 @@ impl<'a> Trainer<'a> {
             stop
         };
         let all_reduce = t1.elapsed();
-        let grad_norm = self
-            .grad_clip
-            .map(|c| clip_grad_norm(self.flat.grads(), c))
-            .transpose()?;
-        self.opt.step(lr);
-        self.opt.zero_grad();
-        if let Some(e) = &mut self.ema {
-            e.update();
+        // fp16: unscale the averaged gradients; every rank sees the same ones, so every rank
+        // skips a step with an inf or NaN together.
+        let finite = match &mut self.scaler {
+            Some(scaler) => {
+                let finite = unscale_and_check(self.flat.grads(), scaler.scale())?;
+                scaler.update(!finite);
+                finite
+            }
+            None => true,
+        };
+        let mut grad_norm = None;
+        if finite {
+            grad_norm = self
+                .grad_clip
+                .map(|c| clip_grad_norm(self.flat.grads(), c))
+                .transpose()?;
+            self.opt.step(lr);
+            if let Some(e) = &mut self.ema {
+                e.update();
+            }
         }
+        self.opt.zero_grad();
         if self.fault == Some(step) {
             if let Some(p) = self.flat.params().first() {
                 tch::no_grad(|| {
@@ -257,6 +308,8 @@ impl<'a> Trainer<'a> {
             loss,
             grad_norm,
             stop,
+            loss_scale,
+            skipped: !finite,
             data,
             all_reduce,
             total: t0.elapsed(),
@@ -267,6 +320,16 @@ impl<'a> Trainer<'a> {
     /// communicator here; on an error path it is aborted instead, see `NcclGradSync`).
     pub fn shutdown(&mut self) -> Result<(), TrainError> {
         Ok(self.sync.shutdown()?)
+    }
+
+    /// The fp16 loss scaler's state (none under fp32 and bf16).
+    pub fn loss_scale(&self) -> Option<LossScaleState> {
+        self.scaler.as_ref().map(LossScaler::state)
+    }
+
+    /// The autocast precision of the forward pass.
+    pub fn precision(&self) -> Precision {
+        self.precision
     }
 
     /// Copies of the model, EMA and optimizer tensors in host memory (for a checkpoint).
@@ -303,6 +366,15 @@ impl<'a> Trainer<'a> {
                 eprintln!("warning: {url} has no EMA; the EMA starts from the loaded weights");
                 *e = Ema::new(self.flat.share(), self.ema_decay.0, self.ema_decay.1);
             }
+            (None, _) => {}
+        }
+        match (&mut self.scaler, r.state.loss_scale) {
+            (Some(s), Some(state)) => s.restore(state),
+            (Some(s), None) => eprintln!(
+                "warning: {url} has no fp16 loss scale (saved under another precision); it \
+                 starts at {}",
+                s.scale()
+            ),
             (None, _) => {}
         }
         let _w = self

@@ -7,12 +7,13 @@ use std::path::Path;
 use mpi::collective::{CommunicatorCollectives, SystemOperation};
 use mpi::topology::SimpleCommunicator;
 use syncdiff_dataprep::store::{Dataset, StoreError};
-use syncdiff_model::config::{Config, EpochUnit};
+use syncdiff_model::config::{Config, EpochUnit, Precision};
 use syncdiff_model::syncdiff::{Conditioning, SampleOptions, SyncDiffError};
 use syncdiff_model::vq::Autoencoder;
 use tch::nn::VarStore;
 use tch::{Device, Tensor};
 
+use crate::amp::Autocast;
 use crate::data::{Batch, LoaderState, SampleSpec, Sampler, SamplerError};
 use crate::log::{grid, Rgb};
 use crate::model::TrainModel;
@@ -43,6 +44,9 @@ pub enum ValidateError {
     /// A tensor could not be read back.
     #[error("validation loss: {0}")]
     Tensor(#[from] tch::TchError),
+    /// The autocast region could not be opened.
+    #[error("validation: {0}")]
+    Amp(#[from] crate::amp::AmpError),
 }
 
 /// Mean validation losses over all ranks.
@@ -136,15 +140,18 @@ impl Validator {
         self.len() == 0
     }
 
-    /// Mean losses over every rank's samples (a collective: every rank calls it).
+    /// Mean losses over every rank's samples (a collective: every rank calls it), the forward
+    /// passes under the training precision's autocast.
     pub fn run(
         &self,
         model: &TrainModel,
         device: Device,
+        precision: Precision,
         comm: &SimpleCommunicator,
     ) -> Result<ValLoss, ValidateError> {
         let mut sums = [0.0f64; 3];
         tch::no_grad(|| -> Result<(), ValidateError> {
+            let _autocast = Autocast::enter(precision, device)?;
             for (b, other) in &self.batches {
                 let b = b.to(device);
                 let swapped = b.with_audio_of(&other.to(device));

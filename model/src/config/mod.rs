@@ -17,6 +17,7 @@ mod face;
 mod load;
 mod model;
 mod plan;
+mod precision;
 mod run;
 mod secrets;
 mod validate;
@@ -37,6 +38,7 @@ pub use model::{
     TemporalTokens, UnetConfig,
 };
 pub use plan::{BatchPlan, StepPlan};
+pub use precision::{LossScaleConfig, Precision};
 pub use run::{
     CheckpointConfig, DataCacheConfig, DataConfig, DistBackend, DistConfig, EmaConfig, EpochUnit,
     LogConfig, LrSchedule, OptimizerKind, SampleConfig, SamplerKind, SizeHint, TrainConfig,

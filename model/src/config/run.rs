@@ -2,7 +2,7 @@
 
 use serde::{Deserialize, Serialize};
 
-use super::FaceConfig;
+use super::{FaceConfig, LossScaleConfig, Precision};
 
 /// `data`: the prepared data set and how it is made from LRS2.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -158,6 +158,13 @@ pub struct TrainConfig {
     /// (`null_context`, keyed by the sample's seed), which audio classifier-free guidance
     /// (`sample.guidance`) needs. 0 (the paper): no null context in the model.
     pub audio_dropout: f64,
+    /// `fp32` (default), `bf16` or `fp16`: the autocast precision of the forward pass and loss
+    /// (validation follows it).
+    pub precision: Precision,
+    /// TF32 for matmuls and convolutions on GPUs (a no-op on CPU).
+    pub tf32: bool,
+    /// The dynamic loss scale of `fp16` (GradScaler's rules and defaults).
+    pub loss_scale: LossScaleConfig,
 }
 
 impl Default for TrainConfig {
@@ -181,6 +188,9 @@ impl Default for TrainConfig {
             grad_clip: Some(0.1),
             ema: EmaConfig::default(),
             audio_dropout: 0.0,
+            precision: Precision::Fp32,
+            tf32: false,
+            loss_scale: LossScaleConfig::default(),
         }
     }
 }

@@ -365,6 +365,23 @@ impl Config {
         if let Some(c) = t.grad_clip {
             positive(c, "train.grad_clip")?;
         }
+        let ls = &t.loss_scale;
+        ensure(
+            ls.init_scale.is_finite() && ls.init_scale > 0.0,
+            "train.loss_scale.init_scale",
+            || format!("{}: must be a positive number", ls.init_scale),
+        )?;
+        ensure(
+            ls.growth_factor.is_finite() && ls.growth_factor > 1.0,
+            "train.loss_scale.growth_factor",
+            || format!("{}: must be above 1", ls.growth_factor),
+        )?;
+        ensure(
+            ls.backoff_factor > 0.0 && ls.backoff_factor < 1.0,
+            "train.loss_scale.backoff_factor",
+            || format!("{}: must be in (0, 1)", ls.backoff_factor),
+        )?;
+        positive(ls.growth_interval, "train.loss_scale.growth_interval")?;
         ensure(
             (0.0..=1.0).contains(&t.ema.decay),
             "train.ema.decay",

@@ -4,6 +4,7 @@
     python diffusers_ref.py unet SPEC.json OUTDIR
     python diffusers_ref.py ddim SPEC.json OUTDIR
     python diffusers_ref.py dpmpp SPEC.json OUTDIR
+    python diffusers_ref.py unet_train SPEC.json OUTDIR
 
 Writes OUTDIR/weights.safetensors (every parameter re-randomised, diffusers names),
 OUTDIR/inputs.safetensors and OUTDIR/outputs.safetensors.
@@ -100,6 +101,32 @@ def unet(spec, out, gen):
     save(model, {"sample": sample, "timestep": timestep, "context": context}, {"output": output}, out)
 
 
+def unet_train(spec, out, gen):
+    """One training step's loss and gradients (MSE against a target) in float32 and under
+    torch.autocast("cpu", torch.bfloat16): the forward and the loss inside the region, the
+    backward outside it, as a PyTorch training loop does."""
+    model = build_unet(spec).train()
+    rerandomise(model, gen)
+    b = 2
+    sample = torch.randn(b, spec["in_channels"], spec["size"], spec["size"], generator=gen)
+    timestep = torch.tensor([17, 803], dtype=torch.int64)
+    context = torch.randn(b, spec["tokens"], spec["context_dim"], generator=gen)
+    target = torch.randn(b, spec["out_channels"], spec["size"], spec["size"], generator=gen)
+    outputs = {}
+    for name, dtype in [("fp32", None), ("bf16", torch.bfloat16)]:
+        model.zero_grad(set_to_none=True)
+        with torch.autocast("cpu", dtype=dtype or torch.bfloat16, enabled=dtype is not None):
+            pred = model(sample, timestep, encoder_hidden_states=context).sample
+            loss = torch.nn.functional.mse_loss(pred, target)
+        loss.backward()
+        outputs[f"{name}.loss"] = loss.detach().float().reshape(1)
+        outputs[f"{name}.pred_dtype_bf16"] = torch.tensor([float(pred.dtype == torch.bfloat16)])
+        for k, p in model.named_parameters():
+            outputs[f"{name}.grad.{k}"] = p.grad.detach().clone()
+    inputs = {"sample": sample, "timestep": timestep, "context": context, "target": target}
+    save(model, inputs, outputs, out)
+
+
 def fake_model(x, t):
     """The same deterministic stand-in for a denoiser on both sides of the DDIM test."""
     return 0.7 * torch.sin(x) + 0.1 * (t / 1000.0)
@@ -174,7 +201,7 @@ def main():
     torch.manual_seed(0)
     torch.set_num_threads(spec.get("threads", 1))
     gen = torch.Generator().manual_seed(spec.get("seed", 0))
-    {"vq": vq, "unet": unet, "ddim": ddim, "dpmpp": dpmpp}[kind](spec, out, gen)
+    {"vq": vq, "unet": unet, "ddim": ddim, "dpmpp": dpmpp, "unet_train": unet_train}[kind](spec, out, gen)
 
 
 if __name__ == "__main__":

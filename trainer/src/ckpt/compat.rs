@@ -124,6 +124,7 @@ mod tests {
             external_weights: Default::default(),
             saved_unix: 0,
             run: None,
+            loss_scale: None,
         }
     }
 

@@ -62,6 +62,9 @@ pub struct TrainerState {
     /// The run that wrote it (see [`new_run_id`]); `None` in checkpoints of older builds.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub run: Option<String>,
+    /// The fp16 loss scaler (`train.precision: fp16` only).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub loss_scale: Option<crate::amp::LossScaleState>,
 }
 
 /// One file of a checkpoint.

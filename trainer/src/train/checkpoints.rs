@@ -97,6 +97,7 @@ impl Checkpoints {
                 external_weights: external,
                 saved_unix: 0,
                 run: None,
+                loss_scale: None,
             },
             config_yaml: config.to_yaml(),
             interval: c.interval,
@@ -219,6 +220,7 @@ impl Checkpoints {
                 epoch: at.epoch,
                 consumed: at.consumed,
                 saved_unix: ckpt::now_unix(),
+                loss_scale: trainer.loss_scale(),
                 ..self.state.clone()
             },
             config_yaml: self.config_yaml.clone(),

@@ -21,6 +21,8 @@ struct Interval {
     data: Duration,
     all_reduce: Duration,
     step: Duration,
+    /// fp16 steps skipped on inf/NaN gradients.
+    skipped: u64,
 }
 
 /// Rank 0's output sink.
@@ -104,6 +106,7 @@ impl RunLog {
         self.iv.data += st.data;
         self.iv.all_reduce += st.all_reduce;
         self.iv.step += st.total;
+        self.iv.skipped += u64::from(st.skipped);
         let sps = f64::from(self.global_batch) * (step - self.first) as f64 / self.seconds();
         self.progress.set(step);
         self.progress
@@ -115,11 +118,15 @@ impl RunLog {
         let n = iv.losses.len().max(1) as f64;
         self.last_loss = iv.losses.iter().sum::<f64>() / n;
         if let Some(tb) = &mut self.tb {
-            log_interval(tb, &iv, step, self.last_loss, lr, st.grad_norm, sps)
+            log_interval(tb, &iv, step, self.last_loss, lr, st, sps)
                 .map_err(log_error(&self.dir))?;
+            let scale = match st.loss_scale {
+                Some(scale) => format!(" loss-scale {scale} ({} skipped)", iv.skipped),
+                None => String::new(),
+            };
             self.progress.println(&format!(
                 "{} step {step}/{} loss {:.4} lr {lr:.2e} {sps:.1} samples/s data {:.1} ms \
-                 all-reduce {:.1} ms ({:.0}% of step)",
+                 all-reduce {:.1} ms ({:.0}% of step){scale}",
                 self.prefix,
                 self.total,
                 self.last_loss,
@@ -186,15 +193,19 @@ fn log_interval(
     step: u64,
     loss: f64,
     lr: f64,
-    grad_norm: Option<f64>,
+    st: &StepStats,
     sps: f64,
 ) -> std::io::Result<()> {
     let s = step as i64;
     let n = iv.losses.len().max(1) as f64;
     tb.scalar("train/loss", loss as f32, s)?;
     tb.scalar("train/lr", lr as f32, s)?;
-    if let Some(g) = grad_norm {
+    if let Some(g) = st.grad_norm {
         tb.scalar("train/grad_norm", g as f32, s)?;
+    }
+    if let Some(scale) = st.loss_scale {
+        tb.scalar("train/loss_scale", scale, s)?;
+        tb.scalar("train/skipped_steps", iv.skipped as f32, s)?;
     }
     tb.scalar("train/samples_per_s", sps as f32, s)?;
     tb.scalar("time/step_s", (iv.step.as_secs_f64() / n) as f32, s)?;

@@ -75,7 +75,7 @@ impl Validation {
                     trainer
                         .watchdog()
                         .watch("validation", due.step, trainer.collective_timeout());
-                v.run(&trainer.model, self.device, rt.comm())?
+                v.run(&trainer.model, self.device, trainer.precision(), rt.comm())?
             };
             log.val(due.step, &l)?;
             loss = Some(l);

@@ -36,6 +36,7 @@ pub fn snapshot(step: u64, seed: i64) -> Snapshot {
             external_weights: Default::default(),
             saved_unix: 0,
             run: None,
+            loss_scale: None,
         },
         config_yaml: "train: {}\n".into(),
     }

@@ -50,6 +50,61 @@ fn dry_run_reports_the_plan() {
     );
 }
 
+/// "~1.23 GiB" or "~456.7 MiB" after `key` in `line`, in MiB.
+fn mib_after(line: &str, key: &str) -> f64 {
+    let rest = &line[line
+        .find(key)
+        .unwrap_or_else(|| panic!("{key:?} in {line}"))
+        + key.len()..];
+    let mut words = rest.trim_start_matches('~').split([' ', ')', ',']);
+    let n: f64 = words.next().unwrap().parse().unwrap();
+    match words.next().unwrap() {
+        "GiB" => n * 1024.0,
+        "MiB" => n,
+        u => panic!("unit {u} in {line}"),
+    }
+}
+
+#[test]
+fn dry_run_estimates_memory_per_precision_at_the_paper_configuration() {
+    let run = |precision: &str| {
+        let o = train()
+            .args(["--config", "configs/syncdiff-lrs2.yaml", "--dry-run"])
+            .args(["--set", &format!("train.precision={precision}")])
+            .output()
+            .unwrap();
+        let (out, err) = text(&o);
+        assert!(o.status.success(), "{err}");
+        let line = |key: &str| {
+            out.lines()
+                .find(|l| l.contains(key))
+                .unwrap_or_else(|| panic!("no {key:?} in {out}"))
+                .to_string()
+        };
+        (
+            line("memory estimate per rank"),
+            line("parameter + optimizer bytes"),
+        )
+    };
+    let (fp32, state32) = run("fp32");
+    let (bf16, state16) = run("bf16");
+    println!("{fp32}\n{bf16}\n{state16}");
+    // Master weights, gradients, AdamW and EMA stay float32 under autocast.
+    assert_eq!(state32, state16);
+    assert!(bf16.contains("bf16 autocast; fp32 would be") && bf16.contains("bf16 weight copies"));
+    let total = |l: &str| mib_after(l, "= ");
+    assert_eq!(mib_after(&bf16, "fp32 would be "), total(&fp32));
+    let (a32, a16) = (
+        mib_after(&fp32, "activations "),
+        mib_after(&bf16, "activations "),
+    );
+    assert!(
+        (a16 / a32 - 0.5).abs() < 0.01,
+        "bf16 activations {a16} vs fp32 {a32}"
+    );
+    assert!(total(&bf16) < total(&fp32), "{bf16}");
+}
+
 #[test]
 fn dry_run_under_mpirun_reports_every_rank() {
     let o = mpirun(2)

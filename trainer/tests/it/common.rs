@@ -247,3 +247,21 @@ pub fn signal(pid: u32, sig: &str) -> bool {
         .status()
         .is_ok_and(|s| s.success())
 }
+
+/// Runs a model-crate reference script (diffusers) into a temporary directory.
+pub fn reference(script: &str, kind: &str, spec: &str) -> tempfile::TempDir {
+    let dir = tempfile::tempdir().unwrap();
+    let spec_path = dir.path().join("spec.json");
+    std::fs::write(&spec_path, spec).unwrap();
+    let o = python()
+        .arg(repo().join("model/tests/reference").join(script))
+        .args([
+            kind,
+            spec_path.to_str().unwrap(),
+            dir.path().to_str().unwrap(),
+        ])
+        .output()
+        .unwrap();
+    assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
+    dir
+}

@@ -200,6 +200,44 @@ fn a_desynchronised_parameter_is_caught_by_the_checksum() {
 }
 
 #[test]
+#[cfg(feature = "fault-injection")]
+fn an_inf_gradient_on_one_rank_makes_every_fp16_rank_skip_that_step() {
+    let dir = tempfile::tempdir().unwrap();
+    let ds = common::dataset();
+    // An inf in rank 1's gradients before step 3's all-reduce: the averaged gradients hold it on
+    // both ranks, both skip the step and halve the scale; a rank that stepped alone would be
+    // caught by the parameter checksum at every step.
+    let o = mpirun(2)
+        .env(syncdiff_trainer::trainer::FAULT_INF_GRAD_ENV, "1:3")
+        .args(base(ds, dir.path()))
+        .args([
+            "--set",
+            "train.steps=6",
+            "--set",
+            "train.precision=fp16",
+            "--set",
+            "train.loss_scale.init_scale=1024",
+            "--set",
+            "dist.checksum_interval=1",
+        ])
+        .output()
+        .unwrap();
+    let (out, err) = text(&o);
+    assert!(o.status.success(), "{out}\n{err}");
+    for (step, line) in [
+        (2, "loss-scale 1024 (0 skipped)"),
+        (3, "loss-scale 1024 (1 skipped)"),
+        (4, "loss-scale 512 (0 skipped)"),
+    ] {
+        assert!(
+            out.lines()
+                .any(|l| l.contains(&format!("step {step}/6")) && l.contains(line)),
+            "step {step}: no {line:?} in\n{out}"
+        );
+    }
+}
+
+#[test]
 fn preflight_reports_every_rank_and_names_a_failed_check() {
     let dir = tempfile::tempdir().unwrap();
     let ds = common::dataset();

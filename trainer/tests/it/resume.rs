@@ -39,7 +39,7 @@ fn train() -> Command {
 }
 
 /// Lines of a child's stdout and stderr as they come.
-fn lines(child: &mut std::process::Child) -> mpsc::Receiver<String> {
+pub(crate) fn lines(child: &mut std::process::Child) -> mpsc::Receiver<String> {
     let (tx, rx) = mpsc::channel();
     let out = child.stdout.take().unwrap();
     let err = child.stderr.take().unwrap();
@@ -58,7 +58,7 @@ fn lines(child: &mut std::process::Child) -> mpsc::Receiver<String> {
 }
 
 /// Waits for a line containing `needle`; returns every line seen.
-fn wait_for(rx: &mpsc::Receiver<String>, needle: &str, seen: &mut Vec<String>) {
+pub(crate) fn wait_for(rx: &mpsc::Receiver<String>, needle: &str, seen: &mut Vec<String>) {
     let start = Instant::now();
     loop {
         let left = Duration::from_secs(120).saturating_sub(start.elapsed());
@@ -79,21 +79,24 @@ fn manifest_hashes(dir: &Path) -> Vec<(String, String)> {
 
 const STEPS: u64 = 40;
 
-#[test]
-fn a_stopped_and_resumed_run_ends_bit_identical_to_an_uninterrupted_one() {
-    let dir = tempfile::tempdir().unwrap();
+/// Runs B (2 ranks straight through) and A (2 ranks, SIGUSR1 to rank 0 a few steps in, then
+/// resumed to the end) with `extra` settings; returns A's and B's directories and the stop step,
+/// after checking both end with the same model, EMA and optimizer. A copy of the stop
+/// checkpoint is in `dir/kept`.
+fn stop_resume_pair(dir: &Path, steps: u64, extra: &[&str]) -> (PathBuf, PathBuf, u64) {
     let ds = common::dataset();
-    let logs = dir.path().join("runs");
-    let (a, b, c) = (
-        dir.path().join("a"),
-        dir.path().join("b"),
-        dir.path().join("c"),
-    );
+    let logs = dir.join("runs");
+    let (a, b) = (dir.join("a"), dir.join("b"));
     let s = |p: &PathBuf| p.display().to_string();
+    let sets: Vec<String> = extra
+        .iter()
+        .flat_map(|e| ["--set".to_string(), e.to_string()])
+        .collect();
 
     // B: 2 ranks, straight through.
     let o = mpirun(2)
-        .args(args(ds, &s(&b), &logs, STEPS))
+        .args(args(ds, &s(&b), &logs, steps))
+        .args(&sets)
         .args(["--resume", "auto"])
         .output()
         .unwrap();
@@ -101,7 +104,8 @@ fn a_stopped_and_resumed_run_ends_bit_identical_to_an_uninterrupted_one() {
 
     // A: 2 ranks, SIGUSR1 to one rank a few steps in, then resumed to the end.
     let mut child = mpirun(2)
-        .args(args(ds, &s(&a), &logs, STEPS))
+        .args(args(ds, &s(&a), &logs, steps))
+        .args(&sets)
         .args(["--resume", "auto"])
         .stdout(Stdio::piped())
         .stderr(Stdio::piped())
@@ -127,10 +131,10 @@ fn a_stopped_and_resumed_run_ends_bit_identical_to_an_uninterrupted_one() {
         .unwrap()
         .parse()
         .unwrap();
-    assert!(k < STEPS, "{stopped}");
+    assert!(k < steps, "{stopped}");
     let stop_dir = a.join(format!("step-{k:09}"));
     assert!(stop_dir.join("manifest.json").exists());
-    let kept = dir.path().join("kept");
+    let kept = dir.join("kept");
     std::fs::create_dir_all(kept.join(format!("step-{k:09}"))).unwrap();
     for f in std::fs::read_dir(&stop_dir).unwrap() {
         let f = f.unwrap();
@@ -141,7 +145,8 @@ fn a_stopped_and_resumed_run_ends_bit_identical_to_an_uninterrupted_one() {
         .unwrap();
     }
     let o = mpirun(2)
-        .args(args(ds, &s(&a), &logs, STEPS))
+        .args(args(ds, &s(&a), &logs, steps))
+        .args(&sets)
         .args(["--resume", "auto"])
         .output()
         .unwrap();
@@ -152,7 +157,7 @@ fn a_stopped_and_resumed_run_ends_bit_identical_to_an_uninterrupted_one() {
         "{out}"
     );
 
-    let end = format!("step-{STEPS:09}");
+    let end = format!("step-{steps:09}");
     let (ha, hb) = (
         manifest_hashes(&a.join(&end)),
         manifest_hashes(&b.join(&end)),
@@ -160,8 +165,22 @@ fn a_stopped_and_resumed_run_ends_bit_identical_to_an_uninterrupted_one() {
     assert_eq!(ha.len(), 3, "{ha:?}");
     assert_eq!(
         ha, hb,
-        "model, EMA and optimizer differ after stop + resume at step {k}"
+        "model, EMA and optimizer differ after stop + resume at step {k} ({extra:?})"
     );
+    (a, b, k)
+}
+
+#[test]
+fn a_stopped_and_resumed_run_ends_bit_identical_to_an_uninterrupted_one() {
+    let dir = tempfile::tempdir().unwrap();
+    let ds = common::dataset();
+    let logs = dir.path().join("runs");
+    let c = dir.path().join("c");
+    let s = |p: &PathBuf| p.display().to_string();
+    let kept = dir.path().join("kept");
+    let (_, b, k) = stop_resume_pair(dir.path(), STEPS, &[]);
+    let end = format!("step-{STEPS:09}");
+    let hb = manifest_hashes(&b.join(&end));
 
     // C: the same stop point resumed on 1 rank with the same global batch as two micro-batches
     // (the same samples as the two ranks' micro-batches) and the same intra-op threads as each
@@ -206,6 +225,37 @@ fn a_stopped_and_resumed_run_ends_bit_identical_to_an_uninterrupted_one() {
     println!("1-rank resume vs 2-rank run: max relative difference {worst:.3e}");
     assert_eq!(worst, 0.0);
     assert_eq!(manifest_hashes(&c.join(&end)), hb);
+}
+
+/// The fp16 loss scale a checkpoint's trainer_state.json holds.
+fn loss_scale(step_dir: &Path) -> serde_json::Value {
+    let state: serde_json::Value =
+        serde_json::from_slice(&std::fs::read(step_dir.join("trainer_state.json")).unwrap())
+            .unwrap();
+    state["loss_scale"].clone()
+}
+
+#[test]
+fn bf16_and_fp16_runs_stopped_and_resumed_end_bit_identical_and_fp16_resumes_its_scale() {
+    let steps = 15;
+    let end = format!("step-{steps:09}");
+    let dir = tempfile::tempdir().unwrap();
+    let (a, _, _) = stop_resume_pair(dir.path(), steps, &["train.precision=bf16"]);
+    assert_eq!(loss_scale(&a.join(&end)), serde_json::Value::Null);
+
+    // fp16 with a scale that grows every 2 steps: a resume that lost the scaler's state would
+    // end at another scale (scaling by powers of two alone would not change the parameters).
+    let dir = tempfile::tempdir().unwrap();
+    let fp16 = [
+        "train.precision=fp16",
+        "train.loss_scale.init_scale=4",
+        "train.loss_scale.growth_interval=2",
+    ];
+    let (a, b, k) = stop_resume_pair(dir.path(), steps, &fp16);
+    let (sa, sb) = (loss_scale(&a.join(&end)), loss_scale(&b.join(&end)));
+    println!("fp16 loss scale at step {steps}: stopped at {k} and resumed {sa}, straight {sb}");
+    assert_eq!(sa, sb);
+    assert!(sb["scale"].as_f64().unwrap() > 4.0, "{sb}");
 }
 
 #[test]

@@ -6,25 +6,7 @@ use crate::common;
 use std::path::Path;
 use std::process::{Command, Output};
 
-use common::repo;
-
-/// Runs a model-crate reference script (diffusers) into a temporary directory.
-fn reference(script: &str, kind: &str, spec: &str) -> tempfile::TempDir {
-    let dir = tempfile::tempdir().unwrap();
-    let spec_path = dir.path().join("spec.json");
-    std::fs::write(&spec_path, spec).unwrap();
-    let o = common::python()
-        .arg(repo().join("model/tests/reference").join(script))
-        .args([
-            kind,
-            spec_path.to_str().unwrap(),
-            dir.path().to_str().unwrap(),
-        ])
-        .output()
-        .unwrap();
-    assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
-    dir
-}
+use common::{reference, repo};
 
 fn syncdiff(args: &[&str]) -> Output {
     Command::new(env!("CARGO_BIN_EXE_syncdiff"))
