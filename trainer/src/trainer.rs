@@ -120,7 +120,10 @@ impl<'a> Trainer<'a> {
     ) -> Result<Self, TrainError> {
         let t = &config.train;
         let plan = config.batch_plan(rt.world_size() as u32)?;
-        crate::amp::set_tf32(t.tf32)?;
+        // Only set when asked for: libtorch's defaults stay untouched otherwise.
+        if t.tf32 {
+            crate::amp::set_tf32(true)?;
+        }
         if t.tf32 && device == Device::Cpu && rt.is_main() {
             eprintln!(
                 "{} train.tf32: no effect on CPU (TF32 is a GPU matmul and convolution mode)",

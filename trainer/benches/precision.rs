@@ -1,0 +1,77 @@
+//! The training step (`Trainer::step`) under `train.precision: bf16` against the same step under
+//! fp32, interleaved on the same pre-built batches, at the debug and the mid-size configuration
+//! (1 rank). On CPU it depends on the cores: with AVX512-BF16 (the project's AMD EPYC machines)
+//! libtorch's bf16 matmuls and convolutions are faster; without it bf16 only adds casts. The
+//! point of bf16 is GPU tensor cores, which this bench does not reach.
+//!
+//! ```text
+//! source ci/env.sh && cargo bench -p syncdiff-trainer --bench precision
+//! BENCH_REPS=20 BENCH_THREADS=2 cargo bench -p syncdiff-trainer --bench precision
+//! ```
+
+mod common;
+
+use std::sync::Arc;
+
+use common::{debug_config, with_dataset, MID_SIZE};
+use syncdiff_dataprep::store::Dataset;
+use syncdiff_devkit::env_or;
+use syncdiff_devkit::stats::interleave;
+use syncdiff_model::config::DistBackend;
+use syncdiff_trainer::data::{Batch, Loader, LoaderState};
+use syncdiff_trainer::dist::Runtime;
+use syncdiff_trainer::trainer::Trainer;
+use tch::Device;
+
+fn main() -> anyhow::Result<()> {
+    let threads = common::threads();
+    let reps = env_or("BENCH_REPS", 20);
+    let rt = Runtime::init()?;
+    let dir = tempfile::tempdir()?;
+    println!(
+        "Trainer::step bf16 / fp32 (1 rank); {threads} threads, {reps} interleaved repetitions"
+    );
+    let mut mid = vec!["data.resolution=128"];
+    mid.extend_from_slice(MID_SIZE);
+    for (name, sets) in [("debug config", vec![]), ("mid-size config", mid)] {
+        let config = with_dataset(dir.path(), debug_config(&sets)?)?;
+        let ds = Arc::new(Dataset::open(std::path::Path::new(&config.data.dataset))?);
+        let sampler = Arc::new(syncdiff_trainer::train::sampler(&config, &ds, 1)?);
+        let share = syncdiff_trainer::train::rank_share(&config, 0, 1)?;
+        let mut direct = Loader::new(ds.clone(), sampler.clone(), share, 0);
+        let mut prebuilt = Vec::new();
+        let mut s = LoaderState::default();
+        for _ in 0..8 {
+            prebuilt.push(direct.next(s)?);
+            s = sampler.advance(s);
+        }
+        let mut bf16_config = config.clone();
+        bf16_config.train.precision = syncdiff_model::config::Precision::Bf16;
+        let mut fp32 = Trainer::new(&config, &rt, Device::Cpu, DistBackend::Mpi)?;
+        let mut bf16 = Trainer::new(&bf16_config, &rt, Device::Cpu, DistBackend::Mpi)?;
+        let mut k = 0usize;
+        let lr = config.train.lr;
+        let step = |trainer: &mut Trainer<'_>, k: &mut usize| -> anyhow::Result<f64> {
+            *k += 1;
+            let b: Vec<Batch> = prebuilt[*k % prebuilt.len()]
+                .iter()
+                .map(|b| b.with_audio_of(b))
+                .collect();
+            let st = trainer.step(*k as u64, lr, || Ok(b), false)?;
+            Ok(st.total.as_secs_f64())
+        };
+        for _ in 0..env_or("BENCH_WARMUP", 3) {
+            step(&mut bf16, &mut k)?;
+            step(&mut fp32, &mut k)?;
+        }
+        let k = std::cell::RefCell::new(k);
+        let step = std::cell::RefCell::new(step);
+        let c = interleave(
+            reps,
+            || (step.borrow_mut())(&mut bf16, &mut k.borrow_mut()),
+            || (step.borrow_mut())(&mut fp32, &mut k.borrow_mut()),
+        )?;
+        println!("{name}: bf16 / fp32 step time: {}", c.summary());
+    }
+    Ok(())
+}
