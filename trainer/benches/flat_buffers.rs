@@ -17,15 +17,13 @@
 
 mod common;
 
-use std::sync::Arc;
 use std::time::Instant;
 
 use common::{debug_config, with_dataset, MID_SIZE};
-use syncdiff_dataprep::store::Dataset;
 use syncdiff_devkit::env_or;
 use syncdiff_devkit::stats::interleave;
 use syncdiff_model::config::{Config, DistBackend};
-use syncdiff_trainer::data::{Batch, Loader, LoaderState};
+use syncdiff_trainer::data::Batch;
 use syncdiff_trainer::dist::Runtime;
 use syncdiff_trainer::model::TrainModel;
 use syncdiff_trainer::opcount;
@@ -106,18 +104,7 @@ fn main() -> anyhow::Result<()> {
     drop((flat_update, per_update));
 
     // (1) the whole step on pre-built batches.
-    let ds = Arc::new(Dataset::open(std::path::Path::new(
-        &flat_config.data.dataset,
-    ))?);
-    let sampler = Arc::new(syncdiff_trainer::train::sampler(&flat_config, &ds, 1)?);
-    let share = syncdiff_trainer::train::rank_share(&flat_config, 0, 1)?;
-    let mut direct = Loader::new(ds.clone(), sampler.clone(), share, 0);
-    let mut prebuilt = Vec::new();
-    let mut s = LoaderState::default();
-    for _ in 0..8 {
-        prebuilt.push(direct.next(s)?);
-        s = sampler.advance(s);
-    }
+    let prebuilt = common::prebuilt_steps(&flat_config, 8)?;
     let mut flat_trainer = Trainer::new(&flat_config, &rt, Device::Cpu, DistBackend::Mpi)?;
     let mut per_trainer = Trainer::new(&per_config, &rt, Device::Cpu, DistBackend::Mpi)?;
     let lr = flat_config.train.lr;

@@ -11,14 +11,11 @@
 
 mod common;
 
-use std::sync::Arc;
-
-use common::{debug_config, with_dataset, MID_SIZE};
-use syncdiff_dataprep::store::Dataset;
+use common::{debug_config, prebuilt_steps, with_dataset, MID_SIZE};
 use syncdiff_devkit::env_or;
 use syncdiff_devkit::stats::interleave;
 use syncdiff_model::config::DistBackend;
-use syncdiff_trainer::data::{Batch, Loader, LoaderState};
+use syncdiff_trainer::data::Batch;
 use syncdiff_trainer::dist::Runtime;
 use syncdiff_trainer::trainer::Trainer;
 use tch::Device;
@@ -35,16 +32,7 @@ fn main() -> anyhow::Result<()> {
     mid.extend_from_slice(MID_SIZE);
     for (name, sets) in [("debug config", vec![]), ("mid-size config", mid)] {
         let config = with_dataset(dir.path(), debug_config(&sets)?)?;
-        let ds = Arc::new(Dataset::open(std::path::Path::new(&config.data.dataset))?);
-        let sampler = Arc::new(syncdiff_trainer::train::sampler(&config, &ds, 1)?);
-        let share = syncdiff_trainer::train::rank_share(&config, 0, 1)?;
-        let mut direct = Loader::new(ds.clone(), sampler.clone(), share, 0);
-        let mut prebuilt = Vec::new();
-        let mut s = LoaderState::default();
-        for _ in 0..8 {
-            prebuilt.push(direct.next(s)?);
-            s = sampler.advance(s);
-        }
+        let prebuilt = prebuilt_steps(&config, 8)?;
         let mut bf16_config = config.clone();
         bf16_config.train.precision = syncdiff_model::config::Precision::Bf16;
         let mut fp32 = Trainer::new(&config, &rt, Device::Cpu, DistBackend::Mpi)?;

@@ -89,13 +89,19 @@ def build_unet(spec):
     )
 
 
-def unet(spec, out, gen):
-    model = build_unet(spec).eval()
+def random_unet(model, spec, gen):
+    """Re-randomises `model` and draws a batch of 2: sample, timesteps and context."""
     rerandomise(model, gen)
     b = 2
     sample = torch.randn(b, spec["in_channels"], spec["size"], spec["size"], generator=gen)
     timestep = torch.tensor([17, 803], dtype=torch.int64)
     context = torch.randn(b, spec["tokens"], spec["context_dim"], generator=gen)
+    return sample, timestep, context
+
+
+def unet(spec, out, gen):
+    model = build_unet(spec).eval()
+    sample, timestep, context = random_unet(model, spec, gen)
     with torch.no_grad():
         output = model(sample, timestep, encoder_hidden_states=context).sample
     save(model, {"sample": sample, "timestep": timestep, "context": context}, {"output": output}, out)
@@ -106,12 +112,8 @@ def unet_train(spec, out, gen):
     torch.autocast("cpu", torch.bfloat16): the forward and the loss inside the region, the
     backward outside it, as a PyTorch training loop does."""
     model = build_unet(spec).train()
-    rerandomise(model, gen)
-    b = 2
-    sample = torch.randn(b, spec["in_channels"], spec["size"], spec["size"], generator=gen)
-    timestep = torch.tensor([17, 803], dtype=torch.int64)
-    context = torch.randn(b, spec["tokens"], spec["context_dim"], generator=gen)
-    target = torch.randn(b, spec["out_channels"], spec["size"], spec["size"], generator=gen)
+    sample, timestep, context = random_unet(model, spec, gen)
+    target = torch.randn(2, spec["out_channels"], spec["size"], spec["size"], generator=gen)
     outputs = {}
     for name, dtype in [("fp32", None), ("bf16", torch.bfloat16)]:
         model.zero_grad(set_to_none=True)

@@ -79,3 +79,26 @@ pub fn synthetic_dataset(dir: &Path, config: &Config) -> anyhow::Result<PathBuf>
     syncdiff_dataprep::ingest::ingest(&opts, config, |_, _, _| {})?;
     Ok(out)
 }
+
+/// The micro-batches of the first `steps` steps of `config`'s data set on 1 rank, read once (for
+/// benchmarks that time the step without the loader).
+pub fn prebuilt_steps(
+    config: &Config,
+    steps: usize,
+) -> anyhow::Result<Vec<Vec<syncdiff_trainer::data::Batch>>> {
+    use std::sync::Arc;
+    use syncdiff_trainer::data::{Loader, LoaderState};
+    let ds = Arc::new(syncdiff_dataprep::store::Dataset::open(Path::new(
+        &config.data.dataset,
+    ))?);
+    let sampler = Arc::new(syncdiff_trainer::train::sampler(config, &ds, 1)?);
+    let share = syncdiff_trainer::train::rank_share(config, 0, 1)?;
+    let mut direct = Loader::new(ds, sampler.clone(), share, 0);
+    let mut out = Vec::new();
+    let mut s = LoaderState::default();
+    for _ in 0..steps {
+        out.push(direct.next(s)?);
+        s = sampler.advance(s);
+    }
+    Ok(out)
+}
