@@ -15,7 +15,8 @@ use crate::amp::{unscale_and_check, Autocast, LossScaleState, LossScaler};
 use crate::ckpt::{to_host, CkptError, Restored};
 use crate::data::Batch;
 use crate::dist::{
-    broadcast_params, check_params, GradSync, MpiGradSync, NcclGradSync, Runtime, Watchdog,
+    broadcast_params, check_params, GradSync, Launch, MpiGradSync, MpiThread, NcclGradSync,
+    NcclStream, Overlap, Runtime, Watchdog,
 };
 use crate::error::TrainError;
 use crate::model::TrainModel;
@@ -45,8 +46,11 @@ pub struct StepStats {
     pub skipped: bool,
     /// Waiting for the batches.
     pub data: Duration,
-    /// Gradient all-reduce.
+    /// Gradient all-reduce: with `dist.overlap`, the part not hidden behind the backward pass
+    /// (from the end of the backward pass to the last bucket reduced).
     pub all_reduce: Duration,
+    /// Collectives (one per bucket) the gradient all-reduce issued this step.
+    pub all_reduces: usize,
     /// The whole step.
     pub total: Duration,
 }
@@ -60,7 +64,7 @@ pub struct Trainer<'a> {
     flat: Flat,
     opt: Optimizer,
     ema: Option<Ema>,
-    sync: Box<dyn GradSync + 'a>,
+    sync: Reduce<'a>,
     dog: Watchdog,
     device: Device,
     plan: BatchPlan,
@@ -73,6 +77,16 @@ pub struct Trainer<'a> {
     precision: Precision,
     scaler: Option<LossScaler>,
     ema_decay: (f64, bool),
+}
+
+/// How gradients are averaged: after the backward pass, or overlapped with it.
+enum Reduce<'a> {
+    /// One rank: nothing to average with.
+    Alone,
+    /// All buckets after the whole backward pass.
+    After(Box<dyn GradSync + 'a>),
+    /// Each bucket as soon as its gradients are final (`dist.overlap`).
+    Overlapped(Overlap),
 }
 
 /// Named tensors.
@@ -169,8 +183,10 @@ impl<'a> Trainer<'a> {
             .ema
             .enabled
             .then(|| Ema::new(flat.share(), t.ema.decay, t.ema.warmup));
-        let sync: Box<dyn GradSync + 'a> = match backend {
-            DistBackend::Nccl => {
+        let sync = if rt.world_size() == 1 {
+            Reduce::Alone
+        } else {
+            let nccl = || -> Result<NcclGradSync, TrainError> {
                 // The unique-id broadcast and ncclCommInitRank block until every rank joins: a
                 // wrong NCCL_SOCKET_IFNAME would otherwise hang until the job's time limit.
                 let _w = dog.watch(
@@ -178,9 +194,31 @@ impl<'a> Trainer<'a> {
                     0,
                     collective_timeout,
                 );
-                Box::new(NcclGradSync::new(rt, device)?)
+                Ok(NcclGradSync::new(rt, device)?)
+            };
+            match (backend, config.dist.overlap) {
+                (DistBackend::Nccl, false) => Reduce::After(Box::new(nccl()?)),
+                (_, false) => Reduce::After(Box::new(MpiGradSync::new(rt.comm()))),
+                (backend, true) => {
+                    let buffers = || flat.reduce_buffers().iter().map(Tensor::shallow_clone);
+                    let bad = |message: String| crate::dist::DistError::Backend {
+                        rank: rt.rank(),
+                        message,
+                    };
+                    let launch: Box<dyn Launch> = if backend == DistBackend::Nccl {
+                        Box::new(
+                            NcclStream::new(nccl()?, buffers().collect(), device).map_err(bad)?,
+                        )
+                    } else {
+                        let _w = dog.watch("communicator duplication", 0, collective_timeout);
+                        Box::new(
+                            MpiThread::new(rt.comm(), buffers().collect(), rt.thread_multiple())
+                                .map_err(bad)?,
+                        )
+                    };
+                    Reduce::Overlapped(Overlap::new(&flat, launch, rt.rank())?)
+                }
             }
-            _ => Box::new(MpiGradSync::new(rt.comm())),
         };
         Ok(Self {
             rt,
@@ -235,7 +273,20 @@ impl<'a> Trainer<'a> {
         // The loss stays on the device until the step's one read of it.
         let mut loss_sum: Option<Tensor> = None;
         let loss_scale = self.scaler.as_ref().map(LossScaler::scale);
-        for batch in &batches {
+        if self.inf_fault == Some(step) {
+            // Before the backward passes, which only add to it, so it is in the gradient on
+            // both the overlapped and the non-overlapped path.
+            if let Some(g) = self.flat.grads().first() {
+                tch::no_grad(|| {
+                    let _ = g.get(0).fill_(f64::INFINITY);
+                });
+            }
+        }
+        let last = batches.len().saturating_sub(1);
+        if let (Reduce::Overlapped(o), true) = (&mut self.sync, batches.is_empty()) {
+            o.arm(stop)?;
+        }
+        for (i, batch) in batches.iter().enumerate() {
             let batch = batch.to(self.device);
             // Mean over the rank's samples: each micro-batch contributes its share. The forward
             // and the loss under autocast (bf16/fp16), the backward outside it, as PyTorch does.
@@ -243,6 +294,10 @@ impl<'a> Trainer<'a> {
                 let _autocast = Autocast::enter(self.precision, self.device)?;
                 self.model.loss(&batch, true)?
             } / f64::from(self.plan.accumulation);
+            // Only the last micro-batch's gradients are reduced (DDP's no_sync before it).
+            if let (Reduce::Overlapped(o), true) = (&mut self.sync, i == last) {
+                o.arm(stop)?;
+            }
             match loss_scale {
                 Some(s) => (&loss * f64::from(s)).backward(),
                 None => loss.backward(),
@@ -256,22 +311,24 @@ impl<'a> Trainer<'a> {
         // A parameter this rank's backward did not reach (an AV-HuBERT layer skipped by
         // layerdrop) keeps its zeroed gradient: every rank reduces the same layout.
         self.flat.check()?;
-        if self.inf_fault == Some(step) {
-            if let Some(g) = self.flat.grads().first() {
-                tch::no_grad(|| {
-                    let _ = g.get(0).fill_(f64::INFINITY);
-                });
-            }
-        }
         let t1 = Instant::now();
-        // One rank has nothing to average with: skip the copies.
-        let stop = if self.rt.world_size() > 1 {
+        let (stop, all_reduces) = {
             let _w = self
                 .dog
                 .watch("gradient all-reduce", step, self.collective_timeout);
-            self.sync.sync(self.flat.reduce_buffers(), stop)?
-        } else {
-            stop
+            match &mut self.sync {
+                Reduce::Alone => (stop, 0),
+                Reduce::After(sync) => {
+                    let buffers = self.flat.reduce_buffers();
+                    (sync.sync(buffers, stop)?, buffers.len())
+                }
+                Reduce::Overlapped(o) => {
+                    let done = o.finish()?;
+                    // Once: every rank starts buckets in the order rank 0's completed in.
+                    o.adopt_order(self.rt.comm())?;
+                    done
+                }
+            }
         };
         let all_reduce = t1.elapsed();
         // fp16: unscale the averaged gradients; every rank sees the same ones, so every rank
@@ -315,6 +372,7 @@ impl<'a> Trainer<'a> {
             skipped: !finite,
             data,
             all_reduce,
+            all_reduces,
             total: t0.elapsed(),
         })
     }
@@ -322,7 +380,23 @@ impl<'a> Trainer<'a> {
     /// The clean end of training: releases the gradient backend (NCCL destroys its
     /// communicator here; on an error path it is aborted instead, see `NcclGradSync`).
     pub fn shutdown(&mut self) -> Result<(), TrainError> {
-        Ok(self.sync.shutdown()?)
+        match &mut self.sync {
+            Reduce::Alone => Ok(()),
+            Reduce::After(sync) => Ok(sync.shutdown()?),
+            Reduce::Overlapped(o) => Ok(o.shutdown()?),
+        }
+    }
+
+    /// With `dist.overlap`, the bucket launch order and the last step's bucket completion and
+    /// launch orders (for tests and diagnostics).
+    pub fn bucket_orders(&self) -> Option<(Vec<usize>, Vec<usize>, Vec<usize>)> {
+        match &self.sync {
+            Reduce::Overlapped(o) => {
+                let (ready, launched) = o.logs();
+                Some((o.order(), ready, launched))
+            }
+            _ => None,
+        }
     }
 
     /// The fp16 loss scaler's state (none under fp32 and bf16).

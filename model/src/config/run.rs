@@ -237,6 +237,9 @@ pub struct DistConfig {
     pub backend: DistBackend,
     /// Gradient bucket size in MiB.
     pub bucket_mb: f64,
+    /// All-reduce each bucket during the backward pass as soon as its gradients are final
+    /// (false: after the whole backward pass).
+    pub overlap: bool,
     /// A collective that takes longer aborts the job (seconds).
     pub collective_timeout_s: u64,
     /// A data fetch that takes longer aborts the job (seconds).
@@ -252,6 +255,7 @@ impl Default for DistConfig {
         Self {
             backend: DistBackend::Auto,
             bucket_mb: 25.0,
+            overlap: true,
             collective_timeout_s: 600,
             data_timeout_s: 300,
             checksum_interval: 1000,

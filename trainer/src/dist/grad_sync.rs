@@ -110,23 +110,39 @@ fn all_reduce_in_place(comm: &SimpleCommunicator, buf: &Tensor) -> Result<(), St
     }
 }
 
+/// Averages gradient buffer `buf` over the `world` ranks of `comm` in place: scaled by 1/world
+/// (unless `average` is off), the stop slot at the end of the `last` buffer excepted, then summed
+/// with `MPI_IN_PLACE`. The non-overlapped sync and the overlap's communication thread both
+/// reduce through this, so the two give the same bits.
+pub(crate) fn reduce_bucket(
+    comm: &SimpleCommunicator,
+    buf: &Tensor,
+    last: bool,
+    average: bool,
+) -> Result<(), String> {
+    let world = comm.size();
+    if average {
+        let n = buf.numel() as i64 - i64::from(last);
+        tch::no_grad(|| {
+            let _ = buf.narrow(0, 0, n).g_mul_scalar_(1.0 / f64::from(world));
+        });
+    }
+    all_reduce_in_place(comm, buf)
+}
+
 impl GradSync for MpiGradSync<'_> {
     fn sync(&mut self, buffers: &[Tensor], stop: bool) -> Result<bool, DistError> {
         check_buffers(buffers, tch::Device::Cpu).map_err(|m| self.err(m))?;
-        let world = self.comm.size();
         let last = buffers.len() - 1;
         let mut any_stop = stop;
         for (b, buf) in buffers.iter().enumerate() {
-            let n = buf.numel() as i64 - i64::from(b == last);
-            tch::no_grad(|| {
-                if self.average {
-                    let _ = buf.narrow(0, 0, n).g_mul_scalar_(1.0 / f64::from(world));
-                }
-                if b == last {
+            let n = buf.numel() as i64 - 1;
+            if b == last {
+                tch::no_grad(|| {
                     let _ = buf.narrow(0, n, 1).fill_(if stop { 1.0 } else { 0.0 });
-                }
-            });
-            all_reduce_in_place(self.comm, buf).map_err(|m| self.err(m))?;
+                });
+            }
+            reduce_bucket(self.comm, buf, b == last, self.average).map_err(|m| self.err(m))?;
             if b == last {
                 any_stop = crate::host::scalar(&buf.get(n))
                     .map_err(|e| self.err(format!("reading the stop flag: {e}")))?

@@ -3,12 +3,14 @@
 mod device;
 mod grad_sync;
 mod nccl;
+mod overlap;
 mod runtime;
 mod watchdog;
 
 pub use device::{choose_device, GpuNode, Placement, WHEEL_CUDA};
 pub use grad_sync::{broadcast_params, check_params, GradSync, MpiGradSync};
 pub use nccl::{nccl_available, nccl_copies, nccl_library, NcclGradSync, NcclLibrary};
+pub use overlap::{Arrival, Launch, MpiThread, NcclStream, Overlap, Schedule};
 pub use runtime::{AbortHandle, Runtime};
 pub use watchdog::{OnTimeout, WatchGuard, Watchdog};
 

@@ -24,7 +24,7 @@ use super::{DistError, GradSync, Runtime};
 pub struct NcclGradSync {
     comm: ns::ncclComm_t,
     /// Keeps the device's primary context retained while the communicator lives.
-    _ctx: Arc<CudaContext>,
+    ctx: Arc<CudaContext>,
     rank: i32,
     world: i32,
     device: Device,
@@ -211,7 +211,7 @@ impl NcclGradSync {
         Ok(Self {
             // SAFETY: initialised by the successful ncclCommInitRank above.
             comm: unsafe { comm.assume_init() },
-            _ctx: ctx,
+            ctx,
             rank,
             world,
             device,
@@ -220,9 +220,25 @@ impl NcclGradSync {
 
     /// Averages a contiguous float32 CUDA tensor over ranks, in place, on the default stream.
     fn all_reduce(&self, flat: &Tensor, what: &str) -> Result<(), DistError> {
+        // SAFETY: the default stream orders the call after the work that wrote `flat` and
+        // before later work on it.
+        unsafe { self.all_reduce_on(flat, what, std::ptr::null_mut()) }
+    }
+
+    /// Averages a contiguous float32 CUDA tensor over ranks, in place, queued on `stream`.
+    ///
+    /// # Safety
+    /// `flat` is a contiguous float32 tensor on this rank's device that stays allocated until
+    /// the reduction ran, and `stream` (null: the default stream) is a live stream of this
+    /// device ordered after the work that wrote `flat` and before later work that reads it.
+    pub(crate) unsafe fn all_reduce_on(
+        &self,
+        flat: &Tensor,
+        what: &str,
+        stream: ns::cudaStream_t,
+    ) -> Result<(), DistError> {
         let ptr = flat.data_ptr();
-        // SAFETY: `flat` is a contiguous float32 tensor on this rank's device, alive until the
-        // call returns, and later work on it is queued on the same (default) stream.
+        // SAFETY: see the function's contract.
         unsafe {
             nr::all_reduce(
                 ptr as *const c_void,
@@ -231,7 +247,7 @@ impl NcclGradSync {
                 ns::ncclDataType_t::ncclFloat32,
                 ns::ncclRedOp_t::ncclAvg,
                 self.comm,
-                std::ptr::null_mut(),
+                stream,
             )
         }
         .map(|_| ())
@@ -242,7 +258,16 @@ impl NcclGradSync {
     }
 }
 
+// SAFETY: an NCCL communicator may be used from another thread as long as calls on it do not
+// run concurrently; the overlap moves it into its backend, behind one lock.
+unsafe impl Send for NcclGradSync {}
+
 impl NcclGradSync {
+    /// The CUDA context of this rank's device.
+    pub(crate) fn context(&self) -> &Arc<CudaContext> {
+        &self.ctx
+    }
+
     /// The clean end: waits for the queued work, then destroys the communicator.
     fn destroy(&mut self) -> Result<(), DistError> {
         let comm = std::mem::replace(&mut self.comm, std::ptr::null_mut());

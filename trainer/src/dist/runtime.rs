@@ -18,6 +18,7 @@ pub struct Runtime {
     local_rank: i32,
     local_size: i32,
     host: String,
+    thread_multiple: bool,
 }
 
 impl std::fmt::Debug for Runtime {
@@ -36,7 +37,7 @@ impl Runtime {
     /// Initialises MPI (works without `mpirun` too: a single-rank world).
     pub fn init() -> Result<Self, DistError> {
         // The watchdog thread may call MPI_Abort while the main thread waits in a collective.
-        let (universe, _threading) = mpi::initialize_with_threading(Threading::Multiple)
+        let (universe, threading) = mpi::initialize_with_threading(Threading::Multiple)
             .ok_or(DistError::AlreadyInitialized)?;
         let world = universe.world();
         let rank = world.rank();
@@ -55,7 +56,14 @@ impl Runtime {
             local_rank,
             local_size,
             host,
+            thread_multiple: threading == Threading::Multiple,
         })
+    }
+
+    /// Whether MPI granted MPI_THREAD_MULTIPLE (any thread may call MPI at any time): the
+    /// overlapped all-reduce's communication thread needs it.
+    pub fn thread_multiple(&self) -> bool {
+        self.thread_multiple
     }
 
     /// The world communicator.
