@@ -20,6 +20,8 @@ struct Interval {
     losses: Vec<f64>,
     data: Duration,
     all_reduce: Duration,
+    /// Gradient all-reduce collectives.
+    calls: usize,
     step: Duration,
     /// fp16 steps skipped on inf/NaN gradients.
     skipped: u64,
@@ -105,6 +107,7 @@ impl RunLog {
         self.iv.losses.push(st.loss);
         self.iv.data += st.data;
         self.iv.all_reduce += st.all_reduce;
+        self.iv.calls += st.all_reduces;
         self.iv.step += st.total;
         self.iv.skipped += u64::from(st.skipped);
         let sps = f64::from(self.global_batch) * (step - self.first) as f64 / self.seconds();
@@ -126,13 +129,14 @@ impl RunLog {
             };
             self.progress.println(&format!(
                 "{} step {step}/{} loss {:.4} lr {lr:.2e} {sps:.1} samples/s data {:.1} ms \
-                 all-reduce {:.1} ms ({:.0}% of step){scale}",
+                 all-reduce {:.1} ms ({:.0}% of step, {:.0} calls/step){scale}",
                 self.prefix,
                 self.total,
                 self.last_loss,
                 iv.data.as_secs_f64() * 1e3 / n,
                 iv.all_reduce.as_secs_f64() * 1e3 / n,
                 100.0 * iv.all_reduce.as_secs_f64() / iv.step.as_secs_f64().max(1e-9),
+                iv.calls as f64 / n,
             ));
         }
         Ok(())
@@ -215,6 +219,7 @@ fn log_interval(
         (iv.all_reduce.as_secs_f64() / n) as f32,
         s,
     )?;
+    tb.scalar("dist/all_reduce_calls", (iv.calls as f64 / n) as f32, s)?;
     let share = iv.all_reduce.as_secs_f64() / iv.step.as_secs_f64().max(1e-9);
     tb.scalar("time/all_reduce_share", share as f32, s)
 }

@@ -22,6 +22,7 @@ mod generate_faces;
 mod learns_audio;
 mod metrics;
 mod optim;
+mod overlap;
 mod precision;
 mod resume;
 mod sampler;
