@@ -23,22 +23,9 @@ use syncdiff_trainer::model::TrainModel;
 use syncdiff_trainer::optim::{bucket_elements, buckets};
 use tch::{Device, Kind, Tensor};
 
-fn relaunch() -> anyhow::Result<()> {
-    let exe = std::env::current_exe()?;
-    let status = std::process::Command::new("mpirun")
-        .env("OMPI_ALLOW_RUN_AS_ROOT", "1")
-        .env("OMPI_ALLOW_RUN_AS_ROOT_CONFIRM", "1")
-        .args(["--oversubscribe", "-n", "2"])
-        .arg(exe)
-        .args(std::env::args_os().skip(1))
-        .status()?;
-    anyhow::ensure!(status.success(), "mpirun -n 2 failed: {status}");
-    Ok(())
-}
-
 fn main() -> anyhow::Result<()> {
     if std::env::var_os("OMPI_COMM_WORLD_SIZE").is_none() {
-        return relaunch();
+        return common::relaunch(2);
     }
     tch::set_num_threads(1);
     let rt = Runtime::init()?;

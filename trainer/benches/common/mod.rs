@@ -86,13 +86,23 @@ pub fn prebuilt_steps(
     config: &Config,
     steps: usize,
 ) -> anyhow::Result<Vec<Vec<syncdiff_trainer::data::Batch>>> {
+    prebuilt_rank_steps(config, steps, 0, 1)
+}
+
+/// The micro-batches of rank `rank` of `world` in the first `steps` steps, read once.
+pub fn prebuilt_rank_steps(
+    config: &Config,
+    steps: usize,
+    rank: u64,
+    world: u32,
+) -> anyhow::Result<Vec<Vec<syncdiff_trainer::data::Batch>>> {
     use std::sync::Arc;
     use syncdiff_trainer::data::{Loader, LoaderState};
     let ds = Arc::new(syncdiff_dataprep::store::Dataset::open(Path::new(
         &config.data.dataset,
     ))?);
-    let sampler = Arc::new(syncdiff_trainer::train::sampler(config, &ds, 1)?);
-    let share = syncdiff_trainer::train::rank_share(config, 0, 1)?;
+    let sampler = Arc::new(syncdiff_trainer::train::sampler(config, &ds, world)?);
+    let share = syncdiff_trainer::train::rank_share(config, rank, world)?;
     let mut direct = Loader::new(ds, sampler.clone(), share, 0);
     let mut out = Vec::new();
     let mut s = LoaderState::default();
@@ -101,4 +111,19 @@ pub fn prebuilt_steps(
         s = sampler.advance(s);
     }
     Ok(out)
+}
+
+/// Runs this bench again under `mpirun -n ranks` with the same arguments (for a bench started
+/// without `mpirun`; it checks `OMPI_COMM_WORLD_SIZE` first).
+pub fn relaunch(ranks: u32) -> anyhow::Result<()> {
+    let exe = std::env::current_exe()?;
+    let status = std::process::Command::new("mpirun")
+        .env("OMPI_ALLOW_RUN_AS_ROOT", "1")
+        .env("OMPI_ALLOW_RUN_AS_ROOT_CONFIRM", "1")
+        .args(["--oversubscribe", "-n", &ranks.to_string()])
+        .arg(exe)
+        .args(std::env::args_os().skip(1))
+        .status()?;
+    anyhow::ensure!(status.success(), "mpirun -n {ranks} failed: {status}");
+    Ok(())
 }
