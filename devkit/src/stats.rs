@@ -123,6 +123,11 @@ impl PyServer {
         Ok(Self { child, to, from })
     }
 
+    /// The process id of the reference process.
+    pub fn id(&self) -> u32 {
+        self.child.id()
+    }
+
     /// Runs one repetition; returns its seconds.
     pub fn step(&mut self) -> std::io::Result<f64> {
         use std::io::{BufRead, Write};

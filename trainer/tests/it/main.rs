@@ -11,6 +11,7 @@ mod common;
 
 mod ckpt_s3;
 mod ckpt_store;
+mod cuda;
 mod cli;
 mod data_s3;
 mod ddp;

@@ -131,7 +131,8 @@ fn the_bucket_order_is_the_same_on_every_rank_when_gradients_complete_in_other_o
 
 const BUCKET_MB: &str = "0.05";
 
-fn settings(dir: &Path, overlap: bool) -> Vec<String> {
+/// A 6-step debug run with two micro-batches per rank and several buckets on `ranks` ranks.
+fn settings(dir: &Path, ranks: u32, overlap: bool) -> Vec<String> {
     let ds = common::dataset();
     [
         format!("data.dataset={}", ds.display()),
@@ -139,7 +140,7 @@ fn settings(dir: &Path, overlap: bool) -> Vec<String> {
         format!("log.dir={}", dir.join("runs").display()),
         "train.steps=6".into(),
         "log.interval=1".into(),
-        // Two micro-batches per rank (global batch 4 on 2 ranks), several buckets.
+        format!("train.global_batch={}", 2 * ranks),
         "train.max_micro_batch=1".into(),
         format!("dist.bucket_mb={BUCKET_MB}"),
         format!("dist.overlap={overlap}"),
@@ -156,16 +157,22 @@ fn calls(out: &str) -> Vec<u64> {
         .collect()
 }
 
-#[test]
-fn a_run_with_overlap_ends_bit_identical_to_one_without_and_reduces_each_bucket_once_a_step() {
+/// Runs the same training with and without overlap on `ranks` ranks (plus `extra` settings)
+/// and checks that both end with the same model, EMA and optimizer and issue one all-reduce
+/// per bucket per step.
+pub(crate) fn overlap_on_and_off_agree(ranks: u32, extra: &[&str]) {
     let dir = tempfile::tempdir().unwrap();
     let mut seen = Vec::new();
     for overlap in [true, false] {
         let d = dir.path().join(format!("overlap-{overlap}"));
-        let mut cmd = mpirun(2);
+        let mut cmd = mpirun(ranks);
         cmd.args(["--config", "configs/debug.yaml"]);
-        for s in settings(&d, overlap) {
-            cmd.args(["--set", &s]);
+        for s in settings(&d, ranks, overlap)
+            .iter()
+            .map(String::as_str)
+            .chain(extra.iter().copied())
+        {
+            cmd.args(["--set", s]);
         }
         let o = cmd.output().unwrap();
         let (out, err) = text(&o);
@@ -197,4 +204,9 @@ fn a_run_with_overlap_ends_bit_identical_to_one_without_and_reduces_each_bucket_
         with.0, without.0,
         "model, EMA and optimizer differ with and without overlap"
     );
+}
+
+#[test]
+fn a_run_with_overlap_ends_bit_identical_to_one_without_and_reduces_each_bucket_once_a_step() {
+    overlap_on_and_off_agree(2, &[]);
 }
