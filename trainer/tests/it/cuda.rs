@@ -116,3 +116,46 @@ fn nccl_across_the_node_with_overlap_ends_bit_identical_to_without() {
     };
     crate::overlap::overlap_on_and_off_agree(n as u32, &["dist.backend=nccl"]);
 }
+
+/// `launch/gpu-check.sh` on a machine without a GPU: one line naming the node and why, exit 1,
+/// before building anything; bad options are usage errors (2). (On a GPU node this test would
+/// start the whole check, so it skips there: run the script itself.)
+#[test]
+fn gpu_check_on_a_machine_without_a_gpu_fails_at_once_with_the_reason() {
+    let script = common::repo().join("launch/gpu-check.sh");
+    let o = std::process::Command::new("bash")
+        .arg(&script)
+        .arg("--reps")
+        .arg("x")
+        .output()
+        .unwrap();
+    assert_eq!(o.status.code(), Some(2));
+    assert!(common::text(&o).1.contains("--reps: not a number: x"));
+    let help = std::process::Command::new("bash")
+        .arg(&script)
+        .arg("--help")
+        .output()
+        .unwrap();
+    assert!(help.status.success());
+    assert!(common::text(&help).0.contains("bit-identical"));
+    let smi_lists_gpus = std::process::Command::new("nvidia-smi")
+        .arg("-L")
+        .output()
+        .is_ok_and(|o| String::from_utf8_lossy(&o.stdout).contains("GPU "));
+    if tch::Cuda::is_available() || smi_lists_gpus {
+        println!("gpu-check.sh without a GPU: skipped: this machine has a GPU");
+        return;
+    }
+    let start = std::time::Instant::now();
+    let o = std::process::Command::new("bash")
+        .arg(&script)
+        .output()
+        .unwrap();
+    let (out, err) = common::text(&o);
+    assert_eq!(o.status.code(), Some(1), "{out}\n{err}");
+    assert!(
+        out.starts_with("[gpu-check] FAIL step 0: no GPU on ") && out.lines().count() == 1,
+        "{out}"
+    );
+    assert!(start.elapsed().as_secs() < 10);
+}

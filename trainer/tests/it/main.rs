@@ -11,8 +11,8 @@ mod common;
 
 mod ckpt_s3;
 mod ckpt_store;
-mod cuda;
 mod cli;
+mod cuda;
 mod data_s3;
 mod ddp;
 mod ema_schedule;
