@@ -266,7 +266,12 @@ impl SyncDiff {
                 };
                 let input = Tensor::cat(&[xs, priors.shallow_clone()], 1);
                 let ts = Tensor::full([rows], t, (Kind::Int64, x.device()));
-                let mut out = self.unet.forward(&input, &ts, &context, false);
+                // Under autocast the UNet answers in the low precision; the sampler's arithmetic
+                // stays in x's (float32).
+                let mut out = self
+                    .unet
+                    .forward(&input, &ts, &context, false)
+                    .to_kind(x.kind());
                 if guided {
                     let halves = out.chunk(2, 0);
                     out = &halves[1] + (&halves[0] - &halves[1]) * opts.guidance;

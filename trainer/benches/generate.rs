@@ -54,6 +54,7 @@ fn main() -> anyhow::Result<()> {
         guidance: 1.0,
         final_x0: false,
         seed: 0,
+        precision: Default::default(),
     };
     let all: Vec<&Prepared> = prepared.iter().collect();
     // Frames kept in memory, one sink per clip.

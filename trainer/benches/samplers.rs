@@ -35,6 +35,7 @@ fn options(sampler: SamplerKind, steps: usize, guidance: f64) -> GenerateOptions
         guidance,
         final_x0: false,
         seed: 0,
+        precision: Default::default(),
     }
 }
 

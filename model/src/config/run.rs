@@ -379,6 +379,9 @@ pub struct SampleConfig {
     /// DDIM: end with the last step's x0 prediction instead of x_prev, which keeps the noise
     /// level of the first timestep (and feeds it to the next frame's pose prior).
     pub final_x0: bool,
+    /// Autocast precision of the denoiser and the autoencoder during generation (`fp32`,
+    /// `bf16`, `fp16`); the sampler's arithmetic stays float32.
+    pub precision: super::Precision,
 }
 
 impl Default for SampleConfig {
@@ -390,6 +393,7 @@ impl Default for SampleConfig {
             inpaint: false,
             guidance: 1.0,
             final_x0: false,
+            precision: super::Precision::Fp32,
         }
     }
 }

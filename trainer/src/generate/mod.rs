@@ -94,6 +94,8 @@ pub struct GenerateOptions {
     pub final_x0: bool,
     /// Seed of the initial and per-step noise.
     pub seed: u64,
+    /// Autocast precision of the autoencoder and the denoiser (`sample.precision`).
+    pub precision: syncdiff_model::config::Precision,
 }
 
 /// Separate the per-step draws from the initial noise.
@@ -142,6 +144,10 @@ fn sample_chunk(
     opts: &GenerateOptions,
     np: i64,
 ) -> Result<Sampled, GenerateError> {
+    // The autoencoder and the denoiser under autocast (sample.precision; thread local, so each
+    // worker thread opens its own region); latents and images come out as float32.
+    let _autocast = crate::amp::Autocast::enter(opts.precision, g.device)
+        .map_err(|e| GenerateError::Model(format!("sample.precision: {e}")))?;
     let encode = |x: &Tensor| tch::no_grad(|| g.autoencoder.encode(&x.to_device(g.device)));
     let reference = encode(&c.x).to_kind(Kind::Float);
     let masked = encode(&c.masked).to_kind(Kind::Float);

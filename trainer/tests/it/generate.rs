@@ -271,6 +271,7 @@ fn a_clip_generated_in_a_batch_equals_the_clip_generated_alone() {
             guidance,
             final_x0: guidance > 1.0,
             seed: 7,
+            precision: Default::default(),
         };
         let both = run(&[&a, &b], &opts, None);
         let alone = run(&[&b], &opts, None);
@@ -297,6 +298,36 @@ fn a_clip_generated_in_a_batch_equals_the_clip_generated_alone() {
         let reseeded = run(&[&b], &other, None);
         assert!(mad(&reseeded[0], &alone[0]) > 0.5);
     }
+    // sample.precision: bf16 autocast in the autoencoder and the denoiser moves the frames a
+    // little (bf16 keeps 8 bits of mantissa); on worker threads too (autocast is thread local,
+    // so each worker opens its own region: without it the split run would equal fp32's).
+    let fp32 = GenerateOptions {
+        sampler: SamplerKind::Ddim,
+        steps: 5,
+        eta: 0.0,
+        inpaint: false,
+        guidance: 1.0,
+        final_x0: false,
+        seed: 7,
+        precision: syncdiff_model::config::Precision::Fp32,
+    };
+    let bf16 = GenerateOptions {
+        precision: syncdiff_model::config::Precision::Bf16,
+        ..fp32
+    };
+    let (x32, x16) = (run(&[&b], &fp32, None), run(&[&b], &bf16, None));
+    let d = mad(&x16[0], &x32[0]);
+    let mut workers: Vec<Generator> = (0..2)
+        .map(|_| Generator::load(&s(&model), WeightChoice::Ema, None, tch::Device::Cpu).unwrap())
+        .collect();
+    let split = run(&[&a, &b], &bf16, Some(&mut workers));
+    let (to16, to32) = (mad(&split[1], &x16[0]), mad(&split[1], &x32[0]));
+    println!(
+        "bf16 vs fp32 generation: mean abs difference {d:.3} levels; 2 workers bf16: {to16:.3} \
+         from bf16, {to32:.3} from fp32"
+    );
+    assert!(d > 0.0 && d < 4.0, "{d}");
+    assert!(to16 < 0.1 * d, "{to16} vs {d}");
 }
 
 #[test]

@@ -108,6 +108,7 @@ fn options() -> GenerateOptions {
         guidance: 1.0,
         final_x0: false,
         seed: 1,
+        precision: Default::default(),
     }
 }
 

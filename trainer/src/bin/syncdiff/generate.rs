@@ -13,7 +13,7 @@ use syncdiff_dataprep::face;
 use syncdiff_dataprep::launch::{DeviceChoice, Launch};
 use syncdiff_dataprep::progress::Progress;
 use syncdiff_dataprep::video;
-use syncdiff_model::config::{FaceDetectorKind, SamplerKind};
+use syncdiff_model::config::{FaceDetectorKind, Precision, SamplerKind};
 use tch::Device;
 
 use syncdiff_trainer::generate::{self, GenerateOptions, Generator, Job, WeightChoice};
@@ -62,6 +62,10 @@ pub struct Args {
     /// sample.final_x0].
     #[arg(long)]
     final_x0: Option<bool>,
+    /// Autocast precision of the autoencoder and the denoiser (the sampler stays float32)
+    /// [default: sample.precision].
+    #[arg(long, value_name = "fp32|bf16|fp16")]
+    precision: Option<Precision>,
     /// Seed of the sampling noise.
     #[arg(long, default_value_t = 0)]
     seed: u64,
@@ -172,6 +176,7 @@ pub fn run(args: Args) -> anyhow::Result<String> {
         guidance: args.guidance.unwrap_or(s.guidance),
         final_x0: args.final_x0.unwrap_or(s.final_x0),
         seed: args.seed,
+        precision: args.precision.unwrap_or(s.precision),
     };
     if !(opts.guidance.is_finite() && opts.guidance >= 1.0) {
         bail!("--guidance {}: must be at least 1 (1: off)", opts.guidance);
