@@ -194,11 +194,17 @@ impl<'a> Trainer<'a> {
                     0,
                     collective_timeout,
                 );
-                Ok(NcclGradSync::new(rt, device)?)
+                let mut sync = NcclGradSync::new(rt, device)?;
+                sync.dtype = config.dist.reduce_dtype;
+                Ok(sync)
             };
             match (backend, config.dist.overlap) {
                 (DistBackend::Nccl, false) => Reduce::After(Box::new(nccl()?)),
-                (_, false) => Reduce::After(Box::new(MpiGradSync::new(rt.comm()))),
+                (_, false) => {
+                    let mut sync = MpiGradSync::new(rt.comm());
+                    sync.dtype = config.dist.reduce_dtype;
+                    Reduce::After(Box::new(sync))
+                }
                 (backend, true) => {
                     let buffers = || flat.reduce_buffers().iter().map(Tensor::shallow_clone);
                     let bad = |message: String| crate::dist::DistError::Backend {
@@ -212,8 +218,13 @@ impl<'a> Trainer<'a> {
                     } else {
                         let _w = dog.watch("communicator duplication", 0, collective_timeout);
                         Box::new(
-                            MpiThread::new(rt.comm(), buffers().collect(), rt.thread_multiple())
-                                .map_err(bad)?,
+                            MpiThread::new(
+                                rt.comm(),
+                                buffers().collect(),
+                                rt.thread_multiple(),
+                                config.dist.reduce_dtype,
+                            )
+                            .map_err(bad)?,
                         )
                     };
                     Reduce::Overlapped(Overlap::new(&flat, launch, rt.rank())?)

@@ -38,7 +38,7 @@ pub use model::{
     TemporalTokens, UnetConfig,
 };
 pub use plan::{BatchPlan, StepPlan};
-pub use precision::{LossScaleConfig, Precision};
+pub use precision::{LossScaleConfig, Precision, ReduceDtype};
 pub use run::{
     CheckpointConfig, DataCacheConfig, DataConfig, DistBackend, DistConfig, EmaConfig, EpochUnit,
     LogConfig, LrSchedule, OptimizerKind, SampleConfig, SamplerKind, SizeHint, TrainConfig,

@@ -51,6 +51,20 @@ impl std::str::FromStr for Precision {
     }
 }
 
+/// `dist.reduce_dtype`: the element type gradients travel in during the all-reduce. `bf16`
+/// halves the bytes on the wire; each bucket is rounded to bfloat16 after the division by the
+/// world size, summed in bfloat16 (each partial sum rounded), and widened back to float32 for
+/// clipping and the optimizer.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum ReduceDtype {
+    /// float32 (the default: the gradients as the backward pass left them).
+    #[default]
+    Fp32,
+    /// bfloat16.
+    Bf16,
+}
+
 /// `train.loss_scale`: the dynamic loss scale of `fp16` training, with the rules and defaults of
 /// `torch.amp.GradScaler`: the loss is multiplied by `scale` before backward; a step whose
 /// averaged gradients hold an inf or NaN is skipped on every rank and the scale multiplied by

@@ -240,6 +240,8 @@ pub struct DistConfig {
     /// All-reduce each bucket during the backward pass as soon as its gradients are final
     /// (false: after the whole backward pass).
     pub overlap: bool,
+    /// Element type of the gradient all-reduce: `fp32` or `bf16`.
+    pub reduce_dtype: super::ReduceDtype,
     /// A collective that takes longer aborts the job (seconds).
     pub collective_timeout_s: u64,
     /// A data fetch that takes longer aborts the job (seconds).
@@ -256,6 +258,7 @@ impl Default for DistConfig {
             backend: DistBackend::Auto,
             bucket_mb: 25.0,
             overlap: true,
+            reduce_dtype: super::ReduceDtype::Fp32,
             collective_timeout_s: 600,
             data_timeout_s: 300,
             checksum_interval: 1000,

@@ -5,6 +5,7 @@
 
 use mpi::collective::CommunicatorCollectives;
 use mpi::topology::{Communicator, SimpleCommunicator};
+use syncdiff_model::config::ReduceDtype;
 use tch::{Kind, Tensor};
 
 use super::DistError;
@@ -49,6 +50,8 @@ pub struct MpiGradSync<'a> {
     comm: &'a SimpleCommunicator,
     /// Divide the sum by the world size (always, except to show in a test what omitting it does).
     pub average: bool,
+    /// The element type on the wire (`dist.reduce_dtype`).
+    pub dtype: ReduceDtype,
 }
 
 impl std::fmt::Debug for MpiGradSync<'_> {
@@ -65,6 +68,7 @@ impl<'a> MpiGradSync<'a> {
         Self {
             comm,
             average: true,
+            dtype: ReduceDtype::Fp32,
         }
     }
 
@@ -79,6 +83,36 @@ impl<'a> MpiGradSync<'a> {
 unsafe extern "C" {
     /// MPI_IN_PLACE of the MPI this was built against (csrc/mpi_in_place.c).
     fn syncdiff_mpi_in_place() -> *mut std::ffi::c_void;
+    /// In-place bfloat16 sum over a communicator (csrc/mpi_in_place.c).
+    fn syncdiff_bf16_allreduce(
+        buf: *mut std::ffi::c_void,
+        count: std::ffi::c_int,
+        comm: mpi::ffi::MPI_Comm,
+    ) -> std::ffi::c_int;
+    /// csrc/mpi_in_place.c's float32 -> bfloat16 rounding.
+    #[cfg(test)]
+    fn syncdiff_f32_to_bf16(f: f32) -> u16;
+}
+
+/// Sums a contiguous bfloat16 CPU tensor over ranks, in place.
+fn bf16_all_reduce_in_place(comm: &SimpleCommunicator, buf: &Tensor) -> Result<(), String> {
+    use mpi::raw::AsRaw;
+    let n = std::ffi::c_int::try_from(buf.numel()).map_err(|_| {
+        format!(
+            "a gradient bucket of {} elements is more than MPI counts: lower dist.bucket_mb",
+            buf.numel()
+        )
+    })?;
+    // SAFETY: `buf` is a contiguous bfloat16 CPU tensor of n elements (made by the caller),
+    // alive for this call and touched by nothing else while MPI runs.
+    let rc = unsafe { syncdiff_bf16_allreduce(buf.data_ptr(), n, comm.as_raw()) };
+    if rc == 0 {
+        Ok(())
+    } else {
+        Err(format!(
+            "MPI_Allreduce (bfloat16 sum) failed with error code {rc}"
+        ))
+    }
 }
 
 /// Sums a contiguous float32 CPU tensor over ranks, in place.
@@ -119,6 +153,7 @@ pub(crate) fn reduce_bucket(
     buf: &Tensor,
     last: bool,
     average: bool,
+    dtype: ReduceDtype,
 ) -> Result<(), String> {
     let world = comm.size();
     if average {
@@ -127,7 +162,16 @@ pub(crate) fn reduce_bucket(
             let _ = buf.narrow(0, 0, n).g_mul_scalar_(1.0 / f64::from(world));
         });
     }
-    all_reduce_in_place(comm, buf)
+    match dtype {
+        ReduceDtype::Fp32 => all_reduce_in_place(comm, buf),
+        ReduceDtype::Bf16 => tch::no_grad(|| {
+            // The stop slot's 0s and 1s are exact in bfloat16 up to 256 ranks.
+            let low = buf.to_kind(Kind::BFloat16);
+            bf16_all_reduce_in_place(comm, &low)?;
+            let _ = buf.shallow_clone().copy_(&low);
+            Ok(())
+        }),
+    }
 }
 
 impl GradSync for MpiGradSync<'_> {
@@ -142,7 +186,8 @@ impl GradSync for MpiGradSync<'_> {
                     let _ = buf.narrow(0, n, 1).fill_(if stop { 1.0 } else { 0.0 });
                 });
             }
-            reduce_bucket(self.comm, buf, b == last, self.average).map_err(|m| self.err(m))?;
+            reduce_bucket(self.comm, buf, b == last, self.average, self.dtype)
+                .map_err(|m| self.err(m))?;
             if b == last {
                 any_stop = crate::host::scalar(&buf.get(n))
                     .map_err(|e| self.err(format!("reading the stop flag: {e}")))?
@@ -212,5 +257,50 @@ pub fn check_params(
             step,
             ranks: differ,
         })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// The C bfloat16 sum rounds as libtorch's float32 -> bfloat16 conversion does (to nearest,
+    /// ties to even), over ordinary values, halfway cases, subnormals, extremes and inf.
+    #[test]
+    fn the_bfloat16_sum_rounds_like_libtorch() {
+        let mut values: Vec<f32> = vec![
+            0.0,
+            -0.0,
+            1.0,
+            -1.5,
+            1.00390625,
+            1.01171875,
+            3.0e-39,
+            1.0e-42,
+            3.3e38,
+            -3.4e38,
+            f32::INFINITY,
+            f32::NEG_INFINITY,
+            f32::MAX,
+            f32::MIN_POSITIVE,
+        ];
+        let mut x = 0x1234_5678u32;
+        for _ in 0..10_000 {
+            x ^= x << 13;
+            x ^= x >> 17;
+            x ^= x << 5;
+            let f = f32::from_bits(x);
+            if !f.is_nan() {
+                values.push(f);
+            }
+        }
+        let t = Tensor::from_slice(&values).to_kind(Kind::BFloat16);
+        let bits: Vec<i16> = Vec::try_from(t.view_dtype(Kind::Int16)).unwrap_or_default();
+        assert_eq!(bits.len(), values.len());
+        for (v, b) in values.iter().zip(bits) {
+            // SAFETY: a pure function of its argument.
+            let ours = unsafe { syncdiff_f32_to_bf16(*v) };
+            assert_eq!(ours, b as u16, "{v:e} ({:#x})", v.to_bits());
+        }
     }
 }

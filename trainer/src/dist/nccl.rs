@@ -14,6 +14,7 @@ use cudarc::driver::CudaContext;
 use cudarc::nccl::{result as nr, sys as ns};
 use mpi::collective::Root;
 use mpi::topology::Communicator;
+use syncdiff_model::config::ReduceDtype;
 use tch::{Device, Tensor};
 
 use super::grad_sync::check_buffers;
@@ -28,6 +29,8 @@ pub struct NcclGradSync {
     rank: i32,
     world: i32,
     device: Device,
+    /// The element type on the wire (`dist.reduce_dtype`).
+    pub dtype: ReduceDtype,
 }
 
 impl std::fmt::Debug for NcclGradSync {
@@ -215,6 +218,7 @@ impl NcclGradSync {
             rank,
             world,
             device,
+            dtype: ReduceDtype::Fp32,
         })
     }
 
@@ -225,10 +229,11 @@ impl NcclGradSync {
         unsafe { self.all_reduce_on(flat, what, std::ptr::null_mut()) }
     }
 
-    /// Averages a contiguous float32 CUDA tensor over ranks, in place, queued on `stream`.
+    /// Averages a contiguous float32 or bfloat16 CUDA tensor over ranks, in place, queued on
+    /// `stream`.
     ///
     /// # Safety
-    /// `flat` is a contiguous float32 tensor on this rank's device that stays allocated until
+    /// `flat` is a contiguous float32 or bfloat16 tensor on this rank's device that stays allocated until
     /// the reduction ran, and `stream` (null: the default stream) is a live stream of this
     /// device ordered after the work that wrote `flat` and before later work that reads it.
     pub(crate) unsafe fn all_reduce_on(
@@ -238,13 +243,17 @@ impl NcclGradSync {
         stream: ns::cudaStream_t,
     ) -> Result<(), DistError> {
         let ptr = flat.data_ptr();
+        let datatype = match flat.kind() {
+            tch::Kind::BFloat16 => ns::ncclDataType_t::ncclBfloat16,
+            _ => ns::ncclDataType_t::ncclFloat32,
+        };
         // SAFETY: see the function's contract.
         unsafe {
             nr::all_reduce(
                 ptr as *const c_void,
                 ptr,
                 flat.numel(),
-                ns::ncclDataType_t::ncclFloat32,
+                datatype,
                 ns::ncclRedOp_t::ncclAvg,
                 self.comm,
                 stream,
@@ -298,18 +307,30 @@ impl GradSync for NcclGradSync {
         let last = buffers.len() - 1;
         let mut any_stop = stop;
         for (b, buf) in buffers.iter().enumerate() {
-            if b == last {
-                let n = buf.numel() as i64 - 1;
+            let n = buf.numel() as i64 - 1;
+            let what = if b == last {
                 tch::no_grad(|| {
                     let _ = buf.narrow(0, n, 1).fill_(if stop { 1.0 } else { 0.0 });
                 });
-                self.all_reduce(buf, &format!("gradient bucket {b} with the stop flag"))?;
+                format!("gradient bucket {b} with the stop flag")
+            } else {
+                format!("gradient bucket {b}")
+            };
+            match self.dtype {
+                ReduceDtype::Fp32 => self.all_reduce(buf, &what)?,
+                ReduceDtype::Bf16 => tch::no_grad(|| {
+                    // Converted, reduced and copied back on the default stream, in order.
+                    let low = buf.to_kind(tch::Kind::BFloat16);
+                    self.all_reduce(&low, &what)?;
+                    let _ = buf.shallow_clone().copy_(&low);
+                    Ok::<(), DistError>(())
+                })?,
+            }
+            if b == last {
                 // The average of the flags is above zero when any rank raised it.
                 any_stop = crate::host::scalar(&buf.get(n))
                     .map_err(|e| err(format!("reading the stop flag: {e}")))?
                     > 0.0;
-            } else {
-                self.all_reduce(buf, &format!("gradient bucket {b}"))?;
             }
         }
         Ok(any_stop)

@@ -67,7 +67,13 @@ fn overlap_worker() {
         .iter()
         .map(Tensor::shallow_clone)
         .collect();
-    let thread = MpiThread::new(rt.comm(), buffers, rt.thread_multiple()).unwrap();
+    let thread = MpiThread::new(
+        rt.comm(),
+        buffers,
+        rt.thread_multiple(),
+        syncdiff_model::config::ReduceDtype::Fp32,
+    )
+    .unwrap();
     let mut overlap = Overlap::new(&flat, Box::new(thread), rt.rank()).unwrap();
     let mut ready_logs = Vec::new();
     for step in 0..STEPS {
@@ -127,6 +133,95 @@ fn the_bucket_order_is_the_same_on_every_rank_when_gradients_complete_in_other_o
     assert!(o.status.success(), "{out}\n{err}");
     assert!(out.contains("OVERLAP_RESULT"), "{out}");
     println!("{out}");
+}
+
+#[test]
+#[ignore = "runs on each rank under mpirun, started by the test below"]
+fn bf16_reduce_worker() {
+    use syncdiff_trainer::dist::{GradSync, MpiGradSync};
+    let rt = Runtime::init().unwrap();
+    let rank = rt.rank() as usize;
+    let params: Vec<(String, Tensor)> = (0..PARAMS)
+        .map(|i| {
+            let t = Tensor::arange(300, (Kind::Float, Device::Cpu)).sin() * (i + 1) as f64;
+            (format!("p{i}"), t.set_requires_grad(true))
+        })
+        .collect();
+    let flat = Flat::new(params, 600).unwrap();
+    loss(flat.params(), rank).backward();
+    // Every rank's float32 gradients, before the all-reduce.
+    let local: Vec<f32> = flat
+        .grads()
+        .iter()
+        .flat_map(|g| Vec::<f32>::try_from(g).unwrap())
+        .collect();
+    let mut all = vec![0f32; local.len() * 2];
+    rt.comm().all_gather_into(&local[..], &mut all[..]);
+    let mut sync = MpiGradSync::new(rt.comm());
+    sync.dtype = syncdiff_model::config::ReduceDtype::Bf16;
+    let stop = sync.sync(flat.reduce_buffers(), rank == 1).unwrap();
+    assert!(stop);
+    let got: Vec<f32> = flat
+        .grads()
+        .iter()
+        .flat_map(|g| Vec::<f32>::try_from(g).unwrap())
+        .collect();
+    // What the wire should carry: each rank's gradient / 2 rounded to bfloat16, the two added in
+    // float32 and rounded to bfloat16 again (libtorch's rounding), widened.
+    let bf16 = |v: &[f32]| {
+        Tensor::from_slice(v)
+            .to_kind(Kind::BFloat16)
+            .to_kind(Kind::Float)
+    };
+    let half = |v: &[f32]| v.iter().map(|x| x / 2.0).collect::<Vec<f32>>();
+    let sum = bf16(&half(&all[..local.len()])) + bf16(&half(&all[local.len()..]));
+    let want: Vec<f32> = Vec::try_from(sum.to_kind(Kind::BFloat16).to_kind(Kind::Float)).unwrap();
+    assert_eq!(
+        got, want,
+        "the bfloat16 all-reduce differs from its definition"
+    );
+    let fp32: Vec<f32> = (0..local.len())
+        .map(|i| all[i] / 2.0 + all[local.len() + i] / 2.0)
+        .collect();
+    let rel = got
+        .iter()
+        .zip(&fp32)
+        .map(|(a, b)| ((a - b) / b.abs().max(1e-3)).abs())
+        .fold(0f32, f32::max);
+    assert!(rel > 0.0 && rel < 1e-2, "{rel}");
+    if rank == 0 {
+        println!(
+            "BF16_RESULT {} values exact; max relative distance to float32 {rel:.2e}",
+            got.len()
+        );
+    }
+}
+
+#[test]
+fn the_bf16_all_reduce_sums_as_bfloat16_rounding_defines_and_overlap_keeps_its_bits() {
+    let exe = std::env::current_exe().unwrap();
+    let o = Command::new("mpirun")
+        .env("OMPI_ALLOW_RUN_AS_ROOT", "1")
+        .env("OMPI_ALLOW_RUN_AS_ROOT_CONFIRM", "1")
+        .args(["--oversubscribe", "-n", "2"])
+        .arg(&exe)
+        .args([
+            "overlap::bf16_reduce_worker",
+            "--exact",
+            "--ignored",
+            "--nocapture",
+            "--test-threads=1",
+        ])
+        .output()
+        .unwrap();
+    let (out, err) = text(&o);
+    assert!(o.status.success(), "{out}\n{err}");
+    assert!(out.contains("BF16_RESULT"), "{out}");
+    println!(
+        "{}",
+        out.lines().find(|l| l.contains("BF16_RESULT")).unwrap()
+    );
+    overlap_on_and_off_agree(2, &["dist.reduce_dtype=bf16"]);
 }
 
 const BUCKET_MB: &str = "0.05";

@@ -19,6 +19,7 @@
 
 use cudarc::driver::{result as dr, sys as ds};
 use cudarc::nccl::sys as ns;
+use syncdiff_model::config::ReduceDtype;
 use tch::Tensor;
 
 use super::Launch;
@@ -35,6 +36,8 @@ pub struct NcclStream {
     /// Every reduction of the pass is done (on the communication stream).
     done: ds::CUevent,
     issued: usize,
+    /// `dist.reduce_dtype: bf16`: per bucket, its bfloat16 copy on the wire during the pass.
+    low: Vec<Option<Tensor>>,
 }
 
 // SAFETY: the stream and events are plain driver handles, usable from any thread with the
@@ -76,6 +79,7 @@ impl NcclStream {
             .map(|_| event())
             .collect::<Result<_, _>>()?;
         let done = event()?;
+        let low = buffers.iter().map(|_| None).collect();
         Ok(Self {
             sync,
             buffers,
@@ -83,6 +87,7 @@ impl NcclStream {
             ready,
             done,
             issued: 0,
+            low,
         })
     }
 
@@ -98,6 +103,12 @@ impl Launch for NcclStream {
     fn ready(&mut self, bucket: usize) -> Result<(), String> {
         self.bind()?;
         let ev = *self.ready.get(bucket).ok_or("no such gradient bucket")?;
+        if self.sync.dtype == ReduceDtype::Bf16 {
+            // Converted on the default stream, before the event the reduction waits for.
+            self.low[bucket] = Some(tch::no_grad(|| {
+                self.buffers[bucket].to_kind(tch::Kind::BFloat16)
+            }));
+        }
         // SAFETY: a live event of this context, recorded on the default stream.
         unsafe { dr::event::record(ev, std::ptr::null_mut()) }
             .map_err(|e| cuda("recording a gradient-ready event", e))
@@ -121,14 +132,12 @@ impl Launch for NcclStream {
             format!("gradient bucket {bucket}")
         };
         // SAFETY: the buffer is contiguous float32 on this device (checked in `new`) and lives
-        // as long as the trainer; the stream waits for the event after its gradients, and the
+        // as long as the trainer (its bfloat16 copy until `wait` widened it back); the stream waits for the event after its gradients, and the
         // default stream waits for the stream in `wait` before anything reads them.
+        let wire = self.low[bucket].as_ref().unwrap_or(&self.buffers[bucket]);
         unsafe {
-            self.sync.all_reduce_on(
-                &self.buffers[bucket],
-                &what,
-                self.stream as ns::cudaStream_t,
-            )
+            self.sync
+                .all_reduce_on(wire, &what, self.stream as ns::cudaStream_t)
         }
         .map_err(|e| e.to_string())?;
         self.issued += 1;
@@ -148,6 +157,15 @@ impl Launch for NcclStream {
                     )
                 })
                 .map_err(|e| cuda("ordering the optimizer after the all-reduces", e))?;
+        }
+        // bfloat16 on the wire: widened back on the default stream, after the wait above; the
+        // copies are freed there too, so the caching allocator reuses them only after it.
+        for (buf, low) in self.buffers.iter().zip(&mut self.low) {
+            if let Some(low) = low.take() {
+                tch::no_grad(|| {
+                    let _ = buf.shallow_clone().copy_(&low);
+                });
+            }
         }
         Ok(std::mem::take(&mut self.issued))
     }

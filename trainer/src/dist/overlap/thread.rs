@@ -5,6 +5,7 @@ use std::sync::mpsc::{channel, Receiver, Sender};
 use std::thread::JoinHandle;
 
 use mpi::topology::{Communicator, SimpleCommunicator};
+use syncdiff_model::config::ReduceDtype;
 use tch::Tensor;
 
 use super::Launch;
@@ -40,11 +41,13 @@ impl std::fmt::Debug for MpiThread {
 impl MpiThread {
     /// Starts the thread for the gradient `buffers` (`Flat::reduce_buffers`: contiguous float32
     /// on the CPU, the last with the stop slot). Duplicating `comm` is a collective: every rank
-    /// calls this at the same point. `thread_multiple`: MPI granted MPI_THREAD_MULTIPLE.
+    /// calls this at the same point. `thread_multiple`: MPI granted MPI_THREAD_MULTIPLE;
+    /// `dtype`: the element type on the wire.
     pub fn new(
         comm: &SimpleCommunicator,
         buffers: Vec<Tensor>,
         thread_multiple: bool,
+        dtype: ReduceDtype,
     ) -> Result<Self, String> {
         if !thread_multiple {
             return Err(
@@ -64,7 +67,7 @@ impl MpiThread {
                 let dup = dup;
                 for b in from_main {
                     let r = match buffers.get(b) {
-                        Some(buf) => reduce_bucket(&dup.0, buf, b == last, true)
+                        Some(buf) => reduce_bucket(&dup.0, buf, b == last, true, dtype)
                             .map_err(|m| format!("gradient bucket {b}: {m}")),
                         None => Err(format!("no gradient bucket {b}")),
                     };
