@@ -168,7 +168,7 @@ pub(crate) fn reduce_bucket(
             // The stop slot's 0s and 1s are exact in bfloat16 up to 256 ranks.
             let low = buf.to_kind(Kind::BFloat16);
             bf16_all_reduce_in_place(comm, &low)?;
-            let _ = buf.shallow_clone().copy_(&low);
+            buf.shallow_clone().copy_(&low);
             Ok(())
         }),
     }
@@ -273,8 +273,8 @@ mod tests {
             -0.0,
             1.0,
             -1.5,
-            1.00390625,
-            1.01171875,
+            1.0 + 1.0 / 256.0, // halfway between two bfloat16 values: ties to even
+            1.0 + 3.0 / 256.0,
             3.0e-39,
             1.0e-42,
             3.3e38,

@@ -322,7 +322,7 @@ impl GradSync for NcclGradSync {
                     // Converted, reduced and copied back on the default stream, in order.
                     let low = buf.to_kind(tch::Kind::BFloat16);
                     self.all_reduce(&low, &what)?;
-                    let _ = buf.shallow_clone().copy_(&low);
+                    buf.shallow_clone().copy_(&low);
                     Ok::<(), DistError>(())
                 })?,
             }

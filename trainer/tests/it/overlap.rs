@@ -30,12 +30,12 @@ fn loss(params: &[Tensor], rank: usize) -> Tensor {
     } else {
         vec![5, 1, 3, 0, 4, 2]
     };
-    let mut total = Tensor::zeros([], (Kind::Float, Device::Cpu));
-    for p in order {
-        let w = (p + 1) as f64 * (rank + 1) as f64;
-        total = total + params[p].square().sum(Kind::Float) * w;
-    }
-    total
+    order
+        .into_iter()
+        .fold(Tensor::zeros([], (Kind::Float, Device::Cpu)), |total, p| {
+            let w = (p + 1) as f64 * (rank + 1) as f64;
+            total + params[p].square().sum(Kind::Float) * w
+        })
 }
 
 /// `v` on every rank, gathered (fixed length).

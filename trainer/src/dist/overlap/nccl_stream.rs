@@ -163,7 +163,7 @@ impl Launch for NcclStream {
         for (buf, low) in self.buffers.iter().zip(&mut self.low) {
             if let Some(low) = low.take() {
                 tch::no_grad(|| {
-                    let _ = buf.shallow_clone().copy_(&low);
+                    buf.shallow_clone().copy_(&low);
                 });
             }
         }
