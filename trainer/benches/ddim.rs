@@ -12,7 +12,7 @@ mod common;
 
 use std::time::Instant;
 
-use syncdiff_devkit::stats::{interleave, PyServer};
+use syncdiff_devkit::stats::interleave;
 use syncdiff_devkit::{env_or, repo};
 use syncdiff_model::config::{Config, PredictionTarget};
 use syncdiff_model::syncdiff::{Conditioning, SampleOptions, SyncDiff};
@@ -45,14 +45,7 @@ fn main() -> anyhow::Result<()> {
                 PredictionTarget::V => "v_prediction",
             },
         });
-        let dir = tempfile::tempdir()?;
-        let spec_path = dir.path().join("spec.json");
-        std::fs::write(&spec_path, spec.to_string())?;
-        let mut py = PyServer::start(
-            &repo().join("trainer/benches/torch_ddim.py"),
-            &[spec_path.as_os_str()],
-            &[],
-        )?;
+        let mut py = common::py_server("trainer/benches/torch_ddim.py", &spec)?;
         tch::manual_seed(0);
         let vs = VarStore::new(Device::Cpu);
         let model = SyncDiff::new(vs.root(), m);

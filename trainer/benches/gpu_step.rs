@@ -17,7 +17,7 @@ mod common;
 
 use std::time::Instant;
 
-use syncdiff_devkit::stats::{interleave, PyServer};
+use syncdiff_devkit::stats::interleave;
 use syncdiff_devkit::{env_or, repo};
 use syncdiff_model::config::{Config, LossScaleConfig, Precision};
 use syncdiff_model::unet::{Unet, UnetShape};
@@ -89,14 +89,7 @@ fn one(mode: &str) -> anyhow::Result<()> {
         "out_channels": s.out_channels, "context_dim": s.context_dim, "size": size,
         "tokens": tokens, "batch": BATCH, "threads": 1, "device": "cuda", "mode": mode,
     });
-    let dir = tempfile::tempdir()?;
-    let spec_path = dir.path().join("spec.json");
-    std::fs::write(&spec_path, spec.to_string())?;
-    let mut py = PyServer::start(
-        &repo().join("trainer/benches/torch_unet_step.py"),
-        &[spec_path.as_os_str()],
-        &[],
-    )?;
+    let mut py = common::py_server("trainer/benches/torch_unet_step.py", &spec)?;
     let device = Device::Cuda(0);
     tch::manual_seed(0);
     let vs = VarStore::new(device);

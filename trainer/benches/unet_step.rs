@@ -13,7 +13,7 @@ mod common;
 
 use std::time::Instant;
 
-use syncdiff_devkit::stats::{interleave, PyServer};
+use syncdiff_devkit::stats::interleave;
 use syncdiff_devkit::{env_or, repo};
 use syncdiff_model::config::{Config, UnetConfig};
 use syncdiff_model::unet::{Unet, UnetShape};
@@ -68,14 +68,7 @@ fn main() -> anyhow::Result<()> {
             "out_channels": s.out_channels, "context_dim": s.context_dim, "size": case.size,
             "tokens": case.tokens, "batch": case.batch, "threads": threads,
         });
-        let dir = tempfile::tempdir()?;
-        let spec_path = dir.path().join("spec.json");
-        std::fs::write(&spec_path, spec.to_string())?;
-        let mut py = PyServer::start(
-            &repo().join("trainer/benches/torch_unet_step.py"),
-            &[spec_path.as_os_str()],
-            &[],
-        )?;
+        let mut py = common::py_server("trainer/benches/torch_unet_step.py", &spec)?;
         tch::manual_seed(0);
         let vs = VarStore::new(Device::Cpu);
         let unet = Unet::new(vs.root(), s);

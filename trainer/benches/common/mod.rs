@@ -127,3 +127,19 @@ pub fn relaunch(ranks: u32) -> anyhow::Result<()> {
     anyhow::ensure!(status.success(), "mpirun -n {ranks} failed: {status}");
     Ok(())
 }
+
+/// Starts the Python side of a benchmark (`script`, relative to the repository) on `spec`,
+/// written to a JSON file it reads before it prints `ready`.
+pub fn py_server(
+    script: &str,
+    spec: &serde_json::Value,
+) -> anyhow::Result<syncdiff_devkit::stats::PyServer> {
+    let dir = tempfile::tempdir()?;
+    let spec_path = dir.path().join("spec.json");
+    std::fs::write(&spec_path, spec.to_string())?;
+    Ok(syncdiff_devkit::stats::PyServer::start(
+        &repo().join(script),
+        &[spec_path.as_os_str()],
+        &[],
+    )?)
+}

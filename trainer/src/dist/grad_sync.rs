@@ -94,28 +94,7 @@ unsafe extern "C" {
     fn syncdiff_f32_to_bf16(f: f32) -> u16;
 }
 
-/// Sums a contiguous bfloat16 CPU tensor over ranks, in place.
-fn bf16_all_reduce_in_place(comm: &SimpleCommunicator, buf: &Tensor) -> Result<(), String> {
-    use mpi::raw::AsRaw;
-    let n = std::ffi::c_int::try_from(buf.numel()).map_err(|_| {
-        format!(
-            "a gradient bucket of {} elements is more than MPI counts: lower dist.bucket_mb",
-            buf.numel()
-        )
-    })?;
-    // SAFETY: `buf` is a contiguous bfloat16 CPU tensor of n elements (made by the caller),
-    // alive for this call and touched by nothing else while MPI runs.
-    let rc = unsafe { syncdiff_bf16_allreduce(buf.data_ptr(), n, comm.as_raw()) };
-    if rc == 0 {
-        Ok(())
-    } else {
-        Err(format!(
-            "MPI_Allreduce (bfloat16 sum) failed with error code {rc}"
-        ))
-    }
-}
-
-/// Sums a contiguous float32 CPU tensor over ranks, in place.
+/// Sums a contiguous float32 or bfloat16 CPU tensor over ranks, in place.
 fn all_reduce_in_place(comm: &SimpleCommunicator, buf: &Tensor) -> Result<(), String> {
     use mpi::raw::AsRaw;
     let n = std::ffi::c_int::try_from(buf.numel()).map_err(|_| {
@@ -124,18 +103,21 @@ fn all_reduce_in_place(comm: &SimpleCommunicator, buf: &Tensor) -> Result<(), St
             buf.numel()
         )
     })?;
-    // SAFETY: `buf` is a contiguous float32 CPU tensor of n elements (checked by the caller),
-    // alive for this call, and nothing else touches it while MPI runs; MPI_IN_PLACE tells MPI
-    // to read and write the receive buffer.
+    // SAFETY: `buf` is a contiguous CPU tensor of n elements of the kind matched (made or
+    // checked by the caller), alive for this call, and nothing else touches it while MPI runs;
+    // MPI_IN_PLACE tells MPI to read and write the receive buffer.
     let rc = unsafe {
-        mpi::ffi::MPI_Allreduce(
-            syncdiff_mpi_in_place(),
-            buf.data_ptr(),
-            n,
-            mpi::ffi::RSMPI_FLOAT,
-            mpi::ffi::RSMPI_SUM,
-            comm.as_raw(),
-        )
+        match buf.kind() {
+            Kind::BFloat16 => syncdiff_bf16_allreduce(buf.data_ptr(), n, comm.as_raw()),
+            _ => mpi::ffi::MPI_Allreduce(
+                syncdiff_mpi_in_place(),
+                buf.data_ptr(),
+                n,
+                mpi::ffi::RSMPI_FLOAT,
+                mpi::ffi::RSMPI_SUM,
+                comm.as_raw(),
+            ),
+        }
     };
     if rc == 0 {
         Ok(())
@@ -167,7 +149,7 @@ pub(crate) fn reduce_bucket(
         ReduceDtype::Bf16 => tch::no_grad(|| {
             // The stop slot's 0s and 1s are exact in bfloat16 up to 256 ranks.
             let low = buf.to_kind(Kind::BFloat16);
-            bf16_all_reduce_in_place(comm, &low)?;
+            all_reduce_in_place(comm, &low)?;
             buf.shallow_clone().copy_(&low);
             Ok(())
         }),

@@ -102,6 +102,31 @@ pub fn mpirun(n: u32) -> Command {
     c
 }
 
+/// Runs `worker` (an ignored test of this test binary, e.g. `ddp::ddp_worker`) on `n` ranks under
+/// `mpirun` with extra environment `env`; returns its stdout, or panics with both outputs when a
+/// rank failed.
+pub fn mpirun_worker(worker: &str, n: u32, env: &[(&str, &str)]) -> String {
+    let mut cmd = Command::new("mpirun");
+    cmd.env("OMPI_ALLOW_RUN_AS_ROOT", "1")
+        .env("OMPI_ALLOW_RUN_AS_ROOT_CONFIRM", "1")
+        .args(["--oversubscribe", "-n", &n.to_string()])
+        .arg(std::env::current_exe().unwrap())
+        .args([
+            worker,
+            "--exact",
+            "--ignored",
+            "--nocapture",
+            "--test-threads=1",
+        ]);
+    for (k, v) in env {
+        cmd.env(k, v);
+    }
+    let o = cmd.output().unwrap();
+    let (out, err) = text(&o);
+    assert!(o.status.success(), "{worker}:\n{out}\n{err}");
+    out
+}
+
 /// (name, sha256) of every `.safetensors` file a checkpoint's `manifest.json` lists, in its order.
 pub fn tensor_hashes(manifest: &[u8]) -> Vec<(String, String)> {
     let m: serde_json::Value = serde_json::from_slice(manifest).unwrap();

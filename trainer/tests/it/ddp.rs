@@ -4,8 +4,6 @@
 //! The test spawns `mpirun -n 2` on this very test binary, running `ddp_worker` on each rank.
 #![allow(clippy::unwrap_used)]
 
-use std::process::Command;
-
 use syncdiff_trainer::dist::{GradSync, MpiGradSync, Runtime};
 use syncdiff_trainer::optim::{bucket_elements, buckets, Flat};
 use tch::nn::{Module, VarStore};
@@ -105,29 +103,12 @@ fn ddp_worker() {
 }
 
 fn run_ranks(no_average: bool) -> f64 {
-    let exe = std::env::current_exe().unwrap();
-    let mut cmd = Command::new("mpirun");
-    cmd.env("OMPI_ALLOW_RUN_AS_ROOT", "1")
-        .env("OMPI_ALLOW_RUN_AS_ROOT_CONFIRM", "1")
-        .args(["--oversubscribe", "-n", "2"])
-        .arg(&exe)
-        .args([
-            "ddp::ddp_worker",
-            "--exact",
-            "--ignored",
-            "--nocapture",
-            "--test-threads=1",
-        ]);
-    if no_average {
-        cmd.env("DDP_NO_AVERAGE", "1");
-    }
-    let o = cmd.output().unwrap();
-    let out = String::from_utf8_lossy(&o.stdout);
-    assert!(
-        o.status.success(),
-        "{out}\n{}",
-        String::from_utf8_lossy(&o.stderr)
-    );
+    let env: &[(&str, &str)] = if no_average {
+        &[("DDP_NO_AVERAGE", "1")]
+    } else {
+        &[]
+    };
+    let out = crate::common::mpirun_worker("ddp::ddp_worker", 2, env);
     // The line may follow the test harness's "test ddp_worker ... " on the same line.
     let value = out
         .lines()

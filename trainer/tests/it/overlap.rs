@@ -5,7 +5,6 @@
 #![allow(clippy::unwrap_used)]
 
 use std::path::Path;
-use std::process::Command;
 
 use mpi::collective::CommunicatorCollectives;
 use syncdiff_model::config::{Config, Override};
@@ -114,23 +113,7 @@ fn overlap_worker() {
 
 #[test]
 fn the_bucket_order_is_the_same_on_every_rank_when_gradients_complete_in_other_orders() {
-    let exe = std::env::current_exe().unwrap();
-    let o = Command::new("mpirun")
-        .env("OMPI_ALLOW_RUN_AS_ROOT", "1")
-        .env("OMPI_ALLOW_RUN_AS_ROOT_CONFIRM", "1")
-        .args(["--oversubscribe", "-n", "2"])
-        .arg(&exe)
-        .args([
-            "overlap::overlap_worker",
-            "--exact",
-            "--ignored",
-            "--nocapture",
-            "--test-threads=1",
-        ])
-        .output()
-        .unwrap();
-    let (out, err) = text(&o);
-    assert!(o.status.success(), "{out}\n{err}");
+    let out = common::mpirun_worker("overlap::overlap_worker", 2, &[]);
     assert!(out.contains("OVERLAP_RESULT"), "{out}");
     println!("{out}");
 }
@@ -199,23 +182,7 @@ fn bf16_reduce_worker() {
 
 #[test]
 fn the_bf16_all_reduce_sums_as_bfloat16_rounding_defines_and_overlap_keeps_its_bits() {
-    let exe = std::env::current_exe().unwrap();
-    let o = Command::new("mpirun")
-        .env("OMPI_ALLOW_RUN_AS_ROOT", "1")
-        .env("OMPI_ALLOW_RUN_AS_ROOT_CONFIRM", "1")
-        .args(["--oversubscribe", "-n", "2"])
-        .arg(&exe)
-        .args([
-            "overlap::bf16_reduce_worker",
-            "--exact",
-            "--ignored",
-            "--nocapture",
-            "--test-threads=1",
-        ])
-        .output()
-        .unwrap();
-    let (out, err) = text(&o);
-    assert!(o.status.success(), "{out}\n{err}");
+    let out = common::mpirun_worker("overlap::bf16_reduce_worker", 2, &[]);
     assert!(out.contains("BF16_RESULT"), "{out}");
     println!(
         "{}",
