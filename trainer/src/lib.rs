@@ -17,6 +17,7 @@ pub mod model;
 pub mod opcount;
 pub mod optim;
 pub mod preflight;
+mod shim;
 pub mod train;
 pub mod trainer;
 pub mod validate;

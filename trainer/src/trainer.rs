@@ -398,18 +398,6 @@ impl<'a> Trainer<'a> {
         }
     }
 
-    /// With `dist.overlap`, the bucket launch order and the last step's bucket completion and
-    /// launch orders (for tests and diagnostics).
-    pub fn bucket_orders(&self) -> Option<(Vec<usize>, Vec<usize>, Vec<usize>)> {
-        match &self.sync {
-            Reduce::Overlapped(o) => {
-                let (ready, launched) = o.logs();
-                Some((o.order(), ready, launched))
-            }
-            _ => None,
-        }
-    }
-
     /// The fp16 loss scaler's state (none under fp32 and bf16).
     pub fn loss_scale(&self) -> Option<LossScaleState> {
         self.scaler.as_ref().map(LossScaler::state)

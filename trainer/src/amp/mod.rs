@@ -48,17 +48,9 @@ pub struct AmpError {
     message: String,
 }
 
-/// Calls a shim function that reports failure as non-zero plus a message.
+/// Calls a shim function, naming what failed.
 fn call(what: &'static str, f: impl FnOnce(*mut c_char, usize) -> i32) -> Result<(), AmpError> {
-    let mut buf = [0u8; 512];
-    if f(buf.as_mut_ptr().cast(), buf.len()) == 0 {
-        return Ok(());
-    }
-    let end = buf.iter().position(|&b| b == 0).unwrap_or(buf.len());
-    Err(AmpError {
-        what,
-        message: String::from_utf8_lossy(&buf[..end]).into_owned(),
-    })
+    crate::shim::call(f).map_err(|message| AmpError { what, message })
 }
 
 /// The shim's device type code of a tch device.

@@ -114,16 +114,6 @@ extern "C" fn grad_ready(ctx: *mut c_void, index: usize) {
     }
 }
 
-/// Calls a hook shim function; its message on failure.
-fn call(f: impl FnOnce(*mut c_char, usize) -> i32) -> Result<(), String> {
-    let mut buf = [0u8; 512];
-    if f(buf.as_mut_ptr().cast(), buf.len()) == 0 {
-        return Ok(());
-    }
-    let end = buf.iter().position(|&b| b == 0).unwrap_or(buf.len());
-    Err(String::from_utf8_lossy(&buf[..end]).into_owned())
-}
-
 /// Gradient hooks on a [`Flat`]'s parameters driving a [`Launch`] backend.
 pub struct Overlap {
     shared: Arc<Shared>,
@@ -168,7 +158,7 @@ impl Overlap {
         let ctx = Arc::as_ptr(&overlap.shared) as *mut c_void;
         for (i, (p, name)) in flat.params().iter().zip(flat.names()).enumerate() {
             // SAFETY: `p` is a live tensor; the context outlives the hook (see `grad_ready`).
-            call(|msg, len| unsafe {
+            crate::shim::call(|msg, len| unsafe {
                 syncdiff_set_grad_ready_hook(p.as_ptr(), grad_ready, ctx, i, msg, len)
             })
             .map_err(|m| overlap.err(format!("gradient hook on `{name}`: {m}")))?;
@@ -284,8 +274,9 @@ impl Drop for Overlap {
     fn drop(&mut self) {
         for p in &self.params {
             // SAFETY: `p` is a live tensor; clearing leaves no hook pointing at `shared`.
-            let _ =
-                call(|msg, len| unsafe { syncdiff_clear_grad_ready_hook(p.as_ptr(), msg, len) });
+            let _ = crate::shim::call(|msg, len| unsafe {
+                syncdiff_clear_grad_ready_hook(p.as_ptr(), msg, len)
+            });
         }
     }
 }

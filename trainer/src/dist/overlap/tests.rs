@@ -127,7 +127,7 @@ fn a_dropped_overlap_leaves_no_hook_behind() {
 #[test]
 fn a_tensor_that_is_not_a_trained_leaf_gets_no_hook() {
     let t = Tensor::ones([2], (Kind::Float, Device::Cpu));
-    let err = call(|msg, len| unsafe {
+    let err = crate::shim::call(|msg, len| unsafe {
         syncdiff_set_grad_ready_hook(t.as_ptr(), grad_ready, std::ptr::null_mut(), 0, msg, len)
     })
     .unwrap_err();
