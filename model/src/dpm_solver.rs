@@ -4,6 +4,12 @@
 //! first and last steps, the last step to sigma = 0). Each step converts the model output to an
 //! x0 prediction, so the same solver serves eps, x0 and v models.
 //!
+//! [`Spacing::Karras`] is the same scheduler with `use_karras_sigmas=True` ("DPM++ 2M Karras"):
+//! the sigmas of Karras et al. (2022), rho = 7, from the schedule's largest to its smallest
+//! sigma, each evaluated at the timestep its sigma interpolates to. Its last model call is at
+//! t = 0, where linspace's is at about a fifth of the schedule for 5 steps: a few-step sample
+//! ends on a prediction from a nearly clean input.
+//!
 //! In the solver's variables, with sigma_t = sqrt((1 - abar_t) / abar_t):
 //! alpha = 1 / sqrt(1 + sigma^2), s = sigma * alpha, lambda = ln(alpha / s) = -ln(sigma), and
 //! with h = lambda_next - lambda_now,
@@ -14,6 +20,15 @@
 use tch::Tensor;
 
 use crate::diffusion::Schedule;
+
+/// Where the solver's steps fall on the schedule.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Spacing {
+    /// Timesteps evenly spaced from the last to the first (diffusers' "linspace").
+    Linspace,
+    /// Karras et al.'s sigmas (diffusers' `use_karras_sigmas=True`).
+    Karras,
+}
 
 /// The solver's state over one sampling run: the timesteps, their sigmas, and the previous x0
 /// prediction. [`DpmSolverPp2m::step`] is called once per timestep, in order.
@@ -41,17 +56,60 @@ fn linspace_timesteps(last: f64, steps: usize) -> Vec<i64> {
     t
 }
 
+/// Karras et al.'s `steps` sigmas from `max` down to `min` (rho = 7), as diffusers'
+/// `_convert_to_karras`.
+fn karras_sigmas(min: f64, max: f64, steps: usize) -> Vec<f64> {
+    const RHO: f64 = 7.0;
+    let (lo, hi) = (min.powf(1.0 / RHO), max.powf(1.0 / RHO));
+    (0..steps)
+        .map(|i| {
+            let ramp = if steps == 1 {
+                0.0
+            } else {
+                i as f64 / (steps - 1) as f64
+            };
+            (hi + ramp * (lo - hi)).powf(RHO)
+        })
+        .collect()
+}
+
+/// The fractional timestep whose log-sigma `sigma` interpolates to in `log_sigmas` (increasing,
+/// one per timestep), as diffusers' `_sigma_to_t`: linear between the two neighbours, clamped
+/// to the schedule's ends.
+fn sigma_to_t(sigma: f64, log_sigmas: &[f64]) -> f64 {
+    let x = sigma.max(1e-10).ln();
+    let below = log_sigmas.iter().rposition(|&l| l <= x).unwrap_or(0);
+    let low = below.min(log_sigmas.len() - 2);
+    let w = (log_sigmas[low] - x) / (log_sigmas[low] - log_sigmas[low + 1]);
+    low as f64 + w.clamp(0.0, 1.0)
+}
+
 impl<'a> DpmSolverPp2m<'a> {
     /// A run of `steps` steps (at least 1, at most the schedule's timesteps) over `schedule`.
-    pub fn new(schedule: &'a Schedule, steps: usize) -> Self {
+    pub fn new(schedule: &'a Schedule, steps: usize, spacing: Spacing) -> Self {
         let n = schedule.timesteps();
         let steps = steps.clamp(1, n);
-        let timesteps = linspace_timesteps((n - 1) as f64, steps);
-        let ac = schedule.alphas_cumprod();
-        let mut sigmas: Vec<f64> = timesteps
+        let sigma_of: Vec<f64> = schedule
+            .alphas_cumprod()
             .iter()
-            .map(|&t| ((1.0 - ac[t as usize]) / ac[t as usize]).sqrt())
+            .map(|&a| ((1.0 - a) / a).sqrt())
             .collect();
+        let (timesteps, mut sigmas) = match spacing {
+            Spacing::Linspace => {
+                let t = linspace_timesteps((n - 1) as f64, steps);
+                let s = t.iter().map(|&t| sigma_of[t as usize]).collect();
+                (t, s)
+            }
+            Spacing::Karras => {
+                let s = karras_sigmas(sigma_of[0], sigma_of[n - 1], steps);
+                let log_sigmas: Vec<f64> = sigma_of.iter().map(|s| s.ln()).collect();
+                let t = s
+                    .iter()
+                    .map(|&s| sigma_to_t(s, &log_sigmas).round_ties_even() as i64)
+                    .collect();
+                (t, s)
+            }
+        };
         sigmas.push(0.0);
         Self {
             timesteps,
@@ -117,5 +175,22 @@ mod tests {
             vec![999, 899, 799, 699, 599, 500, 400, 300, 200, 100]
         );
         assert_eq!(linspace_timesteps(999.0, 1), vec![999]);
+    }
+
+    #[test]
+    fn karras_sigmas_run_from_max_to_min_and_map_back_to_their_timesteps() {
+        let s = karras_sigmas(0.03, 15.0, 5);
+        assert!(
+            (s[0] - 15.0).abs() < 1e-9 && (s[4] - 0.03).abs() < 1e-12,
+            "{s:?}"
+        );
+        assert!(s.windows(2).all(|w| w[0] > w[1]), "{s:?}");
+        let one = karras_sigmas(0.03, 15.0, 1);
+        assert!(one.len() == 1 && (one[0] - 15.0).abs() < 1e-9, "{one:?}");
+        // log-sigmas 0, 1, 2, 3 at timesteps 0..4: e^1.25 sits a quarter past timestep 1.
+        let ls = [0.0, 1.0, 2.0, 3.0];
+        assert!((sigma_to_t(1.25f64.exp(), &ls) - 1.25).abs() < 1e-12);
+        assert_eq!(sigma_to_t(1e-3, &ls), 0.0);
+        assert_eq!(sigma_to_t(100.0, &ls), 3.0);
     }
 }

@@ -9,7 +9,7 @@ use tch::{Kind, Tensor};
 
 use crate::config::{ModelConfig, PriorsConfig, SamplerKind};
 use crate::diffusion::Schedule;
-use crate::dpm_solver::DpmSolverPp2m;
+use crate::dpm_solver::{DpmSolverPp2m, Spacing};
 use crate::unet::{Unet, UnetShape};
 
 /// Latent conditioning of a batch of B target frames.
@@ -244,8 +244,12 @@ impl SyncDiff {
             }
             let rows = if guided { 2 * b } else { b };
             let mut x = noise.shallow_clone();
-            let mut dpm = (opts.sampler == SamplerKind::DpmPp2m)
-                .then(|| DpmSolverPp2m::new(&self.schedule, opts.steps));
+            let mut dpm = match opts.sampler {
+                SamplerKind::Ddim => None,
+                SamplerKind::DpmPp2m => Some(Spacing::Linspace),
+                SamplerKind::DpmPp2mKarras => Some(Spacing::Karras),
+            }
+            .map(|spacing| DpmSolverPp2m::new(&self.schedule, opts.steps, spacing));
             let timesteps = match &dpm {
                 Some(s) => s.timesteps().to_vec(),
                 None => self.schedule.ddim_timesteps(opts.steps),

@@ -427,8 +427,9 @@ impl Config {
             "sample.eta",
             || {
                 format!(
-                    "{}: stochastic steps are DDIM's; dpmpp-2m is deterministic (set 0)",
-                    s.eta
+                    "{}: stochastic steps are DDIM's; {} is deterministic (set 0)",
+                    s.eta,
+                    s.sampler.name()
                 )
             },
         )?;

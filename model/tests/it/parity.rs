@@ -7,7 +7,7 @@ use crate::common;
 use serde_json::json;
 use syncdiff_model::config::{AutoencoderConfig, DiffusionConfig, PredictionTarget, UnetConfig};
 use syncdiff_model::diffusion::Schedule;
-use syncdiff_model::dpm_solver::DpmSolverPp2m;
+use syncdiff_model::dpm_solver::{DpmSolverPp2m, Spacing};
 use syncdiff_model::unet::{Unet, UnetShape};
 use syncdiff_model::vq::VqModel;
 use syncdiff_model::weights;
@@ -160,7 +160,8 @@ fn ddim_v_matches_diffusers() {
 }
 
 /// DPM-Solver++(2M) against diffusers' DPMSolverMultistepScheduler on the DDIM test's schedule
-/// and stand-in denoiser: timesteps and whole trajectories at 10, 20 and 25 steps.
+/// and stand-in denoiser: timesteps and whole trajectories at 10, 20 and 25 steps, on linspace
+/// timesteps and on Karras sigmas (`use_karras_sigmas=True`).
 fn dpmpp_parity(prediction: PredictionTarget, diffusers_name: &str) {
     let counts = [10usize, 20, 25];
     let dir = reference(
@@ -174,25 +175,27 @@ fn dpmpp_parity(prediction: PredictionTarget, diffusers_name: &str) {
         prediction,
         ..Default::default()
     });
-    for steps in counts {
-        let mut solver = DpmSolverPp2m::new(&sched, steps);
-        assert_eq!(
-            Tensor::from_slice(solver.timesteps()),
-            o[&format!("timesteps_{steps}")],
-            "{steps} steps"
-        );
-        let mut x = i["x_T"].shallow_clone();
-        let mut traj = Vec::new();
-        for t in solver.timesteps().to_vec() {
-            let out = x.sin() * 0.7 + 0.1 * (t as f64 / 1000.0);
-            x = solver.step(&out, &x);
-            traj.push(x.shallow_clone());
+    for (spacing, prefix) in [(Spacing::Linspace, ""), (Spacing::Karras, "karras_")] {
+        for steps in counts {
+            let mut solver = DpmSolverPp2m::new(&sched, steps, spacing);
+            assert_eq!(
+                Tensor::from_slice(solver.timesteps()),
+                o[&format!("{prefix}timesteps_{steps}")],
+                "{spacing:?}, {steps} steps"
+            );
+            let mut x = i["x_T"].shallow_clone();
+            let mut traj = Vec::new();
+            for t in solver.timesteps().to_vec() {
+                let out = x.sin() * 0.7 + 0.1 * (t as f64 / 1000.0);
+                x = solver.step(&out, &x);
+                traj.push(x.shallow_clone());
+            }
+            assert_close(
+                &format!("dpm-solver++ 2M {spacing:?} {steps}-step trajectory ({diffusers_name})"),
+                &Tensor::stack(&traj, 0),
+                &o[&format!("{prefix}trajectory_{steps}")],
+            );
         }
-        assert_close(
-            &format!("dpm-solver++ 2M {steps}-step trajectory ({diffusers_name})"),
-            &Tensor::stack(&traj, 0),
-            &o[&format!("trajectory_{steps}")],
-        );
     }
 }
 

@@ -169,30 +169,34 @@ def ddim(spec, out, gen):
 
 def dpmpp(spec, out, gen):
     """DPMSolverMultistepScheduler (dpmsolver++, order 2, midpoint) trajectories on the DDIM
-    test's schedule and stand-in denoiser, one per step count in spec["steps"]."""
+    test's schedule and stand-in denoiser, one per step count in spec["steps"], on linspace
+    timesteps (keys `timesteps_N`, `trajectory_N`) and on Karras sigmas (`karras_...`)."""
     from diffusers import DPMSolverMultistepScheduler
 
-    sched = DPMSolverMultistepScheduler(
-        num_train_timesteps=1000,
-        beta_schedule="scaled_linear",
-        beta_start=0.0015,
-        beta_end=0.0195,
-        prediction_type=spec["prediction_type"],
-        algorithm_type="dpmsolver++",
-        solver_order=2,
-    )
     x_T = torch.randn(2, 3, 8, 8, generator=gen)
     inputs = {"x_T": x_T.clone()}
     outputs = {}
-    for steps in spec["steps"]:
-        sched.set_timesteps(steps)
-        x = x_T.clone()
-        traj = []
-        for t in sched.timesteps:
-            x = sched.step(fake_model(x, float(t)), t, x).prev_sample
-            traj.append(x)
-        outputs[f"timesteps_{steps}"] = sched.timesteps.clone()
-        outputs[f"trajectory_{steps}"] = torch.stack(traj)
+    for karras in (False, True):
+        sched = DPMSolverMultistepScheduler(
+            num_train_timesteps=1000,
+            beta_schedule="scaled_linear",
+            beta_start=0.0015,
+            beta_end=0.0195,
+            prediction_type=spec["prediction_type"],
+            algorithm_type="dpmsolver++",
+            solver_order=2,
+            use_karras_sigmas=karras,
+        )
+        prefix = "karras_" if karras else ""
+        for steps in spec["steps"]:
+            sched.set_timesteps(steps)
+            x = x_T.clone()
+            traj = []
+            for t in sched.timesteps:
+                x = sched.step(fake_model(x, float(t)), t, x).prev_sample
+                traj.append(x)
+            outputs[f"{prefix}timesteps_{steps}"] = sched.timesteps.clone()
+            outputs[f"{prefix}trajectory_{steps}"] = torch.stack(traj)
     save_file({k: v.contiguous() for k, v in inputs.items()}, f"{out}/inputs.safetensors")
     save_file({k: v.contiguous() for k, v in outputs.items()}, f"{out}/outputs.safetensors")
 

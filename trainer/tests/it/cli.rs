@@ -598,7 +598,7 @@ fn bad_flag_values_are_one_line_usage_errors() {
     let o = syncdiff(&["generate", "--checkpoint", "b", "--sampler", "euler"]);
     assert_user_error(
         &o,
-        "error: invalid value 'euler' for '--sampler <ddim|dpmpp-2m>': \"euler\": expected ddim or dpmpp-2m",
+        "error: invalid value 'euler' for '--sampler <ddim|dpmpp-2m|dpmpp-2m-karras>': \"euler\": expected ddim, dpmpp-2m or dpmpp-2m-karras",
     );
     let o = train()
         .args(["--config", "configs/debug.yaml", "--no-such-flag"])

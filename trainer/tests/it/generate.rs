@@ -261,6 +261,7 @@ fn a_clip_generated_in_a_batch_equals_the_clip_generated_alone() {
         (SamplerKind::Ddim, 0.0, 1.0),
         (SamplerKind::Ddim, 0.5, 1.0),
         (SamplerKind::DpmPp2m, 0.0, 1.0),
+        (SamplerKind::DpmPp2mKarras, 0.0, 1.0),
         (SamplerKind::Ddim, 0.0, 2.0),
     ] {
         let opts = GenerateOptions {

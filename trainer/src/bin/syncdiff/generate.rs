@@ -41,8 +41,9 @@ pub struct Args {
     /// Clips generated together on the device.
     #[arg(long, default_value_t = 8)]
     batch: usize,
-    /// Sampler: ddim or dpmpp-2m (DPM-Solver++(2M): far fewer steps) [default: sample.sampler].
-    #[arg(long, value_name = "ddim|dpmpp-2m")]
+    /// Sampler: ddim, dpmpp-2m or dpmpp-2m-karras (DPM-Solver++(2M), on linspace timesteps or
+    /// Karras sigmas: far fewer steps) [default: sample.sampler].
+    #[arg(long, value_name = "ddim|dpmpp-2m|dpmpp-2m-karras")]
     sampler: Option<SamplerKind>,
     /// Sampling steps [default: the model's sample.ddim_steps].
     #[arg(long)]
