@@ -341,7 +341,7 @@ pub enum SamplerKind {
     #[serde(rename = "dpmpp-2m")]
     DpmPp2m,
     /// DPM-Solver++(2M) on Karras et al.'s sigmas (diffusers' `use_karras_sigmas=True`): its last
-    /// step predicts from t = 0, so few-step samples end sharper.
+    /// model call is at t = 0 (docs/generate.md compares both spacings on the demo).
     #[serde(rename = "dpmpp-2m-karras")]
     DpmPp2mKarras,
 }
@@ -377,7 +377,8 @@ pub struct SampleConfig {
     /// `ddim` (the paper), `dpmpp-2m` or `dpmpp-2m-karras`.
     pub sampler: SamplerKind,
     /// Sampling steps of the sampler (uniform spacing for DDIM, diffusers' linspace for
-    /// dpmpp-2m, Karras sigmas for dpmpp-2m-karras); the name is kept from when DDIM was the only sampler.
+    /// dpmpp-2m, Karras sigmas for dpmpp-2m-karras); the name is kept from when DDIM was the
+    /// only sampler.
     pub ddim_steps: u32,
     /// DDIM eta (0: deterministic).
     pub eta: f64,
