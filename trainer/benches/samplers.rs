@@ -8,6 +8,8 @@
 //! 1. One clip, frames/s of DDIM with N steps vs DPM-Solver++(2M) with N/4, interleaved, for
 //!    N = 20 and 40; and the per-step cost of each, which projects the paper's 200 DDIM steps
 //!    against 50 DPM-Solver++ steps.
+//!    DPM-Solver++ on Karras noise levels vs linspace at 5 and 10 steps (same solver, other
+//!    timesteps: the cost should not differ).
 //! 2. Guidance: the same clip at guidance 2 vs 1 (DPM-Solver++, 5 steps), and at the UNet: one
 //!    batched call on 2B rows (what `sample` does) vs two calls on B rows, B = 8.
 //! 3. The paper's scale (`BENCH_PAPER=0` skips it): one forward of the paper's UNet
@@ -105,6 +107,26 @@ fn main() -> anyhow::Result<()> {
         dpm_step / ddim_step,
         (t20.1 / f - 20.0 * ddim_step) * 1e3
     );
+
+    // The Karras spacing runs the same solver on other timesteps: its cost should equal
+    // linspace's at the same step count.
+    for n in [5usize, 10] {
+        let (lin, karras) = (
+            options(SamplerKind::DpmPp2m, n, 1.0),
+            options(SamplerKind::DpmPp2mKarras, n, 1.0),
+        );
+        let cmp = interleave(reps, || run(&lin), || run(&karras))?;
+        let s = cmp.summary();
+        println!(
+            "DPM-Solver++(2M) {n}: linspace {:.2} frames/s, Karras {:.2} frames/s; Karras / \
+             linspace time median {:.2}x, 95% interval [{:.2}, {:.2}]",
+            frames as f64 / median(&cmp.a),
+            frames as f64 / median(&cmp.b),
+            1.0 / s.median,
+            1.0 / s.high,
+            1.0 / s.low
+        );
+    }
 
     let (plain, guided) = (
         options(SamplerKind::DpmPp2m, 5, 1.0),
