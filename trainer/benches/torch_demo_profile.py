@@ -1,6 +1,6 @@
 """Where a training step of the demo's UNet goes on a CPU, in PyTorch (docs/training.md, "The CPU
 demo"): the diffusers UNet with configs/demo.yaml's shape (16/32/48/64, one res-block a level,
-transformers at 16x16 and 8x8, 12 input channels, 8 audio tokens of 64), batch 8 (one rank's
+transformers at 16x16 and 8x8, 10 input channels, 8 audio tokens of 64), batch 8 (one rank's
 share of the demo's batch), one thread (one of the demo's two ranks).
 
     source ci/env.sh && python trainer/benches/torch_demo_profile.py [--reps N]
@@ -24,7 +24,7 @@ parser.add_argument("--reps", type=int, default=3)
 args = parser.parse_args()
 torch.set_num_threads(1)
 spec = dict(channels=[16, 32, 48, 64], attention=[False, False, True, True], num_res_blocks=1,
-            head_dim=16, depth=1, groups=8, in_channels=12, out_channels=3, context_dim=64,
+            head_dim=16, depth=1, groups=8, in_channels=10, out_channels=3, context_dim=64,
             size=64)
 torch.manual_seed(0)
 models = {
@@ -33,7 +33,7 @@ models = {
 }
 optims = {k: torch.optim.AdamW(m.parameters(), lr=1e-4, foreach=False) for k, m in models.items()}
 b = 8
-x = torch.randn(b, 12, 64, 64)
+x = torch.randn(b, 10, 64, 64)
 t = torch.randint(0, 1000, (b,))
 ctx = torch.randn(b, 8, 64)
 target = torch.randn(b, 3, 64, 64)
