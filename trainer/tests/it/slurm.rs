@@ -355,8 +355,12 @@ fn a_generate_job_array_gives_what_one_process_gives() {
         &dir.path().join("one.txt").display().to_string(),
         "--batch",
         "1",
+        "--threads",
+        "1",
     ]);
-    assert!(o.status.success(), "{}", text(&o).1);
+    let (so, se) = text(&o);
+    assert!(o.status.success(), "{se}");
+    assert!(so.contains(" 1 libtorch thread(s))"), "{so}");
     let bin = Path::new(env!("CARGO_BIN_EXE_syncdiff"))
         .parent()
         .unwrap()
@@ -380,9 +384,10 @@ fn a_generate_job_array_gives_what_one_process_gives() {
             .map(|s| s.to_string()),
     );
     args.push(dir.path().join("arr.txt").display().to_string());
-    // One clip per UNet call on both sides: a batch of other clips changes the float results
-    // in the last bits (the batched-vs-single test in generate.rs bounds that difference).
-    args.extend(["--batch".to_string(), "1".to_string()]);
+    // One clip per UNet call and one libtorch thread on both sides: a batch of other clips, or
+    // another thread count, changes the float results in the last bits (the batched-vs-single
+    // test in generate.rs bounds that difference), enough to move a pixel of the mp4 by one.
+    args.extend(["--batch", "1", "--threads", "1"].map(String::from));
     slurm.sbatch(&args, &[("SYNCDIFF_BIN", bin)]);
     let logs: Vec<String> = (0..2)
         .map(|i| std::fs::read_to_string(dir.path().join(format!("gen-{i}.out"))).unwrap())
@@ -390,6 +395,9 @@ fn a_generate_job_array_gives_what_one_process_gives() {
     // Task 0 took line 1, task 1 line 2, as ranks 0 and 1 of 2 would.
     assert!(logs[0].contains("rank 0/2: 1 clip(s)"), "{}", logs[0]);
     assert!(logs[1].contains("rank 1/2: 1 clip(s)"), "{}", logs[1]);
+    for log in &logs {
+        assert!(log.contains(" 1 libtorch thread(s))"), "{log}");
+    }
     for (_, _, name) in pairs {
         let a = syncdiff_dataprep::video::decode_frames(&arr.join(name), 160, 160).unwrap();
         let b = syncdiff_dataprep::video::decode_frames(&one.join(name), 160, 160).unwrap();

@@ -86,6 +86,12 @@ pub struct Args {
     /// model and one libtorch thread (faster than intra-op threads for small models).
     #[arg(long, default_value_t = 1, value_parser = clap::value_parser!(u64).range(1..=64))]
     workers: u64,
+    /// CPU only: libtorch intra-op threads (of each worker with --workers) [default: 1 per
+    /// worker with --workers, the node's cores shared among its ranks under a launcher,
+    /// libtorch's own otherwise]. Results differ in the last bits between thread counts: give
+    /// the same value to runs that must match.
+    #[arg(long, value_parser = clap::value_parser!(u64).range(1..=1024))]
+    threads: Option<u64>,
     /// Also write `OUT.preview.png` beside each output: its middle frame before, after, and
     /// the difference (x4), side by side.
     #[arg(long)]
@@ -105,9 +111,6 @@ pub fn run(args: Args) -> anyhow::Result<String> {
         .device
         .device(launch.local_rank)
         .map_err(anyhow::Error::msg)?;
-    if device == Device::Cpu && world > 1 {
-        tch::set_num_threads(launch.cpu_threads() as i32);
-    }
     let weights = if args.live_weights {
         WeightChoice::Live
     } else {
@@ -152,6 +155,9 @@ pub fn run(args: Args) -> anyhow::Result<String> {
             workers
         );
     }
+    if let (Some(n), false) = (args.threads, device == Device::Cpu) {
+        bail!("--threads {n}: libtorch threads are for CPUs; this run is on {device:?}");
+    }
     let load = || {
         Generator::load(
             &args.checkpoint,
@@ -164,9 +170,27 @@ pub fn run(args: Args) -> anyhow::Result<String> {
     let mut models: Vec<Generator> = (0..workers.max(1))
         .map(|_| load())
         .collect::<Result<_, _>>()?;
-    if models.len() > 1 {
-        tch::set_num_threads(1);
+    if device == Device::Cpu {
+        // One process with one model keeps libtorch's own default (which reads OMP_NUM_THREADS).
+        let threads = match args.threads {
+            Some(n) => Some(n as usize),
+            None if models.len() > 1 => Some(1),
+            None if world > 1 => Some(launch.cpu_threads()),
+            None => None,
+        };
+        if let Some(n) = threads {
+            tch::set_num_threads(n as i32);
+        }
     }
+    // Said in the summary: timings and last-bit results depend on it.
+    let cpu_note = match (device, models.len()) {
+        (Device::Cpu, 1) => format!(", {} libtorch thread(s)", tch::get_num_threads()),
+        (Device::Cpu, n) => format!(
+            ", {n} workers of {} libtorch thread(s)",
+            tch::get_num_threads()
+        ),
+        _ => String::new(),
+    };
     let g = &models[0];
     let s = &g.config.sample;
     let opts = GenerateOptions {
@@ -312,7 +336,7 @@ pub fn run(args: Args) -> anyhow::Result<String> {
         String::new()
     };
     let summary = format!(
-        "{rank_note}{} clip(s), {frames} frames in {secs:.1} s ({:.2} frames/s), {} {} steps{}{}{}{}{}",
+        "{rank_note}{} clip(s), {frames} frames in {secs:.1} s ({:.2} frames/s{cpu_note}), {} {} steps{}{}{}{}{}",
         mine.len() - (failed.len() - early),
         frames as f64 / secs.max(1e-9),
         opts.steps,
