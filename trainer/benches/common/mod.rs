@@ -37,6 +37,39 @@ pub fn debug_config(sets: &[&str]) -> anyhow::Result<Config> {
     Ok(Config::load(&repo().join("configs/debug.yaml"), &sets)?)
 }
 
+/// The configurations the step benches compare at (1 rank): debug, mid-size (128 px) and the
+/// demo's model (configs/demo.yaml) with one rank's share of its batch (8 of 16 on 2 ranks).
+pub fn step_configs() -> anyhow::Result<Vec<(&'static str, Config)>> {
+    let mut mid = vec!["data.resolution=128"];
+    mid.extend_from_slice(MID_SIZE);
+    let demo = Config::load(
+        &repo().join("configs/demo.yaml"),
+        &[Override::parse("train.global_batch=8")?],
+    )?;
+    Ok(vec![
+        ("debug config", debug_config(&[])?),
+        ("mid-size config", debug_config(&mid)?),
+        ("demo config, batch 8", demo),
+    ])
+}
+
+/// One timed `Trainer::step` on prebuilt step `k` (cycled), its audio the sample's own; bumps
+/// `k`. Seconds of the whole step.
+pub fn timed_step(
+    trainer: &mut syncdiff_trainer::trainer::Trainer<'_>,
+    prebuilt: &[Vec<syncdiff_trainer::data::Batch>],
+    k: &mut usize,
+    lr: f64,
+) -> anyhow::Result<f64> {
+    *k += 1;
+    let b: Vec<syncdiff_trainer::data::Batch> = prebuilt[*k % prebuilt.len()]
+        .iter()
+        .map(|b| b.with_audio_of(b))
+        .collect();
+    let st = trainer.step(*k as u64, lr, || Ok(b), false)?;
+    Ok(st.total.as_secs_f64())
+}
+
 /// `config` with `data.dataset` set to [`synthetic_dataset`] prepared with it in `dir`.
 pub fn with_dataset(dir: &Path, mut config: Config) -> anyhow::Result<Config> {
     config.data.dataset = synthetic_dataset(dir, &config)?.display().to_string();
