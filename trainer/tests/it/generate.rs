@@ -159,6 +159,10 @@ fn a_list_is_batched_and_split_over_ranks_like_single_clips() {
     // Rank 0 took lines 1 and 3 (one batch of 2), rank 1 line 2.
     assert!(stdout.contains("rank 0/2: 2 clip(s)"), "{stdout}");
     assert!(stdout.contains("rank 1/2: 1 clip(s)"), "{stdout}");
+    // Each rank computed on its share of the node's cores.
+    let cores = std::thread::available_parallelism().map_or(1, |n| n.get());
+    let share = format!(" {} libtorch thread(s))", (cores / 2).max(1));
+    assert_eq!(stdout.matches(&share).count(), 2, "{share}: {stdout}");
     // Each equals the clip generated alone (noise is keyed by the output name).
     for (v, a, name) in jobs {
         let single = dir.path().join("single").join(name);
@@ -172,8 +176,12 @@ fn a_list_is_batched_and_split_over_ranks_like_single_clips() {
             &s(&clip(root, a)),
             "--out",
             &s(&single),
+            "--threads",
+            "2",
         ]);
-        assert!(o.status.success(), "{}", common::text(&o).1);
+        let (so, se) = common::text(&o);
+        assert!(o.status.success(), "{se}");
+        assert!(so.contains(" 2 libtorch thread(s))"), "{so}");
         let a = video::decode_frames(&out.join(name), 160, 160).unwrap();
         let b = video::decode_frames(&single, 160, 160).unwrap();
         assert_eq!(a.len(), b.len());
@@ -184,8 +192,9 @@ fn a_list_is_batched_and_split_over_ranks_like_single_clips() {
             .map(|(x, y)| format!("{:.2}", mad(x, y)))
             .collect();
         println!("{name}: batched vs single, mean abs diff per frame {per:?}");
-        // Same clip, same noise: only H.264 re-encoding of slightly different float results
-        // separates them (a mixed-up clip or audio would differ by tens of levels).
+        // Same clip, same noise: only H.264 re-encoding of float results that differ in the
+        // last bits (another batch, another thread count) separates them (a mixed-up clip or
+        // audio would differ by tens of levels).
         let d = mad(&a, &b);
         assert!(
             d < 2.0,
