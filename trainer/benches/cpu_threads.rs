@@ -21,7 +21,8 @@ use syncdiff_trainer::trainer::Trainer;
 use tch::Device;
 
 fn main() -> anyhow::Result<()> {
-    let cores = std::thread::available_parallelism().map_or(1, |n| n.get());
+    // What syncdiff-train gives a lone CPU rank by default.
+    let cores = syncdiff_dataprep::launch::cpu_threads_per_rank(1);
     let many = env_or("BENCH_THREADS", cores);
     let reps = env_or("BENCH_REPS", 10);
     let rt = Runtime::init()?;
