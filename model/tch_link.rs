@@ -11,6 +11,14 @@
 fn link_libtorch() {
     println!("cargo:rerun-if-env-changed=DEP_TCH_LIBTORCH_LIB");
     if let Ok(lib) = std::env::var("DEP_TCH_LIBTORCH_LIB") {
+        // libtorch_cpu first among the package's own libraries. rustc lists a crate's native
+        // libraries before those of the crates it depends on, so every binary that links this
+        // package names libtorch_cpu before any BLAS a dependency brings (dlib's OpenBLAS and
+        // LAPACK): libtorch_cpu then precedes them in the dynamic linker's search order, and its
+        // own BLAS/LAPACK symbols (MKL) bind to itself. `ci/blas-bindings.sh` checks every
+        // binary with the dynamic linker's own report.
+        println!("cargo:rustc-link-search=native={lib}");
+        println!("cargo:rustc-link-lib=dylib=torch_cpu");
         println!("cargo:rustc-link-arg=-Wl,-rpath={lib}");
         println!("cargo:rustc-link-arg=-Wl,--no-as-needed");
         println!("cargo:rustc-link-arg=-ltorch");

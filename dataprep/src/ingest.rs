@@ -406,6 +406,15 @@ pub fn ingest(
             _ => {}
         }
     }
+    if let Some(p) = &opts.publish {
+        // The stage is no proof that the store has a shard (a bucket emptied, a prefix deleted).
+        for name in p.reconcile(&opts.out, mine.iter().copied().filter(|&i| !redo[i]))? {
+            eprintln!(
+                "{name}: finished in the staging directory but missing or different in the \
+                 store: uploaded again"
+            );
+        }
+    }
     for &i in &mine {
         let path = opts.out.join(shard_name(i));
         if path.join("entry.json").exists() && !redo[i] {
@@ -462,8 +471,11 @@ pub fn ingest(
         Some(p) => {
             // Other ranks' and tasks' shards are in the store, not in this staging directory.
             p.pull_records(&opts.out, 0..shards.len())?;
+            p.reconcile(&opts.out, 0..shards.len())?;
             let done = finish(&opts.out, &shards, &meta)?;
             if done {
+                let names: Vec<String> = (0..shards.len()).map(shard_name).collect();
+                p.verify(&opts.out, &names)?;
                 p.push_manifest(&opts.out)?;
             }
             done

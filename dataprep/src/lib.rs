@@ -13,6 +13,7 @@ pub mod launch;
 pub mod layout;
 pub mod lrs2;
 pub mod objstore;
+pub mod outpath;
 pub mod progress;
 pub mod publish;
 pub mod rng;

@@ -86,35 +86,37 @@ pub(crate) fn reject(clip: &str, reason: &str, detail: impl Into<String>) -> Rej
     }
 }
 
-/// Reads the face boxes sidecar when present.
-fn boxes(root: &Path, id: &str, frames: usize) -> Result<Option<Vec<[f64; 4]>>, Rejection> {
+/// Reads the face boxes sidecar: one `x0 y0 x1 y1` line per frame (blank lines ignored). An
+/// unreadable or non-UTF-8 file, a line that is not exactly four numbers with `x1 > x0` and
+/// `y1 > y0`, or a count other than `frames` rejects the clip (`bad_boxes`, naming the file and
+/// the line).
+fn boxes(root: &Path, id: &str, frames: usize) -> Result<Vec<[f64; 4]>, Rejection> {
     let p = root.join("main").join(format!("{id}.boxes.txt"));
-    let Ok(text) = std::fs::read_to_string(&p) else {
-        return Ok(None);
-    };
-    let rows: Result<Vec<[f64; 4]>, _> = text
-        .lines()
-        .filter(|l| !l.trim().is_empty())
-        .map(|l| {
-            let v: Vec<f64> = l
-                .split_whitespace()
-                .filter_map(|x| x.parse().ok())
-                .collect();
-            match v.as_slice() {
-                [a, b, c, d] if c > a && d > b => Ok([*a, *b, *c, *d]),
-                _ => Err(format!("bad line `{l}`")),
+    let bad = |detail: String| reject(id, "bad_boxes", format!("{}: {detail}", p.display()));
+    let bytes = std::fs::read(&p).map_err(|e| bad(format!("cannot read: {e}")))?;
+    let text = String::from_utf8(bytes).map_err(|e| bad(format!("not UTF-8 text ({e})")))?;
+    let mut rows = Vec::with_capacity(frames);
+    for (n, line) in text.lines().enumerate() {
+        if line.trim().is_empty() {
+            continue;
+        }
+        let v: Result<Vec<f64>, _> = line.split_whitespace().map(str::parse::<f64>).collect();
+        match v.as_deref() {
+            Ok([a, b, c, d]) if [a, b, c, d].iter().all(|x| x.is_finite()) && c > a && d > b => {
+                rows.push([*a, *b, *c, *d])
             }
-        })
-        .collect();
-    match rows {
-        Ok(r) if r.len() == frames => Ok(Some(r)),
-        Ok(r) => Err(reject(
-            id,
-            "bad_boxes",
-            format!("{} boxes for {frames} frames", r.len()),
-        )),
-        Err(e) => Err(reject(id, "bad_boxes", format!("{}: {e}", p.display()))),
+            _ => {
+                return Err(bad(format!(
+                    "line {}: `{line}` is not `x0 y0 x1 y1` (four numbers, x1 > x0, y1 > y0)",
+                    n + 1
+                )))
+            }
+        }
     }
+    if rows.len() != frames {
+        return Err(bad(format!("{} boxes for {frames} frames", rows.len())));
+    }
+    Ok(rows)
 }
 
 /// Crops each frame to its box and resizes to `size` (bilinear). rgb: frames x h x w x 3.
@@ -166,7 +168,7 @@ pub fn decode_clip(
     let size = s.resolution;
     let sidecar = root.join("main").join(format!("{id}.boxes.txt"));
     let has_boxes = s.sidecar_boxes && s.layout == crate::layout::Layout::Lrs2;
-    if has_boxes && !sidecar.is_file() {
+    if has_boxes && !sidecar.exists() {
         return Err(reject(
             id,
             "bad_boxes",
@@ -235,7 +237,7 @@ pub fn decode_clip(
         ));
     }
     let (rgb, width, height) = if has_boxes {
-        let b = boxes(root, id, frames)?.unwrap_or_default();
+        let b = boxes(root, id, frames)?;
         (
             crop_resize(&av.rgb, av.width, av.height, &b, size),
             size,

@@ -214,6 +214,10 @@ fn run_ingest(layout: Layout, args: IngestArgs) -> Result<anyhow::Result<String>
         (Some(_), None) => syncdiff_dataprep::publish::default_stage(&out),
         (None, _) => PathBuf::from(out.strip_prefix("file://").unwrap_or(&out)),
     };
+    if let Err(e) = syncdiff_dataprep::outpath::output_dir(&dir) {
+        eprintln!("error: --out {e}");
+        return Err(ExitCode::from(2));
+    }
     if let Some(p) = &publish {
         eprintln!("publishing to {} (staging in {})", p.url(), dir.display());
     }

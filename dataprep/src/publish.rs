@@ -5,7 +5,11 @@
 //!
 //! Resuming (another run, another node, a job-array task): a shard whose `entry.json` is in the
 //! store is finished; its record is copied into the staging directory, where the usual checks
-//! (settings, clip list) see it, and the shard is not built again.
+//! (settings, clip list) see it, and the shard is not built again. The staging directory is never
+//! taken as proof that the store has a shard: a shard finished in the stage but missing or
+//! different in the store is uploaded again, a copied record the store no longer backs is
+//! dropped (the shard is built again), and the manifest goes up only after every shard it lists
+//! is verified in the store (names and sizes).
 
 use std::path::{Path, PathBuf};
 
@@ -87,6 +91,77 @@ impl Publish {
         Ok(())
     }
 
+    /// Makes the staging directory `out` agree with the store for the finished shards among
+    /// `shards`, before they are counted as done: a shard built here (its files are in `out`)
+    /// whose files are missing from the store or differ in size there is uploaded again
+    /// (`entry.json` last); a shard known here only by a record copied from the store, which the
+    /// store no longer has, loses that record (it is built again, or waited for). Returns the
+    /// shards uploaded again.
+    pub fn reconcile(
+        &self,
+        out: &Path,
+        shards: impl Iterator<Item = usize>,
+    ) -> Result<Vec<String>, IngestError> {
+        let there: std::collections::HashMap<String, u64> =
+            self.store.list_files("")?.into_iter().collect();
+        let mut again = Vec::new();
+        for i in shards {
+            let name = shard_name(i);
+            let dir = out.join(&name);
+            if !dir.join("entry.json").exists() {
+                continue;
+            }
+            let mut files = Vec::new();
+            walk(&dir, &mut files).map_err(io(&dir))?;
+            if files.len() > 1 {
+                let mut sent = Uploaded::default();
+                self.push_dir(out, &name, &there, &mut sent)?;
+                if sent.files > 0 {
+                    again.push(name);
+                }
+            } else if !there.contains_key(&format!("{name}/entry.json")) {
+                std::fs::remove_dir_all(&dir).map_err(io(&dir))?;
+            }
+        }
+        Ok(again)
+    }
+
+    /// Checks, before a manifest goes up, that the store holds every shard in `names`: its
+    /// `entry.json`, and every file the staging directory `out` has of it, at the same size.
+    pub fn verify(&self, out: &Path, names: &[String]) -> Result<(), IngestError> {
+        let there: std::collections::HashMap<String, u64> =
+            self.store.list_files("")?.into_iter().collect();
+        let url = self.url();
+        let bad = |rel: &str, why: String| {
+            IngestError::Publish(format!(
+                "{}/{rel}: {why}; manifest.json not written (run the same command again to \
+                 upload what is missing)",
+                url.trim_end_matches('/')
+            ))
+        };
+        for name in names {
+            let entry = format!("{name}/entry.json");
+            if !there.contains_key(&entry) {
+                return Err(bad(&entry, "not in the store".into()));
+            }
+            let dir = out.join(name);
+            let mut files = Vec::new();
+            walk(&dir, &mut files).map_err(io(&dir))?;
+            for f in files {
+                let rel = f.strip_prefix(out).unwrap_or(&f).to_string_lossy().into_owned();
+                let size = std::fs::metadata(&f).map_err(io(&f))?.len();
+                match there.get(&rel) {
+                    Some(&s) if s == size => {}
+                    Some(&s) => {
+                        return Err(bad(&rel, format!("{s} bytes in the store, {size} staged")))
+                    }
+                    None => return Err(bad(&rel, "not in the store".into())),
+                }
+            }
+        }
+        Ok(())
+    }
+
     /// Uploads the finished shard `i` from `out`: every file, `entry.json` last.
     pub fn push_shard(&self, out: &Path, i: usize) -> Result<(), IngestError> {
         self.push_dir(
@@ -150,6 +225,8 @@ impl Publish {
         for shard in &manifest.shards {
             self.push_dir(dir, &shard.name, &there, &mut sent)?;
         }
+        let names: Vec<String> = manifest.shards.iter().map(|s| s.name.clone()).collect();
+        self.verify(dir, &names)?;
         let (files, sent_bytes) = self.push_manifest(dir)?;
         sent.files += files;
         sent.bytes += sent_bytes;

@@ -71,4 +71,36 @@ pub enum TrainError {
     /// libtorch refused a precision switch (autocast, TF32).
     #[error("train.precision: {0}")]
     Amp(#[from] crate::amp::AmpError),
+    /// The watchdog thread (collective and data timeouts) could not start.
+    #[error(
+        "cannot start the watchdog thread that times out collectives and data fetches: {0}"
+    )]
+    Watchdog(std::io::Error),
+    /// `train.max_nonfinite_steps` steps in a row had a non-finite loss or gradients. Every
+    /// rank reaches it at the same step (the decision is taken on the averaged gradients).
+    #[error(
+        "training diverged: steps {first} to {step} had a non-finite loss or gradients \
+         (train.max_nonfinite_steps {limit}; none of them changed the model); {last_finite}; \
+         {resume}"
+    )]
+    Diverged {
+        /// The first skipped step of the run of them.
+        first: u64,
+        /// The step that reached the limit.
+        step: u64,
+        /// `train.max_nonfinite_steps`.
+        limit: u32,
+        /// "the last finite loss was X at step N", or that there was none.
+        last_finite: String,
+        /// Which checkpoint to resume from (rank 0 knows it), or that there is none.
+        resume: String,
+    },
+}
+
+impl TrainError {
+    /// Whether every rank stops with this error at the same point, so that the job can end
+    /// without aborting the others (they are not waiting in a collective).
+    pub fn on_every_rank(&self) -> bool {
+        matches!(self, Self::Diverged { .. })
+    }
 }

@@ -41,9 +41,12 @@ pub struct StepStats {
     pub stop: bool,
     /// The fp16 loss scale this step ran with (`train.precision: fp16`).
     pub loss_scale: Option<f32>,
-    /// The step was skipped: its averaged gradients held an inf or NaN (fp16), so the
-    /// parameters, AdamW and EMA did not move.
+    /// The step was skipped: its averaged gradients (or, under fp32/bf16, their norm) held an
+    /// inf or NaN, so the parameters, AdamW and EMA did not move. The same on every rank.
     pub skipped: bool,
+    /// fp32/bf16: skipped steps in a row up to this one (0 after an update; always 0 under
+    /// fp16, whose loss scaler handles them).
+    pub nonfinite_in_row: u32,
     /// Waiting for the batches.
     pub data: Duration,
     /// Gradient all-reduce: with `dist.overlap`, the part not hidden behind the backward pass
@@ -77,6 +80,7 @@ pub struct Trainer<'a> {
     precision: Precision,
     scaler: Option<LossScaler>,
     ema_decay: (f64, bool),
+    nonfinite_in_row: u32,
 }
 
 /// How gradients are averaged: after the backward pass, or overlapped with it.
@@ -168,7 +172,8 @@ impl<'a> Trainer<'a> {
                 eprintln!("error: {msg}");
                 abort.abort(3)
             })
-        });
+        })
+        .map_err(TrainError::Watchdog)?;
         let collective_timeout = Duration::from_secs(config.dist.collective_timeout_s);
         {
             let _w = dog.watch("parameter broadcast", 0, collective_timeout);
@@ -250,6 +255,7 @@ impl<'a> Trainer<'a> {
             precision: t.precision,
             scaler: (t.precision == Precision::Fp16).then(|| LossScaler::new(&t.loss_scale)),
             ema_decay: (t.ema.decay, t.ema.warmup),
+            nonfinite_in_row: 0,
         })
     }
 
@@ -353,14 +359,31 @@ impl<'a> Trainer<'a> {
             None => true,
         };
         let mut grad_norm = None;
+        let mut update = finite;
         if finite {
             grad_norm = self
                 .grad_clip
                 .map(|c| clip_grad_norm(self.flat.grads(), c))
                 .transpose()?;
-            self.opt.step(lr);
-            if let Some(e) = &mut self.ema {
-                e.update();
+            // fp32/bf16 have no loss scaler to catch a diverged step: a non-finite norm, or
+            // (without clipping) a non-finite averaged gradient, skips the update. Decided on
+            // the averaged gradients, so every rank skips together.
+            if self.scaler.is_none() {
+                update = match grad_norm {
+                    Some(n) => n.is_finite(),
+                    None => crate::amp::all_finite(self.flat.grads())?,
+                };
+                self.nonfinite_in_row = if update {
+                    0
+                } else {
+                    self.nonfinite_in_row + 1
+                };
+            }
+            if update {
+                self.opt.step(lr);
+                if let Some(e) = &mut self.ema {
+                    e.update();
+                }
             }
         }
         self.opt.zero_grad();
@@ -380,7 +403,8 @@ impl<'a> Trainer<'a> {
             grad_norm,
             stop,
             loss_scale,
-            skipped: !finite,
+            skipped: !update,
+            nonfinite_in_row: self.nonfinite_in_row,
             data,
             all_reduce,
             all_reduces,

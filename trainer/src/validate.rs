@@ -219,10 +219,24 @@ impl Validator {
     }
 }
 
-/// The decoder for image grids: the configured autoencoder when it can be built (resampling, or
-/// VQ-f4 with weights), else `None` (no images; training goes on).
-pub fn image_decoder(config: &Config, device: Device) -> Option<(VarStore, Autoencoder)> {
+/// The decoder for image grids: the configured autoencoder (resampling, or VQ-f4 with its
+/// weights). VQ-f4 without `model.autoencoder.weights` (training needs only the stored latents)
+/// gives `Ok(None)` and a warning: no image grids. Weights that are configured but cannot be
+/// loaded are an error naming them.
+pub fn image_decoder(
+    config: &Config,
+    device: Device,
+) -> Result<Option<(VarStore, Autoencoder)>, String> {
+    let ae = &config.model.autoencoder;
+    if ae.kind == syncdiff_model::config::AutoencoderKind::VqF4 && ae.weights.is_none() {
+        eprintln!(
+            "warning: log.image_interval {}: no image grids, model.autoencoder.weights is not \
+             set (the decoder needs it; log.image_interval: 0 silences this)",
+            config.log.image_interval
+        );
+        return Ok(None);
+    }
     syncdiff_dataprep::ingest::load_autoencoder(config, device)
-        .ok()
-        .map(|(vs, ae, _)| (vs, ae))
+        .map(|(vs, ae, _)| Some((vs, ae)))
+        .map_err(|e| format!("log.image_interval: the image grids' decoder: {e}"))
 }

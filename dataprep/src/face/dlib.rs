@@ -38,8 +38,25 @@ fn missing(path: &Path, what: &str, hint: &str) -> FaceError {
     }
 }
 
+extern "C" {
+    /// OpenBLAS (linked for dlib): the number of threads its calls use.
+    fn openblas_set_num_threads(n: std::ffi::c_int);
+}
+
+/// dlib's BLAS calls that libtorch's library does not define (`cblas_ddot`, `dsyevr_`, ...) run
+/// on OpenBLAS. They are small and come from every face worker thread at once: OpenBLAS runs
+/// them in the calling thread, so that its own pool never competes with libtorch's threads.
+fn single_threaded_openblas() {
+    static ONCE: OnceLock<()> = OnceLock::new();
+    ONCE.get_or_init(|| {
+        // SAFETY: sets a global of the library; no memory is passed.
+        unsafe { openblas_set_num_threads(1) }
+    });
+}
+
 impl Detector {
     pub(crate) fn hog() -> Self {
+        single_threaded_openblas();
         Self::Hog(FaceDetector::new())
     }
 
@@ -52,6 +69,7 @@ impl Detector {
                  from the PyPI sdist face_recognition_models",
             ));
         }
+        single_threaded_openblas();
         FaceDetectorCnn::open(path)
             .map(|d| Self::Cnn(Box::new(d)))
             .map_err(|_| FaceError::Model {

@@ -68,6 +68,13 @@ fn bit_depth(pix_fmt: &str) -> u32 {
 /// Refuses the videos the pipeline would silently change: grayscale (the model sees colour),
 /// and more than 8 bits per sample (frames are decoded to 8-bit RGB).
 pub fn check_pixel_format(path: &Path, pix_fmt: &str) -> Result<(), VideoError> {
+    if pix_fmt.is_empty() {
+        return Err(failed(
+            path,
+            "ffmpeg did not name the video's pixel format, so it cannot be checked for \
+             grayscale or more than 8 bits: not a readable video",
+        ));
+    }
     let grey = ["gray", "ya8", "ya16", "monow", "monob"]
         .iter()
         .any(|g| pix_fmt.starts_with(g));
@@ -139,7 +146,13 @@ fn run(
             .lines()
             .find(|l| !l.trim().is_empty())
             .unwrap_or("failed without a message");
-        return Err(failed(path, format!("{tool}: {}", line.trim())));
+        // ffprobe failing means the file is not a video it can read (a text file, a truncated
+        // download): say so in words, then ffprobe's own detail.
+        let message = match tool {
+            "ffprobe" => format!("not a readable video file (ffprobe: {})", line.trim()),
+            _ => format!("{tool}: {}", line.trim()),
+        };
+        return Err(failed(path, message));
     }
     Ok(out.stdout)
 }
@@ -380,7 +393,8 @@ pub struct DecodedAv {
     pub duration_s: Option<f64>,
     /// Messages ffmpeg logged at error level while decoding (a damaged stream), first first.
     pub errors: Vec<String>,
-    /// The source's pixel format as ffmpeg names it (empty when it did not say).
+    /// The source's pixel format as ffmpeg names it (empty when it did not say, which
+    /// [`check_pixel_format`] refuses).
     pub pix_fmt: String,
 }
 
@@ -585,9 +599,12 @@ mod tests {
 
     #[test]
     fn grey_and_deep_pixel_formats_are_refused_and_read_from_ffmpeg_logs() {
-        for ok in ["yuv420p", "yuvj420p", "nv12", "rgb24", "gbrp", ""] {
+        for ok in ["yuv420p", "yuvj420p", "nv12", "rgb24", "gbrp"] {
             assert!(check_pixel_format(Path::new("a.mp4"), ok).is_ok(), "{ok}");
         }
+        // Not named: refused, not taken for 8-bit colour.
+        let e = check_pixel_format(Path::new("a.mp4"), "").unwrap_err().to_string();
+        assert!(e.contains("did not name the video's pixel format"), "{e}");
         for (fmt, bits) in [
             ("yuv420p10le", 10),
             ("p010le", 10),

@@ -557,6 +557,35 @@ fn face_box_sidecar_crops_each_frame() {
     assert!(std::fs::read_to_string(out2.join("rejected.jsonl"))
         .unwrap()
         .contains("\"reason\":\"bad_boxes\""));
+    // Garbage sidecars reject the clip with the file and the line; never a panic.
+    let sidecar = main.join("clip.boxes.txt");
+    let mut bad_token = "0 0 32 64\n".repeat(10);
+    bad_token.insert_str(20, "10 20 x 30 40\n");
+    let cases: [(&str, Vec<u8>, &str); 3] = [
+        ("token", bad_token.into_bytes(), "line 3: `10 20 x 30 40`"),
+        ("utf8", b"0 0 32 64\n\xff\xfe 0 32 64\n".repeat(5), "not UTF-8"),
+        ("dir", Vec::new(), "cannot read"),
+    ];
+    for (name, bytes, want) in cases {
+        if name == "dir" {
+            std::fs::remove_file(&sidecar).unwrap();
+            std::fs::create_dir(&sidecar).unwrap();
+        } else {
+            std::fs::write(&sidecar, bytes).unwrap();
+        }
+        let out = dir.path().join(format!("ds-{name}"));
+        let o = boxes(&out);
+        assert!(o.status.success(), "{name}: {}", String::from_utf8_lossy(&o.stderr));
+        let rejected = std::fs::read_to_string(out.join("rejected.jsonl")).unwrap();
+        assert!(
+            rejected.contains("\"reason\":\"bad_boxes\"")
+                && rejected.contains("clip.boxes.txt")
+                && rejected.contains(want),
+            "{name}: {rejected}"
+        );
+    }
+    std::fs::remove_dir(&sidecar).unwrap();
+    std::fs::write(&sidecar, "0 0 32 64\n".repeat(10)).unwrap();
     // detector none: the sidecar is not read, the whole frame is the face.
     let out3 = dir.path().join("ds3");
     let o = lrs2(&root, &out3, &debug_config());

@@ -41,7 +41,8 @@ pub use plan::{BatchPlan, StepPlan};
 pub use precision::{LossScaleConfig, Precision, ReduceDtype};
 pub use run::{
     CheckpointConfig, DataCacheConfig, DataConfig, DistBackend, DistConfig, EmaConfig, EpochUnit,
-    LogConfig, LrSchedule, OptimizerKind, SampleConfig, SamplerKind, SizeHint, TrainConfig,
+    LeaseConfig, LogConfig, LrSchedule, OptimizerKind, SampleConfig, SamplerKind, SizeHint,
+    TrainConfig,
 };
 pub use secrets::{redact_secrets, redact_url, url_secret_problem, SECRET_VARS};
 

@@ -165,6 +165,10 @@ pub struct TrainConfig {
     pub tf32: bool,
     /// The dynamic loss scale of `fp16` (GradScaler's rules and defaults).
     pub loss_scale: LossScaleConfig,
+    /// `fp32` / `bf16`: an update whose loss or averaged gradients (or their norm) are not finite
+    /// is skipped on every rank; this many such steps in a row stop the run with an error (a
+    /// diverged run). `fp16` skips through its loss scaler instead and never stops for it.
+    pub max_nonfinite_steps: u32,
 }
 
 impl Default for TrainConfig {
@@ -191,6 +195,7 @@ impl Default for TrainConfig {
             precision: Precision::Fp32,
             tf32: false,
             loss_scale: LossScaleConfig::default(),
+            max_nonfinite_steps: 3,
         }
     }
 }
@@ -283,6 +288,8 @@ pub struct CheckpointConfig {
     pub retries: u32,
     /// Wait before the second attempt, doubled for each further one.
     pub retry_backoff_s: f64,
+    /// The writer lease on `url`: one training job at a time saves there.
+    pub lease: LeaseConfig,
 }
 
 impl Default for CheckpointConfig {
@@ -294,6 +301,31 @@ impl Default for CheckpointConfig {
             keep_every: None,
             retries: 4,
             retry_backoff_s: 2.0,
+            lease: LeaseConfig::default(),
+        }
+    }
+}
+
+/// `checkpoint.lease`: a training job holds `lease.json` beside its checkpoints for its life.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct LeaseConfig {
+    /// A lease not renewed for this long is expired and may be taken over (longer than
+    /// `dist.collective_timeout_s`).
+    pub expire_s: u64,
+    /// Rank 0 renews the lease this often.
+    pub renew_s: u64,
+    /// At start, wait up to this long for a live lease of another job to expire before
+    /// refusing (0: refuse at once). A requeue after a kill sets it above `expire_s`.
+    pub wait_s: u64,
+}
+
+impl Default for LeaseConfig {
+    fn default() -> Self {
+        Self {
+            expire_s: 900,
+            renew_s: 60,
+            wait_s: 0,
         }
     }
 }

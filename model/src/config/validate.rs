@@ -382,6 +382,7 @@ impl Config {
             || format!("{}: must be in (0, 1)", ls.backoff_factor),
         )?;
         positive(ls.growth_interval, "train.loss_scale.growth_interval")?;
+        positive(t.max_nonfinite_steps, "train.max_nonfinite_steps")?;
         ensure(
             (0.0..=1.0).contains(&t.ema.decay),
             "train.ema.decay",
@@ -399,6 +400,30 @@ impl Config {
             return Err(("checkpoint.url".into(), problem.into()));
         }
         positive(self.checkpoint.keep_last, "checkpoint.keep_last")?;
+        let lease = &self.checkpoint.lease;
+        positive(lease.renew_s, "checkpoint.lease.renew_s")?;
+        ensure(
+            lease.expire_s > self.dist.collective_timeout_s,
+            "checkpoint.lease.expire_s",
+            || {
+                format!(
+                    "{} must be longer than dist.collective_timeout_s ({}): a job waiting in a \
+                     collective still holds its lease",
+                    lease.expire_s, self.dist.collective_timeout_s
+                )
+            },
+        )?;
+        ensure(
+            lease.renew_s.saturating_mul(3) <= lease.expire_s,
+            "checkpoint.lease.renew_s",
+            || {
+                format!(
+                    "{} is too long for checkpoint.lease.expire_s {}: renew at least three \
+                     times per expiry",
+                    lease.renew_s, lease.expire_s
+                )
+            },
+        )?;
         positive(self.checkpoint.retries, "checkpoint.retries")?;
         ensure(
             self.checkpoint.retry_backoff_s >= 0.0,

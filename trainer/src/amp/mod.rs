@@ -9,7 +9,7 @@
 
 mod scaler;
 
-pub use scaler::{unscale_and_check, LossScaleState, LossScaler};
+pub use scaler::{all_finite, unscale_and_check, LossScaleState, LossScaler};
 
 use std::ffi::c_char;
 use std::marker::PhantomData;

@@ -79,15 +79,17 @@ impl LossScaler {
 /// flat gradient bucket, one read for the step.
 pub fn unscale_and_check(grads: &[Tensor], scale: f32) -> Result<bool, tch::TchError> {
     let inv = f64::from((1.0f64 / f64::from(scale)) as f32);
-    let finite: Vec<Tensor> = tch::no_grad(|| {
-        grads
-            .iter()
-            .map(|g| {
-                let _ = g.shallow_clone().g_mul_scalar_(inv);
-                g.isfinite().all()
-            })
-            .collect()
+    tch::no_grad(|| {
+        for g in grads {
+            let _ = g.shallow_clone().g_mul_scalar_(inv);
+        }
     });
+    all_finite(grads)
+}
+
+/// Whether every element of `grads` is finite (one host read).
+pub fn all_finite(grads: &[Tensor]) -> Result<bool, tch::TchError> {
+    let finite: Vec<Tensor> = tch::no_grad(|| grads.iter().map(|g| g.isfinite().all()).collect());
     if finite.is_empty() {
         return Ok(true);
     }

@@ -39,6 +39,11 @@ struct Cli {
     /// `--resume auto` never looks there. See docs/checkpoints.md.
     #[arg(long)]
     move_aside: bool,
+    /// Take the writer lease on `checkpoint.url` even while another job holds it (that job then
+    /// saves nothing more and stops). Without it a live lease refuses the start, naming its
+    /// holder. See docs/checkpoints.md.
+    #[arg(long)]
+    take_lease: bool,
 }
 
 fn main() -> ExitCode {
@@ -67,6 +72,12 @@ fn main() -> ExitCode {
             eprintln!("error: {e:#}");
             ExitCode::FAILURE
         }
+        Err(Failure::EveryRank(message)) => {
+            if !message.is_empty() {
+                eprintln!("error: {message}");
+            }
+            ExitCode::FAILURE
+        }
     }
 }
 
@@ -75,6 +86,9 @@ fn main() -> ExitCode {
 enum Failure {
     Config(String),
     Other(anyhow::Error),
+    /// An error every rank reached at the same point (exit 1 on every rank, no abort; rank 0
+    /// says it, the other ranks' messages are empty).
+    EveryRank(String),
 }
 
 impl From<anyhow::Error> for Failure {
@@ -180,9 +194,17 @@ fn run(cli: &Cli, config: &syncdiff_model::config::Config) -> Result<(), Failure
         stop_requested: &stop_requested,
         resume: cli.resume.clone(),
         move_aside: cli.move_aside,
+        take_lease: cli.take_lease,
     };
     let summary = match syncdiff_trainer::train::train(config, &rt, &opts) {
         Ok(s) => s,
+        Err(e) if e.on_every_rank() => {
+            return Err(Failure::EveryRank(if rt.is_main() {
+                format!("{} {e}", rt.prefix())
+            } else {
+                String::new()
+            }))
+        }
         // One rank's failure ends the job at once: the others may be waiting in a collective.
         Err(e) if rt.world_size() > 1 => {
             error_line(&format!(

@@ -86,8 +86,16 @@ pub fn check_compatible(
              change"
         ));
     }
-    let as_json = |c: &Config| flatten(&serde_json::to_value(&c.model).unwrap_or_default());
-    let (was, is) = (as_json(saved_config), as_json(now));
+    // A configuration that cannot be written as JSON refuses the resume: nothing unchecked.
+    let as_json = |c: &Config, whose: &str| {
+        serde_json::to_value(&c.model)
+            .map(|v| flatten(&v))
+            .map_err(|e| format!("cannot compare the model settings ({whose}): {e}"))
+    };
+    let (was, is) = (
+        as_json(saved_config, "the checkpoint's")?,
+        as_json(now, "this run's")?,
+    );
     for (k, a) in &was {
         let b = is.get(k).map_or("-", String::as_str);
         if a != b && !PATHS.contains(&k.as_str()) {

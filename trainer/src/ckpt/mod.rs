@@ -5,6 +5,7 @@
 mod bundle;
 mod compat;
 mod format;
+mod lease;
 mod lineage;
 mod load;
 mod resume;
@@ -17,12 +18,15 @@ pub use format::{
     new_run_id, now_unix, parse_step_dir, step_dir, utc_stamp, FileEntry, Manifest, TrainerState,
     CONFIG, EMA, FORMAT, MANIFEST, MODEL, OPTIMIZER, STATE,
 };
+pub use lease::{Holder, Lease, Takeover, LEASE};
 pub use lineage::SET_ASIDE;
 pub use load::{exact, fetch, list, newest_valid, read, split_url, Chosen, Listed, Restored};
 pub use resume::{resume, ResumePolicy, Resumed};
 #[cfg(feature = "fault-injection")]
 pub use save::FAULT_KILL_AFTER_ENV;
-pub use save::{apply_retention, to_host, write, Retention, SaveReport, Saver, Snapshot};
+pub use save::{
+    apply_retention, to_host, write, write_fenced, Retention, SaveReport, Saver, Snapshot,
+};
 pub use syncdiff_dataprep::objstore::{
     hex, safe_url, sha256_file, ObjError, Retry, Store, StoreOptions,
 };
@@ -105,6 +109,22 @@ pub enum CkptError {
     /// Another rank failed during the resume.
     #[error("resume: {0}")]
     Resume(String),
+    /// Another job holds the writer lease on the checkpoint URL (or it cannot be read).
+    #[error("{url}: {message}")]
+    LeaseHeld {
+        /// The lease's URL.
+        url: String,
+        /// Who holds it and what to do.
+        message: String,
+    },
+    /// This job's writer lease was taken over: it saves nothing more.
+    #[error("{url}: {message}")]
+    LeaseLost {
+        /// The lease's URL.
+        url: String,
+        /// Who holds it now.
+        message: String,
+    },
 }
 
 /// Storage errors in checkpoint terms (a bad URL is `checkpoint.url`'s).

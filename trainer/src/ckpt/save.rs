@@ -12,6 +12,7 @@ use tch::Tensor;
 use super::format::{self, FileEntry, Manifest, TrainerState};
 use super::load::list;
 use super::safetensors::encode;
+use super::lease::Lease;
 use super::CkptError;
 use super::Store;
 
@@ -84,6 +85,8 @@ pub struct SaveReport {
 pub struct Saver {
     store: Arc<Store>,
     retention: Retention,
+    /// The writer lease every save checks before its manifest and its deletions.
+    fence: Option<Arc<Lease>>,
     pending: Option<JoinHandle<Result<SaveReport, CkptError>>>,
     /// The outcome of a save made in the foreground (no writer thread could start).
     done: Option<Result<SaveReport, CkptError>>,
@@ -95,9 +98,16 @@ impl Saver {
         Self {
             store,
             retention,
+            fence: None,
             pending: None,
             done: None,
         }
+    }
+
+    /// Every save from now on checks `lease` before its manifest and its retention deletes.
+    pub fn fenced_by(mut self, lease: Arc<Lease>) -> Self {
+        self.fence = Some(lease);
+        self
     }
 
     /// The store.
@@ -123,14 +133,14 @@ impl Saver {
     /// previous save's outcome.
     pub fn save_async(&mut self, snap: Snapshot) -> Option<Result<SaveReport, CkptError>> {
         let previous = self.wait();
-        let (store, retention) = (self.store.clone(), self.retention);
+        let (store, retention, fence) = (self.store.clone(), self.retention, self.fence.clone());
         // The snapshot travels to the thread once it runs, so a thread that cannot start does
         // not take the checkpoint with it.
         let (tx, rx) = std::sync::mpsc::channel::<Snapshot>();
         let spawned = std::thread::Builder::new()
             .name("ckpt-save".into())
             .spawn(move || match rx.recv() {
-                Ok(snap) => write(&store, retention, snap),
+                Ok(snap) => write_fenced(&store, retention, snap, fence.as_deref()),
                 Err(_) => Err(CkptError::Io {
                     path: store.url().to_string(),
                     message: "the checkpoint writer thread received no snapshot".into(),
@@ -148,7 +158,12 @@ impl Saver {
                      in the foreground",
                     snap.state.step
                 );
-                self.done = Some(write(&self.store, self.retention, snap));
+                self.done = Some(write_fenced(
+                    &self.store,
+                    self.retention,
+                    snap,
+                    self.fence.as_deref(),
+                ));
             }
         }
         previous
@@ -159,13 +174,26 @@ impl Saver {
         if let Some(Err(e)) = self.wait() {
             eprintln!("warning: {e}");
         }
-        write(&self.store, self.retention, snap)
+        write_fenced(&self.store, self.retention, snap, self.fence.as_deref())
     }
 }
 
 /// Writes one checkpoint: each file streamed to the store (hashed on the way), the manifest
 /// last, then retention.
 pub fn write(store: &Store, retention: Retention, snap: Snapshot) -> Result<SaveReport, CkptError> {
+    write_fenced(store, retention, snap, None)
+}
+
+/// [`write`] for the holder of `fence`: the lease is checked before the first upload, before
+/// the manifest and before retention deletes anything; a lost lease stops the save there.
+pub fn write_fenced(
+    store: &Store,
+    retention: Retention,
+    snap: Snapshot,
+    fence: Option<&Lease>,
+) -> Result<SaveReport, CkptError> {
+    let check = || fence.map_or(Ok(()), Lease::check);
+    check()?;
     let start = Instant::now();
     let step = snap.state.step;
     let dir = format::step_dir(step);
@@ -213,7 +241,9 @@ pub fn write(store: &Store, retention: Retention, snap: Snapshot) -> Result<Save
         run: snap.state.run.clone(),
     };
     let text = serde_json::to_vec_pretty(&manifest).map_err(|e| failed(e.to_string()))?;
+    check()?;
     store.put_bytes(&format!("{dir}/{}", format::MANIFEST), &text)?;
+    check()?;
     let deleted = apply_retention(store, retention, snap.state.run.as_deref(), step)?;
     Ok(SaveReport {
         step,

@@ -71,17 +71,17 @@ impl Drop for WatchGuard<'_> {
 impl Watchdog {
     /// Starts the watchdog thread. `prefix` names the rank in messages (`[rank 1/6]`);
     /// `on_timeout` receives the one-line message and is expected not to return (it aborts).
-    pub fn start(prefix: String, on_timeout: OnTimeout) -> Self {
+    /// A thread that cannot start is an error: training never runs without hang protection.
+    pub fn start(prefix: String, on_timeout: OnTimeout) -> std::io::Result<Self> {
         let shared = Arc::new(Shared::default());
         let s = shared.clone();
         let thread = std::thread::Builder::new()
             .name("watchdog".into())
-            .spawn(move || run(&s, &prefix, &on_timeout))
-            .map_err(|e| {
-                eprintln!("warning: cannot start the watchdog thread ({e}); nothing is timed out")
-            })
-            .ok();
-        Self { shared, thread }
+            .spawn(move || run(&s, &prefix, &on_timeout))?;
+        Ok(Self {
+            shared,
+            thread: Some(thread),
+        })
     }
 
     /// Declares that the loop now waits for `op` at `step`, for at most `timeout` (zero: no
@@ -172,7 +172,8 @@ mod tests {
         let dog = Watchdog::start(
             "[rank 1/2]".into(),
             Box::new(move |m| tx.send(m.to_string()).unwrap()),
-        );
+        )
+        .unwrap();
         {
             let _g = dog.watch("gradient all-reduce", 7, Duration::from_millis(50));
             std::thread::sleep(Duration::from_millis(300));
@@ -193,7 +194,8 @@ mod tests {
         let dog = Watchdog::start(
             "[rank 0/1]".into(),
             Box::new(move |m| tx.send(m.to_string()).unwrap()),
-        );
+        )
+        .unwrap();
         for step in 0..20 {
             let _g = dog.watch("data fetch", step, Duration::from_millis(100));
             std::thread::sleep(Duration::from_millis(5));

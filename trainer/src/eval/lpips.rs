@@ -93,7 +93,9 @@ pub fn lpips(
                 d.size()
             )));
         }
-        sum += f64::try_from(d.to_kind(Kind::Double).sum(Kind::Double)).unwrap_or(f64::NAN);
+        sum += f64::try_from(d.to_kind(Kind::Double).sum(Kind::Double)).map_err(|e| {
+            ScriptError::Input(format!("LPIPS distances of frames {start}.. unreadable: {e}"))
+        })?;
     }
     Ok(sum / n as f64)
 }

@@ -247,25 +247,29 @@ pub(crate) fn audio_context(g: &Generator, p: &Prepared, range: Range<usize>) ->
 }
 
 /// Checks that `out` can be written (creating its directory), before any work goes into it;
-/// returns the name the video is written under until it is complete.
-pub fn check_output(out: &Path) -> Result<PathBuf, GenerateError> {
+/// returns the file to replace when the video is complete (`out`, or the file its symbolic
+/// links lead to: the link is kept) and the name it is written under until then (beside it).
+/// A device node, FIFO or socket is refused: it is never replaced by a regular file.
+pub fn check_output(out: &Path) -> Result<(PathBuf, PathBuf), GenerateError> {
     if out.is_dir() {
         return Err(input(
             out,
             "is a directory; --out takes the video's file name (e.g. out/clip.mp4)",
         ));
     }
-    let Some(name) = out.file_name().and_then(|n| n.to_str()) else {
+    if out.file_name().and_then(|n| n.to_str()).is_none() {
         return Err(input(out, "--out needs a file name (e.g. out/clip.mp4)"));
-    };
-    if let Some(dir) = out.parent().filter(|d| !d.as_os_str().is_empty()) {
+    }
+    let target = syncdiff_dataprep::outpath::output_file(out)
+        .map_err(|e| input(out, e.message))?;
+    if let Some(dir) = target.parent().filter(|d| !d.as_os_str().is_empty()) {
         std::fs::create_dir_all(dir).map_err(|e| input(dir, format!("cannot create: {e}")))?;
     }
-    let partial = out.with_file_name(format!(".partial.{name}"));
+    let partial = syncdiff_dataprep::outpath::partial_name(&target);
     std::fs::File::create(&partial)
         .and_then(|_| std::fs::remove_file(&partial))
         .map_err(|e| input(out, format!("cannot write here: {e}")))?;
-    Ok(partial)
+    Ok((target, partial))
 }
 
 #[cfg(test)]

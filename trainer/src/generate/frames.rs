@@ -48,7 +48,7 @@ pub struct Mp4Sink {
 impl Mp4Sink {
     /// Starts the encoder for a prepared job.
     pub fn create(p: &Prepared) -> Result<Self, GenerateError> {
-        let partial = check_output(&p.job.out)?;
+        let (target, partial) = check_output(&p.job.out)?;
         let writer = FrameWriter::create(
             &partial,
             p.width,
@@ -59,7 +59,7 @@ impl Mp4Sink {
         Ok(Self {
             writer,
             partial,
-            out: p.job.out.clone(),
+            out: target,
         })
     }
 

@@ -14,8 +14,8 @@ use syncdiff_model::config::Config;
 use super::output::RunLog;
 use super::TrainOptions;
 use crate::ckpt::{
-    self, sha256_file, CkptError, Retention, Retry, SaveReport, Saver, Snapshot, Store,
-    TrainerState,
+    self, sha256_file, CkptError, Lease, Retention, Retry, SaveReport, Saver, Snapshot, Store,
+    Takeover, TrainerState,
 };
 use crate::data::LoaderState;
 use crate::dist::Runtime;
@@ -39,6 +39,10 @@ pub(super) struct Checkpoints {
     config_yaml: String,
     interval: u64,
     last_saved: Option<u64>,
+    /// URL of the newest checkpoint this run saved or resumed from (rank 0).
+    newest: Option<String>,
+    /// Rank 0's writer lease on `checkpoint.url` (taken before resuming).
+    lease: Option<Arc<Lease>>,
 }
 
 impl Checkpoints {
@@ -102,6 +106,8 @@ impl Checkpoints {
             config_yaml: config.to_yaml(),
             interval: c.interval,
             last_saved: None,
+            newest: None,
+            lease: None,
         })
     }
 
@@ -115,7 +121,27 @@ impl Checkpoints {
         config: &Config,
         rt: &Runtime,
     ) -> Result<Start, TrainError> {
+        // One writer per URL: rank 0 takes the lease before anything is read, moved or saved.
+        if rt.is_main() {
+            let takeover = if opts.take_lease {
+                Takeover::Now
+            } else {
+                Takeover::Never
+            };
+            let say = |line: &str| println!("{} {line}", rt.prefix());
+            let lease = Arc::new(Lease::acquire(
+                self.store.clone(),
+                &config.checkpoint.lease,
+                takeover,
+                &say,
+            )?);
+            self.saver = self.saver.take().map(|s| s.fenced_by(lease.clone()));
+            self.lease = Some(lease);
+        }
         let resumed = ckpt::resume(&opts.resume, opts.move_aside, &self.store, rt)?;
+        if let Some(lease) = &self.lease {
+            lease.set_run(&resumed.run)?;
+        }
         self.state.run = Some(resumed.run.clone());
         let Some((url, r)) = &resumed.from else {
             if rt.is_main() {
@@ -147,6 +173,7 @@ impl Checkpoints {
             },
         };
         self.last_saved = Some(start.step);
+        self.newest = Some(url.to_string());
         if rt.is_main() {
             println!(
                 "{} resumed {} from {url} at step {} (epoch {}, sample {}; saved by {} ranks)",
@@ -178,10 +205,42 @@ impl Checkpoints {
         let snap = self.snapshot(trainer, step, at);
         if let Some(saver) = &mut self.saver {
             if let Some(r) = saver.save_async(snap) {
-                log.say(&report(log.prefix(), r));
+                self.report(log, r);
             }
             self.last_saved = Some(step);
         }
+    }
+
+    /// Whether rank 0's lease was taken over by another job (the run must stop, saving
+    /// nothing).
+    pub fn lease_lost(&self) -> bool {
+        self.lease.as_ref().is_some_and(|l| l.lost())
+    }
+
+    /// The clean end of the run: gives the lease back, so that the next job (a requeue, a
+    /// resume) starts at once.
+    pub fn release(&self) -> Result<(), TrainError> {
+        if let Some(lease) = &self.lease {
+            lease.release()?;
+        }
+        Ok(())
+    }
+
+    /// A run that stops without a final save (it diverged): waits for the background save and
+    /// returns the newest checkpoint of the run (rank 0; `None` on the other ranks).
+    pub fn abandon(&mut self, log: &RunLog) -> Option<String> {
+        if let Some(r) = self.saver.as_mut().and_then(Saver::wait) {
+            self.report(log, r);
+        }
+        self.newest.clone()
+    }
+
+    /// Says how a save ended; a successful one becomes the newest checkpoint.
+    fn report(&mut self, log: &RunLog, r: Result<SaveReport, CkptError>) {
+        if let Ok(r) = &r {
+            self.newest = Some(r.url.clone());
+        }
+        log.say(&report(log.prefix(), r));
     }
 
     /// The end of the run (planned or stopped): waits for the background save, then saves the
@@ -197,14 +256,12 @@ impl Checkpoints {
             return Ok(());
         }
         let snap = (self.last_saved != Some(step)).then(|| self.snapshot(trainer, step, at));
-        if let Some(saver) = &mut self.saver {
-            if let Some(r) = saver.wait() {
-                log.say(&report(log.prefix(), r));
-            }
-            if let Some(snap) = snap {
-                let r = saver.save_blocking(snap)?;
-                log.say(&report(log.prefix(), Ok(r)));
-            }
+        if let Some(r) = self.saver.as_mut().and_then(Saver::wait) {
+            self.report(log, r);
+        }
+        if let (Some(snap), Some(saver)) = (snap, &mut self.saver) {
+            let r = saver.save_blocking(snap)?;
+            self.report(log, Ok(r));
         }
         Ok(())
     }

@@ -49,6 +49,9 @@ pub struct TrainOptions<'a> {
     /// `--move-aside`: checkpoints under `checkpoint.url` that would mix with this run are moved
     /// to `set-aside/` instead of refusing the start.
     pub move_aside: bool,
+    /// `--take-lease`: take the writer lease on `checkpoint.url` even from a live job (which
+    /// then saves nothing more and stops).
+    pub take_lease: bool,
 }
 
 impl std::fmt::Debug for TrainOptions<'_> {
@@ -102,11 +105,13 @@ pub fn train(
     let start = ckpts.resume(opts, &mut trainer, config, rt)?;
     let (mut step, mut at) = (start.step, start.at);
     let mut log = RunLog::open(config, rt, step, total)?;
-    let (mut last_val, mut stopped) = (None, false);
+    let (mut last_val, mut stopped, mut last_finite) = (None, false, None);
     while step < total {
         let lr = lr_at(t, step, total);
         let fetch = || Ok(loader.next(at)?);
-        let st = trainer.step(step + 1, lr, fetch, (opts.stop_requested)())?;
+        // A lost lease stops every rank like a stop request; the final save then refuses.
+        let stop = (opts.stop_requested)() || ckpts.lease_lost();
+        let st = trainer.step(step + 1, lr, fetch, stop)?;
         step += 1;
         at = sampler.advance(at);
         let due = Due {
@@ -115,6 +120,14 @@ pub fn train(
             stop: st.stop,
         };
         log.step(due, lr, &st)?;
+        if st.loss.is_finite() && !st.skipped {
+            last_finite = Some((step, st.loss));
+        }
+        if st.nonfinite_in_row >= t.max_nonfinite_steps {
+            log.end_progress();
+            let resume = ckpts.abandon(&log);
+            return Err(diverged(step, st.nonfinite_in_row, t, last_finite, resume, rt));
+        }
         if due.every(config.dist.checksum_interval) {
             trainer.check_params(step)?;
         }
@@ -132,6 +145,7 @@ pub fn train(
     ckpts.finish(&trainer, step, at, &log)?;
     log.flush()?;
     trainer.shutdown()?;
+    ckpts.release()?;
     Ok(RunSummary {
         steps: step,
         state: at,
@@ -140,6 +154,35 @@ pub fn train(
         seconds: log.seconds(),
         stopped,
     })
+}
+
+/// The error of a diverged run: where it diverged, the last finite loss, and the checkpoint to
+/// resume from (`newest`: the newest one rank 0 saved or resumed from).
+fn diverged(
+    step: u64,
+    in_row: u32,
+    t: &syncdiff_model::config::TrainConfig,
+    last_finite: Option<(u64, f64)>,
+    newest: Option<String>,
+    rt: &Runtime,
+) -> TrainError {
+    let advice = "lower train.lr, or set train.grad_clip";
+    TrainError::Diverged {
+        first: step + 1 - u64::from(in_row),
+        step,
+        limit: t.max_nonfinite_steps,
+        last_finite: match last_finite {
+            Some((s, loss)) => format!("the last finite loss was {loss:.6} at step {s}"),
+            None => "no step of this run had a finite loss".into(),
+        },
+        resume: match (newest, rt.is_main()) {
+            (Some(url), _) => format!("resume from {url} ({advice})"),
+            (None, true) => format!(
+                "no checkpoint of this run to resume from: start again ({advice})"
+            ),
+            (None, false) => "rank 0 names the checkpoint to resume from".into(),
+        },
+    }
 }
 
 /// The training data set, checked against the configuration, and the sample order over it.

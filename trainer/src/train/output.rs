@@ -23,7 +23,8 @@ struct Interval {
     /// Gradient all-reduce collectives.
     calls: usize,
     step: Duration,
-    /// fp16 steps skipped on inf/NaN gradients.
+    /// Steps skipped on inf/NaN gradients (the fp16 loss scaler, or a non-finite step under
+    /// fp32/bf16).
     skipped: u64,
 }
 
@@ -125,6 +126,10 @@ impl RunLog {
                 .map_err(log_error(&self.dir))?;
             let scale = match st.loss_scale {
                 Some(scale) => format!(" loss-scale {scale} ({} skipped)", iv.skipped),
+                None if iv.skipped > 0 => format!(
+                    " ({} step(s) skipped: non-finite loss or gradients)",
+                    iv.skipped
+                ),
                 None => String::new(),
             };
             self.progress.println(&format!(

@@ -43,9 +43,11 @@ impl Validation {
             }
             _ => None,
         };
-        let decoder = (rt.is_main() && config.log.image_interval > 0 && validator.is_some())
-            .then(|| image_decoder(config, device))
-            .flatten();
+        let decoder = if rt.is_main() && config.log.image_interval > 0 && validator.is_some() {
+            image_decoder(config, device).map_err(TrainError::Weights)?
+        } else {
+            None
+        };
         Ok(Self {
             validator,
             decoder,

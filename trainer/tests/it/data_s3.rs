@@ -196,7 +196,18 @@ fn the_cache_stays_under_its_limit_never_evicts_a_data_set_in_use_and_redoes_cut
         ])
         .spawn()
         .unwrap();
-    std::thread::sleep(std::time::Duration::from_millis(300));
+    // Wait until the holder has its lock (an exclusive try fails), not for a guessed time.
+    let t0 = std::time::Instant::now();
+    while Command::new("flock")
+        .args(["-n", "-x", "-E", "99", eb.join("in-use.lock").to_str().unwrap(), "true"])
+        .status()
+        .unwrap()
+        .code()
+        != Some(99)
+    {
+        assert!(t0.elapsed().as_secs() < 30, "the holder never took its lock");
+        std::thread::sleep(std::time::Duration::from_millis(20));
+    }
     let o = fetch(&moto, "s3://data/a", &cache, gb, &[]);
     let _ = holder.kill();
     let _ = holder.wait();
@@ -409,4 +420,59 @@ fn dataprep_publishes_to_s3_from_two_tasks_with_the_manifest_last_and_equal_to_d
     };
     let report = syncdiff_dataprep::ingest::ingest(&opts, &cfg, |_, _, _| {}).unwrap();
     assert_eq!((report.built, report.skipped), (0, 4));
+
+    // The bucket is emptied behind the stages' backs (recreated, or the prefix deleted to
+    // rebuild). Before: "built 0 shard(s), 4 already finished", a manifest over no shards,
+    // exit 0. Now stage-1's own shards (1 and 3, built there) go up again, the records it had
+    // copied of shards 0 and 2 are dropped and those shards are built, and the manifest goes
+    // up last, verified: the data set equals the one on disk again.
+    for (name, _) in store.list_files("").unwrap() {
+        store.delete(&name).unwrap();
+    }
+    let opts = syncdiff_dataprep::ingest::IngestOptions {
+        out: dir.path().join("stage-1"),
+        ..opts
+    };
+    let report = syncdiff_dataprep::ingest::ingest(&opts, &cfg, |_, _, _| {}).unwrap();
+    assert_eq!((report.built, report.skipped), (2, 2));
+    assert!(report.manifest_written);
+    let remote: BTreeMap<String, Vec<u8>> = store
+        .list_files("")
+        .unwrap()
+        .into_iter()
+        .map(|(n, _)| {
+            let b = store.get_bytes(&n).unwrap();
+            (n, b)
+        })
+        .collect();
+    let differ: Vec<&String> = remote
+        .keys()
+        .chain(local.keys())
+        .filter(|k| remote.get(*k) != local.get(*k))
+        .collect();
+    assert!(differ.is_empty(), "after the re-publish: {differ:?}");
+    // A shard deleted from the store while its stage record stays: the manifest is not
+    // written over it by a task that finds it gone (stage-new holds records only).
+    for (name, _) in store.list_files("").unwrap() {
+        if name.starts_with("shard-00003/") || name == "manifest.json" {
+            store.delete(&name).unwrap();
+        }
+    }
+    let report = syncdiff_dataprep::ingest::ingest(
+        &syncdiff_dataprep::ingest::IngestOptions {
+            out: dir.path().join("stage-new"),
+            rank: 0,
+            world: 2,
+            ..opts
+        },
+        &cfg,
+        |_, _, _| {},
+    )
+    .unwrap();
+    assert!(!report.manifest_written);
+    assert!(!store
+        .list_files("")
+        .unwrap()
+        .iter()
+        .any(|(n, _)| n == "manifest.json"));
 }

@@ -286,3 +286,68 @@ fn preflight_reports_every_rank_and_names_a_failed_check() {
         "{err}"
     );
 }
+
+#[test]
+fn a_diverged_run_stops_within_the_limit_naming_step_loss_and_checkpoint() {
+    let dir = tempfile::tempdir().unwrap();
+    let ds = common::dataset();
+    let o = mpirun(2)
+        .args(base(ds, dir.path()))
+        .args([
+            "--set",
+            "train.lr=1e12",
+            "--set",
+            "train.steps=30",
+            "--set",
+            "checkpoint.interval=1",
+            "--set",
+            "checkpoint.keep_last=100",
+        ])
+        .output()
+        .unwrap();
+    let (out, err) = text(&o);
+    assert_eq!(o.status.code(), Some(1), "{out}\n{err}");
+    // Every rank stops at the same step, without an abort; rank 0 says why.
+    assert!(!err.contains("aborting"), "{err}");
+    let line = err
+        .lines()
+        .find(|l| l.contains("training diverged"))
+        .unwrap_or_else(|| panic!("{out}\n{err}"));
+    assert!(line.starts_with("error: [rank 0/2] training diverged: steps "), "{line}");
+    assert_eq!(err.matches("training diverged").count(), 1, "{err}");
+    let steps: Vec<u64> = line
+        .split("steps ")
+        .nth(1)
+        .unwrap()
+        .split(" (")
+        .next()
+        .unwrap()
+        .split(" to ")
+        .map(|s| s.parse().unwrap())
+        .collect();
+    let (first, last) = (steps[0], steps[1]);
+    // train.max_nonfinite_steps is 3 by default: three skipped steps in a row, then the stop.
+    assert_eq!(last - first + 1, 3, "{line}");
+    assert!(last < 10, "{line}");
+    assert!(out.contains(&format!("step {last}/30")), "{out}");
+    assert!(!out.contains(&format!("step {}/30", last + 1)), "{out}");
+    assert!(out.contains("step(s) skipped: non-finite loss or gradients"), "{out}");
+    assert!(line.contains("the last finite loss was "), "{line}");
+    // The newest checkpoint is named, and the skipped steps did not move the model, AdamW or
+    // the EMA: the checkpoints saved during them hold the tensors of the last update.
+    let ckpt = dir.path().join("ckpt");
+    let newest = ckpt.join(syncdiff_trainer::ckpt::step_dir(last - 1));
+    assert!(
+        line.contains(&format!("resume from {}", newest.display())),
+        "{line}"
+    );
+    let hashes = |step: u64| {
+        let m = ckpt.join(syncdiff_trainer::ckpt::step_dir(step)).join("manifest.json");
+        common::tensor_hashes(&std::fs::read(m).unwrap())
+    };
+    assert!(first >= 2, "{line}");
+    for s in first..last {
+        assert_eq!(hashes(s), hashes(first - 1), "step {s}");
+    }
+    assert!(!ckpt.join(syncdiff_trainer::ckpt::step_dir(last)).exists());
+}

@@ -395,7 +395,11 @@ fn bad_inputs_give_one_clear_error_each_and_the_other_clips_still_finish() {
             "deep.mkv: 10-bit video (pixel format yuv420p10le); convert it to 8 bits",
         ),
         (&good, &blip, "shorter than one video frame"),
-        (&garbage, &good, "garbage.mp4"),
+        (
+            &garbage,
+            &good,
+            "garbage.mp4: not a readable video file (ffprobe: ",
+        ),
         (&good, &d.join("missing.wav"), "missing.wav: no such file"),
     ];
     for (v, a, expected) in cases {
@@ -611,4 +615,29 @@ fn damaged_bundles_non_finite_outputs_and_unwritable_outputs_fail_clearly() {
     assert_eq!(audio_format(&out), (44100, 2));
     let info = video::probe(&out).unwrap();
     assert_eq!((info.width, info.height, info.fps), (160, 160, 25.0));
+
+    // Outputs never clobber what they do not own (before: a device node as --out was replaced
+    // by a regular file, exit 0; a symbolic link was replaced instead of written through). A
+    // character device with /dev/full's numbers and a FIFO are refused before any work and
+    // stay what they were; a link keeps pointing at the video it names.
+    use std::os::unix::fs::FileTypeExt;
+    let dev = d.join("full");
+    let fifo = d.join("pipe.mp4");
+    assert!(Command::new("mknod").arg(&dev).args(["c", "1", "7"]).status().unwrap().success());
+    assert!(Command::new("mkfifo").arg(&fifo).status().unwrap().success());
+    for (p, kind) in [(&dev, "a character device"), (&fifo, "a FIFO")] {
+        let (ok, err) = gen(&model, &good, p);
+        assert!(!ok, "{err}");
+        assert!(err.contains(&format!("{}: is {kind}", p.display())), "{err}");
+        let ft = std::fs::symlink_metadata(p).unwrap().file_type();
+        assert!(ft.is_char_device() || ft.is_fifo(), "{} was replaced", p.display());
+    }
+    std::fs::remove_file(&dev).unwrap();
+    let link = d.join("latest.mp4");
+    std::os::unix::fs::symlink("new/sub/gen", &link).unwrap();
+    std::fs::write(&out, b"old").unwrap();
+    let (ok, err) = gen(&model, &good, &link);
+    assert!(ok, "{err}");
+    assert!(std::fs::symlink_metadata(&link).unwrap().file_type().is_symlink());
+    assert_eq!(video::probe(&out).unwrap().width, 160);
 }

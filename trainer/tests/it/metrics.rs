@@ -266,6 +266,47 @@ fn syncdiff_eval_scores_videos_and_names_missing_predictions() {
     assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
     assert!(nested.is_file());
 
+    // Outputs never clobber what they do not own: a FIFO (before: the open blocked forever)
+    // and a character device (/dev/full's numbers; before: the report was written into it at
+    // the end) are refused before scoring and left as they are; a symbolic link is written
+    // through, the link kept.
+    let fifo = dir.path().join("report.fifo");
+    assert!(Command::new("mkfifo").arg(&fifo).status().unwrap().success());
+    let dev = dir.path().join("report.dev");
+    assert!(Command::new("mknod")
+        .arg(&dev)
+        .args(["c", "1", "7"])
+        .status()
+        .unwrap()
+        .success());
+    for (p, kind) in [(&fifo, "a FIFO"), (&dev, "a character device")] {
+        let o = Command::new("timeout")
+            .args(["-s", "KILL", "120"])
+            .arg(env!("CARGO_BIN_EXE_syncdiff"))
+            .args(["eval", "--pred", pred.to_str().unwrap()])
+            .args(["--gt", gt.to_str().unwrap(), "--report", p.to_str().unwrap()])
+            .output()
+            .unwrap();
+        let err = String::from_utf8_lossy(&o.stderr);
+        assert_eq!(o.status.code(), Some(1), "{err}");
+        assert!(
+            err.contains(&format!("--report {}: is {kind}", p.display())),
+            "{err}"
+        );
+        let ft = std::fs::symlink_metadata(p).unwrap().file_type();
+        use std::os::unix::fs::FileTypeExt;
+        assert!(ft.is_fifo() || ft.is_char_device(), "{}", p.display());
+    }
+    std::fs::remove_file(&dev).unwrap();
+    let link = dir.path().join("latest.json");
+    std::os::unix::fs::symlink("new/dir/eval.json", &link).unwrap();
+    std::fs::write(&nested, b"old").unwrap();
+    let o = eval(&pred, &link);
+    assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
+    assert!(std::fs::symlink_metadata(&link).unwrap().file_type().is_symlink());
+    let r: serde_json::Value = serde_json::from_slice(&std::fs::read(&nested).unwrap()).unwrap();
+    assert_eq!(r["videos"].as_array().unwrap().len(), 2);
+
     // A prediction of another size is scaled to the ground truth's, with a warning.
     let small = dir.path().join("small");
     std::fs::create_dir_all(&small).unwrap();

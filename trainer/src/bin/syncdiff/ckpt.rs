@@ -201,6 +201,8 @@ fn inspect(url: &str, config: Option<&Config>) -> anyhow::Result<String> {
 /// EMA weights of the trained parameters, the frozen ones as trained), the autoencoder weights
 /// when the model has a VQ autoencoder, and `config.yaml` without machine-specific paths.
 fn export(url: &str, out: &Path, autoencoder: Option<&Path>) -> anyhow::Result<String> {
+    // Checked before the download: a file, device node, FIFO or socket is refused.
+    syncdiff_dataprep::outpath::output_dir(out).map_err(|e| anyhow::anyhow!("--out {e}"))?;
     let (store, dir) = split(url)?;
     let tmp = tempfile::tempdir()?;
     let chosen = ckpt::exact(&store, &dir, tmp.path())?;

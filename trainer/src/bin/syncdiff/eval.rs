@@ -430,8 +430,11 @@ fn columns(opts: &Args) -> Vec<Column> {
 pub fn run(opts: Args) -> anyhow::Result<String> {
     let (pred, gt) = (opts.pred.as_path(), opts.gt.as_path());
     let device = opts.device.device(0).map_err(anyhow::Error::msg)?;
-    // The report's place is made and checked before any scoring.
-    if let Some(dir) = opts.report.parent().filter(|d| !d.as_os_str().is_empty()) {
+    // The report's place is made and checked before any scoring: a directory, a device node, a
+    // FIFO or a socket is refused; a symbolic link is written through.
+    let target = syncdiff_dataprep::outpath::output_file(&opts.report)
+        .map_err(|e| anyhow::anyhow!("--report {e}"))?;
+    if let Some(dir) = target.parent().filter(|d| !d.as_os_str().is_empty()) {
         std::fs::create_dir_all(dir).with_context(|| {
             format!(
                 "--report {}: cannot create {}",
@@ -440,22 +443,10 @@ pub fn run(opts: Args) -> anyhow::Result<String> {
             )
         })?;
     }
-    if opts.report.is_dir() {
-        bail!(
-            "--report {}: is a directory; give the report's file name",
-            opts.report.display()
-        );
-    }
-    let existed = opts.report.exists();
-    std::fs::OpenOptions::new()
-        .append(true)
-        .create(true)
-        .open(&opts.report)
+    let probe = syncdiff_dataprep::outpath::partial_name(&target);
+    std::fs::File::create(&probe)
+        .and_then(|_| std::fs::remove_file(&probe))
         .with_context(|| format!("--report {}: cannot write", opts.report.display()))?;
-    if !existed {
-        // Only a report that is complete is left behind.
-        let _ = std::fs::remove_file(&opts.report);
-    }
     let mut names: Vec<String> = std::fs::read_dir(gt)
         .with_context(|| format!("--gt {}", gt.display()))?
         .filter_map(|e| e.ok())
@@ -521,8 +512,8 @@ pub fn run(opts: Args) -> anyhow::Result<String> {
     }
     summary.insert("mouth_box".into(), opts.mouth.0.to_vec().into());
     let json = serde_json::json!({ "summary": summary, "videos": videos });
-    std::fs::write(&opts.report, serde_json::to_vec_pretty(&json)?)
-        .with_context(|| format!("--report {}", opts.report.display()))?;
+    syncdiff_dataprep::outpath::write_atomic(&opts.report, &serde_json::to_vec_pretty(&json)?)
+        .map_err(|e| anyhow::anyhow!("--report {e}"))?;
     let mut out = vec![format!("{:<20} {:>7}", "video", "frames")];
     for (name, width, _) in &cols {
         out[0] += &format!(" {name:>width$}");

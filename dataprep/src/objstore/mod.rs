@@ -8,6 +8,10 @@
 //! operation is retried with exponential backoff (for checkpoints: `checkpoint.retries`, `retry_backoff_s`), each
 //! failed attempt reported on stderr.
 
+mod conditional;
+
+pub use conditional::{Conditional, Version};
+
 use std::path::Path;
 use std::sync::Arc;
 use std::time::Duration;
