@@ -21,6 +21,9 @@ cargo clippy --workspace --all-targets --all-features --locked -- -D warnings
 stage "cargo clippy -p syncdiff-model (without the cli feature, as a library user builds it)"
 cargo clippy -p syncdiff-model --lib --locked -- -D warnings
 
+stage "BLAS bindings: every binary (tools, tests, benches) runs libtorch on its own BLAS"
+bash ci/blas-bindings.sh
+
 stage "cargo test"
 cargo test --workspace --locked --features syncdiff-trainer/fault-injection
 

@@ -157,14 +157,24 @@ mod tests {
             .unwrap()
             .success());
         let e = write_atomic(&fifo, b"z").unwrap_err().to_string();
-        assert!(e.ends_with("fifo: is a FIFO (named pipe), not a regular file; refusing to write over it"), "{e}");
-        assert!(std::fs::symlink_metadata(&fifo).unwrap().file_type().is_fifo());
+        assert!(
+            e.ends_with(
+                "fifo: is a FIFO (named pipe), not a regular file; refusing to write over it"
+            ),
+            "{e}"
+        );
+        assert!(std::fs::symlink_metadata(&fifo)
+            .unwrap()
+            .file_type()
+            .is_fifo());
         assert!(output_dir(&fifo).is_err());
         // A link to a directory is a directory; a file is not.
         symlink("results", d.join("res")).unwrap();
         assert_eq!(output_dir(&d.join("res")).unwrap(), d.join("results"));
         assert!(output_file(&d.join("res")).is_err());
-        let e = output_dir(&d.join("results/x.json")).unwrap_err().to_string();
+        let e = output_dir(&d.join("results/x.json"))
+            .unwrap_err()
+            .to_string();
         assert!(e.ends_with("is a file, not a directory"), "{e}");
         // A loop of links.
         symlink("b", d.join("a")).unwrap();

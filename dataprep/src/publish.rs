@@ -148,7 +148,11 @@ impl Publish {
             let mut files = Vec::new();
             walk(&dir, &mut files).map_err(io(&dir))?;
             for f in files {
-                let rel = f.strip_prefix(out).unwrap_or(&f).to_string_lossy().into_owned();
+                let rel = f
+                    .strip_prefix(out)
+                    .unwrap_or(&f)
+                    .to_string_lossy()
+                    .into_owned();
                 let size = std::fs::metadata(&f).map_err(io(&f))?.len();
                 match there.get(&rel) {
                     Some(&s) if s == size => {}

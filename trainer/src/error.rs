@@ -72,9 +72,7 @@ pub enum TrainError {
     #[error("train.precision: {0}")]
     Amp(#[from] crate::amp::AmpError),
     /// The watchdog thread (collective and data timeouts) could not start.
-    #[error(
-        "cannot start the watchdog thread that times out collectives and data fetches: {0}"
-    )]
+    #[error("cannot start the watchdog thread that times out collectives and data fetches: {0}")]
     Watchdog(std::io::Error),
     /// `train.max_nonfinite_steps` steps in a row had a non-finite loss or gradients. Every
     /// rank reaches it at the same step (the decision is taken on the averaged gradients).

@@ -373,11 +373,7 @@ impl<'a> Trainer<'a> {
                     Some(n) => n.is_finite(),
                     None => crate::amp::all_finite(self.flat.grads())?,
                 };
-                self.nonfinite_in_row = if update {
-                    0
-                } else {
-                    self.nonfinite_in_row + 1
-                };
+                self.nonfinite_in_row = if update { 0 } else { self.nonfinite_in_row + 1 };
             }
             if update {
                 self.opt.step(lr);

@@ -153,7 +153,11 @@ impl Store {
             return Ok(Conditional::Refused);
         };
         let p = root.join(rel);
-        let tmp = p.with_file_name(format!(".{}.{}.partial", rel.replace('/', "_"), std::process::id()));
+        let tmp = p.with_file_name(format!(
+            ".{}.{}.partial",
+            rel.replace('/', "_"),
+            std::process::id()
+        ));
         std::fs::write(&tmp, data)
             .and_then(|()| std::fs::rename(&tmp, &p))
             .map_err(|e| {
@@ -204,8 +208,7 @@ mod tests {
             backoff: std::time::Duration::ZERO,
         };
         let s = Store::open(dir.path().to_str().unwrap(), retry).unwrap();
-        let Conditional::Written(v1) = s.put_conditional("lease.json", b"a", None).unwrap()
-        else {
+        let Conditional::Written(v1) = s.put_conditional("lease.json", b"a", None).unwrap() else {
             panic!("create refused on an empty store")
         };
         assert_eq!(

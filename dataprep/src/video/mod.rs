@@ -603,7 +603,9 @@ mod tests {
             assert!(check_pixel_format(Path::new("a.mp4"), ok).is_ok(), "{ok}");
         }
         // Not named: refused, not taken for 8-bit colour.
-        let e = check_pixel_format(Path::new("a.mp4"), "").unwrap_err().to_string();
+        let e = check_pixel_format(Path::new("a.mp4"), "")
+            .unwrap_err()
+            .to_string();
         assert!(e.contains("did not name the video's pixel format"), "{e}");
         for (fmt, bits) in [
             ("yuv420p10le", 10),

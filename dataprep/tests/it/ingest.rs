@@ -563,7 +563,11 @@ fn face_box_sidecar_crops_each_frame() {
     bad_token.insert_str(20, "10 20 x 30 40\n");
     let cases: [(&str, Vec<u8>, &str); 3] = [
         ("token", bad_token.into_bytes(), "line 3: `10 20 x 30 40`"),
-        ("utf8", b"0 0 32 64\n\xff\xfe 0 32 64\n".repeat(5), "not UTF-8"),
+        (
+            "utf8",
+            b"0 0 32 64\n\xff\xfe 0 32 64\n".repeat(5),
+            "not UTF-8",
+        ),
         ("dir", Vec::new(), "cannot read"),
     ];
     for (name, bytes, want) in cases {
@@ -575,7 +579,11 @@ fn face_box_sidecar_crops_each_frame() {
         }
         let out = dir.path().join(format!("ds-{name}"));
         let o = boxes(&out);
-        assert!(o.status.success(), "{name}: {}", String::from_utf8_lossy(&o.stderr));
+        assert!(
+            o.status.success(),
+            "{name}: {}",
+            String::from_utf8_lossy(&o.stderr)
+        );
         let rejected = std::fs::read_to_string(out.join("rejected.jsonl")).unwrap();
         assert!(
             rejected.contains("\"reason\":\"bad_boxes\"")

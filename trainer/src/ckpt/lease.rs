@@ -118,6 +118,7 @@ pub struct Lease {
     stop: Arc<AtomicBool>,
     lost_flag: Arc<AtomicBool>,
     heartbeat: Mutex<Option<std::thread::JoinHandle<()>>>,
+    released: AtomicBool,
 }
 
 impl std::fmt::Debug for Lease {
@@ -140,7 +141,10 @@ fn held(url: &str, holder: &Holder, waited: Duration) -> CkptError {
             if waited.is_zero() {
                 String::new()
             } else {
-                format!("; waited {:.0} s (checkpoint.lease.wait_s)", waited.as_secs_f64())
+                format!(
+                    "; waited {:.0} s (checkpoint.lease.wait_s)",
+                    waited.as_secs_f64()
+                )
             }
         ),
     }
@@ -224,11 +228,18 @@ impl Lease {
             version,
             lost: None,
         }));
-        let (stop, lost_flag) = (Arc::new(AtomicBool::new(false)), Arc::new(AtomicBool::new(false)));
+        let (stop, lost_flag) = (
+            Arc::new(AtomicBool::new(false)),
+            Arc::new(AtomicBool::new(false)),
+        );
         let every = Duration::from_secs(cfg.renew_s);
         let heartbeat = {
-            let (store, state, stop, lost_flag) =
-                (store.clone(), state.clone(), stop.clone(), lost_flag.clone());
+            let (store, state, stop, lost_flag) = (
+                store.clone(),
+                state.clone(),
+                stop.clone(),
+                lost_flag.clone(),
+            );
             std::thread::Builder::new()
                 .name("lease-heartbeat".into())
                 .spawn(move || {
@@ -260,6 +271,7 @@ impl Lease {
             stop,
             lost_flag,
             heartbeat: Mutex::new(heartbeat),
+            released: AtomicBool::new(false),
         }
     }
 
@@ -285,7 +297,10 @@ impl Lease {
         match holder {
             Some(h) if h.token == s.me.token => Ok(()),
             other => {
-                let by = other.map_or_else(|| "nobody (lease.json was deleted)".into(), |h| h.describe());
+                let by = other.map_or_else(
+                    || "nobody (lease.json was deleted)".into(),
+                    |h| h.describe(),
+                );
                 s.lost = Some(by.clone());
                 self.lost_flag.store(true, Ordering::Relaxed);
                 Err(lost(&url, &by))
@@ -296,6 +311,9 @@ impl Lease {
     /// Stops the heartbeat and deletes the lease if this job still holds it (a clean exit: the
     /// next job, e.g. a requeue, starts at once).
     pub fn release(&self) -> Result<(), CkptError> {
+        if self.released.swap(true, Ordering::Relaxed) {
+            return Ok(());
+        }
         self.stop_heartbeat();
         let s = self.state.lock().unwrap_or_else(PoisonError::into_inner);
         if s.lost.is_none() {
@@ -318,10 +336,13 @@ impl Lease {
 }
 
 impl Drop for Lease {
+    /// A job that ends through an error still gives its lease back: this process, the only
+    /// writer, saves nothing more (a save still in flight finds the lease gone before its
+    /// manifest). Only a process that is killed leaves it behind, to expire.
     fn drop(&mut self) {
-        // An error path: the lease stays (it expires), so that a requeue waits for a possibly
-        // still running copy rather than mixing with it.
-        self.stop_heartbeat();
+        if let Err(e) = self.release() {
+            eprintln!("warning: giving back the writer lease: {e}");
+        }
     }
 }
 

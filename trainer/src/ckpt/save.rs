@@ -10,9 +10,9 @@ use std::time::Instant;
 use tch::Tensor;
 
 use super::format::{self, FileEntry, Manifest, TrainerState};
+use super::lease::Lease;
 use super::load::list;
 use super::safetensors::encode;
-use super::lease::Lease;
 use super::CkptError;
 use super::Store;
 

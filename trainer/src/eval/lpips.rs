@@ -94,7 +94,9 @@ pub fn lpips(
             )));
         }
         sum += f64::try_from(d.to_kind(Kind::Double).sum(Kind::Double)).map_err(|e| {
-            ScriptError::Input(format!("LPIPS distances of frames {start}.. unreadable: {e}"))
+            ScriptError::Input(format!(
+                "LPIPS distances of frames {start}.. unreadable: {e}"
+            ))
         })?;
     }
     Ok(sum / n as f64)

@@ -260,8 +260,7 @@ pub fn check_output(out: &Path) -> Result<(PathBuf, PathBuf), GenerateError> {
     if out.file_name().and_then(|n| n.to_str()).is_none() {
         return Err(input(out, "--out needs a file name (e.g. out/clip.mp4)"));
     }
-    let target = syncdiff_dataprep::outpath::output_file(out)
-        .map_err(|e| input(out, e.message))?;
+    let target = syncdiff_dataprep::outpath::output_file(out).map_err(|e| input(out, e.message))?;
     if let Some(dir) = target.parent().filter(|d| !d.as_os_str().is_empty()) {
         std::fs::create_dir_all(dir).map_err(|e| input(dir, format!("cannot create: {e}")))?;
     }

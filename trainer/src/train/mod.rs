@@ -126,7 +126,14 @@ pub fn train(
         if st.nonfinite_in_row >= t.max_nonfinite_steps {
             log.end_progress();
             let resume = ckpts.abandon(&log);
-            return Err(diverged(step, st.nonfinite_in_row, t, last_finite, resume, rt));
+            return Err(diverged(
+                step,
+                st.nonfinite_in_row,
+                t,
+                last_finite,
+                resume,
+                rt,
+            ));
         }
         if due.every(config.dist.checksum_interval) {
             trainer.check_params(step)?;
@@ -177,9 +184,9 @@ fn diverged(
         },
         resume: match (newest, rt.is_main()) {
             (Some(url), _) => format!("resume from {url} ({advice})"),
-            (None, true) => format!(
-                "no checkpoint of this run to resume from: start again ({advice})"
-            ),
+            (None, true) => {
+                format!("no checkpoint of this run to resume from: start again ({advice})")
+            }
             (None, false) => "rank 0 names the checkpoint to resume from".into(),
         },
     }

@@ -623,14 +623,30 @@ fn damaged_bundles_non_finite_outputs_and_unwritable_outputs_fail_clearly() {
     use std::os::unix::fs::FileTypeExt;
     let dev = d.join("full");
     let fifo = d.join("pipe.mp4");
-    assert!(Command::new("mknod").arg(&dev).args(["c", "1", "7"]).status().unwrap().success());
-    assert!(Command::new("mkfifo").arg(&fifo).status().unwrap().success());
+    assert!(Command::new("mknod")
+        .arg(&dev)
+        .args(["c", "1", "7"])
+        .status()
+        .unwrap()
+        .success());
+    assert!(Command::new("mkfifo")
+        .arg(&fifo)
+        .status()
+        .unwrap()
+        .success());
     for (p, kind) in [(&dev, "a character device"), (&fifo, "a FIFO")] {
         let (ok, err) = gen(&model, &good, p);
         assert!(!ok, "{err}");
-        assert!(err.contains(&format!("{}: is {kind}", p.display())), "{err}");
+        assert!(
+            err.contains(&format!("{}: is {kind}", p.display())),
+            "{err}"
+        );
         let ft = std::fs::symlink_metadata(p).unwrap().file_type();
-        assert!(ft.is_char_device() || ft.is_fifo(), "{} was replaced", p.display());
+        assert!(
+            ft.is_char_device() || ft.is_fifo(),
+            "{} was replaced",
+            p.display()
+        );
     }
     std::fs::remove_file(&dev).unwrap();
     let link = d.join("latest.mp4");
@@ -638,6 +654,9 @@ fn damaged_bundles_non_finite_outputs_and_unwritable_outputs_fail_clearly() {
     std::fs::write(&out, b"old").unwrap();
     let (ok, err) = gen(&model, &good, &link);
     assert!(ok, "{err}");
-    assert!(std::fs::symlink_metadata(&link).unwrap().file_type().is_symlink());
+    assert!(std::fs::symlink_metadata(&link)
+        .unwrap()
+        .file_type()
+        .is_symlink());
     assert_eq!(video::probe(&out).unwrap().width, 160);
 }

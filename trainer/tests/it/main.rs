@@ -21,6 +21,7 @@ mod faults;
 mod generate;
 mod generate_faces;
 mod learns_audio;
+mod lease;
 mod metrics;
 mod optim;
 mod overlap;

@@ -271,7 +271,11 @@ fn syncdiff_eval_scores_videos_and_names_missing_predictions() {
     // the end) are refused before scoring and left as they are; a symbolic link is written
     // through, the link kept.
     let fifo = dir.path().join("report.fifo");
-    assert!(Command::new("mkfifo").arg(&fifo).status().unwrap().success());
+    assert!(Command::new("mkfifo")
+        .arg(&fifo)
+        .status()
+        .unwrap()
+        .success());
     let dev = dir.path().join("report.dev");
     assert!(Command::new("mknod")
         .arg(&dev)
@@ -284,7 +288,12 @@ fn syncdiff_eval_scores_videos_and_names_missing_predictions() {
             .args(["-s", "KILL", "120"])
             .arg(env!("CARGO_BIN_EXE_syncdiff"))
             .args(["eval", "--pred", pred.to_str().unwrap()])
-            .args(["--gt", gt.to_str().unwrap(), "--report", p.to_str().unwrap()])
+            .args([
+                "--gt",
+                gt.to_str().unwrap(),
+                "--report",
+                p.to_str().unwrap(),
+            ])
             .output()
             .unwrap();
         let err = String::from_utf8_lossy(&o.stderr);
@@ -303,7 +312,10 @@ fn syncdiff_eval_scores_videos_and_names_missing_predictions() {
     std::fs::write(&nested, b"old").unwrap();
     let o = eval(&pred, &link);
     assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
-    assert!(std::fs::symlink_metadata(&link).unwrap().file_type().is_symlink());
+    assert!(std::fs::symlink_metadata(&link)
+        .unwrap()
+        .file_type()
+        .is_symlink());
     let r: serde_json::Value = serde_json::from_slice(&std::fs::read(&nested).unwrap()).unwrap();
     assert_eq!(r["videos"].as_array().unwrap().len(), 2);
 
