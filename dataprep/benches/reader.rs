@@ -49,6 +49,7 @@ fn clip(c: usize) -> ClipData {
         mel: (0..FRAMES * 104).map(|i| (i as f32 * 0.01).cos()).collect(),
         audio_features: Vec::new(),
         faces: Vec::new(),
+        rotation: 0,
     }
 }
 

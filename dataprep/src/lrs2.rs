@@ -74,6 +74,8 @@ pub struct DecodedClip {
     pub faces: Vec<FaceRecord>,
     /// Frame width of `rgb` (S, or the source's before the face front-end crops).
     pub width: u32,
+    /// The source's display rotation, already applied to `rgb` (0, 90, 180, 270).
+    pub rotation: u32,
     /// Frame height of `rgb`.
     pub height: u32,
 }
@@ -236,6 +238,7 @@ pub fn decode_clip(
             format!("{} decoding error(s){first_error}", av.errors.len()),
         ));
     }
+    let rotation = av.rotation;
     let (rgb, width, height) = if has_boxes {
         let b = boxes(root, id, frames)?;
         (
@@ -268,6 +271,7 @@ pub fn decode_clip(
         faces: Vec::new(),
         width,
         height,
+        rotation,
     })
 }
 
@@ -381,5 +385,6 @@ pub fn encode_clip(
         mel: clip.mel,
         audio_features: Vec::new(),
         faces: clip.faces,
+        rotation: clip.rotation,
     }
 }

@@ -143,6 +143,7 @@ fn part(
         faces: records,
         width: s.resolution,
         height: s.resolution,
+        rotation: clip.rotation,
     }
 }
 

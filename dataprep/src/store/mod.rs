@@ -99,9 +99,13 @@ pub struct ClipData {
     pub audio_features: Vec<f16>,
     /// Per frame, the face front-end's result (empty without a dlib detector).
     pub faces: Vec<FaceRecord>,
+    /// The display rotation of the source video (0, 90, 180, 270), already applied: every
+    /// frame and face record of the clip is in the displayed orientation.
+    pub rotation: u32,
 }
 
-/// What the face front-end found on one stored frame, in the source video's pixels.
+/// What the face front-end found on one stored frame, in the source video's pixels as displayed
+/// (its display rotation applied).
 #[derive(Debug, Clone, Copy, PartialEq)]
 pub struct FaceRecord {
     /// Face box `x0 y0 x1 y1`.
@@ -407,6 +411,9 @@ pub fn write_shard<R: Serialize>(
         serde_json::to_value(meta).map_err(|e| zerr(path)(&e))?,
     );
     attrs.insert("clip_ids".into(), serde_json::json!(ids));
+    // Frames are stored as displayed; this says which turn of the source file made them so.
+    let rotations: Vec<u32> = clips.iter().map(|c| c.rotation).collect();
+    attrs.insert("clip_rotation".into(), serde_json::json!(rotations));
     let mut group = GroupBuilder::new()
         .build(store.clone(), "/")
         .map_err(|e| zerr(path)(&e))?;

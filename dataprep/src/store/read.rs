@@ -100,6 +100,9 @@ pub struct ClipInfo {
     pub id: String,
     /// Frames.
     pub frames: u64,
+    /// The source's display rotation applied to the stored frames (0, 90, 180, 270); `None`
+    /// for shards written before it was recorded.
+    pub rotation: Option<u32>,
     shard: usize,
     start: u64,
 }
@@ -169,11 +172,18 @@ impl Dataset {
             };
             shard.check(&manifest.meta, entry.frames.iter().sum())?;
             shards.push(shard);
+            let group =
+                zarrs::group::Group::open(store.clone(), "/").map_err(|e| zerr(&path)(&e))?;
+            let rotations: Option<Vec<u32>> = group
+                .attributes()
+                .get("clip_rotation")
+                .and_then(|v| serde_json::from_value(v.clone()).ok());
             let mut start = 0;
-            for (id, &frames) in entry.clips.iter().zip(&entry.frames) {
+            for (i, (id, &frames)) in entry.clips.iter().zip(&entry.frames).enumerate() {
                 clips.push(ClipInfo {
                     id: id.clone(),
                     frames,
+                    rotation: rotations.as_ref().and_then(|r| r.get(i).copied()),
                     shard: si,
                     start,
                 });

@@ -33,10 +33,13 @@ pub enum VideoError {
 /// What ffprobe says about a file.
 #[derive(Debug, Clone, PartialEq)]
 pub struct VideoInfo {
-    /// Frame width.
+    /// Frame width as displayed (after the display rotation: what every decoder here returns).
     pub width: u32,
-    /// Frame height.
+    /// Frame height as displayed.
     pub height: u32,
+    /// The display rotation the file asks for (0, 90, 180 or 270 degrees, ffmpeg's sign: a
+    /// phone's portrait video stored as landscape frames says 90 or 270). Decoders apply it.
+    pub rotation: u32,
     /// Frames per second of the video stream.
     pub fps: f64,
     /// Whether there is an audio stream.
@@ -213,6 +216,16 @@ pub fn probe(path: &Path) -> Result<VideoInfo, VideoError> {
         Some((n, d)) => n.parse::<f64>().unwrap_or(0.0) / d.parse::<f64>().unwrap_or(1.0).max(1e-9),
         None => rate.parse().unwrap_or(0.0),
     };
+    let rotation = stream_rotation(video);
+    let (coded_w, coded_h) = (
+        video["width"].as_u64().unwrap_or(0) as u32,
+        video["height"].as_u64().unwrap_or(0) as u32,
+    );
+    let (width, height) = if rotation % 180 == 90 {
+        (coded_h, coded_w)
+    } else {
+        (coded_w, coded_h)
+    };
     let audio = streams.iter().find(|s| s["codec_type"] == "audio");
     let seconds = |s: &serde_json::Value| {
         s["duration"]
@@ -221,13 +234,46 @@ pub fn probe(path: &Path) -> Result<VideoInfo, VideoError> {
             .unwrap_or(0.0)
     };
     Ok(VideoInfo {
-        width: video["width"].as_u64().unwrap_or(0) as u32,
-        height: video["height"].as_u64().unwrap_or(0) as u32,
+        width,
+        height,
+        rotation,
         fps,
         has_audio: audio.is_some(),
         audio_seconds: audio.map(seconds).unwrap_or(0.0),
         pix_fmt: video["pix_fmt"].as_str().unwrap_or("").to_string(),
     })
+}
+
+/// A rotation in degrees as 0, 90, 180 or 270 (the nearest; ffmpeg's counter-clockwise sign).
+fn quarter_turns(deg: f64) -> u32 {
+    ((deg / 90.0).round() as i64).rem_euclid(4) as u32 * 90
+}
+
+/// The display rotation of an ffprobe stream: its display matrix, else a `rotate` tag.
+fn stream_rotation(stream: &serde_json::Value) -> u32 {
+    let from_matrix = stream["side_data_list"].as_array().and_then(|list| {
+        list.iter()
+            .find(|d| d["side_data_type"] == "Display Matrix")
+            .and_then(|d| d["rotation"].as_f64())
+    });
+    let from_tag = || {
+        stream["tags"]["rotate"]
+            .as_str()
+            .and_then(|r| r.parse::<f64>().ok())
+    };
+    from_matrix.or_else(from_tag).map_or(0, quarter_turns)
+}
+
+/// The display rotation ffmpeg logs for its first input's video stream
+/// (`displaymatrix: rotation of -90.00 degrees`), 0 without one.
+fn parse_rotation(stderr: &str) -> u32 {
+    let input = stderr.split("Stream mapping:").next().unwrap_or("");
+    input
+        .split("displaymatrix: rotation of ")
+        .nth(1)
+        .and_then(|s| s.split_whitespace().next())
+        .and_then(|d| d.parse::<f64>().ok())
+        .map_or(0, quarter_turns)
 }
 
 /// Decodes every frame at the source rate as RGB24, scaled to `width` x `height` (area filter).
@@ -245,8 +291,8 @@ pub fn decode_frames_upto(
 ) -> Result<Vec<u8>, VideoError> {
     let p = path_str(path)?;
     let limit = seconds.map(|s| format!("{s:.3}"));
-    // Frames as stored (the coded size ffprobe reports): a rotation tag is not applied.
-    let mut args: Vec<String> = ["-v", "error", "-nostdin", "-noautorotate"]
+    // Frames as displayed: ffmpeg applies a display rotation (phone videos) before the scale.
+    let mut args: Vec<String> = ["-v", "error", "-nostdin"]
         .iter()
         .map(|s| s.to_string())
         .collect();
@@ -396,6 +442,8 @@ pub struct DecodedAv {
     /// The source's pixel format as ffmpeg names it (empty when it did not say, which
     /// [`check_pixel_format`] refuses).
     pub pix_fmt: String,
+    /// The source's display rotation (0, 90, 180, 270), already applied to `rgb`.
+    pub rotation: u32,
 }
 
 /// Error-level messages of an ffmpeg log written with `-v level+info`, without the markers.
@@ -495,9 +543,8 @@ pub fn decode_av_at(
         "level+info",
         "-nostdin",
         "-y",
-        // The frames as stored: the sizes read from the input stream describe them, and a
-        // rotation tag (phone videos) would otherwise turn them and scramble every frame.
-        "-noautorotate",
+        // Frames as displayed: ffmpeg applies a display rotation (phone videos); the size read
+        // from the input stream is then swapped for quarter turns (`parse_rotation`).
         "-i",
         p,
     ]
@@ -527,6 +574,15 @@ pub fn decode_av_at(
     let audio_read = std::fs::read(&audio_tmp);
     let _ = std::fs::remove_file(&audio_tmp);
     let (video, has_audio) = parse_input_streams(&stderr);
+    let rotation = parse_rotation(&stderr);
+    // The stream line gives the coded size; frames come out turned for display.
+    let video = video.map(|(fps, w, h)| {
+        if rotation % 180 == 90 {
+            (fps, h, w)
+        } else {
+            (fps, w, h)
+        }
+    });
     if !out.status.success() {
         // Without an audio stream the second output is empty, which ffmpeg treats as an error.
         if let (Some((fps, w, h)), false) = (video, has_audio) {
@@ -540,6 +596,7 @@ pub fn decode_av_at(
                 duration_s: parse_duration(&stderr),
                 errors,
                 pix_fmt: parse_pix_fmt(&stderr).unwrap_or_default(),
+                rotation,
             });
         }
         // A readable input without a video stream (e.g. audio only).
@@ -589,6 +646,7 @@ pub fn decode_av_at(
         duration_s: parse_duration(&stderr),
         errors,
         pix_fmt: parse_pix_fmt(&stderr).unwrap_or_default(),
+        rotation,
     })
 }
 

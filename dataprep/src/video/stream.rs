@@ -59,8 +59,8 @@ fn wait(
     Err(failed(path, format!("{tool}: {}", line.trim())))
 }
 
-/// Decodes a video's frames one at a time as RGB24 (the frames as stored: no rotation applied),
-/// resampled to `fps` and scaled to a square `size` when asked.
+/// Decodes a video's frames one at a time as RGB24 as they are displayed (a display rotation
+/// applied), resampled to `fps` and scaled to a square `size` when asked.
 #[derive(Debug)]
 pub struct FrameReader {
     path: PathBuf,
@@ -75,7 +75,8 @@ pub struct FrameReader {
 }
 
 impl FrameReader {
-    /// Starts decoding `path`, whose coded size is `width` x `height` (from [`super::probe`]).
+    /// Starts decoding `path`, whose displayed size is `width` x `height` (from
+    /// [`super::probe`]: rotation applied).
     pub fn open(
         path: &Path,
         width: u32,
@@ -84,7 +85,7 @@ impl FrameReader {
         size: Option<u32>,
     ) -> Result<Self, VideoError> {
         let p = path_str(path)?;
-        let mut args: Vec<String> = ["-v", "error", "-nostdin", "-noautorotate", "-i", p]
+        let mut args: Vec<String> = ["-v", "error", "-nostdin", "-i", p]
             .iter()
             .map(|s| s.to_string())
             .collect();

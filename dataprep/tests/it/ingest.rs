@@ -117,6 +117,7 @@ fn ingest_round_trip_equals_direct_computation() {
                 faces: Vec::new(),
                 width: 32,
                 height: 32,
+                rotation: 0,
             },
             &s,
             tch::Device::Cpu,

@@ -53,6 +53,7 @@ fn clip(c: usize, frames: usize) -> ClipData {
             .collect(),
         // Face records (stored when the meta says a dlib detector made them).
         faces: (0..frames).map(|f| face_record(c, f)).collect(),
+        rotation: 0,
     }
 }
 

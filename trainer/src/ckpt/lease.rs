@@ -293,19 +293,24 @@ impl Lease {
             return Err(lost(&url, by));
         }
         let now = self.store.get_versioned(LEASE)?;
-        let holder = now.as_ref().map(|(b, _)| parse(&url, b)).transpose()?;
-        match holder {
-            Some(h) if h.token == s.me.token => Ok(()),
-            other => {
-                let by = other.map_or_else(
-                    || "nobody (lease.json was deleted)".into(),
-                    |h| h.describe(),
-                );
+        match now.as_ref().map(|(b, _)| parse(&url, b)).transpose()? {
+            Some(h) if h.token == s.me.token => return Ok(()),
+            Some(h) => {
+                let by = h.describe();
                 s.lost = Some(by.clone());
                 self.lost_flag.store(true, Ordering::Relaxed);
-                Err(lost(&url, &by))
+                return Err(lost(&url, &by));
             }
+            None => {}
         }
+        // The lease vanished (a store that lost it, a hand that deleted it): take it again as a
+        // renewal does, if nobody else did meanwhile.
+        drop(s);
+        renew(&self.store, &self.state, None).inspect_err(|e| {
+            if matches!(e, CkptError::LeaseLost { .. }) {
+                self.lost_flag.store(true, Ordering::Relaxed);
+            }
+        })
     }
 
     /// Stops the heartbeat and deletes the lease if this job still holds it (a clean exit: the
@@ -402,11 +407,27 @@ fn renew(store: &Store, state: &Mutex<State>, run: Option<&str>) -> Result<(), C
                     s.lost = Some(by.clone());
                     Err(lost(&url, &by))
                 }
-                None => {
-                    let by = "nobody (lease.json was deleted)".to_string();
-                    s.lost = Some(by.clone());
-                    Err(lost(&url, &by))
-                }
+                // Gone (a store restarted without its data, a hand that deleted it): nobody
+                // else holds it, so take it again with create-if-absent; losing that race to
+                // another job is losing the lease.
+                None => match store.put_conditional(LEASE, &bytes, None)? {
+                    Conditional::Written(v) => {
+                        eprintln!("warning: {url} had disappeared; this job took it again");
+                        s.me = next;
+                        s.version = v;
+                        Ok(())
+                    }
+                    Conditional::Refused => {
+                        let by = match store.get_versioned(LEASE)? {
+                            Some((b, _)) => {
+                                parse(&url, &b).map_or_else(|e| e.to_string(), |h| h.describe())
+                            }
+                            None => "another job (it came and went)".to_string(),
+                        };
+                        s.lost = Some(by.clone());
+                        Err(lost(&url, &by))
+                    }
+                },
             }
         }
     }

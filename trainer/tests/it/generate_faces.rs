@@ -263,6 +263,108 @@ fn a_720p_video_gets_a_generated_mouth_and_keeps_every_other_pixel() {
 }
 
 #[test]
+fn a_phone_video_stored_sideways_with_a_rotation_tag_comes_back_upright() {
+    let _torch = common::torch();
+    let dir = tempfile::tempdir().unwrap();
+    let d = dir.path();
+    let model = bundle(d, 2);
+    // The video as a phone shows it: portrait 360x640 ...
+    let (w, h) = (360u32, 640u32);
+    let upright = d.join("upright.mp4");
+    moving_portrait(&upright, (w, h, 25), 40, |i| {
+        let t = i as f32 / 39.0;
+        (
+            1.0,
+            4f32.to_radians() * (2.0 * PI * t).sin(),
+            [180.0, 300.0 + 10.0 * t],
+        )
+    });
+    // ... and as it stores it: landscape 640x360 frames (turned a quarter clockwise) with a
+    // display rotation of 90 degrees in the container.
+    let turned = d.join("turned.mp4");
+    let phone = d.join("phone.mp4");
+    for args in [
+        vec![
+            "-i",
+            &s(&upright),
+            "-vf",
+            "transpose=1",
+            "-c:v",
+            "libx264",
+            "-crf",
+            "12",
+        ],
+        vec![
+            "-i",
+            &s(&turned),
+            "-c",
+            "copy",
+            "-metadata:s:v:0",
+            "rotate=90",
+        ],
+    ] {
+        let out = if args.contains(&"transpose=1") {
+            &turned
+        } else {
+            &phone
+        };
+        let o = Command::new("ffmpeg")
+            .args(["-v", "error", "-y"])
+            .args(&args)
+            .arg(out)
+            .output()
+            .unwrap();
+        assert!(o.status.success(), "{}", common::text(&o).1);
+    }
+    // Read as displayed (before: 640x360 frames, the face lying on its side).
+    let info = video::probe(&phone).unwrap();
+    assert_eq!((info.width, info.height, info.rotation % 180), (w, h, 90));
+    let input = reference_frames(&phone, w, h);
+    let want = reference_frames(&upright, w, h);
+    assert_eq!(input.len(), want.len());
+    assert!(
+        mad(&input[10], &want[10]) < 3.0,
+        "{}",
+        mad(&input[10], &want[10])
+    );
+    // A face in every frame (HOG misses a face on its side), and generation keeps every pixel
+    // outside the mouth mask of the frame as displayed.
+    let g = Generator::load(&s(&model), WeightChoice::Ema, None, tch::Device::Cpu).unwrap();
+    let (face, _) = generate::face_settings(&g.config, &face_sets(80)).unwrap();
+    let job = Job {
+        video: phone.clone(),
+        audio: speech(d, 1.0),
+        out: d.join("unused.mp4"),
+    };
+    let p = generate::prepare(&g, &job, &face).unwrap();
+    assert_eq!((p.width, p.height), (w, h));
+    assert_eq!(p.without_face, 0, "a face in every frame");
+    let (_, frames) = generate_frames(&g, &p);
+    for (t, out) in frames.iter().enumerate() {
+        let (crop, mask) = p.face_crop(t).unwrap();
+        let may = changeable(&crop, &mask, 2, w, h);
+        let changed = may
+            .iter()
+            .enumerate()
+            .filter(|&(px, &m)| !m && out[px * 3..px * 3 + 3] != input[t][px * 3..px * 3 + 3])
+            .count();
+        assert_eq!(changed, 0, "frame {t}: pixels outside the mask changed");
+    }
+    // The command line's mp4 displays like the input: portrait, no rotation left to apply.
+    let out = d.join("phone-out.mp4");
+    let o = generate_cli(&model, &phone, &job.audio, &out, 80, &["--steps", "2"]);
+    assert!(o.status.success(), "{}", common::text(&o).1);
+    let oi = video::probe(&out).unwrap();
+    assert_eq!((oi.width, oi.height, oi.rotation), (w, h, 0));
+    let shown = reference_frames(&out, w, h);
+    assert!(
+        mad(&shown[0], &input[0]) < 3.0,
+        "{}",
+        mad(&shown[0], &input[0])
+    );
+}
+
+#[test]
 fn frames_without_a_face_pass_through_and_a_faceless_video_is_named() {
     let _torch = common::torch();
     let dir = tempfile::tempdir().unwrap();
