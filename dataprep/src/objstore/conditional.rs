@@ -180,8 +180,17 @@ impl Store {
             .write(true)
             .open(&p)
             .map_err(|e| self.local_error("lock", rel, &e))?;
-        f.lock().map_err(|e| self.local_error("lock", rel, &e))?;
-        Ok(Some(f))
+        use std::os::fd::AsRawFd;
+        loop {
+            // SAFETY: flock on a descriptor this File owns; no memory is passed.
+            if unsafe { libc::flock(f.as_raw_fd(), libc::LOCK_EX) } == 0 {
+                return Ok(Some(f));
+            }
+            let e = std::io::Error::last_os_error();
+            if e.kind() != std::io::ErrorKind::Interrupted {
+                return Err(self.local_error("lock", rel, &e));
+            }
+        }
     }
 
     fn local_error(&self, what: &str, rel: &str, e: &std::io::Error) -> ObjError {
