@@ -15,6 +15,12 @@
 # least 50), every binary that loads libtorch_cpu.so must show bindings of them, and at least the
 # three command-line tools must be among the binaries checked.
 set -euo pipefail
+# Binaries named on the command line are resolved before the script moves to the repository.
+args=()
+for a in "$@"; do
+  case "$a" in -*) args+=("$a") ;; *) args+=("$(realpath -m -- "$a")") ;; esac
+done
+set -- "${args[@]+"${args[@]}"}"
 cd "$(dirname "${BASH_SOURCE[0]}")/.."
 # shellcheck source=ci/env.sh
 source ci/env.sh
@@ -40,7 +46,15 @@ fi
 # check BIN: 0 when libtorch_cpu's contested symbols bind to itself, or BIN does not load it.
 check() {
   local bin="$1" report="$tmp/report"
+  if [ ! -f "$bin" ] || [ ! -x "$bin" ]; then
+    printf 'FAIL        %s: not an executable file\n' "$bin"
+    return 1
+  fi
   LD_TRACE_LOADED_OBJECTS=1 LD_WARN=yes LD_BIND_NOW=1 LD_DEBUG=bindings "$bin" >/dev/null 2>"$report" || true
+  if ! grep -q '^ *[0-9]*:.*binding file ' "$report"; then
+    printf 'FAIL        %s: the dynamic linker reported no bindings (not a dynamic executable?)\n' "$bin"
+    return 1
+  fi
   if ! grep -q 'libtorch_cpu\.so' "$report"; then
     echo "no libtorch  $bin"
     return 2

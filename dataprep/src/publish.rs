@@ -144,15 +144,7 @@ impl Publish {
             if !there.contains_key(&entry) {
                 return Err(bad(&entry, "not in the store".into()));
             }
-            let dir = out.join(name);
-            let mut files = Vec::new();
-            walk(&dir, &mut files).map_err(io(&dir))?;
-            for f in files {
-                let rel = f
-                    .strip_prefix(out)
-                    .unwrap_or(&f)
-                    .to_string_lossy()
-                    .into_owned();
+            for (f, rel) in staged(out, name)? {
                 let size = std::fs::metadata(&f).map_err(io(&f))?.len();
                 match there.get(&rel) {
                     Some(&s) if s == size => {}
@@ -185,16 +177,9 @@ impl Publish {
         there: &std::collections::HashMap<String, u64>,
         sent: &mut Uploaded,
     ) -> Result<(), IngestError> {
-        let root = out.join(dir);
-        let mut files = Vec::new();
-        walk(&root, &mut files).map_err(io(&root))?;
-        files.sort_by_key(|p| (p.file_name().is_some_and(|n| n == "entry.json"), p.clone()));
-        for f in files {
-            let rel = f
-                .strip_prefix(out)
-                .unwrap_or(&f)
-                .to_string_lossy()
-                .into_owned();
+        let mut files = staged(out, dir)?;
+        files.sort_by_key(|(p, _)| (p.file_name().is_some_and(|n| n == "entry.json"), p.clone()));
+        for (f, rel) in files {
             let data = std::fs::read(&f).map_err(io(&f))?;
             if there.get(&rel) == Some(&(data.len() as u64)) {
                 sent.skipped += 1;
@@ -277,6 +262,24 @@ pub fn default_stage(url: &str) -> PathBuf {
     std::env::temp_dir()
         .join("syncdiff-dataprep-stage")
         .join(&h[..16])
+}
+
+/// Every file under `out/dir` with its name relative to `out` (its name in the store).
+fn staged(out: &Path, dir: &str) -> Result<Vec<(PathBuf, String)>, IngestError> {
+    let root = out.join(dir);
+    let mut files = Vec::new();
+    walk(&root, &mut files).map_err(io(&root))?;
+    Ok(files
+        .into_iter()
+        .map(|f| {
+            let rel = f
+                .strip_prefix(out)
+                .unwrap_or(&f)
+                .to_string_lossy()
+                .into_owned();
+            (f, rel)
+        })
+        .collect())
 }
 
 /// Appends every file under `dir` (recursively) to `out`.

@@ -144,6 +144,22 @@ pub fn tensor_hashes(manifest: &[u8]) -> Vec<(String, String)> {
         .collect()
 }
 
+/// Makes a character device with /dev/full's numbers at `dev` (as root, with mknod) and a FIFO
+/// at `fifo`: outputs that a command must refuse and leave alone.
+pub fn special_files(dev: &Path, fifo: &Path) -> (PathBuf, PathBuf) {
+    for (cmd, args) in [
+        (
+            "mknod",
+            &[dev.as_os_str(), "c".as_ref(), "1".as_ref(), "7".as_ref()][..],
+        ),
+        ("mkfifo", &[fifo.as_os_str()][..]),
+    ] {
+        let ok = Command::new(cmd).args(args).status().unwrap().success();
+        assert!(ok, "{cmd} {args:?}");
+    }
+    (dev.to_path_buf(), fifo.to_path_buf())
+}
+
 /// stdout and stderr of a finished command.
 pub fn text(o: &Output) -> (String, String) {
     (

@@ -41,6 +41,19 @@ fn fetch(moto: &MotoServer, url: &str, cache: &Path, max_gb: f64, env: &[(&str, 
         .unwrap()
 }
 
+/// Every object of a store, by name.
+fn objects(store: &syncdiff_trainer::ckpt::Store) -> BTreeMap<String, Vec<u8>> {
+    store
+        .list_files("")
+        .unwrap()
+        .into_iter()
+        .map(|(n, _)| {
+            let b = store.get_bytes(&n).unwrap();
+            (n, b)
+        })
+        .collect()
+}
+
 /// The shard files of a data set directory (what the cache must reproduce exactly).
 fn shard_files(root: &Path) -> BTreeMap<String, Vec<u8>> {
     files(root)
@@ -392,15 +405,7 @@ fn dataprep_publishes_to_s3_from_two_tasks_with_the_manifest_last_and_equal_to_d
         );
         assert_eq!(report.manifest_written, rank == 1);
     }
-    let remote: BTreeMap<String, Vec<u8>> = store
-        .list_files("")
-        .unwrap()
-        .into_iter()
-        .map(|(n, _)| {
-            let b = store.get_bytes(&n).unwrap();
-            (n, b)
-        })
-        .collect();
+    let remote = objects(&store);
     let local = files(&on_disk);
     let differ: Vec<&String> = remote
         .keys()
@@ -446,15 +451,7 @@ fn dataprep_publishes_to_s3_from_two_tasks_with_the_manifest_last_and_equal_to_d
     let report = syncdiff_dataprep::ingest::ingest(&opts, &cfg, |_, _, _| {}).unwrap();
     assert_eq!((report.built, report.skipped), (2, 2));
     assert!(report.manifest_written);
-    let remote: BTreeMap<String, Vec<u8>> = store
-        .list_files("")
-        .unwrap()
-        .into_iter()
-        .map(|(n, _)| {
-            let b = store.get_bytes(&n).unwrap();
-            (n, b)
-        })
-        .collect();
+    let remote = objects(&store);
     let differ: Vec<&String> = remote
         .keys()
         .chain(local.keys())

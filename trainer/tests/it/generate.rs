@@ -621,19 +621,7 @@ fn damaged_bundles_non_finite_outputs_and_unwritable_outputs_fail_clearly() {
     // character device with /dev/full's numbers and a FIFO are refused before any work and
     // stay what they were; a link keeps pointing at the video it names.
     use std::os::unix::fs::FileTypeExt;
-    let dev = d.join("full");
-    let fifo = d.join("pipe.mp4");
-    assert!(Command::new("mknod")
-        .arg(&dev)
-        .args(["c", "1", "7"])
-        .status()
-        .unwrap()
-        .success());
-    assert!(Command::new("mkfifo")
-        .arg(&fifo)
-        .status()
-        .unwrap()
-        .success());
+    let (dev, fifo) = common::special_files(&d.join("full"), &d.join("pipe.mp4"));
     for (p, kind) in [(&dev, "a character device"), (&fifo, "a FIFO")] {
         let (ok, err) = gen(&model, &good, p);
         assert!(!ok, "{err}");

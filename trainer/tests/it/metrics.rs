@@ -270,19 +270,10 @@ fn syncdiff_eval_scores_videos_and_names_missing_predictions() {
     // and a character device (/dev/full's numbers; before: the report was written into it at
     // the end) are refused before scoring and left as they are; a symbolic link is written
     // through, the link kept.
-    let fifo = dir.path().join("report.fifo");
-    assert!(Command::new("mkfifo")
-        .arg(&fifo)
-        .status()
-        .unwrap()
-        .success());
-    let dev = dir.path().join("report.dev");
-    assert!(Command::new("mknod")
-        .arg(&dev)
-        .args(["c", "1", "7"])
-        .status()
-        .unwrap()
-        .success());
+    let (dev, fifo) = crate::common::special_files(
+        &dir.path().join("report.dev"),
+        &dir.path().join("report.fifo"),
+    );
     for (p, kind) in [(&fifo, "a FIFO"), (&dev, "a character device")] {
         let o = Command::new("timeout")
             .args(["-s", "KILL", "120"])
