@@ -105,6 +105,7 @@ self_test() {
   cc -o "$tmp/reversed" "$tmp/t.c" -Wl,--no-as-needed -lopenblas "${torch[@]}"
   cc -o "$tmp/ordered" "$tmp/t.c" -Wl,--no-as-needed "${torch[@]}" -lopenblas
   local ok=1
+  echo "self-test: a binary linked with OpenBLAS first must FAIL, one with libtorch_cpu first pass:"
   if check "$tmp/reversed"; then echo "self-test: OpenBLAS first was not caught" >&2; ok=0; fi
   if ! check "$tmp/ordered"; then echo "self-test: libtorch_cpu first was refused" >&2; ok=0; fi
   [ $ok -eq 1 ] && echo "blas-bindings: self-test passed (OpenBLAS first fails, libtorch_cpu first passes)"
