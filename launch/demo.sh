@@ -99,7 +99,8 @@ for i in "${!CLIPS[@]}"; do
   echo "$OUT/lrs2/main/$id.mp4 $OUT/lrs2/main/$other.mp4 $OUT/gen-other/$name.mp4" >> "$OUT/pairs.txt"
 done
 GEN=(--precision "$PRECISION")
-# fp32: two single-threaded workers beat libtorch's two intra-op threads here (80 against 101 s).
+# fp32: two single-threaded workers beat libtorch's two intra-op threads (51 against 57 s for the 16
+# videos on a 2-vCPU Xeon with AMX, libtorch on its own BLAS; 80 against 101 s when it ran on OpenBLAS).
 if [ "$PRECISION" = fp32 ]; then GEN+=(--workers 2); fi
 log "generating $(wc -l < "$OUT/pairs.txt") videos (batches of 8, ${GEN[*]}; bf16 where the CPU has AVX512-BF16 or AMX)"
 "$BIN/syncdiff" generate --checkpoint "$OUT/bundle" --list "$OUT/pairs.txt" --batch 8 "${GEN[@]}"
