@@ -109,14 +109,34 @@ pub fn partial_name(target: &Path) -> PathBuf {
     target.with_file_name(format!(".partial.{}.{name}", std::process::id()))
 }
 
+/// Creates the directory `target` goes in (the error names that directory).
+fn create_parent(target: &Path) -> Result<(), OutPathError> {
+    match target.parent().filter(|d| !d.as_os_str().is_empty()) {
+        Some(dir) => {
+            std::fs::create_dir_all(dir).map_err(|e| err(dir, format!("cannot create: {e}")))
+        }
+        None => Ok(()),
+    }
+}
+
+/// Prepares an output file before any work goes into it: checked as [`output_file`], its
+/// directory created, and a file written and removed beside it (so that a place that cannot
+/// be written fails now, not at the end). Returns the file to replace.
+pub fn prepare_file(path: &Path) -> Result<PathBuf, OutPathError> {
+    let target = output_file(path)?;
+    create_parent(&target)?;
+    let probe = partial_name(&target);
+    std::fs::File::create(&probe)
+        .and_then(|_| std::fs::remove_file(&probe))
+        .map_err(|e| err(path, format!("cannot write here: {e}")))?;
+    Ok(target)
+}
+
 /// Writes `bytes` to the output file `path` atomically: checked as [`output_file`], written
 /// beside the file it names, then renamed over it (a symbolic link keeps pointing at it).
 pub fn write_atomic(path: &Path, bytes: &[u8]) -> Result<(), OutPathError> {
     let target = output_file(path)?;
-    if let Some(dir) = target.parent().filter(|d| !d.as_os_str().is_empty()) {
-        std::fs::create_dir_all(dir)
-            .map_err(|e| err(path, format!("cannot create {}: {e}", dir.display())))?;
-    }
+    create_parent(&target)?;
     let tmp = partial_name(&target);
     std::fs::write(&tmp, bytes)
         .and_then(|()| std::fs::rename(&tmp, &target))

@@ -116,6 +116,8 @@ pub struct Lease {
     store: Arc<Store>,
     state: Arc<Mutex<State>>,
     stop: Arc<AtomicBool>,
+    /// `state.lost.is_some()`, readable every step without the mutex, which a renewal holds for
+    /// the length of its request.
     lost_flag: Arc<AtomicBool>,
     heartbeat: Mutex<Option<std::thread::JoinHandle<()>>>,
     released: AtomicBool,

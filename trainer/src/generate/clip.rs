@@ -260,14 +260,9 @@ pub fn check_output(out: &Path) -> Result<(PathBuf, PathBuf), GenerateError> {
     if out.file_name().and_then(|n| n.to_str()).is_none() {
         return Err(input(out, "--out needs a file name (e.g. out/clip.mp4)"));
     }
-    let target = syncdiff_dataprep::outpath::output_file(out).map_err(|e| input(out, e.message))?;
-    if let Some(dir) = target.parent().filter(|d| !d.as_os_str().is_empty()) {
-        std::fs::create_dir_all(dir).map_err(|e| input(dir, format!("cannot create: {e}")))?;
-    }
+    let target =
+        syncdiff_dataprep::outpath::prepare_file(out).map_err(|e| input(&e.path, e.message))?;
     let partial = syncdiff_dataprep::outpath::partial_name(&target);
-    std::fs::File::create(&partial)
-        .and_then(|_| std::fs::remove_file(&partial))
-        .map_err(|e| input(out, format!("cannot write here: {e}")))?;
     Ok((target, partial))
 }
 

@@ -432,21 +432,8 @@ pub fn run(opts: Args) -> anyhow::Result<String> {
     let device = opts.device.device(0).map_err(anyhow::Error::msg)?;
     // The report's place is made and checked before any scoring: a directory, a device node, a
     // FIFO or a socket is refused; a symbolic link is written through.
-    let target = syncdiff_dataprep::outpath::output_file(&opts.report)
+    syncdiff_dataprep::outpath::prepare_file(&opts.report)
         .map_err(|e| anyhow::anyhow!("--report {e}"))?;
-    if let Some(dir) = target.parent().filter(|d| !d.as_os_str().is_empty()) {
-        std::fs::create_dir_all(dir).with_context(|| {
-            format!(
-                "--report {}: cannot create {}",
-                opts.report.display(),
-                dir.display()
-            )
-        })?;
-    }
-    let probe = syncdiff_dataprep::outpath::partial_name(&target);
-    std::fs::File::create(&probe)
-        .and_then(|_| std::fs::remove_file(&probe))
-        .with_context(|| format!("--report {}: cannot write", opts.report.display()))?;
     let mut names: Vec<String> = std::fs::read_dir(gt)
         .with_context(|| format!("--gt {}", gt.display()))?
         .filter_map(|e| e.ok())
