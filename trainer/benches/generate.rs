@@ -13,13 +13,14 @@
 
 mod common;
 
-use std::time::Instant;
+use std::cell::RefCell;
+use std::time::{Duration, Instant};
 
 use common::debug_config;
 use syncdiff_devkit::env_or;
 use syncdiff_devkit::stats::{interleave, median};
 use syncdiff_trainer::generate::{
-    self, Collect, FrameSink, GenerateOptions, Generator, Job, Mp4Sink, Prepared,
+    self, Collect, FrameSink, GenerateOptions, Generator, Job, Mp4Sink, Prepared, Timings,
 };
 use tch::Device;
 
@@ -59,24 +60,28 @@ fn main() -> anyhow::Result<()> {
     let all: Vec<&Prepared> = prepared.iter().collect();
     // Frames kept in memory, one sink per clip.
     let collect = |n: usize| (0..n).map(|_| Collect::default()).collect::<Vec<_>>();
-    let run = |g: &Generator, clips: &[&Prepared]| -> anyhow::Result<()> {
+    // Time per phase of the frame loop, summed over the runs of each side.
+    let (single_t, batched_t) = (RefCell::<Timings>::default(), RefCell::<Timings>::default());
+    let run = |g: &Generator, clips: &[&Prepared], t: &RefCell<Timings>| -> anyhow::Result<()> {
         let mut sinks = collect(clips.len());
         let mut s: Vec<&mut dyn FrameSink> =
             sinks.iter_mut().map(|c| c as &mut dyn FrameSink).collect();
-        for r in generate::generate_batch(g, clips, &mut s, &opts, |_| {})? {
+        let mut times = Timings::default();
+        for r in generate::generate_batch(g, clips, &mut s, &opts, |_| {}, &mut times)? {
             r?;
         }
+        t.borrow_mut().add(&times);
         Ok(())
     };
     let batched = || -> anyhow::Result<f64> {
         let t = Instant::now();
-        run(&g, &all)?;
+        run(&g, &all, &batched_t)?;
         Ok(t.elapsed().as_secs_f64())
     };
     let mut single = || -> anyhow::Result<f64> {
         let t = Instant::now();
         for p in &all {
-            run(&g, &[p])?;
+            run(&g, &[p], &single_t)?;
         }
         Ok(t.elapsed().as_secs_f64())
     };
@@ -86,8 +91,14 @@ fn main() -> anyhow::Result<()> {
     );
     let cmp = interleave(reps, &mut single, batched)?;
     let s = cmp.summary();
+    // Both sides ran once to warm up, then `reps` times.
+    phase_table(
+        (frames * (reps + 1)) as f64,
+        &single_t.borrow(),
+        &batched_t.borrow(),
+    );
     let start = Instant::now();
-    run(&g, &all)?;
+    run(&g, &all, &RefCell::default())?;
     let gen_s = start.elapsed().as_secs_f64();
     let start = Instant::now();
     let mut mp4s = prepared
@@ -96,7 +107,7 @@ fn main() -> anyhow::Result<()> {
         .collect::<Result<Vec<_>, _>>()?;
     let mut out: Vec<&mut dyn FrameSink> =
         mp4s.iter_mut().map(|c| c as &mut dyn FrameSink).collect();
-    for r in generate::generate_batch(&g, &all, &mut out, &opts, |_| {})? {
+    for r in generate::generate_batch(&g, &all, &mut out, &opts, |_| {}, &mut Timings::default())? {
         r?;
     }
     drop(out);
@@ -131,7 +142,15 @@ fn main() -> anyhow::Result<()> {
         let mut sinks = collect(all.len());
         let mut s: Vec<&mut dyn FrameSink> =
             sinks.iter_mut().map(|c| c as &mut dyn FrameSink).collect();
-        for r in generate::generate_batch_parallel(&mut workers, &all, &mut s, &opts, |_| {})? {
+        let mut times = Timings::default();
+        for r in generate::generate_batch_parallel(
+            &mut workers,
+            &all,
+            &mut s,
+            &opts,
+            |_| {},
+            &mut times,
+        )? {
             r?;
         }
         Ok(t.elapsed().as_secs_f64())
@@ -148,4 +167,23 @@ fn main() -> anyhow::Result<()> {
         s.median, s.low, s.high
     );
     Ok(())
+}
+
+/// Milliseconds per generated frame of each phase of the frame loop, one clip at a time against
+/// batched, and what batching saves in each: where the speedup comes from and what limits it.
+fn phase_table(frames: f64, single: &Timings, batched: &Timings) {
+    let ms = |d: Duration| d.as_secs_f64() * 1e3 / frames;
+    println!("time per generated frame, ms: one at a time | batched (8) | ratio");
+    let mut rows: Vec<(&str, Duration, Duration)> = single
+        .phases()
+        .iter()
+        .zip(batched.phases())
+        .map(|(&(n, a), (_, b))| (n, a, b))
+        .collect();
+    rows.push(("other", single.other(), batched.other()));
+    rows.push(("total", single.total, batched.total));
+    for (name, a, b) in rows {
+        let (a, b) = (ms(a), ms(b));
+        println!("  {name:<8} {a:8.3} | {b:8.3} | {:6.2}x", a / b.max(1e-9));
+    }
 }

@@ -63,7 +63,14 @@ fn main() -> anyhow::Result<()> {
         let t = Instant::now();
         let mut sink = Collect::default();
         let mut sinks: Vec<&mut dyn FrameSink> = vec![&mut sink];
-        for r in generate::generate_batch(&g, &[&prepared], &mut sinks, opts, |_| {})? {
+        for r in generate::generate_batch(
+            &g,
+            &[&prepared],
+            &mut sinks,
+            opts,
+            |_| {},
+            &mut Default::default(),
+        )? {
             r?;
         }
         Ok(t.elapsed().as_secs_f64())

@@ -16,16 +16,19 @@ mod clip;
 mod frames;
 mod model;
 mod settings;
+mod timings;
 
 pub use clip::{check_output, ping_pong, prepare, read_list, Job, Prepared, FPS, RATE};
 pub use frames::{Collect, FrameSink, Mp4Sink};
 pub use model::{Generator, WeightChoice};
 pub use settings::face_settings;
+pub use timings::Timings;
 
 use clip::audio_context;
 use frames::{frame_input, output_frame, Framed, Reference};
 
 use std::path::PathBuf;
+use std::time::{Duration, Instant};
 
 use syncdiff_model::syncdiff::{Conditioning, SampleOptions, StepNoise, SyncDiffError};
 use tch::{Kind, Tensor};
@@ -136,6 +139,8 @@ struct Sampled {
     z: Tensor,
     images: Tensor,
     reference: Tensor,
+    /// Time spent encoding, sampling and decoding.
+    times: [Duration; 3],
 }
 
 fn sample_chunk(
@@ -148,9 +153,14 @@ fn sample_chunk(
     // worker thread opens its own region); latents and images come out as float32.
     let _autocast = crate::amp::Autocast::enter(opts.precision, g.device)
         .map_err(|e| GenerateError::Model(format!("sample.precision: {e}")))?;
+    let mut times = [Duration::ZERO; 3];
     let encode = |x: &Tensor| tch::no_grad(|| g.autoencoder.encode(&x.to_device(g.device)));
-    let reference = encode(&c.x).to_kind(Kind::Float);
-    let masked = encode(&c.masked).to_kind(Kind::Float);
+    let (reference, masked) = Timings::time(&mut times[0], || {
+        (
+            encode(&c.x).to_kind(Kind::Float),
+            encode(&c.masked).to_kind(Kind::Float),
+        )
+    });
     let identity: Vec<Tensor> = (0..c.keys.len())
         .map(|j| match &c.identity[j] {
             Some(t) => t.shallow_clone(),
@@ -188,23 +198,27 @@ fn sample_chunk(
         previous: Some(&previous),
         context: &c.context,
     };
-    let z = g
-        .model
-        .denoiser()
-        .sample(&cond, &noise_of(&[]), &sample_opts, |n| {
-            Some(match n {
-                StepNoise::Ddim(i) => noise_of(&[STEP_NOISE, i as u64]),
-                StepNoise::Inpaint(i) => noise_of(&[INPAINT_NOISE, i as u64]),
+    let z = Timings::time(&mut times[1], || {
+        g.model
+            .denoiser()
+            .sample(&cond, &noise_of(&[]), &sample_opts, |n| {
+                Some(match n {
+                    StepNoise::Ddim(i) => noise_of(&[STEP_NOISE, i as u64]),
+                    StepNoise::Inpaint(i) => noise_of(&[INPAINT_NOISE, i as u64]),
+                })
             })
-        })?;
-    let images = tch::no_grad(|| g.autoencoder.decode(&z))
-        .clamp(-1.0, 1.0)
-        .to_kind(Kind::Float)
-        .to_device(tch::Device::Cpu);
+    })?;
+    let images = Timings::time(&mut times[2], || {
+        tch::no_grad(|| g.autoencoder.decode(&z))
+            .clamp(-1.0, 1.0)
+            .to_kind(Kind::Float)
+            .to_device(tch::Device::Cpu)
+    });
     Ok(Sampled {
         z,
         images,
         reference,
+        times,
     })
 }
 
@@ -231,31 +245,35 @@ pub struct ClipReport {
 /// made; `progress(frames)` after each frame step with the number of frames just finished.
 /// Returns each clip's report, or the error that stopped that clip alone (a file that cannot be
 /// read again, non-finite outputs); an error of the whole batch (the model failing) is `Err`.
+/// The time of each phase is added to `timings`.
 pub fn generate_batch(
     g: &Generator,
     batch: &[&Prepared],
     sinks: &mut [&mut dyn FrameSink],
     opts: &GenerateOptions,
     progress: impl FnMut(usize),
+    timings: &mut Timings,
 ) -> Result<Vec<Result<ClipReport, GenerateError>>, GenerateError> {
-    frame_steps(Models::One(g), batch, sinks, opts, progress)
+    frame_steps(Models::One(g), batch, sinks, opts, progress, timings)
 }
 
 /// As [`generate_batch`], with each frame step's clips split among `workers` (copies of one
 /// model, each sampled on its own thread). On CPUs, workers with one libtorch thread each use
 /// the cores better than one model with several intra-op threads on small tensors. The result
-/// equals [`generate_batch`]'s up to floating-point summation order.
+/// equals [`generate_batch`]'s up to floating-point summation order. The model's phases in
+/// `timings` are summed over the workers (thread time, not wall time).
 pub fn generate_batch_parallel(
     workers: &mut [Generator],
     batch: &[&Prepared],
     sinks: &mut [&mut dyn FrameSink],
     opts: &GenerateOptions,
     progress: impl FnMut(usize),
+    timings: &mut Timings,
 ) -> Result<Vec<Result<ClipReport, GenerateError>>, GenerateError> {
     if workers.is_empty() {
         return Err(GenerateError::Model("no generator to run".into()));
     }
-    frame_steps(Models::Many(workers), batch, sinks, opts, progress)
+    frame_steps(Models::Many(workers), batch, sinks, opts, progress, timings)
 }
 
 /// The model(s) a batch runs on.
@@ -351,11 +369,26 @@ impl Running<'_> {
 /// chunks, hands them to `sample`, puts the results back into their frames, and feeds the
 /// latents back as the next pose prior.
 fn frame_steps(
-    mut models: Models<'_>,
+    models: Models<'_>,
     batch: &[&Prepared],
     sinks: &mut [&mut dyn FrameSink],
     opts: &GenerateOptions,
     mut progress: impl FnMut(usize),
+    timings: &mut Timings,
+) -> Result<Vec<Result<ClipReport, GenerateError>>, GenerateError> {
+    let started = Instant::now();
+    let result = frame_loop(models, batch, sinks, opts, &mut progress, timings);
+    timings.total += started.elapsed();
+    result
+}
+
+fn frame_loop(
+    mut models: Models<'_>,
+    batch: &[&Prepared],
+    sinks: &mut [&mut dyn FrameSink],
+    opts: &GenerateOptions,
+    progress: &mut impl FnMut(usize),
+    timings: &mut Timings,
 ) -> Result<Vec<Result<ClipReport, GenerateError>>, GenerateError> {
     let parts = models.parts();
     if sinks.len() != batch.len() {
@@ -405,11 +438,13 @@ fn frame_steps(
             }
             let r = ping_pong(t, c.p.available);
             let mut buf = vec![0u8; reference.frame_len()];
-            let step = reference
-                .get(r, &mut buf)
-                .and_then(|()| match frame_input(c.p, r, buf) {
-                    Ok(f) => Ok(Some(f)),
-                    Err(frame) => sinks[i].push(&frame).map(|()| None),
+            let step =
+                Timings::time(&mut timings.read, || reference.get(r, &mut buf)).and_then(|()| {
+                    match Timings::time(&mut timings.input, || frame_input(c.p, r, buf)) {
+                        Ok(f) => Ok(Some(f)),
+                        Err(frame) => Timings::time(&mut timings.output, || sinks[i].push(&frame))
+                            .map(|()| None),
+                    }
                 });
             match step {
                 Ok(Some(f)) => framed.push((i, f)),
@@ -438,10 +473,12 @@ fn frame_steps(
                 let stack = |f: &dyn Fn(&Framed) -> Tensor| {
                     Tensor::stack(&group.iter().map(|(_, fr)| f(fr)).collect::<Vec<_>>(), 0)
                 };
-                let context: Vec<Tensor> = group
-                    .iter()
-                    .map(|&(i, _)| clips[i].context(models.first(), t))
-                    .collect();
+                let context: Vec<Tensor> = Timings::time(&mut timings.context, || {
+                    group
+                        .iter()
+                        .map(|&(i, _)| clips[i].context(models.first(), t))
+                        .collect()
+                });
                 Chunk {
                     x: stack(&|f| f.x.shallow_clone()),
                     masked: stack(&|f| f.masked.shallow_clone()),
@@ -460,6 +497,13 @@ fn frame_steps(
             })
             .collect();
         let results = models.sample(chunks, opts, np)?;
+        timings.steps += 1;
+        timings.calls += results.len();
+        for out in &results {
+            timings.encode += out.times[0];
+            timings.denoise += out.times[1];
+            timings.decode += out.times[2];
+        }
         for (group, out) in groups.into_iter().zip(results) {
             // One host read per chunk and frame: NaN or Inf in a clip's latent stops that clip
             // (it would feed the next frame's pose prior and give a black video).
@@ -484,7 +528,10 @@ fn frame_steps(
                     prev
                 });
                 c.identity.get_or_insert(own);
-                match output_frame(c.p, fr, &out.images.get(ji)).and_then(|f| sinks[i].push(&f)) {
+                let pushed = Timings::time(&mut timings.output, || {
+                    output_frame(c.p, fr, &out.images.get(ji)).and_then(|f| sinks[i].push(&f))
+                });
+                match pushed {
                     Ok(()) => {
                         c.report.generated += 1;
                         done += 1;

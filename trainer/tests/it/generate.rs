@@ -244,13 +244,32 @@ fn a_clip_generated_in_a_batch_equals_the_clip_generated_alone() {
         let mut sinks: Vec<Collect> = clips.iter().map(|_| Collect::default()).collect();
         let mut s: Vec<&mut dyn FrameSink> =
             sinks.iter_mut().map(|c| c as &mut dyn FrameSink).collect();
+        let mut times = generate::Timings::default();
+        let parts = workers.as_ref().map_or(1, |w| w.len().min(clips.len()));
         let reports = match workers {
-            None => generate::generate_batch(&g, clips, &mut s, opts, |_| {}),
-            Some(w) => generate::generate_batch_parallel(w, clips, &mut s, opts, |_| {}),
+            None => generate::generate_batch(&g, clips, &mut s, opts, |_| {}, &mut times),
+            Some(w) => {
+                generate::generate_batch_parallel(w, clips, &mut s, opts, |_| {}, &mut times)
+            }
         }
         .unwrap();
         for r in reports {
             assert_eq!(r.unwrap().passed_through, 0);
+        }
+        // One frame step per frame of the longest clip, one model call per worker each; every
+        // phase ran, and the named phases of one model fit in the wall time.
+        let longest = clips.iter().map(|p| p.frames).max().unwrap();
+        assert_eq!(
+            (times.steps, times.calls),
+            (longest, longest * parts),
+            "{times}"
+        );
+        for (name, d) in times.phases() {
+            assert!(d > std::time::Duration::ZERO, "{name}: {times}");
+        }
+        if parts == 1 {
+            let named: std::time::Duration = times.phases().iter().map(|(_, d)| *d).sum();
+            assert!(named <= times.total, "{times}");
         }
         sinks
             .into_iter()

@@ -117,7 +117,8 @@ fn generate_frames(g: &Generator, p: &generate::Prepared) -> (generate::ClipRepo
     let mut sink = Collect::default();
     let reports = {
         let mut sinks: [&mut dyn FrameSink; 1] = [&mut sink];
-        generate::generate_batch(g, &[p], &mut sinks, &options(), |_| {}).unwrap()
+        let mut times = generate::Timings::default();
+        generate::generate_batch(g, &[p], &mut sinks, &options(), |_| {}, &mut times).unwrap()
     };
     let report = reports.into_iter().next().unwrap().unwrap();
     (report, sink.frames)

@@ -249,6 +249,7 @@ pub fn run(args: Args) -> anyhow::Result<String> {
     let start = Instant::now();
     let (mut done, mut frames) = (0usize, 0u64);
     let mut passed = 0u64;
+    let mut timings = generate::Timings::default();
     for chunk in mine.chunks(args.batch.max(1)) {
         let mut prepared = Vec::new();
         for job in chunk {
@@ -295,9 +296,23 @@ pub fn run(args: Args) -> anyhow::Result<String> {
             .collect();
         let tick = |n: usize| progress.inc(n as u64);
         let reports = if models.len() == 1 {
-            generate::generate_batch(&models[0], &ready, &mut dyn_sinks, &opts, tick)?
+            generate::generate_batch(
+                &models[0],
+                &ready,
+                &mut dyn_sinks,
+                &opts,
+                tick,
+                &mut timings,
+            )?
         } else {
-            generate::generate_batch_parallel(&mut models, &ready, &mut dyn_sinks, &opts, tick)?
+            generate::generate_batch_parallel(
+                &mut models,
+                &ready,
+                &mut dyn_sinks,
+                &opts,
+                tick,
+                &mut timings,
+            )?
         };
         drop(dyn_sinks);
         for ((p, sink), report) in ready.iter().zip(sinks).zip(reports) {
@@ -335,6 +350,10 @@ pub fn run(args: Args) -> anyhow::Result<String> {
     } else {
         String::new()
     };
+    if timings.steps > 0 {
+        // Where the time went (docs/generate.md, "Speed"): the phases of the frame loop.
+        eprintln!("{rank_note}time per phase: {timings}");
+    }
     let summary = format!(
         "{rank_note}{} clip(s), {frames} frames in {secs:.1} s ({:.2} frames/s{cpu_note}), {} {} steps{}{}{}{}{}",
         mine.len() - (failed.len() - early),
