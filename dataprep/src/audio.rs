@@ -214,10 +214,7 @@ impl LogFbank {
     fn each_frame(&self, samples: &[f64], mut visit: impl FnMut(&[f32])) {
         let p = &self.params;
         let frames = self.num_frames(samples.len());
-        let nbins = p.nfft / 2 + 1;
-        // Frames longer than nfft would be truncated, as numpy's rfft(frames, nfft) does.
         let len = p.frame_len.min(p.nfft);
-        // Pre-emphasis (y[0] = x[0], y[i] = x[i] - a x[i-1]), zero-padded to cover the last frame.
         let padded = (frames - 1) * p.frame_step + len;
         let mut sig = vec![0.0f32; padded.max(samples.len())];
         if let Some(&first) = samples.first() {
@@ -226,51 +223,151 @@ impl LogFbank {
         for (d, w) in sig[1..].iter_mut().zip(samples.windows(2)) {
             *d = (w[1] - p.preemph * w[0]) as f32;
         }
-        let m = p.nfft / 2;
-        let mut buf = vec![Complex::new(0.0f32, 0.0); m];
-        let mut scratch = vec![Complex::new(0.0f32, 0.0); self.fft.get_inplace_scratch_len()];
-        // Power spectrum with LANES zeros of slack for the padded filters.
-        let mut power = vec![0.0f32; nbins + LANES];
-        let scale = 1.0 / p.nfft as f32;
+        let mut work = self.work();
         for f in 0..frames {
-            // Rectangular window: the frame as it is, zero-padded to nfft, packed in pairs.
             let x = &sig[f * p.frame_step..f * p.frame_step + len];
-            let pairs = x.chunks_exact(2);
-            let odd = pairs.remainder().first().copied();
-            let full = pairs.len();
-            for (z, xy) in buf.iter_mut().zip(pairs) {
-                *z = Complex::new(xy[0], xy[1]);
-            }
-            buf[full..]
-                .iter_mut()
-                .for_each(|z| *z = Complex::new(0.0, 0.0));
-            if let Some(last) = odd {
-                buf[full] = Complex::new(last, 0.0);
-            }
-            self.fft.process_with_scratch(&mut buf, &mut scratch);
-            // Split: X[k] = E[k] + W^k O[k], E = (Z[k] + conj Z[m-k]) / 2, O = (Z[k] - conj Z[m-k]) / 2i,
-            // with Z[m] = Z[0].
-            let split = |zk: Complex<f32>, zmk: Complex<f32>, w: Complex<f32>| {
-                let zc = zmk.conj();
-                let e = (zk + zc) * 0.5;
-                let d = zk - zc;
-                let o = Complex::new(d.im * 0.5, -d.re * 0.5);
-                (e + w * o).norm_sqr() * scale
-            };
-            power[0] = split(buf[0], buf[0], self.twiddles[0]);
-            power[m] = split(buf[0], buf[0], self.twiddles[m]);
-            let mirrored = buf[1..].iter().rev();
-            for (((pw, zk), zmk), w) in power[1..m]
-                .iter_mut()
-                .zip(&buf[1..])
-                .zip(mirrored)
-                .zip(&self.twiddles[1..m])
-            {
-                *pw = split(*zk, *zmk, *w);
-            }
-            visit(&power);
+            self.power(x, &mut work);
+            visit(&work.power);
         }
     }
+
+    /// Scratch space of [`Self::power`].
+    fn work(&self) -> Work {
+        let m = self.params.nfft / 2;
+        Work {
+            buf: vec![Complex::new(0.0f32, 0.0); m],
+            scratch: vec![Complex::new(0.0f32, 0.0); self.fft.get_inplace_scratch_len()],
+            power: vec![0.0f32; m + 1 + LANES],
+        }
+    }
+
+    /// The power spectrum of one pre-emphasised frame `x` into `work.power`.
+    fn power(&self, x: &[f32], work: &mut Work) {
+        let p = &self.params;
+        let m = p.nfft / 2;
+        let scale = 1.0 / p.nfft as f32;
+        let Work {
+            buf,
+            scratch,
+            power,
+        } = work;
+        // The real FFT of nfft points as a complex FFT of nfft/2: even samples in the real
+        // parts, odd ones in the imaginary parts, then split.
+        let pairs = x.chunks_exact(2);
+        let odd = pairs.remainder().first().copied();
+        let full = pairs.len();
+        for (z, xy) in buf.iter_mut().zip(pairs) {
+            *z = Complex::new(xy[0], xy[1]);
+        }
+        buf[full..]
+            .iter_mut()
+            .for_each(|z| *z = Complex::new(0.0, 0.0));
+        if let Some(last) = odd {
+            buf[full] = Complex::new(last, 0.0);
+        }
+        self.fft.process_with_scratch(buf, scratch);
+        let split = |zk: Complex<f32>, zmk: Complex<f32>, w: Complex<f32>| {
+            let zc = zmk.conj();
+            let e = (zk + zc) * 0.5;
+            let d = zk - zc;
+            let o = Complex::new(d.im * 0.5, -d.re * 0.5);
+            (e + w * o).norm_sqr() * scale
+        };
+        power[0] = split(buf[0], buf[0], self.twiddles[0]);
+        power[m] = split(buf[0], buf[0], self.twiddles[m]);
+        let mirrored = buf[1..].iter().rev();
+        for (((pw, zk), zmk), w) in power[1..m]
+            .iter_mut()
+            .zip(&buf[1..])
+            .zip(mirrored)
+            .zip(&self.twiddles[1..m])
+        {
+            *pw = split(*zk, *zmk, *w);
+        }
+    }
+
+    /// The samples that rows `rows` of [`mel_group_features`] are made from: give
+    /// [`mel_group_rows`] at least these (clipped to the clip's length).
+    pub fn samples_for_rows(&self, rows: std::ops::Range<usize>) -> std::ops::Range<usize> {
+        let p = &self.params;
+        let hop = p.frame_step * p.stack;
+        let len = p.frame_len.min(p.nfft);
+        if rows.is_empty() {
+            return 0..0;
+        }
+        // One sample before the first for the pre-emphasis.
+        let first = (rows.start * hop).saturating_sub(1);
+        let last = ((rows.end - 1) * p.stack + p.stack - 1) * p.frame_step + len;
+        first..last
+    }
+}
+
+/// Scratch space of one frame's FFT.
+struct Work {
+    buf: Vec<Complex<f32>>,
+    scratch: Vec<Complex<f32>>,
+    power: Vec<f32>,
+}
+
+/// Rows `rows` of `mel_group_features(fb, all, video_frames)` computed from a part of the clip's
+/// samples only, bit for bit the same: `part` holds `all[start..start + part.len()]`, `total` is
+/// `all.len()`, and `part` must cover `fb.samples_for_rows(rows)` clipped to `total` (else
+/// `None`). Long recordings are featurised a segment at a time this way.
+pub fn mel_group_rows(
+    fb: &LogFbank,
+    part: &[f64],
+    start: usize,
+    total: usize,
+    rows: std::ops::Range<usize>,
+) -> Option<Vec<f32>> {
+    let p = fb.params();
+    let need = fb.samples_for_rows(rows.clone());
+    let (need_start, need_end) = (need.start.min(total), need.end.min(total));
+    if need_start < start || need_end > start + part.len() {
+        return None;
+    }
+    let dim = p.nfilt * p.stack;
+    let frames = fb.num_frames(total);
+    let groups = frames.div_ceil(p.stack);
+    let len = p.frame_len.min(p.nfft);
+    // The pre-emphasised signal at i, zero past the end (as `each_frame` pads it).
+    let s = |i: usize| part[i - start];
+    let sig = |i: usize| -> f32 {
+        if i >= total {
+            0.0
+        } else if i == 0 {
+            s(0) as f32
+        } else {
+            (s(i) - p.preemph * s(i - 1)) as f32
+        }
+    };
+    let mut work = fb.work();
+    let mut x = vec![0.0f32; len];
+    let mut out = Vec::with_capacity(rows.len() * dim);
+    let mut row = Vec::with_capacity(dim);
+    for k in rows {
+        if k >= groups {
+            // Rows past the audio are zeros (`align_rows`), not normalised.
+            out.extend(std::iter::repeat_n(0.0f32, dim));
+            continue;
+        }
+        row.clear();
+        for f in k * p.stack..(k + 1) * p.stack {
+            if f >= frames {
+                // The stack's padding frames (`stack_frames`).
+                row.extend(std::iter::repeat_n(0.0f64, p.nfilt));
+                continue;
+            }
+            for (t, v) in x.iter_mut().enumerate() {
+                *v = sig(f * p.frame_step + t);
+            }
+            fb.power(&x, &mut work);
+            fb.log_energies(&work.power, &mut row);
+        }
+        normalize_rows(&mut row, dim);
+        out.extend(row.iter().map(|&v| v as f32));
+    }
+    Some(out)
 }
 
 /// Stacks `stack` consecutive frames (zero-padding to a multiple first): (T, F) -> (ceil(T/s), s F).

@@ -8,7 +8,8 @@ use std::path::{Path, PathBuf};
 use std::process::Command;
 
 use syncdiff_dataprep::audio::{
-    align_rows, mel_group_features, normalize_rows, stack_frames, FbankParams, LogFbank,
+    align_rows, mel_group_features, mel_group_rows, normalize_rows, stack_frames, FbankParams,
+    LogFbank,
 };
 
 /// Speech from espeak-ng, resampled by ffmpeg to 16 kHz mono int16 (raw little-endian).
@@ -161,4 +162,52 @@ fn features_align_to_video_frames() {
     assert!(long[..104].iter().any(|&v| v != 0.0));
     let short = mel_group_features(&fb, &tone, 20);
     assert_eq!(short[..], long[..20 * 104]);
+}
+
+/// A long recording is featurised a segment at a time from only the samples around it: every
+/// row range, from the exact minimum of samples or more, equals the whole clip's rows bit for bit
+/// (clip starts and ends, audio shorter or longer than the video, empty audio), and too few
+/// samples is `None`, never a guess.
+#[test]
+fn rows_of_a_segment_from_its_samples_equal_the_whole_clips() {
+    let dir = tempfile::tempdir().unwrap();
+    let (_, speech) = speech(dir.path());
+    let fb = LogFbank::new(FbankParams::default());
+    for (n, frames) in [
+        (speech.len(), speech.len() / 640),
+        (speech.len(), speech.len() / 640 + 7),
+        (20_000, 31),
+        (1_000, 4),
+        (0, 3),
+    ] {
+        let all = &speech[..n];
+        let whole = mel_group_features(&fb, all, frames);
+        let mut ranges = vec![0..frames, 0..1, frames - 1..frames, frames / 2..frames];
+        ranges.extend((0..frames).step_by(5).map(|a| a..(a + 7).min(frames)));
+        for rows in ranges {
+            let need = fb.samples_for_rows(rows.clone());
+            let (a, b) = (need.start.min(n), need.end.min(n));
+            let want = &whole[rows.start * 104..rows.end * 104];
+            // Exactly the samples needed, and a wider window.
+            for (start, end) in [(a, b), (a.saturating_sub(999), (b + 999).min(n))] {
+                let got = mel_group_rows(&fb, &all[start..end], start, n, rows.clone()).unwrap();
+                let same = got
+                    .iter()
+                    .zip(want)
+                    .all(|(x, y)| x.to_bits() == y.to_bits());
+                assert!(same && got.len() == want.len(), "n {n}, rows {rows:?}");
+            }
+            if b > a {
+                let short = mel_group_rows(&fb, &all[a..b - 1], a, n, rows.clone());
+                assert!(short.is_none(), "n {n}, rows {rows:?}: one sample short");
+            }
+            if a > 0 && a < b {
+                let late = mel_group_rows(&fb, &all[a + 1..b], a + 1, n, rows.clone());
+                assert!(
+                    late.is_none(),
+                    "n {n}, rows {rows:?}: starts one sample late"
+                );
+            }
+        }
+    }
 }
