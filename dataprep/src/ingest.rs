@@ -7,17 +7,16 @@
 
 use std::path::{Path, PathBuf};
 
-use rayon::prelude::*;
 use syncdiff_model::config::{AutoencoderKind, Config};
 use syncdiff_model::vq::Autoencoder;
 use tch::nn::VarStore;
 use tch::Device;
 
 use crate::audio::{FbankParams, LogFbank};
-use crate::lrs2::{decode_clip_parts, encode_clip, ClipParts, ClipSettings, Rejection};
+use crate::lrs2::{encode_clip, stream_clip_parts, ClipSettings, DecodedClip, Rejection};
 use crate::store::{
-    shard_name, write_manifest, write_shard, AudioCacheTag, Manifest, ShardRecord, StoreError,
-    StoreMeta, FORMAT_VERSION,
+    shard_name, write_manifest, AudioCacheTag, ClipData, Manifest, ShardRecord, ShardWriter,
+    StoreError, StoreMeta, FORMAT_VERSION,
 };
 
 /// Options of an ingest run.
@@ -294,12 +293,148 @@ pub struct IngestReport {
     pub scene_cuts: usize,
     /// Whether this rank wrote the manifest (all shards were finished).
     pub manifest_written: bool,
-    /// Wall seconds decoding (ffmpeg) and computing the filterbank, in parallel over clips.
+    /// Seconds the decoding threads were busy (ffmpeg, the face front-end, the filterbank),
+    /// summed over the threads: they run while clips are encoded.
     pub decode_s: f64,
-    /// Wall seconds encoding frames and masked frames with the autoencoder.
+    /// Wall seconds encoding frames and masked frames with the autoencoder and appending them to
+    /// the shard (without waiting for decoded clips).
     pub encode_s: f64,
-    /// Wall seconds writing shard stores.
+    /// Wall seconds finishing and publishing shard stores.
     pub write_s: f64,
+    /// Wall seconds the encoder waited for decoded clips.
+    pub decode_wait_s: f64,
+}
+
+impl IngestReport {
+    fn add(&mut self, o: &Self) {
+        self.clips += o.clips;
+        self.frames += o.frames;
+        self.rejected += o.rejected;
+        self.split += o.split;
+        self.scene_cuts += o.scene_cuts;
+        self.decode_s += o.decode_s;
+        self.decode_wait_s += o.decode_wait_s;
+    }
+}
+
+/// What a decoding thread hands over for one source clip.
+enum Msg {
+    /// A part: a clip to store, or a rejected run of frames.
+    Part(Result<DecodedClip, Rejection>),
+    /// The clip is finished: its scene cuts, or the rejection of the whole clip (its parts are
+    /// taken back).
+    Done(Result<usize, Rejection>),
+}
+
+/// Builds one shard from the clips `ids`: decoding threads (as many as rayon's) take clips in
+/// order and stream each one's parts through a channel of its own that holds one part; this
+/// thread encodes the parts in clip order and appends them to `writer`, so memory holds a few
+/// parts whatever the clips' lengths. A clip rejected as a whole after some of its parts were
+/// appended is rolled back. `done(frames so far)` after each source clip. Returns the
+/// rejections (in clip order) and the counts.
+fn build_shard(
+    ids: &[String],
+    writer: &mut ShardWriter,
+    decode: impl Fn(&str, &mut dyn FnMut(Result<DecodedClip, Rejection>) -> bool) -> Result<usize, Rejection>
+        + Sync,
+    mut encode: impl FnMut(DecodedClip) -> ClipData,
+    mut done: impl FnMut(u64),
+) -> Result<(Vec<Rejection>, IngestReport), IngestError> {
+    use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
+    use std::sync::mpsc::{sync_channel, Receiver, SyncSender};
+    let threads = rayon::current_num_threads().clamp(1, ids.len().max(1));
+    let (senders, receivers): (Vec<SyncSender<Msg>>, Vec<Receiver<Msg>>) =
+        (0..ids.len()).map(|_| sync_channel(1)).unzip();
+    let senders: Vec<std::sync::Mutex<Option<SyncSender<Msg>>>> = senders
+        .into_iter()
+        .map(|s| std::sync::Mutex::new(Some(s)))
+        .collect();
+    let (next, stop, busy_ns) = (
+        AtomicUsize::new(0),
+        AtomicBool::new(false),
+        AtomicU64::new(0),
+    );
+    let mut report = IngestReport::default();
+    let mut rejected = Vec::new();
+    std::thread::scope(|scope| {
+        for _ in 0..threads {
+            scope.spawn(|| loop {
+                // Clips are taken in order, so the clip this thread waits to hand over is never
+                // behind one that no thread has started.
+                let k = next.fetch_add(1, Ordering::SeqCst);
+                if k >= ids.len() || stop.load(Ordering::SeqCst) {
+                    break;
+                }
+                let Some(tx) = senders[k].lock().ok().and_then(|mut s| s.take()) else {
+                    break;
+                };
+                let t = std::time::Instant::now();
+                let end = decode(&ids[k], &mut |p| tx.send(Msg::Part(p)).is_ok());
+                busy_ns.fetch_add(t.elapsed().as_nanos() as u64, Ordering::SeqCst);
+                let _ = tx.send(Msg::Done(end));
+            });
+        }
+        let result = (|| -> Result<(), IngestError> {
+            for (k, rx) in receivers.into_iter().enumerate() {
+                let mark = writer.mark();
+                let (mut parts, mut frames, mut clips) = (0usize, 0u64, 0usize);
+                let mut clip_rejected = Vec::new();
+                loop {
+                    let t = std::time::Instant::now();
+                    let msg = rx.recv();
+                    report.decode_wait_s += t.elapsed().as_secs_f64();
+                    match msg {
+                        Ok(Msg::Part(Ok(c))) => {
+                            parts += 1;
+                            let clip = encode(c);
+                            frames += clip.frames as u64;
+                            clips += 1;
+                            writer.push(&clip)?;
+                        }
+                        Ok(Msg::Part(Err(r))) => {
+                            parts += 1;
+                            clip_rejected.push(r);
+                        }
+                        Ok(Msg::Done(Ok(cuts))) => {
+                            report.scene_cuts += cuts;
+                            report.split += usize::from(parts > 1);
+                            report.clips += clips;
+                            report.frames += frames;
+                            report.rejected += clip_rejected.len();
+                            rejected.append(&mut clip_rejected);
+                            break;
+                        }
+                        Ok(Msg::Done(Err(r))) => {
+                            writer.rollback(&mark)?;
+                            report.rejected += 1;
+                            rejected.push(r);
+                            break;
+                        }
+                        Err(_) => {
+                            // The thread decoding it stopped without a word (a panic).
+                            writer.rollback(&mark)?;
+                            report.rejected += 1;
+                            rejected.push(crate::lrs2::reject(
+                                &ids[k],
+                                "undecodable",
+                                "the thread decoding this clip stopped unexpectedly",
+                            ));
+                            break;
+                        }
+                    }
+                }
+                done(report.frames);
+            }
+            Ok(())
+        })();
+        if result.is_err() {
+            // Stop the decoding threads: no new clips, and their next hand-over fails.
+            stop.store(true, Ordering::SeqCst);
+        }
+        result
+    })?;
+    report.decode_s = busy_ns.load(Ordering::SeqCst) as f64 * 1e-9;
+    Ok((rejected, report))
 }
 
 /// Runs the ingest for this rank. `progress(clips_done, clips_total, frames_done)`.
@@ -423,47 +558,32 @@ pub fn ingest(
             progress(done, total, report.frames);
             continue;
         }
-        // Decode and compute features in parallel; encode in batches on the device.
         let t0 = std::time::Instant::now();
-        let decoded: Vec<ClipParts> = shards[i]
-            .par_iter()
-            .map(|id| decode_clip_parts(&opts.root, id, &settings, &fb))
-            .collect();
-        report.decode_s += t0.elapsed().as_secs_f64();
-        let t0 = std::time::Instant::now();
-        let mut clips = Vec::new();
-        let mut rejected = Vec::new();
-        for d in decoded {
-            report.scene_cuts += d.cuts;
-            if d.parts.len() > 1 {
-                report.split += 1;
-            }
-            for part in d.parts {
-                match part {
-                    Ok(c) => {
-                        let mut clip =
-                            encode_clip(&ae, c, &settings, device, opts.batch, opts.half);
-                        if let Some(cache) = &audio_cache {
-                            clip.audio_features = cache.features(&clip.mel, clip.frames);
-                        }
-                        report.frames += clip.frames as u64;
-                        clips.push(clip);
-                    }
-                    Err(r) => rejected.push(r),
+        let mut writer = ShardWriter::create(&path, &meta)?;
+        let (rejected, shard_report) = build_shard(
+            shards[i],
+            &mut writer,
+            |id, send| stream_clip_parts(&opts.root, id, &settings, &fb, send),
+            |c| {
+                let mut clip = encode_clip(&ae, c, &settings, device, opts.batch, opts.half);
+                if let Some(cache) = &audio_cache {
+                    clip.audio_features = cache.features(&clip.mel, clip.frames);
                 }
-            }
-            done += 1;
-            progress(done, total, report.frames);
-        }
-        report.encode_s += t0.elapsed().as_secs_f64();
-        report.clips += clips.len();
-        report.rejected += rejected.len();
-        let t0 = std::time::Instant::now();
-        write_shard(&path, &clips, &meta, &rejected)?;
+                clip
+            },
+            |frames| {
+                done += 1;
+                progress(done, total, report.frames + frames);
+            },
+        )?;
+        report.add(&shard_report);
+        let t1 = std::time::Instant::now();
+        writer.finish(&rejected)?;
         if let Some(p) = &opts.publish {
             p.push_shard(&opts.out, i)?;
         }
-        report.write_s += t0.elapsed().as_secs_f64();
+        report.write_s += t1.elapsed().as_secs_f64();
+        report.encode_s += (t1 - t0).as_secs_f64() - shard_report.decode_wait_s;
         report.built += 1;
     }
     report.manifest_written = match &opts.publish {

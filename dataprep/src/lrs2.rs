@@ -152,6 +152,94 @@ fn crop_resize(rgb: &[u8], w: u32, h: u32, boxes: &[[f64; 4]], size: u32) -> Vec
     Vec::<u8>::try_from(Tensor::stack(&out, 0).flatten(0, -1)).expect("uint8 CPU frames")
 }
 
+/// A clip ffmpeg could not decode: `zero_frames` when it has no video stream, else
+/// `undecodable`.
+pub(crate) fn decode_failure(id: &str, e: &video::VideoError) -> Rejection {
+    let msg = e.to_string();
+    let reason = if msg.ends_with("no video stream") || msg.contains("matches no streams") {
+        "zero_frames"
+    } else {
+        "undecodable"
+    };
+    reject(id, reason, msg)
+}
+
+/// The checks of a clip's streams: 8-bit colour (`pixel_format`: grayscale or more than 8 bits
+/// would change silently when decoded to 8-bit RGB), the frame rate (`wrong_fps`), a sound
+/// track (`no_audio`).
+pub(crate) fn check_stream(
+    id: &str,
+    path: &Path,
+    pix_fmt: &str,
+    fps: f64,
+    has_audio: bool,
+    s: &ClipSettings,
+) -> Result<(), Rejection> {
+    if let Err(e) = video::check_pixel_format(path, pix_fmt) {
+        return Err(reject(id, "pixel_format", e.to_string()));
+    }
+    if (fps - s.fps).abs() > 0.01 {
+        return Err(reject(
+            id,
+            "wrong_fps",
+            format!("{fps:.3} fps, expected {}", s.fps),
+        ));
+    }
+    if !has_audio {
+        return Err(reject(id, "no_audio", "no audio stream"));
+    }
+    Ok(())
+}
+
+/// The checks of one decoding pass that gave `frames` frames and `audio_s` seconds of audio: no
+/// frames (`zero_frames`), less than the container states (`truncated`), errors logged while
+/// decoding (`undecodable`), audio shorter than the video (`audio_short`).
+pub(crate) fn check_pass(
+    id: &str,
+    frames: usize,
+    audio_s: f64,
+    duration_s: Option<f64>,
+    errors: &[String],
+    s: &ClipSettings,
+) -> Result<(), Rejection> {
+    if frames == 0 {
+        return Err(reject(id, "zero_frames", "no frames decoded"));
+    }
+    // A cut-off file decodes what it has and says so at error level; its container still
+    // states the whole duration.
+    let video_s = frames as f64 / s.fps;
+    let decoded_s = video_s.max(audio_s);
+    let first_error = errors
+        .first()
+        .map_or(String::new(), |e| format!("; ffmpeg: {e}"));
+    if let Some(d) = duration_s {
+        if d - decoded_s > TRUNCATION_TOLERANCE_S.max(0.04 * d) {
+            return Err(reject(
+                id,
+                "truncated",
+                format!(
+                    "{frames} frames ({decoded_s:.2} s) decoded of the {d:.2} s the container states{first_error}"
+                ),
+            ));
+        }
+    }
+    if !errors.is_empty() {
+        return Err(reject(
+            id,
+            "undecodable",
+            format!("{} decoding error(s){first_error}", errors.len()),
+        ));
+    }
+    if audio_s + s.audio_tolerance_s < video_s {
+        return Err(reject(
+            id,
+            "audio_short",
+            format!("{audio_s:.2} s of audio for {video_s:.2} s of video"),
+        ));
+    }
+    Ok(())
+}
+
 /// Decodes a clip and computes its aligned filterbank rows; the checks of `rejected.jsonl`.
 pub fn decode_clip(
     root: &Path,
@@ -184,60 +272,12 @@ pub fn decode_clip(
     // frames) and audio.
     let scaled = !has_boxes && s.face.is_none();
     let resample = s.layout.resamples().then_some(s.fps);
-    let av = video::decode_av_at(&path, scaled.then_some(size), s.sample_rate, resample).map_err(
-        |e| {
-            let msg = e.to_string();
-            let reason = if msg.ends_with("no video stream") || msg.contains("matches no streams") {
-                "zero_frames"
-            } else {
-                "undecodable"
-            };
-            reject(id, reason, msg)
-        },
-    )?;
-    // Grayscale or more than 8 bits: decoding to 8-bit RGB would change it silently.
-    if let Err(e) = video::check_pixel_format(&path, &av.pix_fmt) {
-        return Err(reject(id, "pixel_format", e.to_string()));
-    }
-    if (av.fps - s.fps).abs() > 0.01 {
-        return Err(reject(
-            id,
-            "wrong_fps",
-            format!("{:.3} fps, expected {}", av.fps, s.fps),
-        ));
-    }
-    if !av.has_audio {
-        return Err(reject(id, "no_audio", "no audio stream"));
-    }
+    let av = video::decode_av_at(&path, scaled.then_some(size), s.sample_rate, resample)
+        .map_err(|e| decode_failure(id, &e))?;
+    check_stream(id, &path, &av.pix_fmt, av.fps, av.has_audio, s)?;
     let frames = av.rgb.len() / (av.width * av.height * 3) as usize;
-    if frames == 0 {
-        return Err(reject(id, "zero_frames", "no frames decoded"));
-    }
-    // A cut-off file decodes what it has and says so at error level; its container still
-    // states the whole duration.
-    let decoded_s = (frames as f64 / s.fps).max(av.audio.len() as f64 / f64::from(s.sample_rate));
-    let first_error = av
-        .errors
-        .first()
-        .map_or(String::new(), |e| format!("; ffmpeg: {e}"));
-    if let Some(d) = av.duration_s {
-        if d - decoded_s > TRUNCATION_TOLERANCE_S.max(0.04 * d) {
-            return Err(reject(
-                id,
-                "truncated",
-                format!(
-                    "{frames} frames ({decoded_s:.2} s) decoded of the {d:.2} s the container states{first_error}"
-                ),
-            ));
-        }
-    }
-    if !av.errors.is_empty() {
-        return Err(reject(
-            id,
-            "undecodable",
-            format!("{} decoding error(s){first_error}", av.errors.len()),
-        ));
-    }
+    let audio_s = av.audio.len() as f64 / f64::from(s.sample_rate);
+    check_pass(id, frames, audio_s, av.duration_s, &av.errors, s)?;
     let rotation = av.rotation;
     let (rgb, width, height) = if has_boxes {
         let b = boxes(root, id, frames)?;
@@ -249,17 +289,6 @@ pub fn decode_clip(
     } else {
         (av.rgb, av.width, av.height)
     };
-    let (audio_s, video_s) = (
-        av.audio.len() as f64 / f64::from(s.sample_rate),
-        frames as f64 / s.fps,
-    );
-    if audio_s + s.audio_tolerance_s < video_s {
-        return Err(reject(
-            id,
-            "audio_short",
-            format!("{audio_s:.2} s of audio for {video_s:.2} s of video"),
-        ));
-    }
     let samples: Vec<f64> = av.audio.iter().map(|&v| f64::from(v)).collect();
     let mel = mel_group_features(fb, &samples, frames);
     Ok(DecodedClip {
@@ -275,19 +304,38 @@ pub fn decode_clip(
     })
 }
 
-/// [`decode_clip`], then, with the face front-end, the clip's segments with a face, each
-/// cropped and masked (`crate::segments`).
+/// One source clip's parts, each handed to `send` as soon as it is ready (`send` returning false
+/// stops the work): without the face front-end the clip itself ([`decode_clip`]); with it, its
+/// segments with a face, each cropped and masked, streamed (`crate::segments`). Returns the
+/// scene cuts found, or the rejection of the whole clip, which replaces any parts already sent.
+pub fn stream_clip_parts(
+    root: &Path,
+    id: &str,
+    s: &ClipSettings,
+    fb: &LogFbank,
+    send: &mut dyn FnMut(Result<DecodedClip, Rejection>) -> bool,
+) -> Result<usize, Rejection> {
+    match &s.face {
+        Some(face) => crate::segments::stream_face_clip(root, id, face, s, fb, send),
+        None => {
+            send(Ok(decode_clip(root, id, s, fb)?));
+            Ok(0)
+        }
+    }
+}
+
+/// [`stream_clip_parts`], collected.
 pub fn decode_clip_parts(root: &Path, id: &str, s: &ClipSettings, fb: &LogFbank) -> ClipParts {
-    match (decode_clip(root, id, s, fb), &s.face) {
-        (Err(r), _) => ClipParts {
+    let mut parts = Vec::new();
+    match stream_clip_parts(root, id, s, fb, &mut |p| {
+        parts.push(p);
+        true
+    }) {
+        Ok(cuts) => ClipParts { parts, cuts },
+        Err(r) => ClipParts {
             parts: vec![Err(r)],
             cuts: 0,
         },
-        (Ok(c), None) => ClipParts {
-            parts: vec![Ok(c)],
-            cuts: 0,
-        },
-        (Ok(c), Some(face)) => crate::segments::split(c, face, s),
     }
 }
 

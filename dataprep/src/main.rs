@@ -262,7 +262,7 @@ fn run_ingest(layout: Layout, args: IngestArgs) -> Result<anyhow::Result<String>
     bar.finish();
     Ok(r.map(|rep| {
         format!(
-            "rank {rank}/{world}: built {} shard(s), {} already finished; {} clips, {} frames in {:.1} s (decode+features {:.2} s, encode {:.2} s, write {:.2} s); {} rejected{}{}",
+            "rank {rank}/{world}: built {} shard(s), {} already finished; {} clips, {} frames in {:.1} s (decoding threads busy {:.2} s, encode {:.2} s, write {:.2} s{}); {} rejected{}{}",
             rep.built,
             rep.skipped,
             rep.clips,
@@ -271,6 +271,8 @@ fn run_ingest(layout: Layout, args: IngestArgs) -> Result<anyhow::Result<String>
             rep.decode_s,
             rep.encode_s,
             rep.write_s,
+            syncdiff_dataprep::progress::peak_memory_mib()
+                .map_or(String::new(), |m| format!(", peak memory {m} MiB")),
             rep.rejected,
             if rep.split + rep.scene_cuts > 0 { format!(" ({} clip(s) split by the face front-end, {} scene cut(s))", rep.split, rep.scene_cuts) } else { String::new() },
             if rep.manifest_written { format!("; wrote {}/manifest.json (reasons in rejected.jsonl)", syncdiff_dataprep::objstore::safe_url(out.trim_end_matches('/'))) } else { String::new() }

@@ -91,3 +91,12 @@ impl Progress {
         }
     }
 }
+
+/// This process's peak resident memory in MiB (Linux `VmHWM`; child processes such as ffmpeg
+/// not included); `None` where the system does not say.
+pub fn peak_memory_mib() -> Option<u64> {
+    let status = std::fs::read_to_string("/proc/self/status").ok()?;
+    let line = status.lines().find(|l| l.starts_with("VmHWM:"))?;
+    let kib: u64 = line.split_whitespace().nth(1)?.parse().ok()?;
+    Some(kib / 1024)
+}

@@ -1,12 +1,14 @@
 //! Video and audio I/O through ffmpeg/ffprobe processes: probe, decode RGB frames at the source
 //! rate, decode audio resampled to mono 16 kHz int16, encode frames (+ audio) to mp4.
 
+mod av_stream;
 mod stream;
 
 use std::io::Write;
 use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
 
+pub use av_stream::{AudioFile, AvEnd, AvStream};
 pub use stream::{FrameReader, FrameWriter};
 
 /// Why a video could not be read or written. Messages name the file.
@@ -523,6 +525,95 @@ pub fn decode_av(path: &Path, size: Option<u32>, rate: u32) -> Result<DecodedAv,
     decode_av_at(path, size, rate, None)
 }
 
+/// The ffmpeg arguments of one decoding pass: frames to stdout (resampled to `fps`, scaled to a
+/// square `size` when given) and the first audio stream as mono int16 at `rate` Hz to `audio_out`.
+fn av_args(
+    p: &str,
+    size: Option<u32>,
+    rate: u32,
+    fps: Option<f64>,
+    audio_out: &str,
+) -> Vec<String> {
+    // Level markers tell a damaged stream's errors apart from the stream description.
+    // Frames as displayed: ffmpeg applies a display rotation (phone videos); the size read from
+    // the input stream is then swapped for quarter turns (`parse_rotation`).
+    let mut args: Vec<String> = ["-v", "level+info", "-nostdin", "-y", "-i", p]
+        .iter()
+        .map(|s| s.to_string())
+        .collect();
+    args.extend(rgb_frames_args(fps, size.map(|s| (s, s))));
+    args.extend(
+        ["-map", "0:a:0?", "-ac", "1", "-ar"]
+            .iter()
+            .map(|s| s.to_string()),
+    );
+    args.extend([
+        rate.to_string(),
+        "-f".into(),
+        "s16le".into(),
+        audio_out.into(),
+    ]);
+    args
+}
+
+/// What the log of a decoding pass (`-v level+info`) says.
+#[derive(Debug, Clone)]
+struct AvLog {
+    /// The log as `-v info` writes it.
+    text: String,
+    errors: Vec<String>,
+    /// (fps, width, height as displayed) of the video stream.
+    video: Option<(f64, u32, u32)>,
+    has_audio: bool,
+    rotation: u32,
+    duration_s: Option<f64>,
+    pix_fmt: String,
+}
+
+impl AvLog {
+    fn parse(raw: &str) -> Self {
+        let errors = logged_errors(raw);
+        let text = without_levels(raw);
+        let (video, has_audio) = parse_input_streams(&text);
+        let rotation = parse_rotation(&text);
+        // The stream line gives the coded size; frames come out turned for display.
+        let video = video.map(|(fps, w, h)| {
+            if rotation % 180 == 90 {
+                (fps, h, w)
+            } else {
+                (fps, w, h)
+            }
+        });
+        Self {
+            duration_s: parse_duration(&text),
+            pix_fmt: parse_pix_fmt(&text).unwrap_or_default(),
+            text,
+            errors,
+            video,
+            has_audio,
+            rotation,
+        }
+    }
+
+    /// Why ffmpeg failed on `path`: no video stream, else its last error line.
+    fn failure(&self, path: &Path) -> VideoError {
+        // A readable input without a video stream (e.g. audio only).
+        if self.video.is_none() && self.text.contains("Stream #0:") {
+            return failed(path, "no video stream");
+        }
+        let line = self.errors.last().cloned().unwrap_or_else(|| {
+            self.text
+                .lines()
+                .rev()
+                .find(|l| !l.trim().is_empty())
+                .unwrap_or("failed without a message")
+                .trim()
+                .to_string()
+        });
+        failed(path, format!("ffmpeg: {line}"))
+    }
+}
+
 /// [`decode_av`] with the frames resampled to `fps` when given (ffmpeg's `fps` filter: frames
 /// dropped or repeated to the nearest time stamp); the result's `fps` is then that rate.
 pub fn decode_av_at(
@@ -537,86 +628,40 @@ pub fn decode_av_at(
         .to_str()
         .ok_or_else(|| failed(&audio_tmp, "path is not valid UTF-8"))?
         .to_string();
-    // Level markers tell a damaged stream's errors apart from the stream description.
-    let mut args: Vec<String> = [
-        "-v",
-        "level+info",
-        "-nostdin",
-        "-y",
-        // Frames as displayed: ffmpeg applies a display rotation (phone videos); the size read
-        // from the input stream is then swapped for quarter turns (`parse_rotation`).
-        "-i",
-        p,
-    ]
-    .iter()
-    .map(|s| s.to_string())
-    .collect();
-    args.extend(rgb_frames_args(fps, size.map(|s| (s, s))));
-    args.extend(
-        ["-map", "0:a:0?", "-ac", "1", "-ar"]
-            .iter()
-            .map(|s| s.to_string()),
-    );
-    args.extend([rate.to_string(), "-f".into(), "s16le".into(), audio_out]);
     let out = Command::new("ffmpeg")
-        .args(&args)
+        .args(av_args(p, size, rate, fps, &audio_out))
         .stdin(Stdio::null())
         .output()
         .map_err(|e| VideoError::Tool {
             tool: "ffmpeg",
             message: e.to_string(),
         })?;
-    let raw_log = String::from_utf8_lossy(&out.stderr);
-    let errors = logged_errors(&raw_log);
-    let stderr = without_levels(&raw_log);
+    let log = AvLog::parse(&String::from_utf8_lossy(&out.stderr));
     // Read before the status is judged (the file goes either way); an error matters only when
     // ffmpeg succeeded, and then it is the clip's error, not silence.
     let audio_read = std::fs::read(&audio_tmp);
     let _ = std::fs::remove_file(&audio_tmp);
-    let (video, has_audio) = parse_input_streams(&stderr);
-    let rotation = parse_rotation(&stderr);
-    // The stream line gives the coded size; frames come out turned for display.
-    let video = video.map(|(fps, w, h)| {
-        if rotation % 180 == 90 {
-            (fps, h, w)
-        } else {
-            (fps, w, h)
-        }
-    });
     if !out.status.success() {
         // Without an audio stream the second output is empty, which ffmpeg treats as an error.
-        if let (Some((fps, w, h)), false) = (video, has_audio) {
+        if let (Some((fps, w, h)), false) = (log.video, log.has_audio) {
             return Ok(DecodedAv {
                 fps,
                 width: w,
                 height: h,
                 rgb: Vec::new(),
-                has_audio,
+                has_audio: false,
                 audio: Vec::new(),
-                duration_s: parse_duration(&stderr),
-                errors,
-                pix_fmt: parse_pix_fmt(&stderr).unwrap_or_default(),
-                rotation,
+                duration_s: log.duration_s,
+                errors: log.errors,
+                pix_fmt: log.pix_fmt,
+                rotation: log.rotation,
             });
         }
-        // A readable input without a video stream (e.g. audio only).
-        if video.is_none() && stderr.contains("Stream #0:") {
-            return Err(failed(path, "no video stream"));
-        }
-        let line = errors.last().cloned().unwrap_or_else(|| {
-            stderr
-                .lines()
-                .rev()
-                .find(|l| !l.trim().is_empty())
-                .unwrap_or("failed without a message")
-                .trim()
-                .to_string()
-        });
-        return Err(failed(path, format!("ffmpeg: {line}")));
+        return Err(log.failure(path));
     }
-    let (source_fps, w, h) = video.ok_or_else(|| failed(path, "no video stream"))?;
+    let (source_fps, w, h) = log.video.ok_or_else(|| failed(path, "no video stream"))?;
     let fps = fps.unwrap_or(source_fps);
-    let audio_bytes = match (audio_read, has_audio) {
+    let audio_bytes = match (audio_read, log.has_audio) {
         (Ok(bytes), _) => bytes,
         (Err(_), false) => Vec::new(),
         (Err(e), true) => return Err(failed(path, format!("reading the decoded audio: {e}"))),
@@ -638,15 +683,15 @@ pub fn decode_av_at(
         width,
         height,
         rgb,
-        has_audio,
+        has_audio: log.has_audio,
         audio: audio_bytes
             .chunks_exact(2)
             .map(|b| i16::from_le_bytes([b[0], b[1]]))
             .collect(),
-        duration_s: parse_duration(&stderr),
-        errors,
-        pix_fmt: parse_pix_fmt(&stderr).unwrap_or_default(),
-        rotation,
+        duration_s: log.duration_s,
+        errors: log.errors,
+        pix_fmt: log.pix_fmt,
+        rotation: log.rotation,
     })
 }
 

@@ -11,7 +11,7 @@ use super::{failed, path_str, rgb_frames_args, tempfile_for, AudioSource, VideoE
 
 /// Starts a tool with piped stdio; its stderr is collected on a thread (a full pipe would block
 /// it).
-fn spawn(
+pub(super) fn spawn(
     tool: &'static str,
     args: &[String],
     stdin: bool,

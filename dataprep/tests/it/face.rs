@@ -27,7 +27,7 @@ fn hog(set: impl FnOnce(&mut FaceConfig)) -> FrontEnd {
 
 /// The face box of the still portrait: the detector's, and the one from its landmarks (the
 /// ground truth: mapped through a frame's known transform, it is where that frame's face is).
-fn still_box() -> (Rect, Rect) {
+pub(crate) fn still_box() -> (Rect, Rect) {
     let fe = hog(|_| {});
     let faces = fe.detect(astronaut(), ASTRO, ASTRO).unwrap();
     assert_eq!(faces.len(), 1, "{faces:?}");
@@ -40,10 +40,10 @@ fn still_box() -> (Rect, Rect) {
 
 /// Where the still's face centre goes and how large the face is, per frame.
 #[derive(Debug, Clone, Copy)]
-struct Pose {
-    scale: f32,
-    angle: f32,
-    pos: [f32; 2],
+pub(crate) struct Pose {
+    pub scale: f32,
+    pub angle: f32,
+    pub pos: [f32; 2],
 }
 
 /// The frame -> photo map that draws the portrait with its face centre `still` at `pose.pos`,
@@ -52,7 +52,7 @@ fn frame_to_photo(pose: &Pose, still: [f32; 2]) -> Affine {
     Affine::similarity(pose.scale, pose.angle, still, pose.pos)
 }
 
-fn render(poses: &[Pose], still: [f32; 2], width: u32, height: u32) -> Vec<u8> {
+pub(crate) fn render(poses: &[Pose], still: [f32; 2], width: u32, height: u32) -> Vec<u8> {
     let mut out = Vec::with_capacity(poses.len() * (width * height * 3) as usize);
     for p in poses {
         let m = frame_to_photo(p, still);

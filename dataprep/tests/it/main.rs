@@ -9,6 +9,7 @@ mod common;
 mod audio;
 mod face;
 mod ingest;
+mod long_recording;
 mod slurm;
 mod store;
 mod synth;

@@ -99,6 +99,10 @@ pub struct FaceConfig {
     pub max_gap_s: f64,
     /// Shortest segment with a face that is kept, in seconds (shorter ones: `no_face`).
     pub min_segment_s: f64,
+    /// Longest stored clip, in seconds: a longer segment with a face is cut into equal parts no
+    /// longer than this (ingest holds one part in memory at a time; at least twice
+    /// `min_segment_s`).
+    pub max_segment_s: f64,
     /// Smallest IoU between the tracked box and a new detection of the same face.
     pub track_iou: f64,
     /// Mean absolute difference between consecutive frames (0-255 grey levels, on a 32x32
@@ -125,6 +129,7 @@ impl Default for FaceConfig {
             smooth_window: 5,
             max_gap_s: 0.2,
             min_segment_s: 1.0,
+            max_segment_s: 10.0,
             track_iou: 0.5,
             scene_cut: 40.0,
             landmarks_model: DEBIAN_LANDMARKS_MODEL.into(),

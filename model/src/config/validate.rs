@@ -146,6 +146,19 @@ impl Config {
             format!("{} is negative", f.min_segment_s)
         })?;
         ensure(
+            f.max_segment_s.is_finite()
+                && f.max_segment_s > 0.0
+                && f.max_segment_s >= 2.0 * f.min_segment_s,
+            "data.face.max_segment_s",
+            || {
+                format!(
+                    "{} must be positive and at least twice data.face.min_segment_s ({}), so that \
+                     the equal parts of a long segment are never shorter than the shortest kept",
+                    f.max_segment_s, f.min_segment_s
+                )
+            },
+        )?;
+        ensure(
             f.track_iou > 0.0 && f.track_iou < 1.0,
             "data.face.track_iou",
             || format!("{} is outside (0, 1)", f.track_iou),

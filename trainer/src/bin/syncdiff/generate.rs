@@ -376,7 +376,8 @@ pub fn run(args: Args) -> anyhow::Result<String> {
         } else {
             String::new()
         },
-        peak_memory().map_or(String::new(), |m| format!(", peak memory {m} MiB"))
+        syncdiff_dataprep::progress::peak_memory_mib()
+            .map_or(String::new(), |m| format!(", peak memory {m} MiB"))
     );
     if !failed.is_empty() {
         bail!(
@@ -439,14 +440,6 @@ fn preview(p: &generate::Prepared) -> anyhow::Result<PathBuf> {
     let png = p.job.out.with_file_name(format!("{name}.preview.png"));
     video::write_png(&png, &strip, cols * 3, rows)?;
     Ok(png)
-}
-
-/// This process's peak resident memory (Linux `VmHWM`; ffmpeg's processes not included).
-fn peak_memory() -> Option<u64> {
-    let status = std::fs::read_to_string("/proc/self/status").ok()?;
-    let line = status.lines().find(|l| l.starts_with("VmHWM:"))?;
-    let kib: u64 = line.split_whitespace().nth(1)?.parse().ok()?;
-    Some(kib / 1024)
 }
 
 /// The jobs of a command line: one clip, or the lines of `--list`.
