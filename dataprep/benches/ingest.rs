@@ -23,7 +23,7 @@ use tch::{Device, Kind, Tensor};
 
 /// Parses "(decode+features X s, encode Y s, write Z s)" from the Rust summary line.
 fn stages(line: &str) -> Vec<f64> {
-    ["decode+features ", "encode ", "write "]
+    ["threads busy ", "encode ", "write "]
         .iter()
         .filter_map(|k| line.split(k).nth(1)?.split(" s").next()?.parse().ok())
         .collect()
@@ -127,7 +127,7 @@ fn main() -> anyhow::Result<()> {
         1.0 / s.low
     );
     println!(
-        "  per stage, mean seconds — Rust (wall, all cores): decode+features {:.2}, encode {:.2}, write {:.2}; Python (summed over its 2 processes): decode+features {:.2}, encode {:.2}, write {:.2}",
+        "  per stage, mean seconds — Rust: decoding threads busy (summed over threads) {:.2}, encode (wall) {:.2}, write (wall) {:.2}; Python (summed over its 2 processes): decode+features {:.2}, encode {:.2}, write {:.2}",
         rust_stages[0], rust_stages[1], rust_stages[2], py_stages[0], py_stages[1], py_stages[2]
     );
 

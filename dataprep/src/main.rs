@@ -111,6 +111,11 @@ struct IngestArgs {
     /// Encode in float16 (for GPUs; slow on CPU). Its error against float32: docs/dataprep.md.
     #[arg(long)]
     half: bool,
+    /// libtorch threads of the encoder, which runs while clips are decoded on rayon's threads
+    /// (RAYON_NUM_THREADS, default one per core): 1 leaves the cores to the decoders; raise it
+    /// when a CPU encoder is the bottleneck (docs/dataprep.md).
+    #[arg(long, default_value_t = 1, value_parser = clap::value_parser!(u32).range(1..))]
+    encode_threads: u32,
     /// Rebuild finished shards that were prepared with other settings (resolution,
     /// autoencoder, mask, filterbank, clips) instead of refusing to mix them with new ones.
     #[arg(long)]
@@ -196,6 +201,7 @@ fn run_ingest(layout: Layout, args: IngestArgs) -> Result<anyhow::Result<String>
         config,
         batch,
         half,
+        encode_threads,
         rebuild,
     } = args;
     let publish = if out.contains("://") && !out.starts_with("file://") {
@@ -235,6 +241,10 @@ fn run_ingest(layout: Layout, args: IngestArgs) -> Result<anyhow::Result<String>
             return Err(ExitCode::from(2));
         }
     };
+    // The encoder runs while the decoding threads (rayon's, one per core by default) work: with
+    // more libtorch threads than the cores left, OpenMP's idle workers spin on the cores the
+    // decoders and their ffmpeg processes need (docs/dataprep.md, "Threads").
+    tch::set_num_threads(encode_threads as i32);
     let opts = ingest::IngestOptions {
         root,
         layout,
