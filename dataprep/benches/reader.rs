@@ -13,12 +13,12 @@ use std::path::Path;
 use std::time::Instant;
 
 use half::f16;
-use syncdiff_dataprep::rng::Rng;
 use syncdiff_dataprep::store::{
     context_window, shard_name, write_manifest, write_shard, ClipData, Dataset, Manifest,
     SampleRequest, StoreMeta, FORMAT_VERSION,
 };
 use syncdiff_devkit::stats::{interleave, PyServer};
+use syncdiff_runtime::rng::Rng;
 
 const CLIPS: usize = 48;
 const FRAMES: usize = 100;

@@ -44,6 +44,30 @@ pub struct IngestOptions {
     pub publish: Option<std::sync::Arc<crate::publish::Publish>>,
 }
 
+impl IngestOptions {
+    /// One rank's ingest of `split` of the tree `root` (laid out as `layout`) into the directory
+    /// `out`: encoder batches of 32 frames in float32, finished shards kept, nothing published.
+    pub fn new(
+        root: impl Into<PathBuf>,
+        layout: crate::layout::Layout,
+        split: &str,
+        out: impl Into<PathBuf>,
+    ) -> Self {
+        Self {
+            root: root.into(),
+            layout,
+            split: split.to_string(),
+            out: out.into(),
+            batch: 32,
+            half: false,
+            rank: 0,
+            world: 1,
+            rebuild: false,
+            publish: None,
+        }
+    }
+}
+
 /// Why the ingest stopped (bad clips never stop it: they are rejected).
 #[derive(Debug, thiserror::Error)]
 pub enum IngestError {
@@ -127,7 +151,7 @@ fn check_record(
 
 /// sha256 of a file, hex (streamed: `hash::sha256_file`).
 pub fn sha256_file(path: &Path) -> Result<String, IngestError> {
-    crate::hash::sha256_file(path)
+    syncdiff_runtime::hash::sha256_file(path)
         .map(|(_, sha)| sha)
         .map_err(|e| IngestError::Io {
             path: path.to_path_buf(),
@@ -456,8 +480,8 @@ pub fn ingest(
         .map_err(|(path, e)| io(&path)(e))?;
     std::fs::create_dir_all(&opts.out).map_err(io(&opts.out))?;
     // This rank's GPU when there is one (a launcher's local rank picks it), else the CPU.
-    let device = crate::launch::Launch::from_env()
-        .and_then(|l| crate::launch::DeviceChoice::Auto.device(l.local_rank))
+    let device = syncdiff_runtime::launch::Launch::from_env()
+        .and_then(|l| syncdiff_runtime::launch::DeviceChoice::Auto.device(l.local_rank))
         .map_err(|message| IngestError::Io {
             path: opts.out.clone(),
             message,
@@ -643,4 +667,116 @@ pub fn finish(out: &Path, shards: &[&[String]], meta: &StoreMeta) -> Result<bool
         },
     )?;
     Ok(true)
+}
+
+#[cfg(test)]
+#[allow(clippy::unwrap_used)]
+mod tests {
+    use super::*;
+    use crate::lrs2::reject;
+
+    /// A decoded part of `frames` frames whose pixels say which clip it is.
+    fn part(id: &str, frames: usize) -> DecodedClip {
+        DecodedClip {
+            id: id.into(),
+            frames,
+            rgb: vec![0; frames * 4 * 4 * 3],
+            mel: vec![0.0; frames * crate::store::MEL_DIM as usize],
+            masks: None,
+            faces: Vec::new(),
+            width: 4,
+            height: 4,
+            rotation: 0,
+        }
+    }
+
+    /// Clips finish out of order on the decoding threads, one of them fails after handing over a
+    /// part: the shard holds the parts in clip order without the failed clip's, and the
+    /// rejections are in clip order too.
+    #[test]
+    fn parts_are_stored_in_clip_order_and_a_clip_failing_late_is_taken_back() {
+        let dir = tempfile::tempdir().unwrap();
+        let cfg = Config::default();
+        let meta = StoreMeta {
+            latent_shape: [1, 2, 2],
+            ..meta_for(&cfg, "train", "none".into(), None)
+        };
+        let ids: Vec<String> = (0..12).map(|i| format!("c{i:02}")).collect();
+        let path = dir.path().join(shard_name(0));
+        let mut writer = ShardWriter::create(&path, &meta).unwrap();
+        let mut dones = Vec::new();
+        let (rejected, report) = build_shard(
+            &ids,
+            &mut writer,
+            |id, send| {
+                let i: u64 = id[1..].parse().unwrap();
+                // Later clips often finish first.
+                std::thread::sleep(std::time::Duration::from_millis((12 - i) * 3 % 17));
+                match i % 4 {
+                    // Two parts and a rejected run between them.
+                    0 => {
+                        send(Ok(part(&format!("{id}#0-5"), 5)));
+                        send(Err(reject(&format!("{id}#5-9"), "no_face", "")));
+                        send(Ok(part(&format!("{id}#9-12"), 3)));
+                        Ok(1)
+                    }
+                    // A part, then the clip turns out damaged.
+                    1 => {
+                        send(Ok(part(&format!("{id}#0-4"), 4)));
+                        Err(reject(id, "undecodable", "second reading ended early"))
+                    }
+                    // Rejected before any part.
+                    2 => Err(reject(id, "no_face", "")),
+                    _ => {
+                        send(Ok(part(id, 2)));
+                        Ok(0)
+                    }
+                }
+            },
+            |c| ClipData {
+                id: c.id,
+                frames: c.frames,
+                latents: vec![half::f16::ZERO; c.frames * 4],
+                masked_latents: vec![half::f16::ZERO; c.frames * 4],
+                mel: c.mel,
+                ..ClipData::default()
+            },
+            |frames| dones.push(frames),
+        )
+        .unwrap();
+        let entry = writer.finish(&rejected).unwrap();
+        let want: Vec<String> = (0..12)
+            .flat_map(|i| match i % 4 {
+                0 => vec![format!("c{i:02}#0-5"), format!("c{i:02}#9-12")],
+                3 => vec![format!("c{i:02}")],
+                _ => vec![],
+            })
+            .collect();
+        assert_eq!(entry.clips, want);
+        let reasons: Vec<(String, String)> = rejected
+            .iter()
+            .map(|r| (r.clip.clone(), r.reason.clone()))
+            .collect();
+        let want: Vec<(String, String)> = (0..12)
+            .filter_map(|i| match i % 4 {
+                0 => Some((format!("c{i:02}#5-9"), "no_face".to_string())),
+                1 => Some((format!("c{i:02}"), "undecodable".to_string())),
+                2 => Some((format!("c{i:02}"), "no_face".to_string())),
+                _ => None,
+            })
+            .collect();
+        assert_eq!(reasons, want);
+        assert_eq!(
+            (
+                report.clips,
+                report.frames,
+                report.rejected,
+                report.split,
+                report.scene_cuts
+            ),
+            (9, 3 * 8 + 3 * 2, 9, 3, 3)
+        );
+        assert_eq!(dones.len(), 12);
+        assert_eq!(dones.last(), Some(&30));
+    }
 }

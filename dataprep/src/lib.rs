@@ -3,20 +3,16 @@
 //! This crate owns the data format: it writes the stores and provides the reader the trainer uses.
 //! Modules: `audio` (filterbank features), `face` (the face front-end: detection, tracking,
 //! crop and mask), `video` (ffmpeg I/O), `synth` (the synthetic
-//! LRS2-layout data set), `rng` (counter-based randomness).
+//! LRS2-layout data set). What every host shares (object storage, launcher variables, the
+//! progress bar, randomness, hashing) is in `syncdiff-runtime`.
 
 pub mod audio;
 pub mod face;
-pub mod hash;
 pub mod ingest;
-pub mod launch;
 pub mod layout;
 pub mod lrs2;
-pub mod objstore;
 pub mod outpath;
-pub mod progress;
 pub mod publish;
-pub mod rng;
 mod segments;
 pub mod store;
 pub mod synth;

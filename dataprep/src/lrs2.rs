@@ -6,7 +6,7 @@
 //! box (LRS2 frames are face crops). The masked frame zeroes (black pixels) the lower
 //! `mask_fraction` of the box.
 
-use std::path::Path;
+use std::path::{Path, PathBuf};
 
 use half::f16;
 use serde::{Deserialize, Serialize};
@@ -152,6 +152,20 @@ fn crop_resize(rgb: &[u8], w: u32, h: u32, boxes: &[[f64; 4]], size: u32) -> Vec
     Vec::<u8>::try_from(Tensor::stack(&out, 0).flatten(0, -1)).expect("uint8 CPU frames")
 }
 
+/// Where clip `id` is; `missing` when there is no such file.
+pub(crate) fn clip_file(root: &Path, id: &str, s: &ClipSettings) -> Result<PathBuf, Rejection> {
+    let path = s.layout.clip_path(root, id);
+    if path.is_file() {
+        Ok(path)
+    } else {
+        Err(reject(
+            id,
+            "missing",
+            format!("{} does not exist", path.display()),
+        ))
+    }
+}
+
 /// A clip ffmpeg could not decode: `zero_frames` when it has no video stream, else
 /// `undecodable`.
 pub(crate) fn decode_failure(id: &str, e: &video::VideoError) -> Rejection {
@@ -247,14 +261,7 @@ pub fn decode_clip(
     s: &ClipSettings,
     fb: &LogFbank,
 ) -> Result<DecodedClip, Rejection> {
-    let path = s.layout.clip_path(root, id);
-    if !path.is_file() {
-        return Err(reject(
-            id,
-            "missing",
-            format!("{} does not exist", path.display()),
-        ));
-    }
+    let path = clip_file(root, id, s)?;
     let size = s.resolution;
     let sidecar = root.join("main").join(format!("{id}.boxes.txt"));
     let has_boxes = s.sidecar_boxes && s.layout == crate::layout::Layout::Lrs2;

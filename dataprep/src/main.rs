@@ -10,12 +10,12 @@ use std::process::ExitCode;
 
 use clap::{Parser, Subcommand};
 use syncdiff_dataprep::ingest;
-use syncdiff_dataprep::launch::Launch;
 use syncdiff_dataprep::layout::Layout;
-use syncdiff_dataprep::progress::Progress;
 use syncdiff_dataprep::store::Dataset;
 use syncdiff_dataprep::synth::{synth, SynthOptions};
 use syncdiff_model::config::{parse_args, ConfigArgs};
+use syncdiff_runtime::launch::Launch;
+use syncdiff_runtime::progress::Progress;
 
 /// Prepare SyncDiff training data.
 #[derive(Debug, Parser)]
@@ -281,11 +281,11 @@ fn run_ingest(layout: Layout, args: IngestArgs) -> Result<anyhow::Result<String>
             rep.decode_s,
             rep.encode_s,
             rep.write_s,
-            syncdiff_dataprep::progress::peak_memory_mib()
+            syncdiff_runtime::progress::peak_memory_mib()
                 .map_or(String::new(), |m| format!(", peak memory {m} MiB")),
             rep.rejected,
             if rep.split + rep.scene_cuts > 0 { format!(" ({} clip(s) split by the face front-end, {} scene cut(s))", rep.split, rep.scene_cuts) } else { String::new() },
-            if rep.manifest_written { format!("; wrote {}/manifest.json (reasons in rejected.jsonl)", syncdiff_dataprep::objstore::safe_url(out.trim_end_matches('/'))) } else { String::new() }
+            if rep.manifest_written { format!("; wrote {}/manifest.json (reasons in rejected.jsonl)", syncdiff_runtime::objstore::safe_url(out.trim_end_matches('/'))) } else { String::new() }
         )
     })
     .map_err(anyhow::Error::from))

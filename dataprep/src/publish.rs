@@ -14,8 +14,8 @@
 use std::path::{Path, PathBuf};
 
 use crate::ingest::IngestError;
-use crate::objstore::{safe_url, ObjError, Retry, Store, StoreOptions};
 use crate::store::shard_name;
+use syncdiff_runtime::objstore::{safe_url, ObjError, Retry, Store, StoreOptions};
 
 /// What an upload sent.
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
@@ -258,7 +258,8 @@ impl From<ObjError> for IngestError {
 /// named by a hash of the URL (the same URL resumes in the same place).
 pub fn default_stage(url: &str) -> PathBuf {
     use sha2::Digest;
-    let h = crate::hash::hex(&sha2::Sha256::digest(url.trim_end_matches('/').as_bytes()));
+    let h =
+        syncdiff_runtime::hash::hex(&sha2::Sha256::digest(url.trim_end_matches('/').as_bytes()));
     std::env::temp_dir()
         .join("syncdiff-dataprep-stage")
         .join(&h[..16])

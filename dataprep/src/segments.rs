@@ -14,7 +14,8 @@ use syncdiff_model::config::FaceConfig;
 use crate::audio::{mel_group_rows, LogFbank};
 use crate::face::{mouth_mask, CropTransform, FrontEnd};
 use crate::lrs2::{
-    check_pass, check_stream, decode_failure, reject, ClipSettings, DecodedClip, Rejection,
+    check_pass, check_stream, clip_file, decode_failure, reject, ClipSettings, DecodedClip,
+    Rejection,
 };
 use crate::store::FaceRecord;
 use crate::video::{self, AvStream};
@@ -115,14 +116,7 @@ pub(crate) fn stream_face_clip(
     fb: &LogFbank,
     send: &mut dyn FnMut(Result<DecodedClip, Rejection>) -> bool,
 ) -> Result<usize, Rejection> {
-    let path = s.layout.clip_path(root, id);
-    if !path.is_file() {
-        return Err(reject(
-            id,
-            "missing",
-            format!("{} does not exist", path.display()),
-        ));
-    }
+    let path = clip_file(root, id, s)?;
     // dlib's detectors are per thread; the landmark model is shared (loaded once).
     let fe = FrontEnd::new(cfg).map_err(|e| reject(id, "face_model", e.to_string()))?;
     let info = video::probe(&path).map_err(|e| decode_failure(id, &e))?;

@@ -15,8 +15,8 @@ use std::path::{Path, PathBuf};
 
 use rayon::prelude::*;
 
-use crate::rng::Rng;
 use crate::video::{self, VideoError};
+use syncdiff_runtime::rng::Rng;
 
 /// What to generate.
 #[derive(Debug, Clone)]

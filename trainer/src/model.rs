@@ -1,10 +1,10 @@
 //! The trained model (audio path + denoiser) and its loss on a batch: the forward/backward unit
 //! the training loop repeats.
 
-use syncdiff_dataprep::rng::Rng;
 use syncdiff_model::audio::AudioPath;
 use syncdiff_model::config::Config;
 use syncdiff_model::syncdiff::{Conditioning, SyncDiff, SyncDiffError};
+use syncdiff_runtime::rng::Rng;
 use tch::nn::VarStore;
 use tch::{Device, Tensor};
 

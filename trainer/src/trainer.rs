@@ -5,7 +5,7 @@
 use std::path::Path;
 use std::time::{Duration, Instant};
 
-use syncdiff_dataprep::rng::Rng;
+use syncdiff_runtime::rng::Rng;
 
 use syncdiff_model::config::{BatchPlan, Config, DistBackend, OptimizerKind, Precision};
 use tch::{Device, Tensor};

@@ -3,13 +3,13 @@
 //! pass's log is read as [`super::decode_av_at`] reads it (damage, duration, pixel format).
 
 use std::fs::File;
-use std::io::{ErrorKind, Read, Seek, SeekFrom};
+use std::io::{Read, Seek, SeekFrom};
 use std::ops::Range;
 use std::path::{Path, PathBuf};
 use std::process::{Child, ChildStdout};
 use std::thread::JoinHandle;
 
-use super::stream::spawn;
+use super::stream::{read_frame, spawn};
 use super::{av_args, failed, path_str, tempfile_for, AvLog, VideoError};
 
 /// A decoding pass in progress: [`AvStream::next_frame`] until it says the end, then
@@ -95,15 +95,7 @@ impl AvStream {
     /// Reads the next frame into `buf` (`frame_len()` bytes); `Ok(false)` at the end of the
     /// frames (then [`AvStream::finish`]).
     pub fn next_frame(&mut self, buf: &mut [u8]) -> Result<bool, VideoError> {
-        let mut got = 0;
-        while got < buf.len() {
-            match self.stdout.read(&mut buf[got..]) {
-                Ok(0) => break,
-                Ok(n) => got += n,
-                Err(e) if e.kind() == ErrorKind::Interrupted => {}
-                Err(e) => return Err(failed(&self.path, format!("reading frames: {e}"))),
-            }
-        }
+        let got = read_frame(&mut self.stdout, buf, &self.path)?;
         if got == buf.len() && got > 0 {
             self.frames += 1;
             return Ok(true);

@@ -59,6 +59,24 @@ fn wait(
     Err(failed(path, format!("{tool}: {}", line.trim())))
 }
 
+/// Reads from a decoder's pipe until `buf` is full or the pipe ends: the bytes read.
+pub(super) fn read_frame(
+    pipe: &mut ChildStdout,
+    buf: &mut [u8],
+    path: &Path,
+) -> Result<usize, VideoError> {
+    let mut got = 0;
+    while got < buf.len() {
+        match pipe.read(&mut buf[got..]) {
+            Ok(0) => break,
+            Ok(n) => got += n,
+            Err(e) if e.kind() == ErrorKind::Interrupted => {}
+            Err(e) => return Err(failed(path, format!("reading frames: {e}"))),
+        }
+    }
+    Ok(got)
+}
+
 /// Decodes a video's frames one at a time as RGB24 as they are displayed (a display rotation
 /// applied), resampled to `fps` and scaled to a square `size` when asked.
 #[derive(Debug)]
@@ -120,15 +138,7 @@ impl FrameReader {
     /// Reads the next frame into `buf` (`frame_len()` bytes); `Ok(false)` at the end of the
     /// video, after which ffmpeg's exit status has been checked.
     pub fn next_frame(&mut self, buf: &mut [u8]) -> Result<bool, VideoError> {
-        let mut got = 0;
-        while got < buf.len() {
-            match self.stdout.read(&mut buf[got..]) {
-                Ok(0) => break,
-                Ok(n) => got += n,
-                Err(e) if e.kind() == ErrorKind::Interrupted => {}
-                Err(e) => return Err(failed(&self.path, format!("reading frames: {e}"))),
-            }
-        }
+        let got = read_frame(&mut self.stdout, buf, &self.path)?;
         if got == buf.len() && got > 0 {
             self.read += 1;
             return Ok(true);

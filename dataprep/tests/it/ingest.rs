@@ -284,7 +284,7 @@ fn killed_runs_resume_without_redoing_finished_shards() {
     let manifest = std::fs::read_to_string(reference.join("manifest.json")).unwrap();
 
     // Kill points: while shard k (random) is being written, after a random extra delay.
-    let mut rng = syncdiff_dataprep::rng::Rng::new(&[42]);
+    let mut rng = syncdiff_runtime::rng::Rng::new(&[42]);
     let mut mid_run = 0;
     for attempt in 0..3 {
         let out = dir.path().join(format!("killed{attempt}"));

@@ -5,6 +5,7 @@
 
 use std::path::{Path, PathBuf};
 
+use syncdiff_dataprep::layout::Layout::Lrs2;
 use syncdiff_devkit::repo;
 
 use syncdiff_model::config::{Config, Override};
@@ -98,16 +99,8 @@ pub fn synthetic_dataset(dir: &Path, config: &Config) -> anyhow::Result<PathBuf>
     }
     let out = dir.join(format!("ds-{}", config.data.resolution));
     let opts = syncdiff_dataprep::ingest::IngestOptions {
-        layout: syncdiff_dataprep::layout::Layout::Lrs2,
-        root,
-        split: "train".into(),
-        out: out.clone(),
         batch: 16,
-        half: false,
-        rank: 0,
-        world: 1,
-        rebuild: false,
-        publish: None,
+        ..syncdiff_dataprep::ingest::IngestOptions::new(root, Lrs2, "train", &out)
     };
     syncdiff_dataprep::ingest::ingest(&opts, config, |_, _, _| {})?;
     Ok(out)

@@ -18,7 +18,7 @@ use syncdiff_model::config::LeaseConfig;
 
 use super::format::{now_unix, utc_stamp};
 use super::{CkptError, Store};
-use syncdiff_dataprep::objstore::{Conditional, Version};
+use syncdiff_runtime::objstore::{Conditional, Version};
 
 /// The lease object's name under `checkpoint.url`.
 pub const LEASE: &str = "lease.json";

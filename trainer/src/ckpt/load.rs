@@ -9,6 +9,7 @@ use tch::Tensor;
 use super::format::{self, Manifest, TrainerState};
 use super::CkptError;
 use super::Store;
+use syncdiff_runtime::objstore::ObjError;
 
 /// A checkpoint directory as listed.
 #[derive(Debug, Clone)]
@@ -131,7 +132,7 @@ pub fn newest_valid_of(
                     local,
                 }))
             }
-            Err(e @ (CkptError::Corrupt { .. } | CkptError::Storage { .. })) => {
+            Err(e @ (CkptError::Corrupt { .. } | CkptError::Store(ObjError::Storage { .. }))) => {
                 let _ = std::fs::remove_dir_all(&local);
                 eprintln!("warning: {e}; using the next older checkpoint");
             }

@@ -27,7 +27,7 @@ pub use save::FAULT_KILL_AFTER_ENV;
 pub use save::{
     apply_retention, to_host, write, write_fenced, Retention, SaveReport, Saver, Snapshot,
 };
-pub use syncdiff_dataprep::objstore::{
+pub use syncdiff_runtime::objstore::{
     hex, safe_url, sha256_file, ObjError, Retry, Store, StoreOptions,
 };
 
@@ -42,18 +42,9 @@ pub enum CkptError {
         /// Why.
         message: String,
     },
-    /// A storage operation failed after its retries.
-    #[error("{what} {url} failed after {attempts} attempt(s): {message}")]
-    Storage {
-        /// Object URL.
-        url: String,
-        /// upload, download, list or delete.
-        what: String,
-        /// Attempts made.
-        attempts: u32,
-        /// The last error (credentials redacted).
-        message: String,
-    },
+    /// Object storage failed: the URL, an operation after its retries, a missing location.
+    #[error("{}", store_message(.0))]
+    Store(#[from] ObjError),
     /// A local file could not be read or written.
     #[error("{path}: {message}")]
     Io {
@@ -73,12 +64,6 @@ pub enum CkptError {
     /// No such checkpoint.
     #[error("{url}: no such checkpoint")]
     NotFound {
-        /// URL.
-        url: String,
-    },
-    /// A location opened for reading does not exist (distinct from one that holds nothing).
-    #[error("{url}: no such directory")]
-    NoLocation {
         /// URL.
         url: String,
     },
@@ -128,22 +113,10 @@ pub enum CkptError {
 }
 
 /// Storage errors in checkpoint terms (a bad URL is `checkpoint.url`'s).
-impl From<ObjError> for CkptError {
-    fn from(e: ObjError) -> Self {
-        match e {
-            ObjError::Url { url, message } => Self::Url { url, message },
-            ObjError::Storage {
-                url,
-                what,
-                attempts,
-                message,
-            } => Self::Storage {
-                url,
-                what,
-                attempts,
-                message,
-            },
-            ObjError::NoLocation { url } => Self::NoLocation { url },
-        }
+/// An object-storage error as a checkpoint error says it: a URL problem names the setting.
+fn store_message(e: &ObjError) -> String {
+    match e {
+        ObjError::Url { .. } => format!("checkpoint.url {e}"),
+        _ => e.to_string(),
     }
 }

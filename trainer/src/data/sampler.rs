@@ -9,8 +9,8 @@
 //! loader state is just (epoch, samples consumed).
 
 use serde::{Deserialize, Serialize};
-use syncdiff_dataprep::rng::Rng;
 use syncdiff_model::config::EpochUnit;
+use syncdiff_runtime::rng::Rng;
 use tch::Tensor;
 
 /// Keys separating the random streams.

@@ -1,7 +1,7 @@
 //! Which device and gradient backend a rank uses.
 
-use syncdiff_dataprep::launch::{cpu_threads_per_rank, DeviceChoice};
 use syncdiff_model::config::DistBackend;
+use syncdiff_runtime::launch::{cpu_threads_per_rank, DeviceChoice};
 use tch::Device;
 
 use super::DistError;

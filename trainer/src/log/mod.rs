@@ -4,5 +4,5 @@ mod image;
 mod tensorboard;
 
 pub use image::{grid, png, Rgb};
-pub use syncdiff_dataprep::progress::Progress;
+pub use syncdiff_runtime::progress::Progress;
 pub use tensorboard::EventWriter;

@@ -5,6 +5,8 @@ use std::path::{Path, PathBuf};
 use std::process::{Command, Output};
 use std::sync::OnceLock;
 
+use syncdiff_dataprep::layout::Layout::Lrs2;
+
 pub use syncdiff_devkit::{python, python_path, repo, torch};
 
 /// The directory of this process's shared fixtures, removed when the process exits.
@@ -77,16 +79,8 @@ pub fn prepared(dir: &Path, split: &str, sets: &[&str]) -> PathBuf {
 /// Ingests split `split` of the LRS2-layout tree `root` into `out` with `cfg` (one rank).
 pub fn ingest(root: &Path, split: &str, out: &Path, cfg: &syncdiff_model::config::Config) {
     let opts = syncdiff_dataprep::ingest::IngestOptions {
-        layout: syncdiff_dataprep::layout::Layout::Lrs2,
-        root: root.to_path_buf(),
-        split: split.into(),
-        out: out.to_path_buf(),
         batch: 16,
-        half: false,
-        rank: 0,
-        world: 1,
-        rebuild: false,
-        publish: None,
+        ..syncdiff_dataprep::ingest::IngestOptions::new(root, Lrs2, split, out)
     };
     syncdiff_dataprep::ingest::ingest(&opts, cfg, |_, _, _| {}).unwrap();
 }

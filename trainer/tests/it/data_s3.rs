@@ -11,6 +11,8 @@ use std::path::{Path, PathBuf};
 use std::process::{Command, Output};
 
 use common::{repo, text, MotoServer};
+use syncdiff_dataprep::ingest::IngestOptions;
+use syncdiff_dataprep::layout::Layout::Lrs2;
 use syncdiff_devkit::tree as files;
 
 fn syncdiff(moto: &MotoServer, args: &[&str]) -> Output {
@@ -373,20 +375,20 @@ fn dataprep_publishes_to_s3_from_two_tasks_with_the_manifest_last_and_equal_to_d
     .unwrap();
     // Two tasks (ranks 0 and 1 of 2) on "different nodes": each its own staging directory.
     for rank in 0..2 {
-        let opts = syncdiff_dataprep::ingest::IngestOptions {
-            layout: syncdiff_dataprep::layout::Layout::Lrs2,
-            root: common::synthetic().to_path_buf(),
-            split: "train".into(),
-            out: dir.path().join(format!("stage-{rank}")),
+        let opts = IngestOptions {
             batch: 16,
-            half: false,
             rank,
             world: 2,
-            rebuild: false,
             publish: Some(std::sync::Arc::new(
                 syncdiff_dataprep::publish::Publish::open_with_options(url, &moto.options())
                     .unwrap(),
             )),
+            ..IngestOptions::new(
+                common::synthetic(),
+                Lrs2,
+                "train",
+                dir.path().join(format!("stage-{rank}")),
+            )
         };
         let report = syncdiff_dataprep::ingest::ingest(&opts, &cfg, |_, _, _| {}).unwrap();
         assert_eq!(report.built, 2);
@@ -419,19 +421,17 @@ fn dataprep_publishes_to_s3_from_two_tasks_with_the_manifest_last_and_equal_to_d
         String::from_utf8_lossy(local.get("rejected.jsonl").map_or(&[][..], |v| v))
     );
     // A third run with an empty staging directory finds every shard finished in the store.
-    let opts = syncdiff_dataprep::ingest::IngestOptions {
-        layout: syncdiff_dataprep::layout::Layout::Lrs2,
-        root: common::synthetic().to_path_buf(),
-        split: "train".into(),
-        out: dir.path().join("stage-new"),
+    let opts = IngestOptions {
         batch: 16,
-        half: false,
-        rank: 0,
-        world: 1,
-        rebuild: false,
         publish: Some(std::sync::Arc::new(
             syncdiff_dataprep::publish::Publish::open_with_options(url, &moto.options()).unwrap(),
         )),
+        ..IngestOptions::new(
+            common::synthetic(),
+            Lrs2,
+            "train",
+            dir.path().join("stage-new"),
+        )
     };
     let report = syncdiff_dataprep::ingest::ingest(&opts, &cfg, |_, _, _| {}).unwrap();
     assert_eq!((report.built, report.skipped), (0, 4));
@@ -444,7 +444,7 @@ fn dataprep_publishes_to_s3_from_two_tasks_with_the_manifest_last_and_equal_to_d
     for (name, _) in store.list_files("").unwrap() {
         store.delete(&name).unwrap();
     }
-    let opts = syncdiff_dataprep::ingest::IngestOptions {
+    let opts = IngestOptions {
         out: dir.path().join("stage-1"),
         ..opts
     };
@@ -468,7 +468,7 @@ fn dataprep_publishes_to_s3_from_two_tasks_with_the_manifest_last_and_equal_to_d
         }
     }
     let report = syncdiff_dataprep::ingest::ingest(
-        &syncdiff_dataprep::ingest::IngestOptions {
+        &IngestOptions {
             out: dir.path().join("stage-new"),
             rank: 0,
             world: 2,

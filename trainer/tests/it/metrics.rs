@@ -6,7 +6,7 @@ use crate::common;
 
 use std::process::Command;
 
-use syncdiff_dataprep::rng::Rng;
+use syncdiff_runtime::rng::Rng;
 use syncdiff_trainer::eval::{psnr, ssim, Region, View};
 
 /// (name, width, height, a, b, region).

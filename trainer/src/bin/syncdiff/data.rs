@@ -3,8 +3,8 @@
 use std::path::PathBuf;
 
 use clap::Subcommand;
-use syncdiff_dataprep::launch::Launch;
 use syncdiff_model::config::ConfigArgs;
+use syncdiff_runtime::launch::Launch;
 use syncdiff_trainer::data::remote;
 
 #[derive(Debug, Subcommand)]

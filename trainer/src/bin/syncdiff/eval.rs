@@ -9,9 +9,9 @@ use std::path::{Path, PathBuf};
 use anyhow::{bail, Context};
 use serde::Serialize;
 use syncdiff_dataprep::face::{ClipFaces, CropTransform, FrontEnd, Rect};
-use syncdiff_dataprep::launch::DeviceChoice;
 use syncdiff_dataprep::video;
 use syncdiff_model::config::{FaceConfig, FaceCrop, FaceDetectorKind};
+use syncdiff_runtime::launch::DeviceChoice;
 
 use syncdiff_trainer::eval::{self, mouth, psnr, ssim, wer, Lpips, Lse, Region, SyncNet, View};
 

@@ -10,10 +10,10 @@ use std::time::Instant;
 
 use anyhow::bail;
 use syncdiff_dataprep::face;
-use syncdiff_dataprep::launch::{DeviceChoice, Launch};
-use syncdiff_dataprep::progress::Progress;
 use syncdiff_dataprep::video;
 use syncdiff_model::config::{FaceDetectorKind, Precision, SamplerKind};
+use syncdiff_runtime::launch::{DeviceChoice, Launch};
+use syncdiff_runtime::progress::Progress;
 use tch::Device;
 
 use syncdiff_trainer::generate::{self, GenerateOptions, Generator, Job, WeightChoice};
@@ -376,7 +376,7 @@ pub fn run(args: Args) -> anyhow::Result<String> {
         } else {
             String::new()
         },
-        syncdiff_dataprep::progress::peak_memory_mib()
+        syncdiff_runtime::progress::peak_memory_mib()
             .map_or(String::new(), |m| format!(", peak memory {m} MiB"))
     );
     if !failed.is_empty() {
