@@ -12,7 +12,7 @@ use std::path::{Path, PathBuf};
 use std::process::Command;
 use std::time::Instant;
 
-use syncdiff_dataprep::audio::{FbankParams, LogFbank};
+use syncdiff_dataset::audio::{FbankParams, LogFbank};
 use syncdiff_devkit::stats::{interleave, PyServer};
 
 fn run(cmd: &mut Command) -> anyhow::Result<()> {

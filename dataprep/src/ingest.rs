@@ -12,11 +12,11 @@ use syncdiff_model::vq::Autoencoder;
 use tch::nn::VarStore;
 use tch::Device;
 
-use crate::audio::{FbankParams, LogFbank};
 use crate::lrs2::{encode_clip, stream_clip_parts, ClipSettings, DecodedClip, Rejection};
-use crate::store::{
-    shard_name, write_manifest, AudioCacheTag, ClipData, Manifest, ShardRecord, ShardWriter,
-    StoreError, StoreMeta, FORMAT_VERSION,
+use syncdiff_dataset::audio::{FbankParams, LogFbank};
+use syncdiff_dataset::store::{
+    meta_for, shard_name, write_manifest, AudioCacheTag, ClipData, Manifest, ShardRecord,
+    ShardWriter, StoreError, StoreMeta,
 };
 
 /// Options of an ingest run.
@@ -41,7 +41,7 @@ pub struct IngestOptions {
     /// Rebuild finished shards whose recorded settings differ from this run's (else refuse).
     pub rebuild: bool,
     /// Where the data set is published (`--out s3://...`); `out` is then the staging directory.
-    pub publish: Option<std::sync::Arc<crate::publish::Publish>>,
+    pub publish: Option<std::sync::Arc<syncdiff_dataset::publish::Publish>>,
 }
 
 impl IngestOptions {
@@ -89,8 +89,8 @@ pub enum IngestError {
     #[error(transparent)]
     Face(#[from] crate::face::FaceError),
     /// Object storage (the `--out` URL).
-    #[error("{0}")]
-    Publish(String),
+    #[error(transparent)]
+    Publish(#[from] syncdiff_dataset::publish::PublishError),
     /// The output holds shards prepared with other settings.
     #[error(
         "{path} was prepared with other settings ({differences}; stored -> now); adding to it \
@@ -239,7 +239,7 @@ impl AudioCache {
         let mut out = Vec::with_capacity(frames * self.tag.dim as usize);
         for start in (0..frames).step_by(ctx) {
             let len = ctx.min(frames - start);
-            let dim = crate::store::MEL_DIM as usize;
+            let dim = syncdiff_dataset::store::MEL_DIM as usize;
             let x = tch::Tensor::from_slice(&mel[start * dim..(start + len) * dim])
                 .view([1, len as i64, dim as i64])
                 .to_device(self.device);
@@ -254,48 +254,6 @@ impl AudioCache {
         }
         out
     }
-}
-
-/// The metadata an ingest with `cfg` records: every setting that shapes the shards.
-pub fn meta_for(
-    cfg: &Config,
-    split: &str,
-    autoencoder_sha256: String,
-    audio_cache: Option<AudioCacheTag>,
-) -> StoreMeta {
-    let side = u64::from(cfg.data.resolution / cfg.model.autoencoder.downsample_factor());
-    let fb = FbankParams::default();
-    StoreMeta {
-        format_version: FORMAT_VERSION,
-        autoencoder: format!("{:?}", cfg.model.autoencoder.kind).to_lowercase(),
-        autoencoder_sha256,
-        latent_shape: [u64::from(cfg.model.latent_channels()), side, side],
-        split: split.to_string(),
-        audio_cache,
-        filterbank: serde_json::json!({
-            "sample_rate": fb.sample_rate, "winlen": fb.frame_len, "winstep": fb.frame_step,
-            "nfilt": fb.nfilt, "nfft": fb.nfft, "preemph": fb.preemph, "stack": fb.stack,
-            "norm": "per-frame layer norm"
-        }),
-        resolution: cfg.data.resolution,
-        fps: cfg.data.fps,
-        sample_rate: cfg.data.sample_rate,
-        mask_fraction: cfg.data.mask_fraction,
-        face: cfg.data.face.clone(),
-    }
-}
-
-/// How a prepared data set's settings differ from what `cfg` would prepare (`key: stored ->
-/// configured`), leaving out what the configuration cannot know (the split, the audio cache,
-/// the autoencoder weights' sha256: compare that where the weights are hashed).
-pub fn differences_from_config(meta: &StoreMeta, cfg: &Config) -> Vec<String> {
-    let want = meta_for(
-        cfg,
-        &meta.split,
-        meta.autoencoder_sha256.clone(),
-        meta.audio_cache.clone(),
-    );
-    meta.differences(&want)
 }
 
 /// Summary of a run on this rank.
@@ -681,7 +639,7 @@ mod tests {
             id: id.into(),
             frames,
             rgb: vec![0; frames * 4 * 4 * 3],
-            mel: vec![0.0; frames * crate::store::MEL_DIM as usize],
+            mel: vec![0.0; frames * syncdiff_dataset::store::MEL_DIM as usize],
             masks: None,
             faces: Vec::new(),
             width: 4,

@@ -1,19 +1,18 @@
-//! LRS2 -> Zarr shard stores of autoencoder latents and filterbank features.
+//! Data preparation: LRS2 or a folder of videos -> a SyncDiff data set (the format itself, its
+//! reader and writer, the filterbank and publishing are in `syncdiff-dataset`; what every host
+//! shares in `syncdiff-runtime`).
 //!
-//! This crate owns the data format: it writes the stores and provides the reader the trainer uses.
-//! Modules: `audio` (filterbank features), `face` (the face front-end: detection, tracking,
-//! crop and mask), `video` (ffmpeg I/O), `synth` (the synthetic
-//! LRS2-layout data set). What every host shares (object storage, launcher variables, the
-//! progress bar, randomness, hashing) is in `syncdiff-runtime`.
+//! Modules: `ingest` (the run: decoding threads -> encoder -> shards, resumable, over ranks),
+//! `lrs2` (one clip -> latents and features, for every layout), `layout` (where clips are),
+//! `face` (the face front-end: dlib detection, tracking, crop and mask), `video` (ffmpeg I/O,
+//! streamed), `synth` (the synthetic LRS2-layout data set), `outpath` (output paths that never
+//! clobber what they do not own).
 
-pub mod audio;
 pub mod face;
 pub mod ingest;
 pub mod layout;
 pub mod lrs2;
 pub mod outpath;
-pub mod publish;
 mod segments;
-pub mod store;
 pub mod synth;
 pub mod video;

@@ -13,9 +13,9 @@ use serde::{Deserialize, Serialize};
 use syncdiff_model::vq::Autoencoder;
 use tch::{Device, Kind, Tensor};
 
-use crate::audio::{mel_group_features, LogFbank};
-use crate::store::{ClipData, FaceRecord};
 use crate::video;
+use syncdiff_dataset::audio::{mel_group_features, LogFbank};
+use syncdiff_dataset::store::{ClipData, FaceRecord};
 
 /// Why a clip (or a part of it) was skipped (written to `rejected.jsonl`).
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]

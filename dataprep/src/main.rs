@@ -11,8 +11,8 @@ use std::process::ExitCode;
 use clap::{Parser, Subcommand};
 use syncdiff_dataprep::ingest;
 use syncdiff_dataprep::layout::Layout;
-use syncdiff_dataprep::store::Dataset;
 use syncdiff_dataprep::synth::{synth, SynthOptions};
+use syncdiff_dataset::store::Dataset;
 use syncdiff_model::config::{parse_args, ConfigArgs};
 use syncdiff_runtime::launch::Launch;
 use syncdiff_runtime::progress::Progress;
@@ -205,7 +205,7 @@ fn run_ingest(layout: Layout, args: IngestArgs) -> Result<anyhow::Result<String>
         rebuild,
     } = args;
     let publish = if out.contains("://") && !out.starts_with("file://") {
-        match syncdiff_dataprep::publish::Publish::open(&out) {
+        match syncdiff_dataset::publish::Publish::open(&out) {
             Ok(p) => Some(std::sync::Arc::new(p)),
             Err(e) => {
                 eprintln!("error: --out {e}");
@@ -217,7 +217,7 @@ fn run_ingest(layout: Layout, args: IngestArgs) -> Result<anyhow::Result<String>
     };
     let dir = match (&publish, stage) {
         (Some(_), Some(stage)) => stage,
-        (Some(_), None) => syncdiff_dataprep::publish::default_stage(&out),
+        (Some(_), None) => syncdiff_dataset::publish::default_stage(&out),
         (None, _) => PathBuf::from(out.strip_prefix("file://").unwrap_or(&out)),
     };
     if let Err(e) = syncdiff_dataprep::outpath::output_dir(&dir) {
@@ -390,7 +390,7 @@ fn inspect(path: &std::path::Path) -> anyhow::Result<String> {
     let bytes: u64 = m.shards.iter().map(|s| s.bytes).sum();
     let [c, h, w] = m.meta.latent_shape;
     // Uncompressed: two float16 latents and one float32 mel row per frame.
-    let raw = m.frames() * (2 * 2 * c * h * w + 4 * syncdiff_dataprep::store::MEL_DIM);
+    let raw = m.frames() * (2 * 2 * c * h * w + 4 * syncdiff_dataset::store::MEL_DIM);
     Ok(format!(
         "{}\n  format version {}, split {}, sha256 {}\n  clips {}, frames {}, shards {}\n  latent {c}x{h}x{w} from {} (weights sha256 {})\n  {:.1} MiB on disk, {:.1} MiB uncompressed: compression {:.2}x",
         path.display(),

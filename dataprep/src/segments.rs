@@ -11,14 +11,14 @@ use std::path::Path;
 
 use syncdiff_model::config::FaceConfig;
 
-use crate::audio::{mel_group_rows, LogFbank};
 use crate::face::{mouth_mask, CropTransform, FrontEnd};
 use crate::lrs2::{
     check_pass, check_stream, clip_file, decode_failure, reject, ClipSettings, DecodedClip,
     Rejection,
 };
-use crate::store::FaceRecord;
 use crate::video::{self, AvStream};
+use syncdiff_dataset::audio::{mel_group_rows, LogFbank};
+use syncdiff_dataset::store::FaceRecord;
 
 /// The source clip of a stored or rejected part: `id` without a trailing `#<first>-<end>`.
 pub(crate) fn source_id(id: &str) -> &str {

@@ -16,7 +16,7 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use common::{debug_config, with_dataset, MID_SIZE};
-use syncdiff_dataprep::store::Dataset;
+use syncdiff_dataset::store::Dataset;
 use syncdiff_devkit::env_or;
 use syncdiff_devkit::stats::{interleave, Comparison};
 use syncdiff_model::config::{Config, DistBackend};

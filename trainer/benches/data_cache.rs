@@ -16,7 +16,7 @@ use std::process::Command;
 use std::time::Instant;
 
 use common::{debug_config, with_dataset};
-use syncdiff_dataprep::store::{Dataset, SampleRequest};
+use syncdiff_dataset::store::{Dataset, SampleRequest};
 use syncdiff_devkit::env_or;
 use syncdiff_devkit::stats::interleave;
 use syncdiff_trainer::data::remote::{self, CacheSettings};

@@ -7,7 +7,7 @@ use common::python;
 use std::path::{Path, PathBuf};
 use std::process::Command;
 
-use syncdiff_dataprep::audio::{
+use syncdiff_dataset::audio::{
     align_rows, mel_group_features, mel_group_rows, normalize_rows, stack_frames, FbankParams,
     LogFbank,
 };

@@ -7,8 +7,8 @@ use std::f32::consts::PI;
 use std::path::Path;
 use std::process::Command;
 
-use syncdiff_dataprep::store::Dataset;
 use syncdiff_dataprep::video::{self, FrameWriter};
+use syncdiff_dataset::store::Dataset;
 
 use crate::face::{render, still_box, Pose};
 

@@ -18,10 +18,10 @@ pub use sampler::{gaussian, keyed_noise, LoaderState, SampleSpec, Sampler, Sampl
 pub fn check_dataset_settings(
     key: &str,
     path: &str,
-    meta: &syncdiff_dataprep::store::StoreMeta,
+    meta: &syncdiff_dataset::store::StoreMeta,
     config: &syncdiff_model::config::Config,
 ) -> Result<(), String> {
-    let d = syncdiff_dataprep::ingest::differences_from_config(meta, config);
+    let d = syncdiff_dataset::store::differences_from_config(meta, config);
     if d.is_empty() {
         return Ok(());
     }

@@ -31,9 +31,9 @@ use std::path::{Path, PathBuf};
 use std::sync::Mutex;
 
 use sha2::{Digest, Sha256};
-use syncdiff_dataprep::publish::Publish;
-pub use syncdiff_dataprep::publish::Uploaded;
-use syncdiff_dataprep::store::Manifest;
+use syncdiff_dataset::publish::Publish;
+pub use syncdiff_dataset::publish::Uploaded;
+use syncdiff_dataset::store::Manifest;
 use syncdiff_model::config::Config;
 
 use crate::ckpt::{hex, safe_url, ObjError, Retry, Store};

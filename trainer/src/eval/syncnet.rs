@@ -18,7 +18,7 @@
 use std::path::{Path, PathBuf};
 
 use serde::Serialize;
-use syncdiff_dataprep::audio::{FbankParams, LogFbank};
+use syncdiff_dataset::audio::{FbankParams, LogFbank};
 use syncdiff_model::weights::torchzip::is_torchscript;
 use tch::{CModule, Device, IValue, Kind, Tensor};
 

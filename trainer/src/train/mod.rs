@@ -20,7 +20,7 @@ mod validation;
 
 use std::sync::Arc;
 
-use syncdiff_dataprep::store::Dataset;
+use syncdiff_dataset::store::Dataset;
 use syncdiff_model::config::{Config, DistBackend};
 use tch::Device;
 

@@ -314,7 +314,7 @@ fn forward_logfbank_and_temporal() {
     assert_eq!(fb["fbank"].size(), vec![99, 26]);
     assert_eq!(fb["features"].size(), vec![25, 104]);
     let samples: Vec<f64> = Vec::try_from(tone.to_kind(tch::Kind::Double)).unwrap();
-    let lib = syncdiff_dataprep::audio::LogFbank::new(Default::default()).compute(&samples);
+    let lib = syncdiff_dataset::audio::LogFbank::new(Default::default()).compute(&samples);
     let lib = tch::Tensor::from_slice(&lib)
         .to_kind(tch::Kind::Float)
         .reshape([99, 26]);

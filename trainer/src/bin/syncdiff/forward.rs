@@ -5,7 +5,7 @@ use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
 
 use anyhow::{bail, Context};
-use syncdiff_dataprep::audio::{normalize_rows, stack_frames, FbankParams, LogFbank};
+use syncdiff_dataset::audio::{normalize_rows, stack_frames, FbankParams, LogFbank};
 use syncdiff_model::avhubert::AvHubert;
 use syncdiff_model::config::ConfigArgs;
 use syncdiff_model::temporal::TemporalFilter;

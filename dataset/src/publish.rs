@@ -13,9 +13,27 @@
 
 use std::path::{Path, PathBuf};
 
-use crate::ingest::IngestError;
 use crate::store::shard_name;
 use syncdiff_runtime::objstore::{safe_url, ObjError, Retry, Store, StoreOptions};
+
+/// Why a data set could not be published or read back from its store.
+#[derive(Debug, thiserror::Error)]
+pub enum PublishError {
+    /// A local file of the staging directory could not be read or written.
+    #[error("{path}: {message}")]
+    Io {
+        /// Path.
+        path: PathBuf,
+        /// Reason.
+        message: String,
+    },
+    /// The store failed (the URL, an operation after its retries).
+    #[error(transparent)]
+    Store(#[from] ObjError),
+    /// The store does not hold what the manifest would list.
+    #[error("{0}")]
+    Incomplete(String),
+}
 
 /// What an upload sent.
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
@@ -34,8 +52,8 @@ pub struct Publish {
     store: Store,
 }
 
-fn io(path: &Path) -> impl Fn(std::io::Error) -> IngestError + '_ {
-    move |e| IngestError::Io {
+fn io(path: &Path) -> impl Fn(std::io::Error) -> PublishError + '_ {
+    move |e| PublishError::Io {
         path: path.to_path_buf(),
         message: e.to_string(),
     }
@@ -43,12 +61,12 @@ fn io(path: &Path) -> impl Fn(std::io::Error) -> IngestError + '_ {
 
 impl Publish {
     /// Opens `url` (s3://, gs://, az://) with the environment's credentials.
-    pub fn open(url: &str) -> Result<Self, IngestError> {
+    pub fn open(url: &str) -> Result<Self, PublishError> {
         Self::open_with_options(url, &StoreOptions::default())
     }
 
     /// [`Publish::open`] with explicit store settings beside the environment's.
-    pub fn open_with_options(url: &str, options: &StoreOptions) -> Result<Self, IngestError> {
+    pub fn open_with_options(url: &str, options: &StoreOptions) -> Result<Self, PublishError> {
         let retry = Retry {
             attempts: 4,
             backoff: std::time::Duration::from_secs(2),
@@ -69,7 +87,7 @@ impl Publish {
         &self,
         out: &Path,
         shards: impl Iterator<Item = usize>,
-    ) -> Result<(), IngestError> {
+    ) -> Result<(), PublishError> {
         let there: std::collections::HashSet<String> = self
             .store
             .list_files("")?
@@ -101,7 +119,7 @@ impl Publish {
         &self,
         out: &Path,
         shards: impl Iterator<Item = usize>,
-    ) -> Result<Vec<String>, IngestError> {
+    ) -> Result<Vec<String>, PublishError> {
         let there: std::collections::HashMap<String, u64> =
             self.store.list_files("")?.into_iter().collect();
         let mut again = Vec::new();
@@ -128,12 +146,12 @@ impl Publish {
 
     /// Checks, before a manifest goes up, that the store holds every shard in `names`: its
     /// `entry.json`, and every file the staging directory `out` has of it, at the same size.
-    pub fn verify(&self, out: &Path, names: &[String]) -> Result<(), IngestError> {
+    pub fn verify(&self, out: &Path, names: &[String]) -> Result<(), PublishError> {
         let there: std::collections::HashMap<String, u64> =
             self.store.list_files("")?.into_iter().collect();
         let url = self.url();
         let bad = |rel: &str, why: String| {
-            IngestError::Publish(format!(
+            PublishError::Incomplete(format!(
                 "{}/{rel}: {why}; manifest.json not written (run the same command again to \
                  upload what is missing)",
                 url.trim_end_matches('/')
@@ -159,7 +177,7 @@ impl Publish {
     }
 
     /// Uploads the finished shard `i` from `out`: every file, `entry.json` last.
-    pub fn push_shard(&self, out: &Path, i: usize) -> Result<(), IngestError> {
+    pub fn push_shard(&self, out: &Path, i: usize) -> Result<(), PublishError> {
         self.push_dir(
             out,
             &shard_name(i),
@@ -176,7 +194,7 @@ impl Publish {
         dir: &str,
         there: &std::collections::HashMap<String, u64>,
         sent: &mut Uploaded,
-    ) -> Result<(), IngestError> {
+    ) -> Result<(), PublishError> {
         let mut files = staged(out, dir)?;
         files.sort_by_key(|(p, _)| (p.file_name().is_some_and(|n| n == "entry.json"), p.clone()));
         for (f, rel) in files {
@@ -195,16 +213,16 @@ impl Publish {
     /// Uploads the prepared data set `dir` (which has its manifest): every shard as
     /// [`Publish::push_shard`] does, skipping files already in the store at the same size (an
     /// interrupted upload resumes), then `rejected.jsonl` and `manifest.json`.
-    pub fn push_dataset(&self, dir: &Path) -> Result<Uploaded, IngestError> {
+    pub fn push_dataset(&self, dir: &Path) -> Result<Uploaded, PublishError> {
         let mp = dir.join("manifest.json");
-        let text = std::fs::read(&mp).map_err(|e| IngestError::Io {
+        let text = std::fs::read(&mp).map_err(|e| PublishError::Io {
             path: mp.clone(),
             message: format!(
                 "{e}; a data set without manifest.json is incomplete: finish syncdiff-dataprep first"
             ),
         })?;
         let manifest: crate::store::Manifest =
-            serde_json::from_slice(&text).map_err(|e| IngestError::Io {
+            serde_json::from_slice(&text).map_err(|e| PublishError::Io {
                 path: mp.clone(),
                 message: e.to_string(),
             })?;
@@ -224,7 +242,7 @@ impl Publish {
 
     /// Uploads `rejected.jsonl` (when there is one), then `manifest.json`, from `out`; the
     /// files and bytes sent.
-    pub fn push_manifest(&self, out: &Path) -> Result<(u64, u64), IngestError> {
+    pub fn push_manifest(&self, out: &Path) -> Result<(u64, u64), PublishError> {
         let mut sent = (0, 0);
         for name in ["rejected.jsonl", "manifest.json"] {
             let p = out.join(name);
@@ -239,18 +257,12 @@ impl Publish {
     }
 
     /// Removes the store's manifest (before shards are rebuilt: it would describe old ones).
-    pub fn remove_manifest(&self) -> Result<(), IngestError> {
+    pub fn remove_manifest(&self) -> Result<(), PublishError> {
         let listed = self.store.list_files("")?;
         if listed.iter().any(|(n, _)| n == "manifest.json") {
             self.store.delete("manifest.json")?;
         }
         Ok(())
-    }
-}
-
-impl From<ObjError> for IngestError {
-    fn from(e: ObjError) -> Self {
-        IngestError::Publish(e.to_string())
     }
 }
 
@@ -266,7 +278,7 @@ pub fn default_stage(url: &str) -> PathBuf {
 }
 
 /// Every file under `out/dir` with its name relative to `out` (its name in the store).
-fn staged(out: &Path, dir: &str) -> Result<Vec<(PathBuf, String)>, IngestError> {
+fn staged(out: &Path, dir: &str) -> Result<Vec<(PathBuf, String)>, PublishError> {
     let root = out.join(dir);
     let mut files = Vec::new();
     walk(&root, &mut files).map_err(io(&root))?;

@@ -271,3 +271,48 @@ pub fn write_manifest(dataset: &Path, manifest: &Manifest) -> Result<(), StoreEr
     std::fs::write(&tmp, text).map_err(ioerr(&tmp))?;
     std::fs::rename(&tmp, &p).map_err(ioerr(&p))
 }
+
+/// The metadata an ingest with `cfg` records: every setting that shapes the shards.
+pub fn meta_for(
+    cfg: &syncdiff_model::config::Config,
+    split: &str,
+    autoencoder_sha256: String,
+    audio_cache: Option<AudioCacheTag>,
+) -> StoreMeta {
+    let side = u64::from(cfg.data.resolution / cfg.model.autoencoder.downsample_factor());
+    let fb = crate::audio::FbankParams::default();
+    StoreMeta {
+        format_version: FORMAT_VERSION,
+        autoencoder: format!("{:?}", cfg.model.autoencoder.kind).to_lowercase(),
+        autoencoder_sha256,
+        latent_shape: [u64::from(cfg.model.latent_channels()), side, side],
+        split: split.to_string(),
+        audio_cache,
+        filterbank: serde_json::json!({
+            "sample_rate": fb.sample_rate, "winlen": fb.frame_len, "winstep": fb.frame_step,
+            "nfilt": fb.nfilt, "nfft": fb.nfft, "preemph": fb.preemph, "stack": fb.stack,
+            "norm": "per-frame layer norm"
+        }),
+        resolution: cfg.data.resolution,
+        fps: cfg.data.fps,
+        sample_rate: cfg.data.sample_rate,
+        mask_fraction: cfg.data.mask_fraction,
+        face: cfg.data.face.clone(),
+    }
+}
+
+/// How a prepared data set's settings differ from what `cfg` would prepare (`key: stored ->
+/// configured`), leaving out what the configuration cannot know (the split, the audio cache,
+/// the autoencoder weights' sha256: compare that where the weights are hashed).
+pub fn differences_from_config(
+    meta: &StoreMeta,
+    cfg: &syncdiff_model::config::Config,
+) -> Vec<String> {
+    let want = meta_for(
+        cfg,
+        &meta.split,
+        meta.autoencoder_sha256.clone(),
+        meta.audio_cache.clone(),
+    );
+    meta.differences(&want)
+}
