@@ -12,7 +12,8 @@ use syncdiff_model::vq::Autoencoder;
 use tch::nn::VarStore;
 use tch::Device;
 
-use crate::lrs2::{encode_clip, stream_clip_parts, ClipSettings, DecodedClip, Rejection};
+use crate::clip::{ClipSettings, DecodedClip, Rejection};
+use crate::lrs2::{encode_clip, stream_clip_parts};
 use syncdiff_dataset::audio::{FbankParams, LogFbank};
 use syncdiff_dataset::store::{
     meta_for, shard_name, write_manifest, AudioCacheTag, ClipData, Manifest, ShardRecord,
@@ -396,7 +397,7 @@ fn build_shard(
                             // The thread decoding it stopped without a word (a panic).
                             writer.rollback(&mark)?;
                             report.rejected += 1;
-                            rejected.push(crate::lrs2::reject(
+                            rejected.push(crate::clip::reject(
                                 &ids[k],
                                 "undecodable",
                                 "the thread decoding this clip stopped unexpectedly",
@@ -631,7 +632,7 @@ pub fn finish(out: &Path, shards: &[&[String]], meta: &StoreMeta) -> Result<bool
 #[allow(clippy::unwrap_used)]
 mod tests {
     use super::*;
-    use crate::lrs2::reject;
+    use crate::clip::reject;
 
     /// A decoded part of `frames` frames whose pixels say which clip it is.
     fn part(id: &str, frames: usize) -> DecodedClip {

@@ -11,11 +11,11 @@ use std::path::Path;
 
 use syncdiff_model::config::FaceConfig;
 
-use crate::face::{mouth_mask, CropTransform, FrontEnd};
-use crate::lrs2::{
+use crate::clip::{
     check_pass, check_stream, clip_file, decode_failure, reject, ClipSettings, DecodedClip,
     Rejection,
 };
+use crate::face::{mouth_mask, CropTransform, FrontEnd};
 use crate::video::{self, AvStream};
 use syncdiff_dataset::audio::{mel_group_rows, LogFbank};
 use syncdiff_dataset::store::FaceRecord;
