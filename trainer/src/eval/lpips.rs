@@ -9,7 +9,7 @@ use syncdiff_model::weights::torchzip::is_torchscript;
 use tch::{Device, Kind, Tensor};
 
 use super::lpips_net::NativeLpips;
-use super::syncnet::{Script, ScriptError};
+use super::script::{Script, ScriptError};
 
 /// Frames per forward call.
 const BATCH: i64 = 16;

@@ -16,8 +16,8 @@ use std::path::Path;
 
 use tch::{Device, Tensor};
 
+use super::script::ScriptError;
 use super::state_dict::{self, Shape};
-use super::syncnet::ScriptError;
 
 /// AlexNet's convolutions: index in `features`, weight shape, stride, padding. Each is followed
 /// by a ReLU (one LPIPS feature); max pooling (3, stride 2) comes before convolutions 3 and 6.

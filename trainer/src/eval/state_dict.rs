@@ -8,7 +8,7 @@ use std::path::Path;
 use syncdiff_model::weights::torchzip::{state_dict_entries, TorchCheckpoint};
 use tch::{Device, Kind, Tensor};
 
-use super::syncnet::ScriptError;
+use super::script::ScriptError;
 
 /// Tensor name and shape.
 pub(super) type Shape = (String, Vec<i64>);

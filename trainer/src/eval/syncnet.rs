@@ -15,13 +15,14 @@
 //! [`NativeSyncNet`]), or TorchScript with methods `forward_lip` ((B, 3, 5, 224, 224) -> (B,
 //! 1024)) and `forward_aud` ((B, 1, 13, 20) -> (B, 1024)) for other SyncNets.
 
-use std::path::{Path, PathBuf};
+use std::path::Path;
 
 use serde::Serialize;
 use syncdiff_dataset::audio::{FbankParams, LogFbank};
 use syncdiff_model::weights::torchzip::is_torchscript;
-use tch::{CModule, Device, IValue, Kind, Tensor};
+use tch::{Device, Kind, Tensor};
 
+use super::script::{Script, ScriptError};
 use super::syncnet_net::NativeSyncNet;
 
 /// Side of SyncNet's face crops.
@@ -30,87 +31,6 @@ pub const CROP: u32 = 224;
 const WINDOW: i64 = 5;
 /// Audio samples per video frame (16 kHz / 25 fps).
 const SAMPLES_PER_FRAME: usize = 640;
-
-/// Why a TorchScript metric cannot run.
-#[derive(Debug, thiserror::Error)]
-pub enum ScriptError {
-    /// The module cannot be loaded.
-    #[error("{path}: cannot load TorchScript: {message}")]
-    Load {
-        /// File.
-        path: PathBuf,
-        /// libtorch's message (first line).
-        message: String,
-    },
-    /// A state dict cannot be read or is not the network's (the message names the file).
-    #[error("{0}")]
-    Weights(String),
-    /// Running the module failed (wrong method names or shapes).
-    #[error("{path}: {message}")]
-    Run {
-        /// File.
-        path: PathBuf,
-        /// What failed.
-        message: String,
-    },
-    /// The video is too short for one window.
-    #[error("{0}")]
-    Input(String),
-}
-
-fn first_line(e: impl std::fmt::Display) -> String {
-    e.to_string().lines().next().unwrap_or("").to_string()
-}
-
-/// A TorchScript module on a device.
-#[derive(Debug)]
-pub struct Script {
-    module: CModule,
-    path: PathBuf,
-    device: Device,
-}
-
-impl Script {
-    /// Loads a TorchScript file onto `device` (evaluation mode).
-    pub fn load(path: &Path, device: Device) -> Result<Self, ScriptError> {
-        let mut module = CModule::load_on_device(path, device).map_err(|e| ScriptError::Load {
-            path: path.to_path_buf(),
-            message: first_line(e),
-        })?;
-        module.set_eval();
-        Ok(Self {
-            module,
-            path: path.to_path_buf(),
-            device,
-        })
-    }
-
-    /// The device inputs go to.
-    pub fn device(&self) -> Device {
-        self.device
-    }
-
-    /// Calls `method` (`forward` included) with tensor inputs; the output must be a tensor.
-    pub fn call(&self, method: &str, inputs: &[Tensor]) -> Result<Tensor, ScriptError> {
-        let args: Vec<IValue> = inputs
-            .iter()
-            .map(|t| IValue::Tensor(t.shallow_clone()))
-            .collect();
-        let out = tch::no_grad(|| self.module.method_is(method, &args)).map_err(|e| {
-            ScriptError::Run {
-                path: self.path.clone(),
-                message: format!("{method}: {}", first_line(e)),
-            }
-        })?;
-        match out {
-            IValue::Tensor(t) => Ok(t),
-            other => Err(ScriptError::Run {
-                path: self.path.clone(),
-                message: format!("{method} returned {other:?}, not a tensor"),
-            }),
-        }
-    }
-}
 
 /// A SyncNet: syncnet_python's state dict run natively, or a TorchScript module.
 #[derive(Debug)]
@@ -142,7 +62,7 @@ impl SyncNet {
     fn path(&self) -> &Path {
         match self {
             Self::Native(n) => n.path(),
-            Self::Script(s) => &s.path,
+            Self::Script(s) => s.path(),
         }
     }
 

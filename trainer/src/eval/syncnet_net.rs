@@ -12,8 +12,8 @@ use std::path::{Path, PathBuf};
 
 use tch::{Device, Tensor};
 
+use super::script::ScriptError;
 use super::state_dict::{self, Shape};
-use super::syncnet::ScriptError;
 
 /// One layer of a tower.
 #[derive(Debug, Clone, Copy)]
