@@ -1,4 +1,5 @@
-//! Long recordings in flat memory: a 60 s 1280x720 recording of the astronaut portrait goes
+//! Long recordings in flat memory, and phone videos upright, through the streamed face path: a
+//! 60 s 1280x720 recording of the astronaut portrait goes
 //! through `syncdiff-dataprep videos` with the face front-end within 1.2x the peak memory of a
 //! 10 s one, cut into parts no longer than `data.face.max_segment_s` (before streaming the
 //! whole clip was held at source size: 1.17 GB for 10 s, 4.55 GB for 60 s).
@@ -127,4 +128,103 @@ fn a_60_s_720p_recording_ingests_in_the_memory_of_a_10_s_one_in_parts_of_at_most
         peaks[0],
         peaks[1]
     );
+}
+
+/// A phone's portrait video, stored as landscape frames with a display rotation, goes through the
+/// streamed face path as it is displayed: every frame stored with a face, face boxes inside the
+/// portrait frame, the rotation recorded.
+#[test]
+fn a_phone_video_stored_sideways_is_ingested_upright() {
+    let (_, still) = still_box();
+    let dir = tempfile::tempdir().unwrap();
+    let d = dir.path();
+    let (w, h) = (360u32, 640u32);
+    let upright = d.join("upright.mp4");
+    let mut wr = FrameWriter::create(&upright, w, h, 25, None).unwrap();
+    for i in 0..75 {
+        let pose = Pose {
+            scale: 1.4,
+            angle: 0.0,
+            pos: [180.0, 300.0 + i as f32 * 0.2],
+        };
+        wr.push(&render(&[pose], still.centre(), w, h)).unwrap();
+    }
+    wr.finish().unwrap();
+    // Stored as a phone stores it: frames turned a quarter clockwise, rotate=90 in the container.
+    let turned = d.join("turned.mp4");
+    let root = d.join("phone");
+    std::fs::create_dir_all(&root).unwrap();
+    let phone = root.join("portrait.mp4");
+    for (args, out) in [
+        (
+            vec![
+                "-i",
+                upright.to_str().unwrap(),
+                "-vf",
+                "transpose=1",
+                "-crf",
+                "12",
+            ],
+            &turned,
+        ),
+        (
+            vec![
+                "-i",
+                turned.to_str().unwrap(),
+                "-f",
+                "lavfi",
+                "-i",
+                "sine=frequency=220:sample_rate=16000:duration=3",
+                "-map",
+                "0:v",
+                "-map",
+                "1:a",
+                "-c:v",
+                "copy",
+                "-c:a",
+                "aac",
+                "-metadata:s:v:0",
+                "rotate=90",
+            ],
+            &phone,
+        ),
+    ] {
+        let o = Command::new("ffmpeg")
+            .args(["-v", "error", "-y"])
+            .args(&args)
+            .arg(out)
+            .output()
+            .unwrap();
+        assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
+    }
+    let info = video::probe(&phone).unwrap();
+    assert_eq!((info.width, info.height, info.rotation % 180), (w, h, 90));
+    let out = d.join("ds");
+    let o = crate::common::ingest(
+        "videos",
+        &root,
+        &out,
+        &[
+            "data.face.detector=dlib-hog",
+            "data.face.crop=face",
+            "data.face.min_face=60",
+        ],
+    );
+    assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
+    let ds = Dataset::open(&out).unwrap();
+    let clips = ds.clips();
+    let rejected = std::fs::read_to_string(out.join("rejected.jsonl")).unwrap();
+    assert_eq!(clips.len(), 1, "{clips:?} {rejected}");
+    assert_eq!(clips[0].frames, 75, "{clips:?} {rejected}");
+    assert_eq!(clips[0].rotation.map(|r| r % 180), Some(90));
+    for t in [0u64, 37, 74] {
+        let [x0, y0, x1, y1] = ds.face(0, t).unwrap().unwrap().face_box;
+        let (cx, cy) = ((x0 + x1) / 2.0, (y0 + y1) / 2.0);
+        // The face centre of the upright video, within a few pixels.
+        assert!(
+            (cx - 180.0).abs() < 8.0 && (cy - (300.0 + t as f32 * 0.2)).abs() < 8.0,
+            "frame {t}: box {:?}",
+            [x0, y0, x1, y1]
+        );
+    }
 }
