@@ -27,7 +27,8 @@ pub struct DataConfig {
     pub clips_per_shard: u32,
     /// Cache the frozen audio-encoder layers' output in the data set.
     pub cache_audio_features: bool,
-    /// Samples prefetched ahead of the training step, per rank.
+    /// Steps read ahead of the training step, per rank (each step's micro-batches; 0: read
+    /// when asked).
     pub prefetch: u32,
     /// Data set size used by `--dry-run` before the data set exists (its manifest wins when present).
     pub size_hint: Option<SizeHint>,

@@ -1,6 +1,8 @@
-//! Checkpoints on object storage: the storage layer (`store`), the file layout (`format`),
-//! background saves with retention (`save`), finding and verifying (`load`), resuming on any
-//! world size with one download per node (`resume`), and what may change on resume (`compat`).
+//! Checkpoints on object storage (the storage layer is `syncdiff_runtime::objstore`, re-exported
+//! here): the file layout (`format`), background saves with retention (`save`), finding and
+//! verifying (`load`), resuming on any world size with one download per node (`resume`), what may
+//! change on resume (`compat`), the writer lease (`lease`), runs set aside (`lineage`), bundles
+//! for generation (`bundle`), and safetensors files (`safetensors`).
 
 mod bundle;
 mod compat;
