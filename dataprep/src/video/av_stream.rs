@@ -9,7 +9,7 @@ use std::path::{Path, PathBuf};
 use std::process::{Child, ChildStdout};
 use std::thread::JoinHandle;
 
-use super::stream::{read_frame, spawn};
+use super::stream::{read_frame, spawn_reader};
 use super::{av_args, failed, path_str, tempfile_for, AvLog, VideoError};
 
 /// A decoding pass in progress: [`AvStream::next_frame`] until it says the end, then
@@ -68,11 +68,7 @@ impl AvStream {
             .to_str()
             .ok_or_else(|| failed(&audio, "path is not valid UTF-8"))?
             .to_string();
-        let (mut child, log) = spawn("ffmpeg", &av_args(p, size, rate, fps, &audio_out), false)?;
-        let stdout = child.stdout.take().ok_or_else(|| VideoError::Tool {
-            tool: "ffmpeg",
-            message: "no output pipe".into(),
-        })?;
+        let (child, stdout, log) = spawn_reader(&av_args(p, size, rate, fps, &audio_out))?;
         let (width, height) = size.map_or((width, height), |s| (s, s));
         Ok(Self {
             path: path.to_path_buf(),

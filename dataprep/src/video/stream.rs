@@ -37,6 +37,18 @@ pub(super) fn spawn(
     Ok((child, log))
 }
 
+/// Starts ffmpeg writing to its stdout: the process, its output pipe, its log collector.
+pub(super) fn spawn_reader(
+    args: &[String],
+) -> Result<(Child, ChildStdout, JoinHandle<String>), VideoError> {
+    let (mut child, log) = spawn("ffmpeg", args, false)?;
+    let stdout = child.stdout.take().ok_or_else(|| VideoError::Tool {
+        tool: "ffmpeg",
+        message: "no output pipe".into(),
+    })?;
+    Ok((child, stdout, log))
+}
+
 /// Waits for a tool; a failure carries the first line of its log.
 fn wait(
     tool: &'static str,
@@ -108,11 +120,7 @@ impl FrameReader {
             .map(|s| s.to_string())
             .collect();
         args.extend(rgb_frames_args(fps, size.map(|s| (s, s))));
-        let (mut child, log) = spawn("ffmpeg", &args, false)?;
-        let stdout = child.stdout.take().ok_or_else(|| VideoError::Tool {
-            tool: "ffmpeg",
-            message: "no output pipe".into(),
-        })?;
+        let (child, stdout, log) = spawn_reader(&args)?;
         let (width, height) = size.map_or((width, height), |s| (s, s));
         Ok(Self {
             path: path.to_path_buf(),

@@ -348,7 +348,27 @@ struct Running<'a> {
     stopped: Option<GenerateError>,
 }
 
-impl Running<'_> {
+impl<'a> Running<'a> {
+    /// Starts reading `p`'s reference (a failure to open it stops the clip, not the batch).
+    fn open(p: &'a Prepared) -> Self {
+        let (reference, stopped) = match Reference::open(p) {
+            Ok(r) => (Some(r), None),
+            Err(e) => (None, Some(e)),
+        };
+        Self {
+            p,
+            reference,
+            identity: None,
+            previous: None,
+            context: (0, None),
+            report: ClipReport {
+                generated: 0,
+                passed_through: 0,
+            },
+            stopped,
+        }
+    }
+
     fn context(&mut self, g: &Generator, t: usize) -> Tensor {
         let (start, cached) = &self.context;
         match cached {
@@ -399,102 +419,22 @@ fn frame_loop(
         )));
     }
     let np = models.first().config.model.priors.needed_previous_frames() as i64;
-    let mut clips: Vec<Running> = batch
-        .iter()
-        .map(|p| {
-            let (reference, stopped) = match Reference::open(p) {
-                Ok(r) => (Some(r), None),
-                Err(e) => (None, Some(e)),
-            };
-            Running {
-                p,
-                reference,
-                identity: None,
-                previous: None,
-                context: (0, None),
-                report: ClipReport {
-                    generated: 0,
-                    passed_through: 0,
-                },
-                stopped,
-            }
-        })
-        .collect();
+    let mut clips: Vec<Running> = batch.iter().map(|p| Running::open(p)).collect();
     let keys: Vec<u64> = batch.iter().map(|p| clip_key(&p.job)).collect();
     let longest = batch.iter().map(|p| p.frames).max().unwrap_or(0);
     for t in 0..longest {
         if clips.iter().all(|c| c.stopped.is_some() || c.p.frames <= t) {
             break;
         }
-        let mut done = 0;
-        // Read this step's frame of every running clip; frames without a face go out now.
-        let mut framed: Vec<(usize, Framed)> = Vec::new();
-        for (i, c) in clips.iter_mut().enumerate() {
-            let Some(reference) = c.reference.as_mut() else {
-                continue;
-            };
-            if c.p.frames <= t || c.stopped.is_some() {
-                continue;
-            }
-            let r = ping_pong(t, c.p.available);
-            let mut buf = vec![0u8; reference.frame_len()];
-            let step =
-                Timings::time(&mut timings.read, || reference.get(r, &mut buf)).and_then(|()| {
-                    match Timings::time(&mut timings.input, || frame_input(c.p, r, buf)) {
-                        Ok(f) => Ok(Some(f)),
-                        Err(frame) => Timings::time(&mut timings.output, || sinks[i].push(&frame))
-                            .map(|()| None),
-                    }
-                });
-            match step {
-                Ok(Some(f)) => framed.push((i, f)),
-                Ok(None) => {
-                    c.report.passed_through += 1;
-                    done += 1;
-                }
-                Err(e) => c.stopped = Some(e),
-            }
-        }
+        let (framed, mut done) = read_frames(&mut clips, sinks, t, timings);
         if framed.is_empty() {
             progress(done);
             continue;
         }
-        let size = framed.len().div_ceil(parts.max(1));
-        let mut groups: Vec<Vec<(usize, Framed)>> = Vec::new();
-        for item in framed {
-            match groups.last_mut() {
-                Some(gr) if gr.len() < size => gr.push(item),
-                _ => groups.push(vec![item]),
-            }
-        }
+        let groups = split_among(framed, parts);
         let chunks: Vec<Chunk> = groups
             .iter()
-            .map(|group| {
-                let stack = |f: &dyn Fn(&Framed) -> Tensor| {
-                    Tensor::stack(&group.iter().map(|(_, fr)| f(fr)).collect::<Vec<_>>(), 0)
-                };
-                let context: Vec<Tensor> = Timings::time(&mut timings.context, || {
-                    group
-                        .iter()
-                        .map(|&(i, _)| clips[i].context(models.first(), t))
-                        .collect()
-                });
-                Chunk {
-                    x: stack(&|f| f.x.shallow_clone()),
-                    masked: stack(&|f| f.masked.shallow_clone()),
-                    identity: group
-                        .iter()
-                        .map(|&(i, _)| clips[i].identity.as_ref().map(Tensor::shallow_clone))
-                        .collect(),
-                    previous: group
-                        .iter()
-                        .map(|&(i, _)| clips[i].previous.as_ref().map(Tensor::shallow_clone))
-                        .collect(),
-                    context: Tensor::stack(&context, 0),
-                    keys: group.iter().map(|&(i, _)| keys[i]).collect(),
-                    t: t as u64,
-                }
-            })
+            .map(|group| chunk(group, &mut clips, models.first(), &keys, t, timings))
             .collect();
         let results = models.sample(chunks, opts, np)?;
         timings.steps += 1;
@@ -505,40 +445,7 @@ fn frame_loop(
             timings.decode += out.times[2];
         }
         for (group, out) in groups.into_iter().zip(results) {
-            // One host read per chunk and frame: NaN or Inf in a clip's latent stops that clip
-            // (it would feed the next frame's pose prior and give a black video).
-            let finite = Vec::<bool>::try_from(out.z.isfinite().flatten(1, -1).all_dim(1, false))
-                .map_err(|e| GenerateError::Model(e.to_string()))?;
-            for (j, (i, fr)) in group.into_iter().enumerate() {
-                let c = &mut clips[i];
-                if !finite.get(j).copied().unwrap_or(false) {
-                    c.stopped = Some(GenerateError::NonFinite {
-                        out: c.p.job.out.clone(),
-                        frame: t as u64,
-                    });
-                    continue;
-                }
-                let ji = j as i64;
-                let zi = out.z.get(ji).unsqueeze(0);
-                let own = out.reference.get(ji);
-                let prev = c.previous.take().unwrap_or_else(|| first_prior(&own, np));
-                c.previous = Some(if np > 0 {
-                    Tensor::cat(&[prev.narrow(0, 1, np - 1), zi], 0)
-                } else {
-                    prev
-                });
-                c.identity.get_or_insert(own);
-                let pushed = Timings::time(&mut timings.output, || {
-                    output_frame(c.p, fr, &out.images.get(ji)).and_then(|f| sinks[i].push(&f))
-                });
-                match pushed {
-                    Ok(()) => {
-                        c.report.generated += 1;
-                        done += 1;
-                    }
-                    Err(e) => c.stopped = Some(e),
-                }
-            }
+            done += put_back(&mut clips, sinks, group, &out, np, t, timings)?;
         }
         progress(done);
     }
@@ -549,6 +456,141 @@ fn frame_loop(
             None => Ok(c.report),
         })
         .collect())
+}
+
+/// Reads frame step `t`'s reference frame of every running clip: the frames with a face, made
+/// into model inputs, and how many frames without one went straight to their sinks.
+fn read_frames(
+    clips: &mut [Running],
+    sinks: &mut [&mut dyn FrameSink],
+    t: usize,
+    timings: &mut Timings,
+) -> (Vec<(usize, Framed)>, usize) {
+    let mut framed = Vec::new();
+    let mut passed = 0;
+    for (i, c) in clips.iter_mut().enumerate() {
+        let Some(reference) = c.reference.as_mut() else {
+            continue;
+        };
+        if c.p.frames <= t || c.stopped.is_some() {
+            continue;
+        }
+        let r = ping_pong(t, c.p.available);
+        let mut buf = vec![0u8; reference.frame_len()];
+        let step = Timings::time(&mut timings.read, || reference.get(r, &mut buf)).and_then(|()| {
+            match Timings::time(&mut timings.input, || frame_input(c.p, r, buf)) {
+                Ok(f) => Ok(Some(f)),
+                Err(frame) => {
+                    Timings::time(&mut timings.output, || sinks[i].push(&frame)).map(|()| None)
+                }
+            }
+        });
+        match step {
+            Ok(Some(f)) => framed.push((i, f)),
+            Ok(None) => {
+                c.report.passed_through += 1;
+                passed += 1;
+            }
+            Err(e) => c.stopped = Some(e),
+        }
+    }
+    (framed, passed)
+}
+
+/// The frames of a step in up to `parts` groups of equal size, in order.
+fn split_among(framed: Vec<(usize, Framed)>, parts: usize) -> Vec<Vec<(usize, Framed)>> {
+    let size = framed.len().div_ceil(parts.max(1));
+    let mut groups: Vec<Vec<(usize, Framed)>> = Vec::new();
+    for item in framed {
+        match groups.last_mut() {
+            Some(gr) if gr.len() < size => gr.push(item),
+            _ => groups.push(vec![item]),
+        }
+    }
+    groups
+}
+
+/// The model inputs of one group of clips at frame step `t` (their audio context computed by
+/// `g` when a clip's cached context runs out).
+fn chunk(
+    group: &[(usize, Framed)],
+    clips: &mut [Running],
+    g: &Generator,
+    keys: &[u64],
+    t: usize,
+    timings: &mut Timings,
+) -> Chunk {
+    let stack = |f: &dyn Fn(&Framed) -> Tensor| {
+        Tensor::stack(&group.iter().map(|(_, fr)| f(fr)).collect::<Vec<_>>(), 0)
+    };
+    let context: Vec<Tensor> = Timings::time(&mut timings.context, || {
+        group.iter().map(|&(i, _)| clips[i].context(g, t)).collect()
+    });
+    Chunk {
+        x: stack(&|f| f.x.shallow_clone()),
+        masked: stack(&|f| f.masked.shallow_clone()),
+        identity: group
+            .iter()
+            .map(|&(i, _)| clips[i].identity.as_ref().map(Tensor::shallow_clone))
+            .collect(),
+        previous: group
+            .iter()
+            .map(|&(i, _)| clips[i].previous.as_ref().map(Tensor::shallow_clone))
+            .collect(),
+        context: Tensor::stack(&context, 0),
+        keys: group.iter().map(|&(i, _)| keys[i]).collect(),
+        t: t as u64,
+    }
+}
+
+/// Puts one sampled group back: each clip's latent becomes its next pose prior (its first
+/// frame's reference also its identity), its image is pasted into its frame and handed to its
+/// sink. A clip with a non-finite latent stops (it would feed the next frame's pose prior and
+/// give a black video). Returns the frames finished.
+fn put_back(
+    clips: &mut [Running],
+    sinks: &mut [&mut dyn FrameSink],
+    group: Vec<(usize, Framed)>,
+    out: &Sampled,
+    np: i64,
+    t: usize,
+    timings: &mut Timings,
+) -> Result<usize, GenerateError> {
+    // One host read per chunk and frame.
+    let finite = Vec::<bool>::try_from(out.z.isfinite().flatten(1, -1).all_dim(1, false))
+        .map_err(|e| GenerateError::Model(e.to_string()))?;
+    let mut done = 0;
+    for (j, (i, fr)) in group.into_iter().enumerate() {
+        let c = &mut clips[i];
+        if !finite.get(j).copied().unwrap_or(false) {
+            c.stopped = Some(GenerateError::NonFinite {
+                out: c.p.job.out.clone(),
+                frame: t as u64,
+            });
+            continue;
+        }
+        let ji = j as i64;
+        let zi = out.z.get(ji).unsqueeze(0);
+        let own = out.reference.get(ji);
+        let prev = c.previous.take().unwrap_or_else(|| first_prior(&own, np));
+        c.previous = Some(if np > 0 {
+            Tensor::cat(&[prev.narrow(0, 1, np - 1), zi], 0)
+        } else {
+            prev
+        });
+        c.identity.get_or_insert(own);
+        let pushed = Timings::time(&mut timings.output, || {
+            output_frame(c.p, fr, &out.images.get(ji)).and_then(|f| sinks[i].push(&f))
+        });
+        match pushed {
+            Ok(()) => {
+                c.report.generated += 1;
+                done += 1;
+            }
+            Err(e) => c.stopped = Some(e),
+        }
+    }
+    Ok(done)
 }
 
 /// DiffTalk's keep mask in latent space: 1 above the masked rows, 0 on them.
