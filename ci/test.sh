@@ -24,6 +24,10 @@ cargo clippy -p syncdiff-model --lib --locked -- -D warnings
 stage "BLAS bindings: every binary (tools, tests, benches) runs libtorch on its own BLAS"
 bash ci/blas-bindings.sh
 
+stage "crate graph: each binary links only what its host needs (no dlib in training, no MPI in inference)"
+bash ci/crate-graph.sh --self-test
+bash ci/crate-graph.sh
+
 stage "cargo test"
 cargo test --workspace --locked --features syncdiff-trainer/fault-injection
 

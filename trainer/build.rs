@@ -6,10 +6,10 @@ fn main() {
     compile_mpi_in_place();
 }
 
-/// The libtorch shims (csrc/opcount.cpp, csrc/amp.cpp, csrc/hooks.cpp) against the wheel's headers (the
+/// The libtorch shims (csrc/opcount.cpp, csrc/hooks.cpp; autocast is the model crate's) against the wheel's headers (the
 /// include directory beside its lib/).
 fn compile_torch_shims() {
-    const FILES: [&str; 3] = ["csrc/opcount.cpp", "csrc/amp.cpp", "csrc/hooks.cpp"];
+    const FILES: [&str; 2] = ["csrc/opcount.cpp", "csrc/hooks.cpp"];
     for f in FILES {
         println!("cargo:rerun-if-changed={f}");
     }

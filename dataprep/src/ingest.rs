@@ -7,8 +7,7 @@
 
 use std::path::{Path, PathBuf};
 
-use syncdiff_model::config::{AutoencoderKind, Config};
-use syncdiff_model::vq::Autoencoder;
+use syncdiff_model::config::Config;
 use tch::nn::VarStore;
 use tch::Device;
 
@@ -86,6 +85,9 @@ pub enum IngestError {
     /// The autoencoder weights could not be loaded.
     #[error(transparent)]
     Weights(#[from] syncdiff_model::weights::WeightsError),
+    /// The configured autoencoder cannot be loaded.
+    #[error(transparent)]
+    Autoencoder(#[from] syncdiff_dataset::autoencoder::AutoencoderError),
     /// The face front-end cannot start (a model file is missing or wrong).
     #[error(transparent)]
     Face(#[from] crate::face::FaceError),
@@ -160,29 +162,7 @@ pub fn sha256_file(path: &Path) -> Result<String, IngestError> {
         })
 }
 
-/// The configured autoencoder on `device`, and the sha256 of its weights ("none" for resample).
-pub fn load_autoencoder(
-    cfg: &Config,
-    device: Device,
-) -> Result<(VarStore, Autoencoder, String), IngestError> {
-    let mut vs = VarStore::new(device);
-    let ae = Autoencoder::new(vs.root(), &cfg.model.autoencoder);
-    let sha = match (cfg.model.autoencoder.kind, &cfg.model.autoencoder.weights) {
-        (AutoencoderKind::Resample, _) => "none".to_string(),
-        (AutoencoderKind::VqF4, Some(w)) => {
-            syncdiff_model::weights::load(&vs, Path::new(w))?;
-            sha256_file(Path::new(w))?
-        }
-        (AutoencoderKind::VqF4, None) => {
-            return Err(IngestError::Io {
-                path: PathBuf::from("model.autoencoder.weights"),
-                message: "vq_f4 needs weights (syncdiff convert vq-f4 makes them)".into(),
-            })
-        }
-    };
-    vs.freeze();
-    Ok((vs, ae, sha))
-}
+pub use syncdiff_dataset::autoencoder::load_autoencoder;
 
 /// The frozen AV-HuBERT layers, to cache their output per frame in the data set.
 pub struct AudioCache {

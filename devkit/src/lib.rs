@@ -37,6 +37,26 @@ pub fn env_or(name: &str, default: usize) -> usize {
         .unwrap_or(default)
 }
 
+/// A binary of another package of the workspace (`syncdiff` for the trainer's tests), beside the
+/// running test or bench executable's `deps/` directory. Cargo sets `CARGO_BIN_EXE_*` only for
+/// the package's own binaries, and builds another package's only in a workspace build:
+/// `cargo test --workspace` (CI, `ci/test.sh`) does; after `cargo test -p PACKAGE`, build it
+/// first (`cargo build --workspace --bins`), else this panics saying so.
+pub fn workspace_bin(name: &str) -> PathBuf {
+    let exe = std::env::current_exe().unwrap_or_else(|e| panic!("the test executable: {e}"));
+    let dir = exe
+        .parent()
+        .and_then(Path::parent)
+        .unwrap_or_else(|| panic!("{} has no target directory", exe.display()));
+    let bin = dir.join(name);
+    assert!(
+        bin.is_file(),
+        "{} is missing: `cargo build --workspace --bins` builds it (`cargo test --workspace` does)",
+        bin.display()
+    );
+    bin
+}
+
 /// Serialises the tests that run libtorch in one test process (each crate has one test binary).
 /// libtorch has one global random generator: a test that seeds it (`tch::manual_seed`, a
 /// trainer's construction) and then draws from it must not interleave with another test that

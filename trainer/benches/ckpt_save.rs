@@ -16,13 +16,13 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use common::{debug_config, with_dataset, MID_SIZE};
+use syncdiff_checkpoint::{
+    now_unix, write, Retention, Retry, Saver, Snapshot, Store, TrainerState,
+};
 use syncdiff_dataset::store::Dataset;
 use syncdiff_devkit::env_or;
 use syncdiff_devkit::stats::{interleave, Comparison};
 use syncdiff_model::config::{Config, DistBackend};
-use syncdiff_trainer::ckpt::{
-    now_unix, write, Retention, Retry, Saver, Snapshot, Store, TrainerState,
-};
 use syncdiff_trainer::data::{Loader, LoaderState, RankShare, Sampler};
 use syncdiff_trainer::dist::Runtime;
 use syncdiff_trainer::trainer::Trainer;

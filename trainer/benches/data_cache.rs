@@ -16,10 +16,10 @@ use std::process::Command;
 use std::time::Instant;
 
 use common::{debug_config, with_dataset};
+use syncdiff_dataset::remote::{self, CacheSettings};
 use syncdiff_dataset::store::{Dataset, SampleRequest};
 use syncdiff_devkit::env_or;
 use syncdiff_devkit::stats::interleave;
-use syncdiff_trainer::data::remote::{self, CacheSettings};
 
 /// Reads every frame of every clip as a sample; seconds.
 fn read_all(root: &Path) -> anyhow::Result<f64> {
@@ -80,7 +80,7 @@ fn main() -> anyhow::Result<()> {
         .status()?;
     anyhow::ensure!(reply.success(), "could not create the bucket");
     let url = "s3://bench/ds";
-    let retry = syncdiff_trainer::ckpt::Retry {
+    let retry = syncdiff_checkpoint::Retry {
         attempts: 2,
         backoff: std::time::Duration::from_millis(200),
     };

@@ -19,7 +19,7 @@ use std::time::{Duration, Instant};
 use common::debug_config;
 use syncdiff_devkit::env_or;
 use syncdiff_devkit::stats::{interleave, median};
-use syncdiff_trainer::generate::{
+use syncdiff_inference::generate::{
     self, Collect, FrameSink, GenerateOptions, Generator, Job, Mp4Sink, Prepared, Timings,
 };
 use tch::Device;

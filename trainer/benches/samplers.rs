@@ -22,9 +22,9 @@ use std::time::Instant;
 
 use syncdiff_devkit::stats::{interleave, median, Comparison};
 use syncdiff_devkit::{env_or, repo};
+use syncdiff_inference::generate::{self, Collect, FrameSink, GenerateOptions, Generator, Job};
 use syncdiff_model::config::{Config, Override, SamplerKind};
 use syncdiff_model::unet::{Unet, UnetShape};
-use syncdiff_trainer::generate::{self, Collect, FrameSink, GenerateOptions, Generator, Job};
 use tch::nn::VarStore;
 use tch::{Device, Kind, Tensor};
 

@@ -26,7 +26,7 @@ pub enum TrainError {
     },
     /// A data set on object storage could not be made local.
     #[error(transparent)]
-    DataCache(#[from] crate::data::remote::CacheError),
+    DataCache(#[from] syncdiff_dataset::remote::CacheError),
     /// The data set does not match the configuration.
     #[error("{0}")]
     DatasetSettings(String),
@@ -67,7 +67,7 @@ pub enum TrainError {
     Weights(String),
     /// A checkpoint could not be saved or resumed.
     #[error(transparent)]
-    Ckpt(#[from] crate::ckpt::CkptError),
+    Ckpt(#[from] syncdiff_checkpoint::CkptError),
     /// libtorch refused a precision switch (autocast, TF32).
     #[error("train.precision: {0}")]
     Amp(#[from] crate::amp::AmpError),

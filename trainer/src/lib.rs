@@ -1,16 +1,15 @@
-//! SyncDiff training system: distributed runtime, data loading, optimisation, checkpoints,
-//! generation and evaluation. The networks live in `syncdiff-model`; the data format in
-//! `syncdiff-dataprep`.
+//! SyncDiff training: the distributed runtime (MPI, NCCL), data loading, the optimizer step,
+//! validation, checkpoint policy and resume, logging. The networks live in `syncdiff-model`, the
+//! data format in `syncdiff-dataset`, the checkpoint format in `syncdiff-checkpoint`; generation
+//! and evaluation in `syncdiff-inference`. No face front-end and no ffmpeg code: a training
+//! node needs neither dlib nor OpenBLAS.
 
 pub mod amp;
 pub mod cadence;
-pub mod ckpt;
 pub mod data;
 pub mod dist;
 pub mod dryrun;
 pub mod error;
-pub mod eval;
-pub mod generate;
 pub mod host;
 pub mod log;
 pub mod model;

@@ -1,24 +1,21 @@
-//! The trained model (audio path + denoiser) and its loss on a batch: the forward/backward unit
-//! the training loop repeats.
+//! The trained model (`syncdiff_model::networks::Networks`: audio path + denoiser) and its loss on
+//! a batch: the forward/backward unit the training loop repeats.
 
 use syncdiff_model::audio::AudioPath;
 use syncdiff_model::config::Config;
+use syncdiff_model::networks::Networks;
 use syncdiff_model::syncdiff::{Conditioning, SyncDiff, SyncDiffError};
-use syncdiff_runtime::rng::Rng;
-use tch::nn::VarStore;
+use syncdiff_runtime::rng::{keyed_noise, Rng};
 use tch::{Device, Tensor};
 
-use crate::data::{keyed_noise, Batch};
+use crate::data::Batch;
 
-/// Every trained network of SyncDiff in one VarStore: `audio.*`, `temporal.*`, `unet.*`,
-/// `bottleneck.*`, and `null_context` when trained with audio dropout (frozen audio layers are in
-/// it too, with `requires_grad = false`).
+/// SyncDiff's networks and what training adds to them: layerdrop in the audio encoder, noise on
+/// the previous frames (pose), audio dropout; each random choice keyed by the sample's seed.
 #[derive(Debug)]
 pub struct TrainModel {
-    /// The variables.
-    pub vs: VarStore,
-    audio: AudioPath,
-    denoiser: SyncDiff,
+    /// The networks (their variables: `nets.vs`).
+    pub nets: Networks,
     layerdrop: f64,
     previous_noise: f64,
     audio_dropout: f64,
@@ -34,41 +31,27 @@ impl TrainModel {
     /// seed), with a null audio context when `config.train.audio_dropout` > 0.
     pub fn new(config: &Config, device: Device) -> Self {
         let cfg = &config.model;
-        let vs = VarStore::new(device);
-        let root = vs.root();
-        let audio = AudioPath::new(&root, cfg);
-        let audio_dropout = config.train.audio_dropout;
-        let denoiser = SyncDiff::build(root.clone(), cfg, audio_dropout > 0.0);
         Self {
-            vs,
-            audio,
-            denoiser,
+            nets: Networks::new(config, device),
             layerdrop: cfg.audio_encoder.layerdrop,
             previous_noise: cfg.priors.previous_noise,
-            audio_dropout,
+            audio_dropout: config.train.audio_dropout,
         }
     }
 
     /// Parameters the optimizer updates (sorted by name; frozen audio layers excluded).
     pub fn trainable(&self) -> Vec<(String, Tensor)> {
-        let mut v: Vec<(String, Tensor)> = self
-            .vs
-            .variables()
-            .into_iter()
-            .filter(|(_, t)| t.requires_grad())
-            .collect();
-        v.sort_by(|a, b| a.0.cmp(&b.0));
-        v
+        self.nets.trainable()
     }
 
     /// The audio path (audio encoder and temporal filter).
     pub fn audio(&self) -> &AudioPath {
-        &self.audio
+        self.nets.audio()
     }
 
     /// The denoiser.
     pub fn denoiser(&self) -> &SyncDiff {
-        &self.denoiser
+        self.nets.denoiser()
     }
 
     /// Cross-attention contexts of a batch (B, M, D).
@@ -76,7 +59,7 @@ impl TrainModel {
         let offsets = &batch.offsets;
         // Layerdrop decisions keyed by each sample's seed: the same on any world size.
         let p = self.layerdrop;
-        self.audio
+        self.audio()
             .batch_context(&batch.mel, offsets, train, |s, layer| {
                 let seed = batch.seeds.get(s).copied().unwrap_or(0);
                 Rng::new(&[seed, LAYERDROP, layer as u64]).uniform() >= p
@@ -107,7 +90,7 @@ impl TrainModel {
         let dropped = self.audio_dropped(batch);
         if train && dropped.contains(&true) {
             let drop = Tensor::from_slice(&dropped).to_device(context.device());
-            context = self.denoiser.drop_context(&context, &drop)?;
+            context = self.denoiser().drop_context(&context, &drop)?;
         }
         let previous = if train && self.previous_noise > 0.0 {
             &batch.previous + self.pose_noise(batch) * self.previous_noise
@@ -120,7 +103,7 @@ impl TrainModel {
             previous: Some(&previous),
             context: &context,
         };
-        self.denoiser
+        self.denoiser()
             .loss(&batch.z0, &batch.timesteps, &batch.noise, &cond, train)
     }
 }

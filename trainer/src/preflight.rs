@@ -72,14 +72,15 @@ fn gpu_libraries() -> Result<String, String> {
 
 fn dataset(config: &Config, rt: &Runtime) -> Result<String, String> {
     let path = &config.data.dataset;
-    if crate::data::remote::is_remote(path) {
+    if syncdiff_dataset::remote::is_remote(path) {
         // Read access only: filling the node cache is the run's first work, not a check's.
-        let s = crate::data::remote::CacheSettings::from_config(
+        let s = syncdiff_dataset::remote::CacheSettings::from_config(
             config,
             rt.local_rank() as usize,
             rt.local_size() as usize,
         );
-        return crate::data::remote::probe("data.dataset", path, &s).map_err(|e| e.to_string());
+        return syncdiff_dataset::remote::probe("data.dataset", path, &s)
+            .map_err(|e| e.to_string());
     }
     let ds = Dataset::open(Path::new(path)).map_err(|e| format!("{path}: {e}"))?;
     let frames: Vec<u64> = ds.clips().iter().map(|c| c.frames).collect();

@@ -1,6 +1,5 @@
-//! The calling convention of the C/C++ shim functions in `trainer/csrc/` (autocast, gradient
-//! hooks): zero on success, otherwise non-zero with a NUL-terminated message written into the
-//! caller's buffer.
+//! The calling convention of the C/C++ shim functions in `trainer/csrc/` (gradient hooks): zero
+//! on success, otherwise non-zero with a NUL-terminated message written into the caller's buffer.
 
 use std::ffi::c_char;
 

@@ -12,7 +12,6 @@ use tch::{Device, Tensor};
 
 use crate::amp::{unscale_and_check, Autocast, LossScaleState, LossScaler};
 
-use crate::ckpt::{to_host, CkptError, Restored};
 use crate::data::Batch;
 use crate::dist::{
     broadcast_params, check_params, GradSync, Launch, MpiGradSync, MpiThread, NcclGradSync,
@@ -21,6 +20,7 @@ use crate::dist::{
 use crate::error::TrainError;
 use crate::model::TrainModel;
 use crate::optim::{bucket_elements, clip_grad_norm, AdamW, Ema, Flat, Optimizer, Sgd};
+use syncdiff_checkpoint::{to_host, CkptError, Restored};
 
 /// Test-only fault injection (cargo feature `fault-injection`): `RANK:STEP` perturbs one
 /// parameter on that rank after that step, so the parameter checksum has something to catch.
@@ -157,7 +157,7 @@ impl<'a> Trainer<'a> {
                 let path = Path::new(w);
                 syncdiff_model::weights::read(path)
                     .and_then(|file| {
-                        syncdiff_model::weights::load_into(&model.vs, "audio.", path, &file)
+                        syncdiff_model::weights::load_into(&model.nets.vs, "audio.", path, &file)
                     })
                     .map_err(|e| {
                         TrainError::Weights(format!("model.audio_encoder.weights: {e}"))
@@ -430,7 +430,7 @@ impl<'a> Trainer<'a> {
 
     /// Copies of the model, EMA and optimizer tensors in host memory (for a checkpoint).
     pub fn snapshot(&self) -> (Named, Named, Named) {
-        let mut model: Vec<(String, Tensor)> = self.model.vs.variables().into_iter().collect();
+        let mut model: Vec<(String, Tensor)> = self.model.nets.vs.variables().into_iter().collect();
         model.sort_by(|a, b| a.0.cmp(&b.0));
         let ema = self.ema.as_ref().map(Ema::state).unwrap_or_default();
         let opt = self.opt.state();
@@ -446,8 +446,8 @@ impl<'a> Trainer<'a> {
                 message,
             })
         };
-        let path = Path::new(url).join(crate::ckpt::MODEL);
-        syncdiff_model::weights::load_into(&self.model.vs, "", &path, &r.model)
+        let path = Path::new(url).join(syncdiff_checkpoint::MODEL);
+        syncdiff_model::weights::load_into(&self.model.nets.vs, "", &path, &r.model)
             .map_err(|e| bad(e.to_string()))?;
         match (&mut self.opt, &r.optimizer) {
             (Optimizer::AdamW(o), Some(s)) => o.load_state(s).map_err(|e| bad(e.to_string()))?,

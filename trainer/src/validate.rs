@@ -236,7 +236,7 @@ pub fn image_decoder(
         );
         return Ok(None);
     }
-    syncdiff_dataprep::ingest::load_autoencoder(config, device)
+    syncdiff_dataset::autoencoder::load_autoencoder(config, device)
         .map(|(vs, ae, _)| Some((vs, ae)))
         .map_err(|e| format!("log.image_interval: the image grids' decoder: {e}"))
 }

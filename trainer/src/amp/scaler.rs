@@ -5,18 +5,9 @@
 //! the scale backs off, `growth_interval` finite steps in a row grow it (when the grown scale is
 //! finite). The scale is a float32, as GradScaler's is.
 
-use serde::{Deserialize, Serialize};
+use syncdiff_checkpoint::LossScaleState;
 use syncdiff_model::config::LossScaleConfig;
 use tch::{Kind, Tensor};
-
-/// What a checkpoint keeps of the scaler (`trainer_state.json`).
-#[derive(Debug, Clone, Copy, PartialEq, Serialize, Deserialize)]
-pub struct LossScaleState {
-    /// The current scale.
-    pub scale: f32,
-    /// Finite steps in a row since the last growth or back-off.
-    pub growth_tracker: u64,
-}
 
 /// The scale and its update rule.
 #[derive(Debug, Clone)]

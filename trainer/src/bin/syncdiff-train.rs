@@ -11,9 +11,9 @@ use std::process::ExitCode;
 use anyhow::Context;
 use clap::Parser;
 use syncdiff_model::config::{parse_args, ConfigArgs};
-use syncdiff_trainer::ckpt::ResumePolicy;
 use syncdiff_trainer::dist::Runtime;
 use syncdiff_trainer::dryrun::{DryRun, ModelReport};
+use syncdiff_trainer::train::ResumePolicy;
 
 /// Train SyncDiff with data parallelism over MPI ranks.
 #[derive(Debug, Parser)]

@@ -3,7 +3,8 @@
 use syncdiff_dataset::store::{Dataset, SampleRequest, StoreError, MEL_DIM};
 use tch::{Device, Kind, Tensor};
 
-use super::{gaussian, SampleSpec};
+use super::SampleSpec;
+use syncdiff_runtime::rng::gaussian;
 
 /// A micro-batch on the host (B samples, latents C x h x w). Read for the CPU, the frames are
 /// float32; read for a CUDA device ([`Batch::read_for`]), they stay float16 as stored, in

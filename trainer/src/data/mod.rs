@@ -4,13 +4,12 @@
 
 mod batch;
 mod loader;
-pub mod remote;
 mod sampler;
 
 pub use batch::Batch;
 pub use loader::{Loader, LoaderError, RankShare};
 
-pub use sampler::{gaussian, keyed_noise, LoaderState, SampleSpec, Sampler, SamplerError};
+pub use sampler::{LoaderState, SampleSpec, Sampler, SamplerError};
 
 /// Checks that the data set at `path` (named by its configuration key `key`) was prepared with
 /// the settings of `config` (resolution, latent shape, autoencoder, mask, filterbank, frame

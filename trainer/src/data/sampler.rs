@@ -11,7 +11,6 @@
 use serde::{Deserialize, Serialize};
 use syncdiff_model::config::EpochUnit;
 use syncdiff_runtime::rng::Rng;
-use tch::Tensor;
 
 /// Keys separating the random streams.
 const PERMUTATION: u64 = 0x7065_726d;
@@ -219,34 +218,4 @@ impl Sampler {
             }
         }
     }
-}
-
-/// `n` standard normal values from `seed` (Box-Muller): a sample's noise, identical on any rank.
-pub fn gaussian(seed: u64, n: usize) -> Vec<f32> {
-    let mut rng = Rng::new(&[seed]);
-    let mut out = Vec::with_capacity(n + 1);
-    while out.len() < n {
-        let u1 = rng.uniform().max(f64::MIN_POSITIVE);
-        let u2 = rng.uniform();
-        let r = (-2.0 * u1.ln()).sqrt();
-        let a = std::f64::consts::TAU * u2;
-        out.push((r * a.cos()) as f32);
-        out.push((r * a.sin()) as f32);
-    }
-    out.truncate(n);
-    out
-}
-
-/// Standard normal noise of shape (B, ..sample) on the CPU: sample b drawn by [`gaussian`] from
-/// the seed `Rng::new(keys[b]).next_u64()`, so each sample's noise depends on its keys alone.
-pub fn keyed_noise(keys: &[Vec<u64>], sample: &[i64]) -> Tensor {
-    let n: i64 = sample.iter().product();
-    let parts: Vec<Tensor> = keys
-        .iter()
-        .map(|k| {
-            let seed = Rng::new(k).next_u64();
-            Tensor::from_slice(&gaussian(seed, n as usize)).view(sample)
-        })
-        .collect();
-    Tensor::stack(&parts, 0)
 }

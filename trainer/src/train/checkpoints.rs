@@ -2,7 +2,7 @@
 //! verify, check the lineage and the compatibility, restore) as one call, when to save (every
 //! `checkpoint.interval` steps in the background, and always at the end, blocking), and how
 //! each outcome is reported. Rank 0 saves; every rank resumes. The storage, the formats and
-//! retention are `crate::ckpt`.
+//! retention are `syncdiff_checkpoint`'s.
 
 use std::path::Path;
 use std::sync::Arc;
@@ -13,14 +13,14 @@ use syncdiff_model::config::Config;
 
 use super::output::RunLog;
 use super::TrainOptions;
-use crate::ckpt::{
-    self, sha256_file, CkptError, Lease, Retention, Retry, SaveReport, Saver, Snapshot, Store,
-    Takeover, TrainerState,
-};
 use crate::data::LoaderState;
 use crate::dist::Runtime;
 use crate::error::TrainError;
 use crate::trainer::Trainer;
+use syncdiff_checkpoint::{
+    self as ckpt, sha256_file, CkptError, Lease, Retention, Retry, SaveReport, Saver, Snapshot,
+    Store, Takeover, TrainerState,
+};
 
 /// Where the run starts: step 0, or the step and loader position of the checkpoint it resumed.
 #[derive(Debug, Clone, Copy, Default)]
@@ -58,7 +58,7 @@ impl Checkpoints {
                     backoff: Duration::from_secs_f64(c.retry_backoff_s),
                 },
             )
-            .map_err(crate::ckpt::CkptError::from)?,
+            .map_err(syncdiff_checkpoint::CkptError::from)?,
         );
         let mut external = std::collections::BTreeMap::new();
         for (key, path) in [
@@ -138,7 +138,7 @@ impl Checkpoints {
             self.saver = self.saver.take().map(|s| s.fenced_by(lease.clone()));
             self.lease = Some(lease);
         }
-        let resumed = ckpt::resume(&opts.resume, opts.move_aside, &self.store, rt)?;
+        let resumed = super::resume::resume(&opts.resume, opts.move_aside, &self.store, rt)?;
         if let Some(lease) = &self.lease {
             lease.set_run(&resumed.run)?;
         }

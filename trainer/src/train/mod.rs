@@ -16,6 +16,7 @@
 
 mod checkpoints;
 mod output;
+pub mod resume;
 mod validation;
 
 use std::sync::Arc;
@@ -25,7 +26,6 @@ use syncdiff_model::config::{Config, DistBackend};
 use tch::Device;
 
 use crate::cadence::Due;
-use crate::ckpt::ResumePolicy;
 use crate::data::{Loader, LoaderState, RankShare, Sampler};
 use crate::dist::Runtime;
 use crate::error::TrainError;
@@ -34,6 +34,7 @@ use crate::trainer::Trainer;
 use crate::validate::ValLoss;
 use checkpoints::Checkpoints;
 use output::RunLog;
+pub use resume::{ResumePolicy, Resumed};
 use validation::Validation;
 
 /// How a process trains: where, and how it learns that it should stop.
@@ -195,7 +196,7 @@ fn diverged(
 /// The training data set, checked against the configuration, and the sample order over it.
 fn open_data(config: &Config, rt: &Runtime) -> Result<(Dataset, Arc<Sampler>), TrainError> {
     let path = &config.data.dataset;
-    let local = crate::data::remote::local(
+    let local = syncdiff_dataset::remote::local(
         "data.dataset",
         path,
         config,

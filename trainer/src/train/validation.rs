@@ -30,7 +30,7 @@ impl Validation {
         let world = rt.world_size() as u64;
         let validator = match (&config.data.val_dataset, config.log.val_interval) {
             (Some(path), n) if n > 0 => {
-                let local = crate::data::remote::local(
+                let local = syncdiff_dataset::remote::local(
                     "data.val_dataset",
                     path,
                     config,

@@ -3,7 +3,7 @@
 
 use std::path::Path;
 
-use syncdiff_trainer::ckpt::{
+use syncdiff_checkpoint::{
     list, newest_valid, read, write, Retention, Snapshot, Store, TrainerState,
 };
 use tch::{Device, Kind, Tensor};

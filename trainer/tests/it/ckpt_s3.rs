@@ -5,7 +5,7 @@
 use crate::ckpt_common;
 use crate::common;
 
-use syncdiff_trainer::ckpt::{Retry, Store, StoreOptions};
+use syncdiff_checkpoint::{Retry, Store, StoreOptions};
 
 #[test]
 fn s3_round_trip_and_errors_without_secrets() {

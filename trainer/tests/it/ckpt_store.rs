@@ -4,7 +4,7 @@
 use crate::ckpt_common;
 
 use ckpt_common::{round_trip, snapshot};
-use syncdiff_trainer::ckpt::{
+use syncdiff_checkpoint::{
     apply_retention, list, newest_valid, write, Retention, Retry, Store, MANIFEST, MODEL,
 };
 

@@ -279,7 +279,7 @@ fn print_config_shows_overrides_and_reloads() {
     assert!(out.contains("#   model.unet.in_channels: 10"), "{out}");
     let dir = tempfile::tempdir().unwrap();
     let p = write_config(dir.path(), &out);
-    let o = Command::new(env!("CARGO_BIN_EXE_syncdiff"))
+    let o = Command::new(syncdiff_devkit::workspace_bin("syncdiff"))
         .arg("config")
         .arg("--config")
         .arg(&p)
@@ -578,7 +578,7 @@ fn trained_layers_skipped_by_layerdrop_reduce_as_zero_gradients_on_every_rank() 
 #[test]
 fn bad_flag_values_are_one_line_usage_errors() {
     let syncdiff = |args: &[&str]| {
-        Command::new(env!("CARGO_BIN_EXE_syncdiff"))
+        Command::new(syncdiff_devkit::workspace_bin("syncdiff"))
             .args(args)
             .output()
             .unwrap()

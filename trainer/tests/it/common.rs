@@ -229,12 +229,12 @@ impl MotoServer {
 
     /// The same settings, given to a store explicitly (tests in one process cannot share the
     /// process environment).
-    pub fn options(&self) -> syncdiff_trainer::ckpt::StoreOptions {
+    pub fn options(&self) -> syncdiff_checkpoint::StoreOptions {
         let key = |k: &str| {
             k.to_ascii_lowercase()
                 .replace("aws_endpoint_url", "aws_endpoint")
         };
-        syncdiff_trainer::ckpt::StoreOptions(
+        syncdiff_checkpoint::StoreOptions(
             self.env().into_iter().map(|(k, v)| (key(k), v)).collect(),
         )
     }

@@ -65,7 +65,7 @@ fn step_on(device: Device) -> ((f64, Vec<Tensor>), (f64, Vec<Tensor>)) {
     tch::manual_seed(0);
     let cpu = TrainModel::new(&cfg, Device::Cpu);
     let mut other = TrainModel::new(&cfg, device);
-    other.vs.copy(&cpu.vs).unwrap();
+    other.nets.vs.copy(&cpu.nets.vs).unwrap();
     (grads(&other, &batch.to(device)), grads(&cpu, &batch))
 }
 

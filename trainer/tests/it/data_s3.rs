@@ -16,7 +16,7 @@ use syncdiff_dataprep::layout::Layout::Lrs2;
 use syncdiff_devkit::tree as files;
 
 fn syncdiff(moto: &MotoServer, args: &[&str]) -> Output {
-    Command::new(env!("CARGO_BIN_EXE_syncdiff"))
+    Command::new(syncdiff_devkit::workspace_bin("syncdiff"))
         .current_dir(repo())
         .envs(moto.env().iter().map(|(k, v)| (*k, v.as_str())))
         .args(args)
@@ -31,7 +31,7 @@ fn upload(moto: &MotoServer, dir: &Path, url: &str) {
 
 /// `syncdiff data fetch` of `url` into `cache` with a size limit (GB) and extra environment.
 fn fetch(moto: &MotoServer, url: &str, cache: &Path, max_gb: f64, env: &[(&str, &str)]) -> Output {
-    Command::new(env!("CARGO_BIN_EXE_syncdiff"))
+    Command::new(syncdiff_devkit::workspace_bin("syncdiff"))
         .current_dir(repo())
         .envs(moto.env().iter().map(|(k, v)| (*k, v.as_str())))
         .envs(env.iter().copied())
@@ -44,7 +44,7 @@ fn fetch(moto: &MotoServer, url: &str, cache: &Path, max_gb: f64, env: &[(&str, 
 }
 
 /// Every object of a store, by name.
-fn objects(store: &syncdiff_trainer::ckpt::Store) -> BTreeMap<String, Vec<u8>> {
+fn objects(store: &syncdiff_checkpoint::Store) -> BTreeMap<String, Vec<u8>> {
     store
         .list_files("")
         .unwrap()
@@ -254,7 +254,7 @@ fn the_cache_stays_under_its_limit_never_evicts_a_data_set_in_use_and_redoes_cut
     let cache2 = dir.path().join("cache2");
     #[cfg(feature = "fault-injection")]
     {
-        let kill = [(syncdiff_trainer::data::remote::FAULT_CACHE_KILL_ENV, "2")];
+        let kill = [(syncdiff_dataset::remote::FAULT_CACHE_KILL_ENV, "2")];
         let o = fetch(&moto, "s3://data/a", &cache2, 1.0, &kill);
         assert!(!o.status.success());
         let e2 = entry(&cache2, "s3://data/a");
@@ -309,7 +309,8 @@ fn ranks_of_a_node_fetch_each_shard_once_and_missing_data_sets_are_named() {
         .env("OMPI_ALLOW_RUN_AS_ROOT", "1")
         .env("OMPI_ALLOW_RUN_AS_ROOT_CONFIRM", "1")
         .envs(moto.env().iter().map(|(k, v)| (*k, v.as_str())))
-        .args(["--oversubscribe", "-n", "2", env!("CARGO_BIN_EXE_syncdiff")])
+        .args(["--oversubscribe", "-n", "2"])
+        .arg(syncdiff_devkit::workspace_bin("syncdiff"))
         .args(["data", "fetch", "--config", "configs/debug.yaml"])
         .args(["--set", "data.dataset=s3://data/many"])
         .args(["--set", &format!("data.cache.dir={}", cache.display())])
@@ -364,9 +365,9 @@ fn dataprep_publishes_to_s3_from_two_tasks_with_the_manifest_last_and_equal_to_d
     )
     .unwrap();
     let on_disk = common::prepared(dir.path(), "train", &["data.clips_per_shard=1"]);
-    let store = syncdiff_trainer::ckpt::Store::open_with_options(
+    let store = syncdiff_checkpoint::Store::open_with_options(
         url,
-        syncdiff_trainer::ckpt::Retry {
+        syncdiff_checkpoint::Retry {
             attempts: 2,
             backoff: std::time::Duration::from_millis(100),
         },

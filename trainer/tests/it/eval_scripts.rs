@@ -22,7 +22,7 @@ pub(crate) fn reference(script: &str, args: &[&str]) -> serde_json::Value {
 }
 
 fn eval(args: &[&str]) -> (bool, String, String) {
-    let o = Command::new(env!("CARGO_BIN_EXE_syncdiff"))
+    let o = Command::new(syncdiff_devkit::workspace_bin("syncdiff"))
         .arg("eval")
         .args(args)
         .output()

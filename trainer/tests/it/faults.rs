@@ -342,14 +342,14 @@ fn a_diverged_run_stops_within_the_limit_naming_step_loss_and_checkpoint() {
     // The newest checkpoint is named, and the skipped steps did not move the model, AdamW or
     // the EMA: the checkpoints saved during them hold the tensors of the last update.
     let ckpt = dir.path().join("ckpt");
-    let newest = ckpt.join(syncdiff_trainer::ckpt::step_dir(last - 1));
+    let newest = ckpt.join(syncdiff_checkpoint::step_dir(last - 1));
     assert!(
         line.contains(&format!("resume from {}", newest.display())),
         "{line}"
     );
     let hashes = |step: u64| {
         let m = ckpt
-            .join(syncdiff_trainer::ckpt::step_dir(step))
+            .join(syncdiff_checkpoint::step_dir(step))
             .join("manifest.json");
         common::tensor_hashes(&std::fs::read(m).unwrap())
     };
@@ -357,7 +357,7 @@ fn a_diverged_run_stops_within_the_limit_naming_step_loss_and_checkpoint() {
     for s in first..last {
         assert_eq!(hashes(s), hashes(first - 1), "step {s}");
     }
-    assert!(!ckpt.join(syncdiff_trainer::ckpt::step_dir(last)).exists());
+    assert!(!ckpt.join(syncdiff_checkpoint::step_dir(last)).exists());
     // The job ended on its own: the writer lease is given back.
-    assert!(!ckpt.join(syncdiff_trainer::ckpt::LEASE).exists());
+    assert!(!ckpt.join(syncdiff_checkpoint::LEASE).exists());
 }

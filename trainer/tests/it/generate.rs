@@ -48,7 +48,7 @@ pub(crate) fn bundle_with(dir: &Path, steps: u32, sets: &[&str]) -> PathBuf {
 }
 
 pub(crate) fn syncdiff(args: &[&str]) -> std::process::Output {
-    Command::new(env!("CARGO_BIN_EXE_syncdiff"))
+    Command::new(syncdiff_devkit::workspace_bin("syncdiff"))
         .args(args)
         .output()
         .unwrap()
@@ -143,7 +143,7 @@ fn a_list_is_batched_and_split_over_ranks_like_single_clips() {
         .env("OMPI_ALLOW_RUN_AS_ROOT", "1")
         .env("OMPI_ALLOW_RUN_AS_ROOT_CONFIRM", "1")
         .args(["--oversubscribe", "-n", "2"])
-        .arg(env!("CARGO_BIN_EXE_syncdiff"))
+        .arg(syncdiff_devkit::workspace_bin("syncdiff"))
         .args([
             "generate",
             "--checkpoint",
@@ -221,7 +221,7 @@ fn a_list_is_batched_and_split_over_ranks_like_single_clips() {
 #[test]
 fn a_clip_generated_in_a_batch_equals_the_clip_generated_alone() {
     let _torch = common::torch();
-    use syncdiff_trainer::generate::{
+    use syncdiff_inference::generate::{
         self, Collect, FrameSink, GenerateOptions, Generator, Job, WeightChoice,
     };
     let dir = tempfile::tempdir().unwrap();
@@ -591,7 +591,7 @@ fn damaged_bundles_non_finite_outputs_and_unwritable_outputs_fail_clearly() {
         .unwrap();
     let _ = t.fill_(f64::NAN);
     tch::Tensor::write_safetensors(&named, &w).unwrap();
-    let info = syncdiff_trainer::ckpt::BundleInfo::verify(&model).unwrap();
+    let info = syncdiff_checkpoint::BundleInfo::verify(&model).unwrap();
     let names: Vec<String> = info.files.iter().map(|f| f.name.clone()).collect();
     let names: Vec<&str> = names.iter().map(String::as_str).collect();
     info.write(&nan, &names).unwrap();

@@ -13,10 +13,10 @@ use std::sync::OnceLock;
 use syncdiff_dataprep::face::{landmark_box, warp, Affine, CropTransform, FrontEnd};
 use syncdiff_dataprep::video::{self, FrameReader, FrameWriter};
 use syncdiff_devkit::photo;
-use syncdiff_model::config::{FaceConfig, FaceDetectorKind};
-use syncdiff_trainer::generate::{
+use syncdiff_inference::generate::{
     self, Collect, FrameSink, GenerateOptions, Generator, Job, WeightChoice,
 };
+use syncdiff_model::config::{FaceConfig, FaceDetectorKind};
 
 use crate::common;
 use crate::generate::{audio_format, bundle, mad, s, syncdiff};
@@ -430,7 +430,7 @@ fn frames_without_a_face_pass_through_and_a_faceless_video_is_named() {
     );
     let eval = |extra: &[&str]| {
         let rep = d.join("eval.json");
-        let o = Command::new(env!("CARGO_BIN_EXE_syncdiff"))
+        let o = Command::new(syncdiff_devkit::workspace_bin("syncdiff"))
             .args([
                 "eval",
                 "--pred",

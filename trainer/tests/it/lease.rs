@@ -13,7 +13,7 @@ use std::sync::mpsc;
 use std::time::{Duration, Instant};
 
 use common::{text, MotoServer};
-use syncdiff_trainer::ckpt::{Holder, Lease, Retry, Store, Takeover, LEASE};
+use syncdiff_checkpoint::{Holder, Lease, Retry, Store, Takeover, LEASE};
 
 /// `syncdiff-train` on the debug configuration with a short lease (renewed every 1 s, expiring
 /// after 6 s; collectives time out after 5 s).
@@ -79,7 +79,7 @@ fn newest_saved(dir: &Path) -> u64 {
         .unwrap()
         .filter_map(|e| {
             let p = e.unwrap().path();
-            let step = syncdiff_trainer::ckpt::parse_step_dir(p.file_name()?.to_str()?)?;
+            let step = syncdiff_checkpoint::parse_step_dir(p.file_name()?.to_str()?)?;
             p.join("manifest.json").exists().then_some(step)
         })
         .max()
@@ -159,7 +159,7 @@ fn a_second_job_refuses_a_takeover_stops_the_first_and_a_killed_holder_is_replac
     // A holder on another node: refused while it renews; with checkpoint.lease.wait_s the
     // start waits for its expiry and takes over.
     let other = |renewed_ago: u64, expire_s: u64| {
-        let now = syncdiff_trainer::ckpt::now_unix();
+        let now = syncdiff_checkpoint::now_unix();
         let h = Holder {
             token: "other".into(),
             run: Some("run-of-node-b".into()),

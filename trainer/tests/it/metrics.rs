@@ -6,8 +6,8 @@ use crate::common;
 
 use std::process::Command;
 
+use syncdiff_inference::eval::{psnr, ssim, Region, View};
 use syncdiff_runtime::rng::Rng;
-use syncdiff_trainer::eval::{psnr, ssim, Region, View};
 
 /// (name, width, height, a, b, region).
 type Case = (String, usize, usize, Vec<u8>, Vec<u8>, Option<Region>);
@@ -202,7 +202,7 @@ fn syncdiff_eval_scores_videos_and_names_missing_predictions() {
     std::fs::copy(gt.join("00002.mp4"), pred.join("00002.mp4")).unwrap();
     let report = dir.path().join("eval.json");
     let run = || {
-        Command::new(env!("CARGO_BIN_EXE_syncdiff"))
+        Command::new(syncdiff_devkit::workspace_bin("syncdiff"))
             .args([
                 "eval",
                 "--pred",
@@ -240,7 +240,7 @@ fn syncdiff_eval_scores_videos_and_names_missing_predictions() {
     // The report's place is checked before scoring: a missing directory is made, a file in the
     // way is named (before: the failure came after every video was scored).
     let eval = |pred: &std::path::Path, report: &std::path::Path| {
-        Command::new(env!("CARGO_BIN_EXE_syncdiff"))
+        Command::new(syncdiff_devkit::workspace_bin("syncdiff"))
             .args(["eval", "--pred", pred.to_str().unwrap()])
             .args([
                 "--gt",
@@ -277,7 +277,7 @@ fn syncdiff_eval_scores_videos_and_names_missing_predictions() {
     for (p, kind) in [(&fifo, "a FIFO"), (&dev, "a character device")] {
         let o = Command::new("timeout")
             .args(["-s", "KILL", "120"])
-            .arg(env!("CARGO_BIN_EXE_syncdiff"))
+            .arg(syncdiff_devkit::workspace_bin("syncdiff"))
             .args(["eval", "--pred", pred.to_str().unwrap()])
             .args([
                 "--gt",

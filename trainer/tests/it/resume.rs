@@ -267,7 +267,7 @@ fn a_save_killed_mid_upload_leaves_the_previous_checkpoint_for_auto() {
     let logs = dir.path().join("runs");
     let o = train()
         .env(
-            syncdiff_trainer::ckpt::FAULT_KILL_AFTER_ENV,
+            syncdiff_checkpoint::FAULT_KILL_AFTER_ENV,
             "model.safetensors@4",
         )
         .args(args(ds, &ckpt, &logs, 8))
@@ -386,7 +386,7 @@ fn ckpt_list_inspect_and_export_a_bundle() {
         .unwrap();
     assert!(o.status.success(), "{}", text(&o).1);
     let tool = |a: &[&str]| {
-        Command::new(env!("CARGO_BIN_EXE_syncdiff"))
+        Command::new(syncdiff_devkit::workspace_bin("syncdiff"))
             .current_dir(repo())
             .args(a)
             .output()

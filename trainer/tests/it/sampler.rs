@@ -4,7 +4,8 @@
 use std::collections::BTreeSet;
 
 use syncdiff_model::config::EpochUnit;
-use syncdiff_trainer::data::{gaussian, LoaderState, SampleSpec, Sampler};
+use syncdiff_runtime::rng::gaussian;
+use syncdiff_trainer::data::{LoaderState, SampleSpec, Sampler};
 
 fn frames() -> Vec<u64> {
     vec![75, 1, 40, 90, 2, 60, 75, 33, 51, 80]

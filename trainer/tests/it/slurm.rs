@@ -60,9 +60,9 @@ fn job_env(moto: &MotoServer, preflight: bool) -> Vec<(&'static str, String)> {
 
 /// The sha256 of every `.safetensors` file of `step` in the S3 run `url`, from its manifest.
 fn s3_hashes(moto: &MotoServer, url: &str, step: u64) -> Vec<(String, String)> {
-    let store = syncdiff_trainer::ckpt::Store::open_with_options(
+    let store = syncdiff_checkpoint::Store::open_with_options(
         url,
-        syncdiff_trainer::ckpt::Retry {
+        syncdiff_checkpoint::Retry {
             attempts: 2,
             backoff: Duration::from_millis(100),
         },
@@ -361,7 +361,7 @@ fn a_generate_job_array_gives_what_one_process_gives() {
     let (so, se) = text(&o);
     assert!(o.status.success(), "{se}");
     assert!(so.contains(" 1 libtorch thread(s))"), "{so}");
-    let bin = Path::new(env!("CARGO_BIN_EXE_syncdiff"))
+    let bin = syncdiff_devkit::workspace_bin("syncdiff")
         .parent()
         .unwrap()
         .display()

@@ -9,7 +9,7 @@ use std::process::{Command, Output};
 use common::{reference, repo};
 
 fn syncdiff(args: &[&str]) -> Output {
-    Command::new(env!("CARGO_BIN_EXE_syncdiff"))
+    Command::new(syncdiff_devkit::workspace_bin("syncdiff"))
         .args(args)
         .output()
         .unwrap()

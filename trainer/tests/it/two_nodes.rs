@@ -195,7 +195,7 @@ fn upload(nodes: &Nodes, dir: &Path, url: &str) {
     }
     cmd += &format!(
         "{} data upload {} {url}",
-        env!("CARGO_BIN_EXE_syncdiff"),
+        syncdiff_devkit::workspace_bin("syncdiff").display(),
         dir.display()
     );
     let o = nodes.in_node_a(&cmd);
@@ -308,7 +308,7 @@ fn two_nodes_fill_their_own_caches_once_and_resume_bit_identical_with_per_node_d
                 .map(|(k, v)| format!("{k}={v}"))
                 .collect::<Vec<_>>()
                 .join(" "),
-            env!("CARGO_BIN_EXE_syncdiff")
+            syncdiff_devkit::workspace_bin("syncdiff").display()
         ));
         let (out, err) = text(&o);
         assert!(o.status.success(), "{err}");

@@ -3,9 +3,9 @@
 use std::path::PathBuf;
 
 use clap::Subcommand;
+use syncdiff_dataset::remote;
 use syncdiff_model::config::ConfigArgs;
 use syncdiff_runtime::launch::Launch;
-use syncdiff_trainer::data::remote;
 
 #[derive(Debug, Subcommand)]
 pub enum Command {
@@ -34,7 +34,7 @@ pub fn run(c: Command) -> anyhow::Result<String> {
             Ok(format!(
                 "uploaded {} to {}: {} file(s), {:.1} MB sent, {} already there",
                 dir.display(),
-                syncdiff_trainer::ckpt::safe_url(&url),
+                syncdiff_checkpoint::safe_url(&url),
                 u.files,
                 u.bytes as f64 / 1e6,
                 u.skipped
@@ -62,7 +62,7 @@ pub fn run(c: Command) -> anyhow::Result<String> {
                 let filled = remote::fill(key, &location, &s)?;
                 lines.push(format!(
                     "{key} {}: {filled}",
-                    syncdiff_trainer::ckpt::safe_url(&location)
+                    syncdiff_checkpoint::safe_url(&location)
                 ));
             }
             Ok(lines.join("\n"))

@@ -16,7 +16,7 @@ use syncdiff_runtime::launch::{DeviceChoice, Launch};
 use syncdiff_runtime::progress::Progress;
 use tch::Device;
 
-use syncdiff_trainer::generate::{self, GenerateOptions, Generator, Job, WeightChoice};
+use syncdiff_inference::generate::{self, GenerateOptions, Generator, Job, WeightChoice};
 
 /// `syncdiff generate`: the reference video's face speaking the driving audio.
 #[derive(Debug, clap::Args)]

@@ -16,7 +16,7 @@
 
 namespace {
 
-// The device types and dtypes the Rust side names (trainer/src/amp/mod.rs keeps the same codes).
+// The device types and dtypes the Rust side names (model/src/autocast.rs keeps the same codes).
 bool device_type(int code, at::DeviceType* out) {
   switch (code) {
     case 0:

@@ -9,10 +9,12 @@ use mpi::collective::{CommunicatorCollectives, Root, SystemOperation};
 use mpi::topology::Communicator;
 use serde::{Deserialize, Serialize};
 
-use super::format::new_run_id;
-use super::lineage::{describe, in_the_way, set_aside, Start, SET_ASIDE};
-use super::load::{exact, fetch, list, newest_valid_of, read, split_url, Chosen, Listed, Restored};
-use super::{CkptError, Manifest, Store};
+use syncdiff_checkpoint::lineage::{describe, in_the_way, set_aside, Start};
+use syncdiff_checkpoint::{
+    exact, fetch, list, new_run_id, newest_valid_of, read, split_url, Chosen, CkptError, Listed,
+    Manifest, Restored, Store, SET_ASIDE,
+};
+
 use crate::dist::Runtime;
 
 /// `--resume`: `auto`, `never`, or a checkpoint URL.
@@ -187,7 +189,7 @@ pub fn resume(
         let local_root = std::env::temp_dir().join(format!(
             "syncdiff-resume-{}-{}",
             std::process::id(),
-            super::format::now_unix()
+            syncdiff_checkpoint::now_unix()
         ));
         let d = decide(policy, move_aside, store, &local_root)
             .unwrap_or_else(|e| Decision::Failed(e.to_string()));

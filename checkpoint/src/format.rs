@@ -64,7 +64,7 @@ pub struct TrainerState {
     pub run: Option<String>,
     /// The fp16 loss scaler (`train.precision: fp16` only).
     #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub loss_scale: Option<crate::amp::LossScaleState>,
+    pub loss_scale: Option<LossScaleState>,
 }
 
 /// One file of a checkpoint.
@@ -179,6 +179,15 @@ pub fn now_unix() -> u64 {
     std::time::SystemTime::now()
         .duration_since(std::time::UNIX_EPOCH)
         .map_or(0, |d| d.as_secs())
+}
+
+/// What a checkpoint keeps of fp16 training's loss scaler (`trainer_state.json`).
+#[derive(Debug, Clone, Copy, PartialEq, Serialize, Deserialize)]
+pub struct LossScaleState {
+    /// The current scale.
+    pub scale: f32,
+    /// Finite steps in a row since the last growth or back-off.
+    pub growth_tracker: u64,
 }
 
 #[cfg(test)]

@@ -13,7 +13,7 @@ use syncdiff_dataprep::video;
 use syncdiff_model::config::{FaceConfig, FaceCrop, FaceDetectorKind};
 use syncdiff_runtime::launch::DeviceChoice;
 
-use syncdiff_trainer::eval::{self, mouth, psnr, ssim, wer, Lpips, Lse, Region, SyncNet, View};
+use syncdiff_inference::eval::{self, mouth, psnr, ssim, wer, Lpips, Lse, Region, SyncNet, View};
 
 /// The mouth region as fractions of the frame: x, y, width, height.
 #[derive(Debug, Clone, Copy)]

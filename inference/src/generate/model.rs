@@ -11,8 +11,8 @@ use tch::nn::VarStore;
 use tch::{Device, Tensor};
 
 use super::GenerateError;
-use crate::ckpt::{self, Retry, Store};
-use crate::model::TrainModel;
+use syncdiff_checkpoint::{self as ckpt, Retry, Store};
+use syncdiff_model::networks::Networks;
 
 /// Which weights of a checkpoint to use.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -29,7 +29,7 @@ pub struct Generator {
     /// The configuration the model was trained with.
     pub config: Config,
     /// Audio path and denoiser.
-    pub model: TrainModel,
+    pub model: Networks,
     /// Autoencoder (its variables live in `_ae_vs`).
     pub autoencoder: Autoencoder,
     _ae_vs: VarStore,
@@ -82,7 +82,7 @@ impl Generator {
                 )));
             }
         }
-        let model = TrainModel::new(&config, device);
+        let model = Networks::new(&config, device);
         let label = PathBuf::from(&source);
         syncdiff_model::weights::load_into(&model.vs, "", &label, &tensors)
             .map_err(|e| GenerateError::Model(e.to_string()))?;
@@ -91,19 +91,20 @@ impl Generator {
 
     /// A model of `config` with random weights (for benchmarks and tests of the machinery).
     pub fn random(config: Config, device: Device) -> Result<Self, GenerateError> {
-        let model = TrainModel::new(&config, device);
+        let model = Networks::new(&config, device);
         Self::assemble(config, model, device, "random weights".into())
     }
 
     /// Adds the configured autoencoder to a model.
     fn assemble(
         config: Config,
-        model: TrainModel,
+        model: Networks,
         device: Device,
         source: String,
     ) -> Result<Self, GenerateError> {
-        let (ae_vs, autoencoder, _) = syncdiff_dataprep::ingest::load_autoencoder(&config, device)
-            .map_err(|e| GenerateError::Model(e.to_string()))?;
+        let (ae_vs, autoencoder, _) =
+            syncdiff_dataset::autoencoder::load_autoencoder(&config, device)
+                .map_err(|e| GenerateError::Model(e.to_string()))?;
         Ok(Self {
             config,
             model,

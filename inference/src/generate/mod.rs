@@ -33,7 +33,7 @@ use std::time::{Duration, Instant};
 use syncdiff_model::syncdiff::{Conditioning, SampleOptions, StepNoise, SyncDiffError};
 use tch::{Kind, Tensor};
 
-use crate::data::keyed_noise;
+use syncdiff_runtime::rng::keyed_noise;
 
 /// Why generation failed.
 #[derive(Debug, thiserror::Error)]
@@ -51,7 +51,7 @@ pub enum GenerateError {
     Video(#[from] syncdiff_dataprep::video::VideoError),
     /// The checkpoint could not be read.
     #[error(transparent)]
-    Ckpt(#[from] crate::ckpt::CkptError),
+    Ckpt(#[from] syncdiff_checkpoint::CkptError),
     /// The model could not be built, loaded or run.
     #[error("{0}")]
     Model(String),
@@ -151,7 +151,7 @@ fn sample_chunk(
 ) -> Result<Sampled, GenerateError> {
     // The autoencoder and the denoiser under autocast (sample.precision; thread local, so each
     // worker thread opens its own region); latents and images come out as float32.
-    let _autocast = crate::amp::Autocast::enter(opts.precision, g.device)
+    let _autocast = syncdiff_model::autocast::Autocast::enter(opts.precision, g.device)
         .map_err(|e| GenerateError::Model(format!("sample.precision: {e}")))?;
     let mut times = [Duration::ZERO; 3];
     let encode = |x: &Tensor| tch::no_grad(|| g.autoencoder.encode(&x.to_device(g.device)));

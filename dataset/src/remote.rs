@@ -30,13 +30,13 @@ use std::os::unix::fs::MetadataExt;
 use std::path::{Path, PathBuf};
 use std::sync::Mutex;
 
+use crate::publish::Publish;
+pub use crate::publish::Uploaded;
+use crate::store::Manifest;
 use sha2::{Digest, Sha256};
-use syncdiff_dataset::publish::Publish;
-pub use syncdiff_dataset::publish::Uploaded;
-use syncdiff_dataset::store::Manifest;
 use syncdiff_model::config::Config;
 
-use crate::ckpt::{hex, safe_url, ObjError, Retry, Store};
+use syncdiff_runtime::objstore::{hex, safe_url, ObjError, Retry, Store};
 
 /// With the `fault-injection` feature: `N` makes the process exit (as if killed) after
 /// downloading N files into a shard's partial directory.

@@ -1,29 +1,31 @@
 //! Checkpoints on object storage (the storage layer is `syncdiff_runtime::objstore`, re-exported
 //! here): the file layout (`format`), background saves with retention (`save`), finding and
-//! verifying (`load`), resuming on any world size with one download per node (`resume`), what may
-//! change on resume (`compat`), the writer lease (`lease`), runs set aside (`lineage`), bundles
-//! for generation (`bundle`), and safetensors files (`safetensors`).
+//! verifying (`load`), what may change on resume (`compat`), the writer lease (`lease`), runs set
+//! aside (`lineage`), bundles for generation (`bundle`), and safetensors files (`safetensors`).
+//!
+//! Training and generation both use it, so it holds no MPI: resuming on any world size (one
+//! download per node, agreed over MPI) is the trainer's (`syncdiff_trainer::train::resume`).
 
 mod bundle;
 mod compat;
 mod format;
 mod lease;
-mod lineage;
+pub mod lineage;
 mod load;
-mod resume;
 mod safetensors;
 mod save;
 
 pub use bundle::{BundleInfo, BUNDLE};
 pub use compat::{check_compatible, flatten};
 pub use format::{
-    new_run_id, now_unix, parse_step_dir, step_dir, utc_stamp, FileEntry, Manifest, TrainerState,
-    CONFIG, EMA, FORMAT, MANIFEST, MODEL, OPTIMIZER, STATE,
+    new_run_id, now_unix, parse_step_dir, step_dir, utc_stamp, FileEntry, LossScaleState, Manifest,
+    TrainerState, CONFIG, EMA, FORMAT, MANIFEST, MODEL, OPTIMIZER, STATE,
 };
 pub use lease::{Holder, Lease, Takeover, LEASE};
 pub use lineage::SET_ASIDE;
-pub use load::{exact, fetch, list, newest_valid, read, split_url, Chosen, Listed, Restored};
-pub use resume::{resume, ResumePolicy, Resumed};
+pub use load::{
+    exact, fetch, list, newest_valid, newest_valid_of, read, split_url, Chosen, Listed, Restored,
+};
 #[cfg(feature = "fault-injection")]
 pub use save::FAULT_KILL_AFTER_ENV;
 pub use save::{

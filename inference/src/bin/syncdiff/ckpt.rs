@@ -8,7 +8,7 @@ use anyhow::{bail, Context};
 use syncdiff_model::config::{AutoencoderKind, Config, ConfigArgs};
 use tch::Tensor;
 
-use syncdiff_trainer::ckpt::{self, Retry, Store};
+use syncdiff_checkpoint::{self as ckpt, Retry, Store};
 
 /// `syncdiff ckpt`: checkpoints under a URL.
 #[derive(Debug, clap::Subcommand)]

@@ -1,0 +1,5 @@
+include!("../model/tch_link.rs");
+
+fn main() {
+    link_libtorch();
+}
