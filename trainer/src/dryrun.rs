@@ -1,6 +1,7 @@
 //! `syncdiff-train --dry-run`: resolve the configuration for this launch and report what a run
 //! would do, touching no data and no GPU memory.
 
+use std::path::Path;
 use syncdiff_model::avhubert::{AvHubert, MelEncoder};
 use syncdiff_model::config::{
     AudioEncoderKind, AutoencoderKind, BatchPlan, Config, ConfigError, Precision, StepPlan,
@@ -10,6 +11,7 @@ use syncdiff_model::temporal::TemporalFilter;
 use syncdiff_model::unet::UnetShape;
 use syncdiff_model::vq::VqModel;
 use syncdiff_model::weights;
+
 use tch::nn::VarStore;
 
 use crate::dist::{choose_device, DistError, Placement, Runtime};
@@ -65,6 +67,26 @@ impl DryRun {
             steps,
             size_source,
         })
+    }
+
+    /// `--dry-run`: rank 0 prints the job's plan and the model's parameters and memory, then
+    /// every rank its own line, in rank order.
+    pub fn print(config: &Config, rt: &Runtime, config_path: &Path) -> Result<(), DryRunError> {
+        let plan = Self::run(config, rt)?;
+        if rt.is_main() {
+            let p = rt.prefix();
+            let file = config_path.display();
+            println!("{p} config {file} (resolved; --print-config shows it)");
+            for line in plan.summary(config, rt) {
+                println!("{line}");
+            }
+            let report = ModelReport::build(config, plan.batch.micro_batch);
+            for line in report.lines(&p, plan.batch.micro_batch) {
+                println!("{line}");
+            }
+        }
+        rt.in_rank_order(|| println!("{}", plan.rank_line(rt)));
+        Ok(())
     }
 
     /// The line each rank prints about itself.

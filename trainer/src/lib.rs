@@ -15,6 +15,7 @@ pub mod log;
 pub mod model;
 pub mod opcount;
 pub mod optim;
+mod parallelize;
 pub mod preflight;
 mod shim;
 pub mod train;

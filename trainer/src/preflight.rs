@@ -127,6 +127,48 @@ fn checkpoint_url(config: &Config) -> Result<String, String> {
     Ok(format!("checkpoint dir {} writable", dir.display()))
 }
 
+/// Checks failed somewhere in the job (each was printed by the rank that saw it).
+#[derive(Debug, thiserror::Error)]
+#[error("{prefix} preflight: {failed} check(s) failed across the job")]
+pub struct PreflightFailed {
+    /// The rank's log prefix.
+    pub prefix: String,
+    /// Failed checks over all ranks.
+    pub failed: i32,
+}
+
+/// `--preflight` (a collective): every rank runs its checks and prints its line, in rank order,
+/// and an `error:` line per failed check; rank 0 says when all passed. Fails on every rank when
+/// any check failed on any rank.
+pub fn run_job(
+    config: &Config,
+    rt: &Runtime,
+    placement: Result<Placement, String>,
+) -> Result<(), PreflightFailed> {
+    let report = run(config, rt, placement);
+    rt.in_rank_order(|| println!("{}", report.line));
+    let mut failed = [0i32];
+    rt.comm().all_reduce_into(
+        &[report.failures.len() as i32][..],
+        &mut failed[..],
+        SystemOperation::sum(),
+    );
+    for f in &report.failures {
+        crate::dist::error_line(&format!("{} preflight {f}", rt.prefix()));
+    }
+    if failed[0] > 0 {
+        return Err(PreflightFailed {
+            prefix: rt.prefix(),
+            failed: failed[0],
+        });
+    }
+    if rt.is_main() {
+        let (p, n) = (rt.prefix(), rt.world_size());
+        println!("{p} preflight passed on all {n} ranks");
+    }
+    Ok(())
+}
+
 /// Runs every check on this rank (a collective: all ranks call it).
 pub fn run(config: &Config, rt: &Runtime, placement: Result<Placement, String>) -> RankReport {
     let mut parts = vec![format!("{} host {}", rt.prefix(), rt.host())];

@@ -13,13 +13,11 @@ use tch::{Device, Tensor};
 use crate::amp::{unscale_and_check, Autocast, LossScaleState, LossScaler};
 
 use crate::data::Batch;
-use crate::dist::{
-    broadcast_params, check_params, GradSync, Launch, MpiGradSync, MpiThread, NcclGradSync,
-    NcclStream, Overlap, Runtime, Watchdog,
-};
+use crate::dist::{broadcast_params, check_params, Runtime, Watchdog};
 use crate::error::TrainError;
 use crate::model::TrainModel;
 use crate::optim::{bucket_elements, clip_grad_norm, AdamW, Ema, Flat, Optimizer, Sgd};
+use crate::parallelize::{parallelize, Reduce};
 use syncdiff_checkpoint::{to_host, CkptError, Restored};
 
 /// Test-only fault injection (cargo feature `fault-injection`): `RANK:STEP` perturbs one
@@ -83,16 +81,6 @@ pub struct Trainer<'a> {
     nonfinite_in_row: u32,
 }
 
-/// How gradients are averaged: after the backward pass, or overlapped with it.
-enum Reduce<'a> {
-    /// One rank: nothing to average with.
-    Alone,
-    /// All buckets after the whole backward pass.
-    After(Box<dyn GradSync + 'a>),
-    /// Each bucket as soon as its gradients are final (`dist.overlap`).
-    Overlapped(Overlap),
-}
-
 /// Named tensors.
 pub type Named = Vec<(String, Tensor)>;
 
@@ -149,21 +137,7 @@ impl<'a> Trainer<'a> {
             );
         }
         tch::manual_seed(t.seed as i64);
-        let model = TrainModel::new(config, device);
-        // Pretrained AV-HuBERT (`syncdiff convert avhubert`), before the broadcast.
-        if let Some(w) = &config.model.audio_encoder.weights {
-            if config.model.audio_encoder.kind == syncdiff_model::config::AudioEncoderKind::Avhubert
-            {
-                let path = Path::new(w);
-                syncdiff_model::weights::read(path)
-                    .and_then(|file| {
-                        syncdiff_model::weights::load_into(&model.nets.vs, "audio.", path, &file)
-                    })
-                    .map_err(|e| {
-                        TrainError::Weights(format!("model.audio_encoder.weights: {e}"))
-                    })?;
-            }
-        }
+        let model = TrainModel::with_pretrained(config, device)?;
         // From here on the parameters and their gradients live in flat buckets.
         let flat = Flat::new(model.trainable(), bucket_elements(config.dist.bucket_mb))?;
         let dog = Watchdog::start(rt.prefix(), {
@@ -188,54 +162,7 @@ impl<'a> Trainer<'a> {
             .ema
             .enabled
             .then(|| Ema::new(flat.share(), t.ema.decay, t.ema.warmup));
-        let sync = if rt.world_size() == 1 {
-            Reduce::Alone
-        } else {
-            let nccl = || -> Result<NcclGradSync, TrainError> {
-                // The unique-id broadcast and ncclCommInitRank block until every rank joins: a
-                // wrong NCCL_SOCKET_IFNAME would otherwise hang until the job's time limit.
-                let _w = dog.watch(
-                    "NCCL start-up (unique id broadcast, ncclCommInitRank)",
-                    0,
-                    collective_timeout,
-                );
-                let mut sync = NcclGradSync::new(rt, device)?;
-                sync.dtype = config.dist.reduce_dtype;
-                Ok(sync)
-            };
-            match (backend, config.dist.overlap) {
-                (DistBackend::Nccl, false) => Reduce::After(Box::new(nccl()?)),
-                (_, false) => {
-                    let mut sync = MpiGradSync::new(rt.comm());
-                    sync.dtype = config.dist.reduce_dtype;
-                    Reduce::After(Box::new(sync))
-                }
-                (backend, true) => {
-                    let buffers = || flat.reduce_buffers().iter().map(Tensor::shallow_clone);
-                    let bad = |message: String| crate::dist::DistError::Backend {
-                        rank: rt.rank(),
-                        message,
-                    };
-                    let launch: Box<dyn Launch> = if backend == DistBackend::Nccl {
-                        Box::new(
-                            NcclStream::new(nccl()?, buffers().collect(), device).map_err(bad)?,
-                        )
-                    } else {
-                        let _w = dog.watch("communicator duplication", 0, collective_timeout);
-                        Box::new(
-                            MpiThread::new(
-                                rt.comm(),
-                                buffers().collect(),
-                                rt.thread_multiple(),
-                                config.dist.reduce_dtype,
-                            )
-                            .map_err(bad)?,
-                        )
-                    };
-                    Reduce::Overlapped(Overlap::new(&flat, launch, rt.rank())?)
-                }
-            }
-        };
+        let sync = parallelize(config, rt, device, backend, &flat, &dog)?;
         Ok(Self {
             rt,
             model,

@@ -15,12 +15,16 @@
 mod clip;
 mod frames;
 mod model;
+mod preview;
+mod session;
 mod settings;
 mod timings;
 
 pub use clip::{check_output, ping_pong, prepare, read_list, Job, Prepared, FPS, RATE};
 pub use frames::{Collect, FrameSink, Mp4Sink};
 pub use model::{Generator, WeightChoice};
+pub use preview::preview;
+pub use session::{run, sample_options, Request, SampleOverrides, Summary};
 pub use settings::face_settings;
 pub use timings::Timings;
 
@@ -61,6 +65,9 @@ pub enum GenerateError {
     /// The face front-end could not run.
     #[error(transparent)]
     Face(#[from] syncdiff_dataprep::face::FaceError),
+    /// The request cannot run as asked (an option out of range, or not for this device or model).
+    #[error("{0}")]
+    Request(String),
     /// The model produced NaN or Inf for a clip: that clip stops, the others go on.
     #[error(
         "{out}: the model's output is not finite (NaN or Inf) at frame {frame}; clip stopped \

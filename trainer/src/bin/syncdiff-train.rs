@@ -10,10 +10,11 @@ use std::process::ExitCode;
 
 use anyhow::Context;
 use clap::Parser;
-use syncdiff_model::config::{parse_args, ConfigArgs};
-use syncdiff_trainer::dist::Runtime;
-use syncdiff_trainer::dryrun::{DryRun, ModelReport};
-use syncdiff_trainer::train::ResumePolicy;
+use syncdiff_model::config::{parse_args, Config, ConfigArgs};
+use syncdiff_trainer::dist::{self, Runtime};
+use syncdiff_trainer::dryrun::DryRun;
+use syncdiff_trainer::preflight;
+use syncdiff_trainer::train::{self, ResumePolicy};
 
 /// Train SyncDiff with data parallelism over MPI ranks.
 #[derive(Debug, Parser)]
@@ -97,98 +98,29 @@ impl From<anyhow::Error> for Failure {
     }
 }
 
-fn run(cli: &Cli, config: &syncdiff_model::config::Config) -> Result<(), Failure> {
+fn run(cli: &Cli, config: &Config) -> Result<(), Failure> {
     let rt = Runtime::init().context("cannot start MPI")?;
     // The split of the global batch depends on the world size, known only now. Every rank
     // computes the same answer, so all of them exit with it (no abort needed).
     if let Err(e) = config.batch_plan(rt.world_size() as u32) {
-        return Err(Failure::Config(if rt.is_main() {
-            e.to_string()
-        } else {
-            String::new()
-        }));
+        return Err(Failure::Config(main_only(&rt, e.to_string())));
     }
     if cli.dry_run {
-        let plan = DryRun::run(config, &rt).map_err(|e| anyhow::anyhow!("{} {e}", rt.prefix()))?;
-        if rt.is_main() {
-            println!(
-                "{} config {} (resolved; --print-config shows it)",
-                rt.prefix(),
-                cli.config.config.display()
-            );
-            for line in plan.summary(config, &rt) {
-                println!("{line}");
-            }
-            let report = ModelReport::build(config, plan.batch.micro_batch);
-            for line in report.lines(&rt.prefix(), plan.batch.micro_batch) {
-                println!("{line}");
-            }
-        }
-        rt.in_rank_order(|| println!("{}", plan.rank_line(&rt)));
+        DryRun::print(config, &rt, &cli.config.config)
+            .map_err(|e| anyhow::anyhow!("{} {e}", rt.prefix()))?;
         return Ok(());
     }
-    let gpus = tch::Cuda::device_count();
-    let placement = match syncdiff_trainer::dist::GpuNode::probe()
-        .unusable(gpus, syncdiff_trainer::dist::WHEEL_CUDA)
-    {
-        Some(message) => Err(syncdiff_trainer::dist::DistError::Backend {
-            rank: rt.rank(),
-            message,
-        }),
-        None => syncdiff_trainer::dist::choose_device(
-            config.dist.backend,
-            rt.rank(),
-            rt.local_rank(),
-            rt.local_size(),
-            config.dist.cpu_threads,
-            gpus,
-        ),
-    };
+    let placement = dist::place(config, &rt);
     if cli.preflight {
-        let report = syncdiff_trainer::preflight::run(
-            config,
-            &rt,
-            placement.as_ref().map(|p| *p).map_err(|e| e.to_string()),
-        );
-        rt.in_rank_order(|| println!("{}", report.line));
-        let mut failed = [0i32];
-        mpi::collective::CommunicatorCollectives::all_reduce_into(
-            rt.comm(),
-            &[report.failures.len() as i32][..],
-            &mut failed[..],
-            mpi::collective::SystemOperation::sum(),
-        );
-        for f in &report.failures {
-            error_line(&format!("{} preflight {f}", rt.prefix()));
-        }
-        if failed[0] > 0 {
-            return Err(anyhow::anyhow!(
-                "{} preflight: {} check(s) failed across the job",
-                rt.prefix(),
-                failed[0]
-            )
-            .into());
-        }
-        if rt.is_main() {
-            println!(
-                "{} preflight passed on all {} ranks",
-                rt.prefix(),
-                rt.world_size()
-            );
-        }
+        let placement = placement.map_err(|e| e.to_string());
+        preflight::run_job(config, &rt, placement).map_err(anyhow::Error::from)?;
         return Ok(());
     }
-    // SIGUSR1 (SLURM's warning before the time limit) or SIGTERM: stop after the current step on
-    // every rank (the flag travels in the gradient all-reduce).
-    let stop = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
-    for sig in [signal_hook::consts::SIGUSR1, signal_hook::consts::SIGTERM] {
-        signal_hook::flag::register(sig, stop.clone())
-            .context("cannot install the signal handlers")?;
-    }
+    let stop = train::stop_on_signals().context("cannot install the signal handlers")?;
     let placement = placement.map_err(|e| anyhow::anyhow!("{e}"))?;
     tch::set_num_threads(placement.cpu_threads as i32);
     let stop_requested = || stop.load(std::sync::atomic::Ordering::Relaxed);
-    let opts = syncdiff_trainer::train::TrainOptions {
+    let opts = train::TrainOptions {
         device: placement.device,
         backend: placement.backend,
         stop_requested: &stop_requested,
@@ -196,49 +128,31 @@ fn run(cli: &Cli, config: &syncdiff_model::config::Config) -> Result<(), Failure
         move_aside: cli.move_aside,
         take_lease: cli.take_lease,
     };
-    let summary = match syncdiff_trainer::train::train(config, &rt, &opts) {
-        Ok(s) => s,
+    match train::train(config, &rt, &opts) {
+        Ok(summary) if rt.is_main() => println!("{} {summary}", rt.prefix()),
+        Ok(_) => {}
         Err(e) if e.on_every_rank() => {
-            return Err(Failure::EveryRank(if rt.is_main() {
-                format!("{} {e}", rt.prefix())
-            } else {
-                String::new()
-            }))
+            return Err(Failure::EveryRank(main_only(
+                &rt,
+                format!("{} {e}", rt.prefix()),
+            )))
         }
         // One rank's failure ends the job at once: the others may be waiting in a collective.
         Err(e) if rt.world_size() > 1 => {
-            error_line(&format!(
-                "{} {e:#}; aborting all {} ranks",
-                rt.prefix(),
-                rt.world_size()
-            ));
+            let (p, n) = (rt.prefix(), rt.world_size());
+            dist::error_line(&format!("{p} {e:#}; aborting all {n} ranks"));
             rt.abort(1)
         }
         Err(e) => return Err(anyhow::anyhow!("{} {e:#}", rt.prefix()).into()),
-    };
-    if rt.is_main() {
-        println!(
-            "{} {} after {} steps in {:.1} s; last loss {:.4}; loader at epoch {} sample {}",
-            rt.prefix(),
-            if summary.stopped {
-                "stopped on request"
-            } else {
-                "finished"
-            },
-            summary.steps,
-            summary.seconds,
-            summary.last_loss,
-            summary.state.epoch,
-            summary.state.consumed
-        );
     }
     Ok(())
 }
 
-/// Writes `error: LINE` and its newline to stderr in one write, so that the lines of several
-/// ranks (and mpirun's own messages) interleave only as whole lines (`eprintln!` writes each
-/// formatted piece separately).
-fn error_line(line: &str) {
-    use std::io::Write;
-    let _ = std::io::stderr().write_all(format!("error: {line}\n").as_bytes());
+/// A message said once, by rank 0 (the other ranks' are empty).
+fn main_only(rt: &Runtime, message: String) -> String {
+    if rt.is_main() {
+        message
+    } else {
+        String::new()
+    }
 }

@@ -158,6 +158,30 @@ pub const WHEEL_CUDA: &str = match option_env!("SYNCDIFF_TORCH_CUDA") {
     None => "unknown",
 };
 
+/// This rank's placement for training: its GPU when libtorch sees one (a node whose driver cannot
+/// run the wheel's CUDA is refused, naming both versions), else the CPU with its share of the
+/// node's cores; the configured backend checked against it.
+pub fn place(
+    config: &syncdiff_model::config::Config,
+    rt: &super::Runtime,
+) -> Result<Placement, DistError> {
+    let gpus = tch::Cuda::device_count();
+    if let Some(message) = GpuNode::probe().unusable(gpus, WHEEL_CUDA) {
+        return Err(DistError::Backend {
+            rank: rt.rank(),
+            message,
+        });
+    }
+    choose_device(
+        config.dist.backend,
+        rt.rank(),
+        rt.local_rank(),
+        rt.local_size(),
+        config.dist.cpu_threads,
+        gpus,
+    )
+}
+
 #[cfg(test)]
 mod tests {
     #![allow(clippy::unwrap_used)]

@@ -7,11 +7,11 @@ mod overlap;
 mod runtime;
 mod watchdog;
 
-pub use device::{choose_device, GpuNode, Placement, WHEEL_CUDA};
+pub use device::{choose_device, place, GpuNode, Placement, WHEEL_CUDA};
 pub use grad_sync::{broadcast_params, check_params, GradSync, MpiGradSync};
 pub use nccl::{nccl_available, nccl_copies, nccl_library, NcclGradSync, NcclLibrary};
 pub use overlap::{Arrival, Launch, MpiThread, NcclStream, Overlap, Schedule};
-pub use runtime::{AbortHandle, Runtime};
+pub use runtime::{error_line, AbortHandle, Runtime};
 pub use watchdog::{OnTimeout, WatchGuard, Watchdog};
 
 /// Errors of the distributed runtime. Messages name the rank.

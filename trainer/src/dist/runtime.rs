@@ -180,3 +180,11 @@ impl AbortHandle {
         std::process::abort()
     }
 }
+
+/// Writes `error: LINE` and its newline to stderr in one write, so that the lines of several
+/// ranks (and mpirun's own messages) interleave only as whole lines (`eprintln!` writes each
+/// formatted piece separately).
+pub fn error_line(line: &str) {
+    use std::io::Write;
+    let _ = std::io::stderr().write_all(format!("error: {line}\n").as_bytes());
+}

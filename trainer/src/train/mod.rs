@@ -82,6 +82,32 @@ pub struct RunSummary {
     pub stopped: bool,
 }
 
+impl std::fmt::Display for RunSummary {
+    /// `finished after N steps in S s; last loss L; loader at epoch E sample K`.
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        let how = if self.stopped {
+            "stopped on request"
+        } else {
+            "finished"
+        };
+        write!(
+            f,
+            "{how} after {} steps in {:.1} s; last loss {:.4}; loader at epoch {} sample {}",
+            self.steps, self.seconds, self.last_loss, self.state.epoch, self.state.consumed
+        )
+    }
+}
+
+/// A flag set by SIGUSR1 (SLURM's warning before the time limit) or SIGTERM: the loop stops
+/// after the current step on every rank (the flag travels in the gradient all-reduce).
+pub fn stop_on_signals() -> std::io::Result<std::sync::Arc<std::sync::atomic::AtomicBool>> {
+    let stop = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+    for sig in [signal_hook::consts::SIGUSR1, signal_hook::consts::SIGTERM] {
+        signal_hook::flag::register(sig, stop.clone())?;
+    }
+    Ok(stop)
+}
+
 /// Trains on the configured data set, from the checkpoint `--resume` picks or from scratch.
 pub fn train(
     config: &Config,
