@@ -12,7 +12,7 @@ use tch::nn::VarStore;
 use tch::Device;
 
 use crate::clip::{ClipSettings, DecodedClip, Rejection};
-use crate::lrs2::{encode_clip, stream_clip_parts};
+use crate::pipeline::{encode_clip, stream_clip_parts};
 use syncdiff_dataset::audio::{FbankParams, LogFbank};
 use syncdiff_dataset::store::{
     meta_for, shard_name, write_manifest, AudioCacheTag, ClipData, Manifest, ShardRecord,
@@ -266,6 +266,42 @@ pub struct IngestReport {
     pub write_s: f64,
     /// Wall seconds the encoder waited for decoded clips.
     pub decode_wait_s: f64,
+}
+
+impl IngestReport {
+    /// The summary line of rank `rank` of `world` after `secs` seconds (`out`: the data set's
+    /// directory or URL, named when this rank wrote its manifest).
+    pub fn summary(&self, rank: usize, world: usize, secs: f64, out: &str) -> String {
+        let memory = syncdiff_runtime::progress::peak_memory_mib()
+            .map_or(String::new(), |m| format!(", peak memory {m} MiB"));
+        let split = if self.split + self.scene_cuts > 0 {
+            format!(
+                " ({} clip(s) split by the face front-end, {} scene cut(s))",
+                self.split, self.scene_cuts
+            )
+        } else {
+            String::new()
+        };
+        let manifest = if self.manifest_written {
+            let url = syncdiff_runtime::objstore::safe_url(out.trim_end_matches('/'));
+            format!("; wrote {url}/manifest.json (reasons in rejected.jsonl)")
+        } else {
+            String::new()
+        };
+        format!(
+            "rank {rank}/{world}: built {} shard(s), {} already finished; {} clips, {} frames in \
+             {secs:.1} s (decoding threads busy {:.2} s, encode {:.2} s, write {:.2} s{memory}); \
+             {} rejected{split}{manifest}",
+            self.built,
+            self.skipped,
+            self.clips,
+            self.frames,
+            self.decode_s,
+            self.encode_s,
+            self.write_s,
+            self.rejected,
+        )
+    }
 }
 
 impl IngestReport {

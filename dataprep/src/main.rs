@@ -204,29 +204,7 @@ fn run_ingest(layout: Layout, args: IngestArgs) -> Result<anyhow::Result<String>
         encode_threads,
         rebuild,
     } = args;
-    let publish = if out.contains("://") && !out.starts_with("file://") {
-        match syncdiff_dataset::publish::Publish::open(&out) {
-            Ok(p) => Some(std::sync::Arc::new(p)),
-            Err(e) => {
-                eprintln!("error: --out {e}");
-                return Err(ExitCode::from(2));
-            }
-        }
-    } else {
-        None
-    };
-    let dir = match (&publish, stage) {
-        (Some(_), Some(stage)) => stage,
-        (Some(_), None) => syncdiff_dataset::publish::default_stage(&out),
-        (None, _) => PathBuf::from(out.strip_prefix("file://").unwrap_or(&out)),
-    };
-    if let Err(e) = syncdiff_dataprep::outpath::output_dir(&dir) {
-        eprintln!("error: --out {e}");
-        return Err(ExitCode::from(2));
-    }
-    if let Some(p) = &publish {
-        eprintln!("publishing to {} (staging in {})", p.url(), dir.display());
-    }
+    let (publish, dir) = ingest_target(&out, stage)?;
     let cfg = match config.load() {
         Ok(c) => c,
         Err(e) => {
@@ -270,25 +248,40 @@ fn run_ingest(layout: Layout, args: IngestArgs) -> Result<anyhow::Result<String>
         });
     });
     bar.finish();
-    Ok(r.map(|rep| {
-        format!(
-            "rank {rank}/{world}: built {} shard(s), {} already finished; {} clips, {} frames in {:.1} s (decoding threads busy {:.2} s, encode {:.2} s, write {:.2} s{}); {} rejected{}{}",
-            rep.built,
-            rep.skipped,
-            rep.clips,
-            rep.frames,
-            start.elapsed().as_secs_f64(),
-            rep.decode_s,
-            rep.encode_s,
-            rep.write_s,
-            syncdiff_runtime::progress::peak_memory_mib()
-                .map_or(String::new(), |m| format!(", peak memory {m} MiB")),
-            rep.rejected,
-            if rep.split + rep.scene_cuts > 0 { format!(" ({} clip(s) split by the face front-end, {} scene cut(s))", rep.split, rep.scene_cuts) } else { String::new() },
-            if rep.manifest_written { format!("; wrote {}/manifest.json (reasons in rejected.jsonl)", syncdiff_runtime::objstore::safe_url(out.trim_end_matches('/'))) } else { String::new() }
-        )
-    })
-    .map_err(anyhow::Error::from))
+    let secs = start.elapsed().as_secs_f64();
+    Ok(r.map(|rep| rep.summary(rank, world, secs, &out))
+        .map_err(anyhow::Error::from))
+}
+
+/// The publisher of an ingest to object storage, shared by its decoding threads.
+type Publisher = std::sync::Arc<syncdiff_dataset::publish::Publish>;
+
+/// Where an ingest writes: `--out` on disk, or a staging directory (`--stage`, else the default
+/// beside the temporary directory) published to the `--out` URL. `Err`: exit code 2, printed.
+fn ingest_target(
+    out: &str,
+    stage: Option<PathBuf>,
+) -> Result<(Option<Publisher>, PathBuf), ExitCode> {
+    let usage = |e: &dyn std::fmt::Display| {
+        eprintln!("error: --out {e}");
+        ExitCode::from(2)
+    };
+    let publish = if out.contains("://") && !out.starts_with("file://") {
+        let p = syncdiff_dataset::publish::Publish::open(out).map_err(|e| usage(&e))?;
+        Some(std::sync::Arc::new(p))
+    } else {
+        None
+    };
+    let dir = match (&publish, stage) {
+        (Some(_), Some(stage)) => stage,
+        (Some(_), None) => syncdiff_dataset::publish::default_stage(out),
+        (None, _) => PathBuf::from(out.strip_prefix("file://").unwrap_or(out)),
+    };
+    syncdiff_dataprep::outpath::output_dir(&dir).map_err(|e| usage(&e))?;
+    if let Some(p) = &publish {
+        eprintln!("publishing to {} (staging in {})", p.url(), dir.display());
+    }
+    Ok((publish, dir))
 }
 
 /// `faces`: the front-end on one video, pictures of every `every`-th frame, and a summary.
@@ -299,66 +292,23 @@ fn faces(
     every: u32,
     seconds: f64,
 ) -> anyhow::Result<String> {
-    use syncdiff_dataprep::face::{overlay, CropTransform, FrontEnd};
-    use syncdiff_dataprep::video;
+    use syncdiff_dataprep::face::FrontEnd;
     let cfg = config.load()?;
     let face_cfg = &cfg.data.face;
     let fe = FrontEnd::new(face_cfg)?;
-    let info = video::probe(input)?;
-    video::check_pixel_format(input, &info.pix_fmt)?;
-    let (w, h) = (info.width, info.height);
-    anyhow::ensure!(
-        w > 0 && h > 0,
-        "{}: no frame size in the video stream",
-        input.display()
-    );
-    let fps = if info.fps > 0.0 { info.fps } else { 25.0 };
-    let rgb = video::decode_frames_upto(input, w, h, Some(seconds))?;
-    let frame_len = (w * h * 3) as usize;
-    let frames = rgb.len() / frame_len;
-    anyhow::ensure!(
-        frames > 0,
-        "{}: no frames decoded in the first {seconds} s",
-        input.display()
-    );
-    let bar = Progress::new(true, "faces", "frame", 0, frames as u64);
-    let mut tracker = fe.tracker(w, h, fps);
-    for (i, f) in rgb.chunks_exact(frame_len).enumerate() {
+    let v = Decoded::read(input, seconds)?;
+    let bar = Progress::new(true, "faces", "frame", 0, v.frames as u64);
+    let mut tracker = fe.tracker(v.w, v.h, v.fps);
+    for (i, f) in v.rgb.chunks_exact(v.frame_len()).enumerate() {
         tracker.push(f)?;
         bar.set(i as u64 + 1);
     }
     bar.finish();
     let clip = tracker.finish();
     std::fs::create_dir_all(out).map_err(|e| anyhow::anyhow!("{}: {e}", out.display()))?;
-    let mut drawn = 0;
-    for i in (0..frames).step_by(every as usize) {
-        let Some(face) = &clip.frames[i] else {
-            continue;
-        };
-        let src = &rgb[i * frame_len..(i + 1) * frame_len];
-        let mut pic = src.to_vec();
-        overlay(
-            &mut pic,
-            w,
-            h,
-            face,
-            face_cfg,
-            cfg.data.mask_fraction,
-            cfg.data.resolution,
-        );
-        video::write_png(&out.join(format!("frame-{i:05}.png")), &pic, w, h)?;
-        let crop = CropTransform::new(face_cfg, &face.rect, w, h, cfg.data.resolution);
-        let s = cfg.data.resolution;
-        video::write_png(
-            &out.join(format!("crop-{i:05}.png")),
-            &crop.warp(src, w, h),
-            s,
-            s,
-        )?;
-        drawn += 1;
-    }
+    let drawn = draw_faces(&v, &clip, &cfg, every, out)?;
     if clip.with_face() == 0 {
-        let hint = match fe.smaller_face(&rgb[..frame_len], w, h)? {
+        let hint = match fe.smaller_face(&v.rgb[..v.frame_len()], v.w, v.h)? {
             Some(r) => format!(
                 " (a face of {:.0} px is in the first frame: lower data.face.min_face)",
                 r.side()
@@ -366,14 +316,19 @@ fn faces(
             None => String::new(),
         };
         anyhow::bail!(
-            "{}: no face of at least {} px (data.face.min_face) in {frames} frames{hint}",
+            "{}: no face of at least {} px (data.face.min_face) in {} frames{hint}",
             input.display(),
-            face_cfg.min_face
+            face_cfg.min_face,
+            v.frames
         );
     }
     Ok(format!(
-        "{}: {w}x{h} at {fps:.2} fps, {frames} frames; a face in {} ({} segment(s) {:?}, {} scene cut(s), detector on {} frames); {drawn} picture pair(s) in {}",
+        "{}: {}x{} at {:.2} fps, {} frames; a face in {} ({} segment(s) {:?}, {} scene cut(s), detector on {} frames); {drawn} picture pair(s) in {}",
         input.display(),
+        v.w,
+        v.h,
+        v.fps,
+        v.frames,
         clip.with_face(),
         clip.segments.len(),
         clip.segments,
@@ -381,6 +336,77 @@ fn faces(
         clip.detector_runs,
         out.display()
     ))
+}
+
+/// The first seconds of a video, decoded at its own size.
+struct Decoded {
+    rgb: Vec<u8>,
+    w: u32,
+    h: u32,
+    fps: f64,
+    frames: usize,
+}
+
+impl Decoded {
+    fn read(input: &std::path::Path, seconds: f64) -> anyhow::Result<Self> {
+        use syncdiff_dataprep::video;
+        let info = video::probe(input)?;
+        video::check_pixel_format(input, &info.pix_fmt)?;
+        let (w, h) = (info.width, info.height);
+        anyhow::ensure!(
+            w > 0 && h > 0,
+            "{}: no frame size in the video stream",
+            input.display()
+        );
+        let fps = if info.fps > 0.0 { info.fps } else { 25.0 };
+        let rgb = video::decode_frames_upto(input, w, h, Some(seconds))?;
+        let frames = rgb.len() / (w * h * 3) as usize;
+        anyhow::ensure!(
+            frames > 0,
+            "{}: no frames decoded in the first {seconds} s",
+            input.display()
+        );
+        Ok(Self {
+            rgb,
+            w,
+            h,
+            fps,
+            frames,
+        })
+    }
+
+    fn frame_len(&self) -> usize {
+        (self.w * self.h * 3) as usize
+    }
+}
+
+/// `frame-NNNNN.png` (box, landmarks, crop and mask drawn) and `crop-NNNNN.png` (the crop) of
+/// every `every`-th frame with a face; returns how many pairs.
+fn draw_faces(
+    v: &Decoded,
+    clip: &syncdiff_dataprep::face::ClipFaces,
+    cfg: &syncdiff_model::config::Config,
+    every: u32,
+    out: &std::path::Path,
+) -> anyhow::Result<usize> {
+    use syncdiff_dataprep::face::{overlay, CropTransform};
+    use syncdiff_dataprep::video;
+    let (w, h, len) = (v.w, v.h, v.frame_len());
+    let (face_cfg, s) = (&cfg.data.face, cfg.data.resolution);
+    let mut drawn = 0;
+    for i in (0..v.frames).step_by(every as usize) {
+        let Some(face) = &clip.frames[i] else {
+            continue;
+        };
+        let src = &v.rgb[i * len..(i + 1) * len];
+        let mut pic = src.to_vec();
+        overlay(&mut pic, w, h, face, face_cfg, cfg.data.mask_fraction, s);
+        video::write_png(&out.join(format!("frame-{i:05}.png")), &pic, w, h)?;
+        let crop = CropTransform::new(face_cfg, &face.rect, w, h, s).warp(src, w, h);
+        video::write_png(&out.join(format!("crop-{i:05}.png")), &crop, s, s)?;
+        drawn += 1;
+    }
+    Ok(drawn)
 }
 
 /// `inspect`: clips, frames, shards, sizes, compression ratio, format, autoencoder.

@@ -8,7 +8,7 @@ use syncdiff_model::config::ConfigError;
 
 use crate::data::{LoaderError, SamplerError};
 use crate::dist::DistError;
-use crate::validate::ValidateError;
+use crate::heldout::ValidateError;
 
 /// Why training stopped with an error. Messages name the file, key or rank.
 #[derive(Debug, thiserror::Error)]

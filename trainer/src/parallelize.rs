@@ -9,7 +9,7 @@ use syncdiff_model::config::{Config, DistBackend};
 use tch::{Device, Tensor};
 
 use crate::dist::{
-    DistError, GradSync, Launch, MpiGradSync, MpiThread, NcclGradSync, NcclStream, Overlap,
+    BucketReducer, DistError, GradSync, MpiGradSync, MpiThread, NcclGradSync, NcclStream, Overlap,
     Runtime, Watchdog,
 };
 use crate::error::TrainError;
@@ -67,12 +67,12 @@ pub(crate) fn parallelize<'a>(
         rank: rt.rank(),
         message,
     };
-    let launch: Box<dyn Launch> = if backend == DistBackend::Nccl {
+    let reducer: Box<dyn BucketReducer> = if backend == DistBackend::Nccl {
         Box::new(NcclStream::new(nccl()?, buffers(), device).map_err(bad)?)
     } else {
         let _w = dog.watch("communicator duplication", 0, timeout);
         let dtype = config.dist.reduce_dtype;
         Box::new(MpiThread::new(rt.comm(), buffers(), rt.thread_multiple(), dtype).map_err(bad)?)
     };
-    Ok(Reduce::Overlapped(Overlap::new(flat, launch, rt.rank())?))
+    Ok(Reduce::Overlapped(Overlap::new(flat, reducer, rt.rank())?))
 }

@@ -8,7 +8,7 @@ use common::repo;
 use std::path::{Path, PathBuf};
 use std::process::Command;
 
-use syncdiff_dataprep::lrs2::{encode_clip, frames_to_tensors, ClipSettings, DecodedClip};
+use syncdiff_dataprep::pipeline::{encode_clip, frames_to_tensors, ClipSettings, DecodedClip};
 use syncdiff_dataprep::synth::{synth, SynthOptions};
 use syncdiff_dataprep::video;
 use syncdiff_dataset::audio::{mel_group_features, FbankParams, LogFbank};
@@ -398,7 +398,7 @@ fn mpirun_ranks_split_the_shards() {
 #[test]
 fn half_precision_encode_error_against_float32() {
     let _torch = common::torch();
-    use syncdiff_dataprep::lrs2::encode_latents;
+    use syncdiff_dataprep::pipeline::encode_latents;
     use syncdiff_model::config::AutoencoderConfig;
     use syncdiff_model::vq::Autoencoder;
     // A VQ autoencoder of the paper's structure at reduced width, random weights, real frames.

@@ -8,7 +8,7 @@ use std::io::{Read, Seek, SeekFrom, Write};
 use std::path::PathBuf;
 
 use syncdiff_dataprep::face::{feather, mouth_mask, paste_back, CropTransform};
-use syncdiff_dataprep::lrs2::{frames_to_tensors, mask_pixels};
+use syncdiff_dataprep::pipeline::{frames_to_tensors, mask_pixels};
 use syncdiff_dataprep::video::{AudioSource, FrameReader, FrameWriter};
 use tch::{Device, Kind, Tensor};
 

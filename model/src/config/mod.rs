@@ -10,6 +10,7 @@
 //! --set train.global_batch=abc: train.global_batch: invalid type: string "abc", expected u32
 //! ```
 
+mod checks;
 #[cfg(feature = "cli")]
 mod cli;
 mod de;
@@ -20,7 +21,6 @@ mod plan;
 mod precision;
 mod run;
 mod secrets;
-mod validate;
 
 use serde::{Deserialize, Serialize};
 

@@ -10,7 +10,7 @@ mod watchdog;
 pub use device::{choose_device, place, GpuNode, Placement, WHEEL_CUDA};
 pub use grad_sync::{broadcast_params, check_params, GradSync, MpiGradSync};
 pub use nccl::{nccl_available, nccl_copies, nccl_library, NcclGradSync, NcclLibrary};
-pub use overlap::{Arrival, Launch, MpiThread, NcclStream, Overlap, Schedule};
+pub use overlap::{Arrival, BucketReducer, MpiThread, NcclStream, Overlap, Schedule};
 pub use runtime::{error_line, AbortHandle, Runtime};
 pub use watchdog::{OnTimeout, WatchGuard, Watchdog};
 

@@ -1,9 +1,10 @@
 //! Optimisation written on tensors, so every piece of state can be saved and restored:
 //! parameters and gradients as views of flat buffers (`flat`), AdamW (`adamw`), EMA with
-//! warm-up (`ema`), learning-rate schedule and clipping (`schedule`), SGD and the configured
-//! optimizer (`sgd`).
+//! warm-up (`ema`), the learning-rate schedule (`schedule`), clipping by global norm (`clip`),
+//! SGD (`sgd`), and the configured optimizer ([`Optimizer`], here).
 
 mod adamw;
+mod clip;
 mod ema;
 mod flat;
 mod schedule;
@@ -14,10 +15,46 @@ use std::collections::BTreeMap;
 use tch::Tensor;
 
 pub use adamw::{AdamW, AdamWConfig, OptimError};
+pub use clip::clip_grad_norm;
 pub use ema::Ema;
 pub use flat::{bucket_elements, buckets, Flat, FlatError};
-pub use schedule::{clip_grad_norm, lr_at};
-pub use sgd::{Optimizer, Sgd};
+pub use schedule::lr_at;
+pub use sgd::Sgd;
+
+/// The configured optimizer.
+#[derive(Debug)]
+pub enum Optimizer {
+    /// AdamW with its moments.
+    AdamW(AdamW),
+    /// Plain SGD (no state).
+    Sgd(Sgd),
+}
+
+impl Optimizer {
+    /// One update at learning rate `lr` from the current gradients.
+    pub fn step(&mut self, lr: f64) {
+        match self {
+            Self::AdamW(o) => o.step(lr),
+            Self::Sgd(o) => o.step(lr),
+        }
+    }
+
+    /// Zeroes the gradients.
+    pub fn zero_grad(&mut self) {
+        match self {
+            Self::AdamW(o) => o.zero_grad(),
+            Self::Sgd(o) => o.zero_grad(),
+        }
+    }
+
+    /// The state to checkpoint (named tensors; none for SGD).
+    pub fn state(&self) -> Vec<(String, tch::Tensor)> {
+        match self {
+            Self::AdamW(o) => o.state(),
+            Self::Sgd(_) => Vec::new(),
+        }
+    }
+}
 
 /// Copies saved tensors into the named views of flat state, checking every name and shape
 /// first, so a failed restore changes nothing.

@@ -1,7 +1,6 @@
-//! Learning-rate schedule and gradient clipping.
+//! The learning-rate schedule (`train.lr_schedule`: warm-up, then constant or cosine).
 
 use syncdiff_model::config::{LrSchedule, TrainConfig};
-use tch::Tensor;
 
 /// Learning rate at optimizer step `step` (0-based) of `total`: linear warm-up from 0 to
 /// `train.lr` over `warmup_steps`, then constant, cosine or linear decay to `min_lr` at the end.
@@ -20,30 +19,4 @@ pub fn lr_at(cfg: &TrainConfig, step: u64, total: u64) -> f64 {
                 + (cfg.lr - cfg.min_lr) * 0.5 * (1.0 + (std::f64::consts::PI * progress).cos())
         }
     }
-}
-
-/// Scales gradients so their global L2 norm is at most `max_norm`; returns the norm before.
-///
-/// As torch's `clip_grad_norm_`: per-tensor norms in the gradients' own precision, their norm
-/// on the device, and the scale `min(1, max_norm / (norm + 1e-6))` applied on the device, so the
-/// only host read is the norm returned (one, whatever the number of tensors).
-pub fn clip_grad_norm(grads: &[Tensor], max_norm: f64) -> Result<f64, tch::TchError> {
-    let defined: Vec<&Tensor> = grads.iter().filter(|g| g.defined()).collect();
-    let Some(first) = defined.first() else {
-        return Ok(0.0);
-    };
-    let norms: Vec<Tensor> = defined
-        .iter()
-        .map(|g| g.norm().to_kind(tch::Kind::Float))
-        .collect();
-    let total = Tensor::stack(&norms, 0).norm();
-    let scale = (max_norm / (&total + 1e-6))
-        .clamp_max(1.0)
-        .to_kind(first.kind());
-    tch::no_grad(|| {
-        for g in &defined {
-            let _ = g.shallow_clone().g_mul_(&scale);
-        }
-    });
-    crate::host::scalar(&total)
 }

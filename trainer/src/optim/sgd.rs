@@ -1,7 +1,6 @@
-//! Plain SGD with decoupled weight decay (no state; the tests' optimizer), and the configured
-//! optimizer (`train.optimizer`) behind one type.
+//! Plain SGD with decoupled weight decay (no state; the tests' optimizer).
 
-use super::{AdamW, Flat};
+use super::Flat;
 
 /// p <- p (1 - lr wd) - lr g, one pass per bucket.
 #[derive(Debug)]
@@ -11,6 +10,11 @@ pub struct Sgd {
 }
 
 impl Sgd {
+    /// Zeroes the gradients.
+    pub fn zero_grad(&mut self) {
+        self.flat.zero_grad();
+    }
+
     /// SGD over the parameters of `flat`.
     pub fn new(flat: Flat, weight_decay: f64) -> Self {
         Self { flat, weight_decay }
@@ -27,40 +31,5 @@ impl Sgd {
                 let _ = p.g_add_(&(g * -lr));
             }
         });
-    }
-}
-
-/// The configured optimizer.
-#[derive(Debug)]
-pub enum Optimizer {
-    /// AdamW with its moments.
-    AdamW(AdamW),
-    /// Plain SGD (no state).
-    Sgd(Sgd),
-}
-
-impl Optimizer {
-    /// One update at learning rate `lr` from the current gradients.
-    pub fn step(&mut self, lr: f64) {
-        match self {
-            Self::AdamW(o) => o.step(lr),
-            Self::Sgd(o) => o.step(lr),
-        }
-    }
-
-    /// Zeroes the gradients.
-    pub fn zero_grad(&mut self) {
-        match self {
-            Self::AdamW(o) => o.zero_grad(),
-            Self::Sgd(o) => o.flat.zero_grad(),
-        }
-    }
-
-    /// The state to checkpoint (named tensors; none for SGD).
-    pub fn state(&self) -> Vec<(String, tch::Tensor)> {
-        match self {
-            Self::AdamW(o) => o.state(),
-            Self::Sgd(_) => Vec::new(),
-        }
     }
 }

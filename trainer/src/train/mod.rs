@@ -9,7 +9,7 @@
 //! | the networks and the loss | `model.rs` (`TrainModel`) |
 //! | checkpoint policy and resume | `train/checkpoints.rs` |
 //! | checkpoint storage and formats | `ckpt/` |
-//! | validation | `train/validation.rs`, `validate.rs` |
+//! | validation: when and what is logged; the held-out losses and image grid | `train/validation.rs`; `heldout.rs` |
 //! | log lines, TensorBoard, progress bar | `train/output.rs`, `log/` |
 //!
 //! Every blocking operation runs under the watchdog.
@@ -29,9 +29,9 @@ use crate::cadence::Due;
 use crate::data::{Loader, LoaderState, RankShare, Sampler};
 use crate::dist::Runtime;
 use crate::error::TrainError;
+use crate::heldout::ValLoss;
 use crate::optim::lr_at;
 use crate::trainer::Trainer;
-use crate::validate::ValLoss;
 use checkpoints::Checkpoints;
 use output::RunLog;
 pub use resume::{ResumePolicy, Resumed};

@@ -10,9 +10,9 @@ use syncdiff_model::config::Config;
 use crate::cadence::Due;
 use crate::dist::Runtime;
 use crate::error::TrainError;
+use crate::heldout::ValLoss;
 use crate::log::{png, EventWriter, Progress, Rgb};
 use crate::trainer::StepStats;
-use crate::validate::ValLoss;
 
 /// Timings of the steps since the last log line.
 #[derive(Debug, Default)]

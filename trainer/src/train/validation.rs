@@ -11,8 +11,8 @@ use super::output::RunLog;
 use crate::cadence::Due;
 use crate::dist::Runtime;
 use crate::error::TrainError;
+use crate::heldout::{image_decoder, ValLoss, Validator};
 use crate::trainer::Trainer;
-use crate::validate::{image_decoder, ValLoss, Validator};
 
 /// The run's validation, or nothing.
 pub(super) struct Validation {

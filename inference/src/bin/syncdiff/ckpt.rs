@@ -208,21 +208,8 @@ fn export(url: &str, out: &Path, autoencoder: Option<&Path>) -> anyhow::Result<S
     let chosen = ckpt::exact(&store, &dir, tmp.path())?;
     let r = ckpt::read(&chosen.local, &chosen.manifest)?;
     let mut config = Config::from_yaml(&r.config_yaml, &format!("{url}/config.yaml"), &[])?;
-    let mut weights: BTreeMap<String, Tensor> = r.model;
-    let ema_note = match &r.ema {
-        Some(ema) => {
-            for (name, t) in ema.iter().filter(|(n, _)| *n != "ema_updates") {
-                if !weights.contains_key(name) {
-                    bail!("{url}: EMA tensor {name} is not a model tensor");
-                }
-                weights.insert(name.clone(), t.shallow_clone());
-            }
-            "EMA weights"
-        }
-        None => "live weights (the run had no EMA)",
-    };
+    let (named, ema_note) = ema_weights(url, &r)?;
     std::fs::create_dir_all(out).with_context(|| out.display().to_string())?;
-    let named: Vec<(String, Tensor)> = weights.into_iter().collect();
     syncdiff_model::weights::save(&named, &out.join("weights.safetensors"))?;
     let ae = &mut config.model.autoencoder;
     if ae.kind == AutoencoderKind::VqF4 {
@@ -264,4 +251,30 @@ fn export(url: &str, out: &Path, autoencoder: Option<&Path>) -> anyhow::Result<S
         r.state.step,
         out.display()
     ))
+}
+
+/// The weights a bundle carries: the EMA of each trained parameter where the run kept one, the
+/// model's own tensors otherwise; and which they are, in words.
+fn ema_weights(
+    url: &str,
+    r: &ckpt::Restored,
+) -> anyhow::Result<(Vec<(String, Tensor)>, &'static str)> {
+    let mut weights: BTreeMap<String, Tensor> = r
+        .model
+        .iter()
+        .map(|(n, t)| (n.clone(), t.shallow_clone()))
+        .collect();
+    let Some(ema) = &r.ema else {
+        return Ok((
+            weights.into_iter().collect(),
+            "live weights (the run had no EMA)",
+        ));
+    };
+    for (name, t) in ema.iter().filter(|(n, _)| *n != "ema_updates") {
+        if !weights.contains_key(name) {
+            bail!("{url}: EMA tensor {name} is not a model tensor");
+        }
+        weights.insert(name.clone(), t.shallow_clone());
+    }
+    Ok((weights.into_iter().collect(), "EMA weights"))
 }

@@ -10,7 +10,7 @@
 //!   those of the non-overlapped path, bit for bit.
 //! - Accumulation: only the last micro-batch's backward is armed ([`Overlap::arm`]); earlier
 //!   ones accumulate locally (DDP's `no_sync`), so a step sends one set of all-reduces.
-//! - Backends ([`Launch`]): MPI on CPUs reduces on a communication thread of its own
+//! - Backends ([`BucketReducer`]): MPI on CPUs reduces on a communication thread of its own
 //!   ([`MpiThread`], a duplicate of the world communicator); NCCL on GPUs queues each bucket on
 //!   a stream of its own after an event on the compute stream ([`NcclStream`]).
 //! - The stop flag of preemption rides in the last buffer as on the non-overlapped path.
@@ -51,7 +51,7 @@ unsafe extern "C" {
 /// How a backend reduces buckets during the backward pass. Called with the overlap's lock held,
 /// from the thread the gradient hooks run on (the caller's thread on CPU, libtorch's device
 /// thread on GPUs) or from the thread that ends the pass.
-pub trait Launch: Send {
+pub trait BucketReducer: Send {
     /// Every gradient of `bucket` is final (on the device: its last accumulation is queued).
     fn ready(&mut self, _bucket: usize) -> Result<(), String> {
         Ok(())
@@ -69,7 +69,7 @@ pub trait Launch: Send {
 
 struct Inner {
     schedule: Schedule,
-    launch: Box<dyn Launch>,
+    reducer: Box<dyn BucketReducer>,
     error: Option<String>,
 }
 
@@ -78,8 +78,8 @@ impl Inner {
     fn apply(&mut self, a: &Arrival) {
         let r = a
             .ready
-            .map_or(Ok(()), |b| self.launch.ready(b))
-            .and_then(|()| a.launch.iter().try_for_each(|&b| self.launch.launch(b)));
+            .map_or(Ok(()), |b| self.reducer.ready(b))
+            .and_then(|()| a.launch.iter().try_for_each(|&b| self.reducer.launch(b)));
         if let Err(e) = r {
             self.error.get_or_insert(e);
         }
@@ -114,7 +114,7 @@ extern "C" fn grad_ready(ctx: *mut c_void, index: usize) {
     }
 }
 
-/// Gradient hooks on a [`Flat`]'s parameters driving a [`Launch`] backend.
+/// Gradient hooks on a [`Flat`]'s parameters driving a [`BucketReducer`] backend.
 pub struct Overlap {
     shared: Arc<Shared>,
     /// The parameters carrying a hook (cleared on drop).
@@ -136,8 +136,8 @@ impl std::fmt::Debug for Overlap {
 
 impl Overlap {
     /// Installs a gradient hook on each of `flat`'s parameters, reducing its buckets with
-    /// `launch`. `rank` names this rank in errors.
-    pub fn new(flat: &Flat, launch: Box<dyn Launch>, rank: i32) -> Result<Self, DistError> {
+    /// `reducer`. `rank` names this rank in errors.
+    pub fn new(flat: &Flat, reducer: Box<dyn BucketReducer>, rank: i32) -> Result<Self, DistError> {
         let buffers: Vec<Tensor> = flat
             .reduce_buffers()
             .iter()
@@ -145,7 +145,7 @@ impl Overlap {
             .collect();
         let shared = Arc::new(Shared(Mutex::new(Inner {
             schedule: Schedule::new(flat.groups(), buffers.len()),
-            launch,
+            reducer,
             error: None,
         })));
         let mut overlap = Self {
@@ -219,7 +219,7 @@ impl Overlap {
                 ready: None,
                 launch,
             });
-            let waited = inner.launch.wait();
+            let waited = inner.reducer.wait();
             if let Some(e) = inner.error.take() {
                 return Err(self.err(e));
             }
@@ -265,7 +265,7 @@ impl Overlap {
 
     /// The clean end of training: releases the backend.
     pub fn shutdown(&mut self) -> Result<(), DistError> {
-        let r = self.shared.lock().launch.shutdown();
+        let r = self.shared.lock().reducer.shutdown();
         r.map_err(|m| self.err(m))
     }
 }

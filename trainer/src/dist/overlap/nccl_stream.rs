@@ -22,7 +22,7 @@ use cudarc::nccl::sys as ns;
 use syncdiff_model::config::ReduceDtype;
 use tch::Tensor;
 
-use super::Launch;
+use super::BucketReducer;
 use crate::dist::grad_sync::check_buffers;
 use crate::dist::NcclGradSync;
 
@@ -99,7 +99,7 @@ impl NcclStream {
     }
 }
 
-impl Launch for NcclStream {
+impl BucketReducer for NcclStream {
     fn ready(&mut self, bucket: usize) -> Result<(), String> {
         self.bind()?;
         let ev = *self.ready.get(bucket).ok_or("no such gradient bucket")?;

@@ -6,7 +6,7 @@ use tch::{Device, Kind};
 /// A backend that records what it is asked to do, with the gradient values it saw.
 struct Record(Arc<Mutex<Vec<String>>>, Vec<Tensor>);
 
-impl Launch for Record {
+impl BucketReducer for Record {
     fn ready(&mut self, bucket: usize) -> Result<(), String> {
         self.0.lock().unwrap().push(format!("ready {bucket}"));
         Ok(())

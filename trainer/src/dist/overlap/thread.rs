@@ -8,7 +8,7 @@ use mpi::topology::{Communicator, SimpleCommunicator};
 use syncdiff_model::config::ReduceDtype;
 use tch::Tensor;
 
-use super::Launch;
+use super::BucketReducer;
 use crate::dist::grad_sync::{check_buffers, reduce_bucket};
 
 /// A communicator the communication thread owns.
@@ -87,7 +87,7 @@ impl MpiThread {
     }
 }
 
-impl Launch for MpiThread {
+impl BucketReducer for MpiThread {
     fn launch(&mut self, bucket: usize) -> Result<(), String> {
         let tx = self
             .to_thread
