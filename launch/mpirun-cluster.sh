@@ -83,14 +83,10 @@ threads=$((cores / GPUS))
 [ "$threads" -ge 1 ] || threads=1
 export OMP_NUM_THREADS="${OMP_NUM_THREADS:-$threads}"
 
-# Variables every rank needs, exported by name.
-ENV_ARGS=()
-while read -r name; do
-  case "$name" in
-    PATH|LD_LIBRARY_PATH|OMP_NUM_THREADS|VIRTUAL_ENV|SYNCDIFF_VENV|LIBTORCH_USE_PYTORCH|RUST_BACKTRACE|NCCL_*|AWS_*|GOOGLE_*|AZURE_*)
-      ENV_ARGS+=(-x "$name") ;;
-  esac
-done < <(compgen -e)
+# Variables every rank needs, exported by name (the list: launch/exported-env.sh).
+# shellcheck source=launch/exported-env.sh
+source "$ROOT/launch/exported-env.sh"
+exported_env_args
 
 read -r -a SITE_ARGS <<<"${MPIRUN_ARGS:-}"
 MPI=(mpirun -n "$NP")

@@ -145,12 +145,9 @@ OMPI=0
 if [ "$LAUNCHER" = mpirun ] && mpirun --version 2>&1 | grep -qi 'open mpi'; then OMPI=1; fi
 ENV_ARGS=()
 if [ "$OMPI" = 1 ]; then
-  while read -r name; do
-    case "$name" in
-      PATH|LD_LIBRARY_PATH|OMP_NUM_THREADS|VIRTUAL_ENV|SYNCDIFF_VENV|LIBTORCH_USE_PYTORCH|RUST_BACKTRACE|NCCL_*|AWS_*|GOOGLE_*|AZURE_*)
-        ENV_ARGS+=(-x "$name") ;;
-    esac
-  done < <(compgen -e)
+  # shellcheck source=launch/exported-env.sh
+  source "$SELF_DIR/exported-env.sh"
+  exported_env_args
 fi
 
 # The launch prefix for N ranks (checks a and c).

@@ -456,7 +456,11 @@ pub fn ingest(
     std::fs::create_dir_all(&opts.out).map_err(io(&opts.out))?;
     // This rank's GPU when there is one (a launcher's local rank picks it), else the CPU.
     let device = syncdiff_runtime::launch::Launch::from_env()
-        .and_then(|l| syncdiff_runtime::launch::DeviceChoice::Auto.device(l.local_rank))
+        .map_err(|e| e.to_string())
+        .and_then(|l| {
+            let auto = syncdiff_runtime::launch::DeviceChoice::Auto;
+            auto.device(l.local_rank).map_err(|e| e.to_string())
+        })
         .map_err(|message| IngestError::Io {
             path: opts.out.clone(),
             message,

@@ -10,6 +10,66 @@ use std::str::FromStr;
 
 use tch::Device;
 
+/// Why this process cannot find its place in a SLURM job array.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum LaunchError {
+    /// A job-array variable is missing.
+    #[error("{name} is not set (SLURM_ARRAY_TASK_ID={id})")]
+    Missing {
+        /// The variable.
+        name: String,
+        /// The task's id.
+        id: String,
+    },
+    /// A job-array variable does not parse.
+    #[error("{name}={value:?}: expected a non-negative integer")]
+    Invalid {
+        /// The variable.
+        name: String,
+        /// Its value.
+        value: String,
+    },
+    /// The array's ids are not one evenly spaced range.
+    #[error(
+        "job array task {id} of {count} (min {min}, max {max}, step {step}): the array is not \
+         one evenly spaced range, so its tasks cannot split the work; submit --array=A-B or A-B:S \
+         (rerun single tasks of it with --dependency, or all of it: finished work is kept)"
+    )]
+    UnevenArray {
+        /// The task's id.
+        id: usize,
+        /// Tasks in the array.
+        count: usize,
+        /// Smallest id.
+        min: usize,
+        /// Largest id.
+        max: usize,
+        /// Step between ids.
+        step: usize,
+    },
+}
+
+/// Why `--device` cannot be used on this machine.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum DeviceError {
+    /// A GPU was asked for and libtorch sees none.
+    #[error(
+        "--device {choice}: this machine has no CUDA GPU visible to libtorch; use --device cpu"
+    )]
+    NoGpu {
+        /// The choice as given.
+        choice: String,
+    },
+    /// A GPU index beyond the visible ones.
+    #[error("--device {choice}: only {gpus} GPU(s) visible")]
+    TooFew {
+        /// The choice as given.
+        choice: String,
+        /// GPUs visible.
+        gpus: usize,
+    },
+}
+
 /// This process's place in a launch (one process when no launcher set anything).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct Launch {
@@ -26,7 +86,7 @@ pub struct Launch {
 impl Launch {
     /// From this process's environment; an error names a SLURM job-array variable that cannot be
     /// turned into a place among the array's tasks.
-    pub fn from_env() -> Result<Self, String> {
+    pub fn from_env() -> Result<Self, LaunchError> {
         Self::from_vars(|name| std::env::var(name).ok())
     }
 
@@ -37,7 +97,7 @@ impl Launch {
     /// one process. In a job array (`sbatch --array=A-B[:S]`) each array task is one more level:
     /// task i of C with W processes of its own holds ranks `i*W .. i*W+W` of `C*W`, so an array
     /// of single-process tasks splits the work like `mpirun -n C` would.
-    pub fn from_vars(get: impl Fn(&str) -> Option<String>) -> Result<Self, String> {
+    pub fn from_vars(get: impl Fn(&str) -> Option<String>) -> Result<Self, LaunchError> {
         let first = |names: &[&str]| {
             names
                 .iter()
@@ -100,15 +160,19 @@ pub fn cpu_threads_per_rank(local_size: usize) -> usize {
 /// array. Indices map to `0..count` through `(id - min) / step`; a list that is not one evenly
 /// spaced range (`--array=1,4,5`) cannot be mapped and is an error, as is a variable that does not
 /// parse.
-fn array_task(get: &impl Fn(&str) -> Option<String>) -> Result<(usize, usize), String> {
+fn array_task(get: &impl Fn(&str) -> Option<String>) -> Result<(usize, usize), LaunchError> {
     let Some(id) = get("SLURM_ARRAY_TASK_ID") else {
         return Ok((0, 1));
     };
-    let var = |name: &str| -> Result<usize, String> {
-        let v = get(name).ok_or_else(|| format!("{name} is not set (SLURM_ARRAY_TASK_ID={id})"))?;
-        v.trim()
-            .parse()
-            .map_err(|_| format!("{name}={v:?}: expected a non-negative integer"))
+    let var = |name: &str| -> Result<usize, LaunchError> {
+        let v = get(name).ok_or_else(|| LaunchError::Missing {
+            name: name.into(),
+            id: id.clone(),
+        })?;
+        v.trim().parse().map_err(|_| LaunchError::Invalid {
+            name: name.into(),
+            value: v.clone(),
+        })
     };
     let id = var("SLURM_ARRAY_TASK_ID")?;
     let (min, max, count) = (
@@ -123,11 +187,13 @@ fn array_task(get: &impl Fn(&str) -> Option<String>) -> Result<(usize, usize), S
     };
     let evenly = max >= min && (max - min) % step == 0 && (max - min) / step + 1 == count;
     if !evenly || id < min || (id - min) % step != 0 {
-        return Err(format!(
-            "job array task {id} of {count} (min {min}, max {max}, step {step}): the array is not \
-             one evenly spaced range, so its tasks cannot split the work; submit --array=A-B or A-B:S \
-             (rerun single tasks of it with --dependency, or all of it: finished work is kept)"
-        ));
+        return Err(LaunchError::UnevenArray {
+            id,
+            count,
+            min,
+            max,
+            step,
+        });
     }
     Ok(((id - min) / step, count))
 }
@@ -176,16 +242,19 @@ impl std::fmt::Display for DeviceChoice {
 impl DeviceChoice {
     /// The device for the rank `local_rank` of its node on a machine with `gpus` visible GPUs
     /// (`tch::Cuda::device_count()`, passed in so the choice is testable without GPUs).
-    pub fn resolve(self, local_rank: usize, gpus: usize) -> Result<Device, String> {
+    pub fn resolve(self, local_rank: usize, gpus: usize) -> Result<Device, DeviceError> {
         let cuda = |i: usize| {
             if i < gpus {
                 Ok(Device::Cuda(i))
             } else if gpus == 0 {
-                Err(format!(
-                    "--device {self}: this machine has no CUDA GPU visible to libtorch; use --device cpu"
-                ))
+                Err(DeviceError::NoGpu {
+                    choice: self.to_string(),
+                })
             } else {
-                Err(format!("--device {self}: only {gpus} GPU(s) visible"))
+                Err(DeviceError::TooFew {
+                    choice: self.to_string(),
+                    gpus,
+                })
             }
         };
         match self {
@@ -197,7 +266,7 @@ impl DeviceChoice {
     }
 
     /// [`DeviceChoice::resolve`] with the GPUs libtorch sees.
-    pub fn device(self, local_rank: usize) -> Result<Device, String> {
+    pub fn device(self, local_rank: usize) -> Result<Device, DeviceError> {
         self.resolve(local_rank, tch::Cuda::device_count().max(0) as usize)
     }
 }
@@ -213,6 +282,7 @@ mod tests {
                 .find(|(k, _)| *k == n)
                 .map(|(_, v)| v.to_string())
         })
+        .map_err(|e| e.to_string())
     }
 
     fn launch(vars: &[(&str, &str)]) -> Launch {
@@ -332,10 +402,12 @@ mod tests {
         assert!(DeviceChoice::Cuda(Some(2))
             .resolve(0, 2)
             .unwrap_err()
+            .to_string()
             .contains("only 2 GPU(s)"));
         assert!(DeviceChoice::Cuda(None)
             .resolve(0, 0)
             .unwrap_err()
+            .to_string()
             .contains("no CUDA GPU"));
     }
 }

@@ -53,7 +53,7 @@ pub fn choose_device(
         // The rank's GPU is chosen as for data preparation and generation (one rule).
         let device = DeviceChoice::Cuda(None)
             .resolve(local_rank as usize, cuda_devices as usize)
-            .map_err(err)?;
+            .map_err(|e| err(e.to_string()))?;
         return Ok(Placement {
             device,
             backend: DistBackend::Nccl,

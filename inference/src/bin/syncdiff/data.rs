@@ -42,7 +42,7 @@ pub fn run(c: Command) -> anyhow::Result<String> {
         }
         Command::Fetch { config } => {
             let config = crate::load(&config)?;
-            let launch = Launch::from_env().map_err(anyhow::Error::msg)?;
+            let launch = Launch::from_env()?;
             let mut lines = Vec::new();
             let sets = [
                 ("data.dataset", Some(config.data.dataset.clone())),

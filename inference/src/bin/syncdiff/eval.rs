@@ -96,7 +96,7 @@ impl Args {
 /// Scores every `*.mp4` of `gt` against the same name in `pred`; writes the JSON report.
 pub fn run(opts: Args) -> anyhow::Result<String> {
     let (pred, gt) = (opts.pred.as_path(), opts.gt.as_path());
-    let device = opts.device.device(0).map_err(anyhow::Error::msg)?;
+    let device = opts.device.device(0)?;
     // The report's place is made and checked before any scoring: a directory, a device node, a
     // FIFO or a socket is refused; a symbolic link is written through.
     syncdiff_dataprep::outpath::prepare_file(&opts.report)

@@ -100,11 +100,8 @@ pub struct Args {
 /// Runs the request on this rank; returns the summary line.
 pub fn run(args: Args) -> anyhow::Result<String> {
     let jobs = jobs(args.list.as_deref(), args.video, args.audio, args.out)?;
-    let launch = Launch::from_env().map_err(anyhow::Error::msg)?;
-    let device = args
-        .device
-        .device(launch.local_rank)
-        .map_err(anyhow::Error::msg)?;
+    let launch = Launch::from_env()?;
+    let device = args.device.device(launch.local_rank)?;
     let request = generate::Request {
         checkpoint: args.checkpoint,
         weights: if args.live_weights {
