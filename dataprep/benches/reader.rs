@@ -13,7 +13,7 @@ use std::path::Path;
 use std::time::Instant;
 
 use half::f16;
-use syncdiff_dataset::store::{
+use syncdiff_dataset::shards::{
     context_window, shard_name, write_manifest, write_shard, ClipData, Dataset, Manifest,
     SampleRequest, StoreMeta, FORMAT_VERSION,
 };

@@ -5,7 +5,7 @@
 use std::path::{Path, PathBuf};
 
 use serde::{Deserialize, Serialize};
-use syncdiff_dataset::store::FaceRecord;
+use syncdiff_dataset::shards::FaceRecord;
 
 use crate::video;
 

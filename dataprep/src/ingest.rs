@@ -14,7 +14,7 @@ use tch::Device;
 use crate::clip::{ClipSettings, DecodedClip, Rejection};
 use crate::pipeline::{encode_clip, stream_clip_parts};
 use syncdiff_dataset::audio::{FbankParams, LogFbank};
-use syncdiff_dataset::store::{
+use syncdiff_dataset::shards::{
     meta_for, shard_name, write_manifest, AudioCacheTag, ClipData, Manifest, ShardRecord,
     ShardWriter, StoreError, StoreMeta,
 };
@@ -220,7 +220,7 @@ impl AudioCache {
         let mut out = Vec::with_capacity(frames * self.tag.dim as usize);
         for start in (0..frames).step_by(ctx) {
             let len = ctx.min(frames - start);
-            let dim = syncdiff_dataset::store::MEL_DIM as usize;
+            let dim = syncdiff_dataset::shards::MEL_DIM as usize;
             let x = tch::Tensor::from_slice(&mel[start * dim..(start + len) * dim])
                 .view([1, len as i64, dim as i64])
                 .to_device(self.device);
@@ -455,10 +455,10 @@ pub fn ingest(
         .map_err(|(path, e)| io(&path)(e))?;
     std::fs::create_dir_all(&opts.out).map_err(io(&opts.out))?;
     // This rank's GPU when there is one (a launcher's local rank picks it), else the CPU.
-    let device = syncdiff_runtime::launch::Launch::from_env()
+    let device = syncdiff_runtime::ranks::Ranks::from_env()
         .map_err(|e| e.to_string())
         .and_then(|l| {
-            let auto = syncdiff_runtime::launch::DeviceChoice::Auto;
+            let auto = syncdiff_runtime::device::DeviceChoice::Auto;
             auto.device(l.local_rank).map_err(|e| e.to_string())
         })
         .map_err(|message| IngestError::Io {
@@ -660,7 +660,7 @@ mod tests {
             id: id.into(),
             frames,
             rgb: vec![0; frames * 4 * 4 * 3],
-            mel: vec![0.0; frames * syncdiff_dataset::store::MEL_DIM as usize],
+            mel: vec![0.0; frames * syncdiff_dataset::shards::MEL_DIM as usize],
             masks: None,
             faces: Vec::new(),
             width: 4,

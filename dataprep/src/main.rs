@@ -12,10 +12,10 @@ use clap::{Parser, Subcommand};
 use syncdiff_dataprep::ingest;
 use syncdiff_dataprep::layout::Layout;
 use syncdiff_dataprep::synth::{synth, SynthOptions};
-use syncdiff_dataset::store::Dataset;
+use syncdiff_dataset::shards::Dataset;
 use syncdiff_model::config::{parse_args, ConfigArgs};
-use syncdiff_runtime::launch::Launch;
 use syncdiff_runtime::progress::Progress;
+use syncdiff_runtime::ranks::Ranks;
 
 /// Prepare SyncDiff training data.
 #[derive(Debug, Parser)]
@@ -212,7 +212,7 @@ fn run_ingest(layout: Layout, args: IngestArgs) -> Result<anyhow::Result<String>
             return Err(ExitCode::from(2));
         }
     };
-    let Launch { rank, world, .. } = match Launch::from_env() {
+    let Ranks { rank, world, .. } = match Ranks::from_env() {
         Ok(l) => l,
         Err(e) => {
             eprintln!("error: {e}");
@@ -416,7 +416,7 @@ fn inspect(path: &std::path::Path) -> anyhow::Result<String> {
     let bytes: u64 = m.shards.iter().map(|s| s.bytes).sum();
     let [c, h, w] = m.meta.latent_shape;
     // Uncompressed: two float16 latents and one float32 mel row per frame.
-    let raw = m.frames() * (2 * 2 * c * h * w + 4 * syncdiff_dataset::store::MEL_DIM);
+    let raw = m.frames() * (2 * 2 * c * h * w + 4 * syncdiff_dataset::shards::MEL_DIM);
     Ok(format!(
         "{}\n  format version {}, split {}, sha256 {}\n  clips {}, frames {}, shards {}\n  latent {c}x{h}x{w} from {} (weights sha256 {})\n  {:.1} MiB on disk, {:.1} MiB uncompressed: compression {:.2}x",
         path.display(),

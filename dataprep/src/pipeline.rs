@@ -17,7 +17,7 @@ use crate::clip::{check_pass, check_stream, clip_file, decode_failure, reject};
 pub use crate::clip::{ClipSettings, DecodedClip, Rejection, TRUNCATION_TOLERANCE_S};
 use crate::video;
 use syncdiff_dataset::audio::{mel_group_features, LogFbank};
-use syncdiff_dataset::store::ClipData;
+use syncdiff_dataset::shards::ClipData;
 
 /// Reads the face boxes sidecar: one `x0 y0 x1 y1` line per frame (blank lines ignored). An
 /// unreadable or non-UTF-8 file, a line that is not exactly four numbers with `x1 > x0` and

@@ -18,7 +18,7 @@ use crate::clip::{
 use crate::face::{mouth_mask, CropTransform, FrontEnd};
 use crate::video::{self, AvStream};
 use syncdiff_dataset::audio::{mel_group_rows, LogFbank};
-use syncdiff_dataset::store::FaceRecord;
+use syncdiff_dataset::shards::FaceRecord;
 
 /// The source clip of a stored or rejected part: `id` without a trailing `#<first>-<end>`.
 pub(crate) fn source_id(id: &str) -> &str {

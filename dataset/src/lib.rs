@@ -1,5 +1,5 @@
 //! The data set: what training reads and data preparation writes, without the tools that make
-//! it (no ffmpeg, no face front-end): `store` (Zarr v3 shard stores of latents, masked latents,
+//! it (no ffmpeg, no face front-end): `shards` (Zarr v3 shard stores of latents, masked latents,
 //! mel rows and face records; the manifest; the settings that shaped them, `StoreMeta`; the
 //! clip-by-clip writer and the reader), `audio` (the stacked log-filterbank features, "mel
 //! groups"), `publish` (a data set in object storage: shards uploaded as they finish, the
@@ -10,4 +10,4 @@ pub mod audio;
 pub mod autoencoder;
 pub mod publish;
 pub mod remote;
-pub mod store;
+pub mod shards;

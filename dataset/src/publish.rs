@@ -13,7 +13,7 @@
 
 use std::path::{Path, PathBuf};
 
-use crate::store::shard_name;
+use crate::shards::shard_name;
 use syncdiff_runtime::objstore::{safe_url, ObjError, Retry, Store, StoreOptions};
 
 /// Why a data set could not be published or read back from its store.
@@ -221,7 +221,7 @@ impl Publish {
                 "{e}; a data set without manifest.json is incomplete: finish syncdiff-dataprep first"
             ),
         })?;
-        let manifest: crate::store::Manifest =
+        let manifest: crate::shards::Manifest =
             serde_json::from_slice(&text).map_err(|e| PublishError::Io {
                 path: mp.clone(),
                 message: e.to_string(),

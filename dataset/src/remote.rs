@@ -32,7 +32,7 @@ use std::sync::Mutex;
 
 use crate::publish::Publish;
 pub use crate::publish::Uploaded;
-use crate::store::Manifest;
+use crate::shards::Manifest;
 use sha2::{Digest, Sha256};
 use syncdiff_model::config::Config;
 

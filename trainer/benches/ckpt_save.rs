@@ -19,7 +19,7 @@ use common::{debug_config, with_dataset, MID_SIZE};
 use syncdiff_checkpoint::{
     now_unix, write, Retention, Retry, Saver, Snapshot, Store, TrainerState,
 };
-use syncdiff_dataset::store::Dataset;
+use syncdiff_dataset::shards::Dataset;
 use syncdiff_devkit::env_or;
 use syncdiff_devkit::stats::{interleave, Comparison};
 use syncdiff_model::config::{Config, DistBackend};

@@ -22,7 +22,7 @@ use tch::Device;
 
 fn main() -> anyhow::Result<()> {
     // What syncdiff-train gives a lone CPU rank by default.
-    let cores = syncdiff_runtime::launch::cpu_threads_per_rank(1);
+    let cores = syncdiff_runtime::ranks::cpu_threads_per_rank(1);
     let many = env_or("BENCH_THREADS", cores);
     let reps = env_or("BENCH_REPS", 10);
     let rt = Runtime::init()?;

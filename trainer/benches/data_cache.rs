@@ -17,7 +17,7 @@ use std::time::Instant;
 
 use common::{debug_config, with_dataset};
 use syncdiff_dataset::remote::{self, CacheSettings};
-use syncdiff_dataset::store::{Dataset, SampleRequest};
+use syncdiff_dataset::shards::{Dataset, SampleRequest};
 use syncdiff_devkit::env_or;
 use syncdiff_devkit::stats::interleave;
 

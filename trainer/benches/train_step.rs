@@ -18,7 +18,7 @@ use std::sync::Arc;
 
 use anyhow::Context;
 use common::{debug_config, with_dataset, MID_SIZE};
-use syncdiff_dataset::store::Dataset;
+use syncdiff_dataset::shards::Dataset;
 use syncdiff_devkit::stats::{interleave, PyServer};
 use syncdiff_devkit::{env_or, repo};
 use syncdiff_model::config::{DistBackend, TemporalTokens};

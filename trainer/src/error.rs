@@ -3,7 +3,7 @@
 
 use std::path::PathBuf;
 
-use syncdiff_dataset::store::StoreError;
+use syncdiff_dataset::shards::StoreError;
 use syncdiff_model::config::ConfigError;
 
 use crate::data::{LoaderError, SamplerError};

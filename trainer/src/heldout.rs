@@ -6,7 +6,7 @@ use std::path::Path;
 
 use mpi::collective::{CommunicatorCollectives, SystemOperation};
 use mpi::topology::SimpleCommunicator;
-use syncdiff_dataset::store::{Dataset, StoreError};
+use syncdiff_dataset::shards::{Dataset, StoreError};
 use syncdiff_model::config::{Config, EpochUnit, Precision};
 use syncdiff_model::syncdiff::{Conditioning, SampleOptions, SyncDiffError};
 use syncdiff_model::vq::Autoencoder;

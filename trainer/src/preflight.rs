@@ -6,7 +6,7 @@
 use std::path::Path;
 
 use mpi::collective::{CommunicatorCollectives, SystemOperation};
-use syncdiff_dataset::store::Dataset;
+use syncdiff_dataset::shards::Dataset;
 use syncdiff_model::config::{Config, DistBackend};
 use tch::Device;
 

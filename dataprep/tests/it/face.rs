@@ -362,7 +362,7 @@ fn ingest_stores_face_parts_and_rejects_faceless_ones() {
         summary.contains("2 rejected (1 clip(s) split by the face front-end, 2 scene cut(s))"),
         "{summary}"
     );
-    let ds = syncdiff_dataset::store::Dataset::open(&out).unwrap();
+    let ds = syncdiff_dataset::shards::Dataset::open(&out).unwrap();
     let ids: Vec<&str> = ds.clips().iter().map(|c| c.id.as_str()).collect();
     assert_eq!(
         ids,
@@ -484,7 +484,7 @@ fn a_folder_of_own_videos_at_30_fps_is_prepared_at_25_with_face_crops() {
         &["data.face.detector=dlib-hog", "data.face.crop=face"],
     );
     assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
-    let ds = syncdiff_dataset::store::Dataset::open(&out).unwrap();
+    let ds = syncdiff_dataset::shards::Dataset::open(&out).unwrap();
     let clips = ds.clips();
     assert_eq!(clips.len(), 1, "{clips:?}");
     assert_eq!(clips[0].id, "talks/astronaut.mp4");

@@ -12,7 +12,7 @@ use syncdiff_dataprep::pipeline::{encode_clip, frames_to_tensors, ClipSettings, 
 use syncdiff_dataprep::synth::{synth, SynthOptions};
 use syncdiff_dataprep::video;
 use syncdiff_dataset::audio::{mel_group_features, FbankParams, LogFbank};
-use syncdiff_dataset::store::Dataset;
+use syncdiff_dataset::shards::Dataset;
 use syncdiff_model::config::Config;
 
 fn dataprep(args: &[&str]) -> std::process::Output {
@@ -440,7 +440,7 @@ fn half_precision_encode_error_against_float32() {
 fn frozen_audio_features_are_cached_with_their_tag() {
     let _torch = common::torch();
     use syncdiff_dataprep::ingest::sha256_file;
-    use syncdiff_dataset::store::AudioCacheTag;
+    use syncdiff_dataset::shards::AudioCacheTag;
     use syncdiff_model::avhubert::AvHubert;
     let dir = tempfile::tempdir().unwrap();
     let (root, out) = (dir.path().join("lrs2"), dir.path().join("ds"));

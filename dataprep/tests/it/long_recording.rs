@@ -9,7 +9,7 @@ use std::path::Path;
 use std::process::Command;
 
 use syncdiff_dataprep::video::{self, FrameWriter};
-use syncdiff_dataset::store::Dataset;
+use syncdiff_dataset::shards::Dataset;
 
 use crate::face::{render, still_box, Pose};
 

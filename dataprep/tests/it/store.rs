@@ -7,7 +7,7 @@ use common::python;
 use std::path::Path;
 
 use half::f16;
-use syncdiff_dataset::store::{
+use syncdiff_dataset::shards::{
     shard_name, write_manifest, write_shard, ClipData, Dataset, FaceRecord, Manifest, StoreMeta,
     FORMAT_VERSION,
 };
@@ -230,7 +230,7 @@ fn shards_round_trip_and_zarr_python_reads_them() {
 
 #[test]
 fn samples_read_target_identity_previous_and_context() {
-    use syncdiff_dataset::store::{context_window, SampleRequest};
+    use syncdiff_dataset::shards::{context_window, SampleRequest};
     assert_eq!(context_window(0, 300, 250), (0, 250));
     assert_eq!(context_window(150, 300, 250), (25, 250));
     assert_eq!(context_window(299, 300, 250), (50, 250));
@@ -290,7 +290,7 @@ fn samples_read_target_identity_previous_and_context() {
 
 #[test]
 fn cached_audio_features_are_served_only_for_matching_weights_and_nf() {
-    use syncdiff_dataset::store::AudioCacheTag;
+    use syncdiff_dataset::shards::AudioCacheTag;
     let tag = AudioCacheTag {
         weights_sha256: "abc".into(),
         frozen_layers: 9,
@@ -333,7 +333,7 @@ fn cached_audio_features_are_served_only_for_matching_weights_and_nf() {
 /// attribute, read back by zarr-python), and no spill file is left in it.
 #[test]
 fn a_shard_written_clip_by_clip_takes_back_a_clip_pushed_by_mistake() {
-    use syncdiff_dataset::store::ShardWriter;
+    use syncdiff_dataset::shards::ShardWriter;
     let dir = tempfile::tempdir().unwrap();
     let m = StoreMeta {
         face: FaceConfig {

@@ -8,7 +8,7 @@ use std::path::{Path, PathBuf};
 use syncdiff_dataprep::face::{FaceFrame, FrontEnd};
 use syncdiff_dataprep::video::{self, FrameReader};
 use syncdiff_dataset::audio::{mel_group_features, FbankParams, LogFbank};
-use syncdiff_dataset::store::context_window;
+use syncdiff_dataset::shards::context_window;
 use syncdiff_model::config::FaceConfig;
 use tch::Tensor;
 
@@ -170,7 +170,7 @@ pub fn prepare(g: &Generator, job: &Job, face: &FaceConfig) -> Result<Prepared, 
     let fb = LogFbank::new(FbankParams::default());
     let samples: Vec<f64> = audio.iter().map(|&v| f64::from(v)).collect();
     let mel = Tensor::from_slice(&mel_group_features(&fb, &samples, frames))
-        .view([frames as i64, syncdiff_dataset::store::MEL_DIM as i64])
+        .view([frames as i64, syncdiff_dataset::shards::MEL_DIM as i64])
         .to_device(g.device);
     let mut p = Prepared {
         job: job.clone(),

@@ -7,8 +7,8 @@ use std::path::PathBuf;
 use std::time::Instant;
 
 use syncdiff_model::config::{FaceConfig, FaceDetectorKind, Precision, SamplerKind};
-use syncdiff_runtime::launch::Launch;
 use syncdiff_runtime::progress::Progress;
+use syncdiff_runtime::ranks::Ranks;
 use tch::Device;
 
 use super::preview::preview;
@@ -131,7 +131,7 @@ impl std::fmt::Display for Summary {
 }
 
 /// Runs this rank's share of `jobs` (every world-th, from the launcher's variables).
-pub fn run(jobs: &[Job], req: &Request, launch: &Launch) -> Result<Summary, GenerateError> {
+pub fn run(jobs: &[Job], req: &Request, launch: &Ranks) -> Result<Summary, GenerateError> {
     let (rank, world) = (launch.rank, launch.world);
     let assigned: Vec<&Job> = jobs.iter().skip(rank).step_by(world.max(1)).collect();
     let (existing, mine): (Vec<&Job>, Vec<&Job>) = assigned
@@ -199,7 +199,7 @@ pub fn run(jobs: &[Job], req: &Request, launch: &Launch) -> Result<Summary, Gene
 
 /// One model, or one per CPU worker thread (each with one libtorch thread), and libtorch's
 /// thread count set; the threading as the summary says it.
-fn load_models(req: &Request, launch: &Launch) -> Result<(Vec<Generator>, String), GenerateError> {
+fn load_models(req: &Request, launch: &Ranks) -> Result<(Vec<Generator>, String), GenerateError> {
     let cpu = req.device == Device::Cpu;
     if req.workers > 1 && !cpu {
         return Err(GenerateError::Request(format!(

@@ -124,7 +124,7 @@ pub fn prebuilt_rank_steps(
 ) -> anyhow::Result<Vec<Vec<syncdiff_trainer::data::Batch>>> {
     use std::sync::Arc;
     use syncdiff_trainer::data::{Loader, LoaderState};
-    let ds = Arc::new(syncdiff_dataset::store::Dataset::open(Path::new(
+    let ds = Arc::new(syncdiff_dataset::shards::Dataset::open(Path::new(
         &config.data.dataset,
     ))?);
     let sampler = Arc::new(syncdiff_trainer::train::sampler(config, &ds, world)?);

@@ -1,6 +1,6 @@
 //! Reading a micro-batch of samples from a data set into tensors.
 
-use syncdiff_dataset::store::{Dataset, SampleRequest, StoreError, MEL_DIM};
+use syncdiff_dataset::shards::{Dataset, SampleRequest, StoreError, MEL_DIM};
 use tch::{Device, Kind, Tensor};
 
 use super::SampleSpec;

@@ -10,7 +10,7 @@ use std::collections::VecDeque;
 use std::sync::mpsc::Receiver;
 use std::sync::Arc;
 
-use syncdiff_dataset::store::{Dataset, StoreError};
+use syncdiff_dataset::shards::{Dataset, StoreError};
 
 use super::{Batch, LoaderState, Sampler};
 

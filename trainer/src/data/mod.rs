@@ -17,10 +17,10 @@ pub use sampler::{LoaderState, SampleSpec, Sampler, SamplerError};
 pub fn check_dataset_settings(
     key: &str,
     path: &str,
-    meta: &syncdiff_dataset::store::StoreMeta,
+    meta: &syncdiff_dataset::shards::StoreMeta,
     config: &syncdiff_model::config::Config,
 ) -> Result<(), String> {
-    let d = syncdiff_dataset::store::differences_from_config(meta, config);
+    let d = syncdiff_dataset::shards::differences_from_config(meta, config);
     if d.is_empty() {
         return Ok(());
     }

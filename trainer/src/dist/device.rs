@@ -1,7 +1,8 @@
 //! Which device and gradient backend a rank uses.
 
 use syncdiff_model::config::DistBackend;
-use syncdiff_runtime::launch::{cpu_threads_per_rank, DeviceChoice};
+use syncdiff_runtime::device::DeviceChoice;
+use syncdiff_runtime::ranks::cpu_threads_per_rank;
 use tch::Device;
 
 use super::DistError;

@@ -21,7 +21,7 @@ mod validation;
 
 use std::sync::Arc;
 
-use syncdiff_dataset::store::Dataset;
+use syncdiff_dataset::shards::Dataset;
 use syncdiff_model::config::{Config, DistBackend};
 use tch::Device;
 

@@ -3,7 +3,7 @@
 //! and passes, so the suite stays green on CPU machines. None of these has run on a GPU yet.
 #![allow(clippy::unwrap_used)]
 
-use syncdiff_dataset::store::Dataset;
+use syncdiff_dataset::shards::Dataset;
 use syncdiff_model::config::Config;
 use syncdiff_trainer::data::{Batch, LoaderState};
 use syncdiff_trainer::model::TrainModel;

@@ -462,7 +462,7 @@ fn dataprep_publishes_to_s3_from_two_tasks_with_the_manifest_last_and_equal_to_d
     // A shard deleted from the store while its stage record stays: the manifest is not
     // written over it by a task that finds it gone (stage-new holds records only).
     for (name, _) in store.list_files("").unwrap() {
-        if name.starts_with(&format!("{}/", syncdiff_dataset::store::shard_name(3)))
+        if name.starts_with(&format!("{}/", syncdiff_dataset::shards::shard_name(3)))
             || name == "manifest.json"
         {
             store.delete(&name).unwrap();

@@ -10,7 +10,7 @@ use std::process::Stdio;
 use std::time::{Duration, Instant};
 
 use common::{mpirun, prepared, rank_pids, repo, signal, text};
-use syncdiff_dataset::store::Dataset;
+use syncdiff_dataset::shards::Dataset;
 use syncdiff_model::config::Config;
 use syncdiff_trainer::data::{LoaderState, Sampler};
 

@@ -4,7 +4,7 @@
 
 use crate::common;
 
-use syncdiff_dataset::store::Dataset;
+use syncdiff_dataset::shards::Dataset;
 use syncdiff_model::config::Config;
 use syncdiff_trainer::data::{Batch, LoaderState, SampleSpec, Sampler};
 use syncdiff_trainer::model::TrainModel;

@@ -5,7 +5,7 @@ use std::path::PathBuf;
 use clap::Subcommand;
 use syncdiff_dataset::remote;
 use syncdiff_model::config::ConfigArgs;
-use syncdiff_runtime::launch::Launch;
+use syncdiff_runtime::ranks::Ranks;
 
 #[derive(Debug, Subcommand)]
 pub enum Command {
@@ -42,7 +42,7 @@ pub fn run(c: Command) -> anyhow::Result<String> {
         }
         Command::Fetch { config } => {
             let config = crate::load(&config)?;
-            let launch = Launch::from_env()?;
+            let launch = Ranks::from_env()?;
             let mut lines = Vec::new();
             let sets = [
                 ("data.dataset", Some(config.data.dataset.clone())),

@@ -6,7 +6,7 @@
 
 use std::path::PathBuf;
 
-use syncdiff_runtime::launch::DeviceChoice;
+use syncdiff_runtime::device::DeviceChoice;
 
 use syncdiff_inference::eval::report::{self, Scored};
 use syncdiff_inference::eval::{self, EvalError, Lpips, MouthBox, Nets, ScoreOptions, SyncNet};

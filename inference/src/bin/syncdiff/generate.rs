@@ -9,7 +9,8 @@ use std::path::{Path, PathBuf};
 
 use anyhow::bail;
 use syncdiff_model::config::{Precision, SamplerKind};
-use syncdiff_runtime::launch::{DeviceChoice, Launch};
+use syncdiff_runtime::device::DeviceChoice;
+use syncdiff_runtime::ranks::Ranks;
 
 use syncdiff_inference::generate::{self, Job, WeightChoice};
 
@@ -100,7 +101,7 @@ pub struct Args {
 /// Runs the request on this rank; returns the summary line.
 pub fn run(args: Args) -> anyhow::Result<String> {
     let jobs = jobs(args.list.as_deref(), args.video, args.audio, args.out)?;
-    let launch = Launch::from_env()?;
+    let launch = Ranks::from_env()?;
     let device = args.device.device(launch.local_rank)?;
     let request = generate::Request {
         checkpoint: args.checkpoint,

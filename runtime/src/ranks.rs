@@ -1,18 +1,15 @@
-//! Where this process runs in a launch, and which device it computes on: the one place that
-//! reads launcher variables and parses `--device`.
+//! Where this process runs in a launch (its rank, the world size, its rank on the node): the one
+//! place that reads the launcher's variables. Which device it computes on is `crate::device`.
 //!
 //! `syncdiff-train` learns its rank from MPI itself (`dist::Runtime`) and then takes its device
-//! from [`DeviceChoice::resolve`] like everyone else; data preparation and generation, which do not
-//! start MPI, read the launcher's environment here: OpenMPI (`OMPI_COMM_WORLD_*`), MPICH and
-//! Intel MPI (`PMI_*`, `MPI_LOCAL*`), PMIx (`PMIX_RANK`) and SLURM (`SLURM_PROCID`, ...).
-
-use std::str::FromStr;
-
-use tch::Device;
+//! from `device::DeviceChoice::resolve` like everyone else; data preparation and generation,
+//! which do not start MPI, read the launcher's environment here: OpenMPI (`OMPI_COMM_WORLD_*`),
+//! MPICH and Intel MPI (`PMI_*`, `MPI_LOCAL*`), PMIx (`PMIX_RANK`) and SLURM (`SLURM_PROCID`,
+//! ...).
 
 /// Why this process cannot find its place in a SLURM job array.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
-pub enum LaunchError {
+pub enum RanksError {
     /// A job-array variable is missing.
     #[error("{name} is not set (SLURM_ARRAY_TASK_ID={id})")]
     Missing {
@@ -49,30 +46,9 @@ pub enum LaunchError {
     },
 }
 
-/// Why `--device` cannot be used on this machine.
-#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
-pub enum DeviceError {
-    /// A GPU was asked for and libtorch sees none.
-    #[error(
-        "--device {choice}: this machine has no CUDA GPU visible to libtorch; use --device cpu"
-    )]
-    NoGpu {
-        /// The choice as given.
-        choice: String,
-    },
-    /// A GPU index beyond the visible ones.
-    #[error("--device {choice}: only {gpus} GPU(s) visible")]
-    TooFew {
-        /// The choice as given.
-        choice: String,
-        /// GPUs visible.
-        gpus: usize,
-    },
-}
-
 /// This process's place in a launch (one process when no launcher set anything).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub struct Launch {
+pub struct Ranks {
     /// Rank among all processes, `0..world`.
     pub rank: usize,
     /// Number of processes.
@@ -83,10 +59,10 @@ pub struct Launch {
     pub local_size: usize,
 }
 
-impl Launch {
+impl Ranks {
     /// From this process's environment; an error names a SLURM job-array variable that cannot be
     /// turned into a place among the array's tasks.
-    pub fn from_env() -> Result<Self, LaunchError> {
+    pub fn from_env() -> Result<Self, RanksError> {
         Self::from_vars(|name| std::env::var(name).ok())
     }
 
@@ -97,7 +73,7 @@ impl Launch {
     /// one process. In a job array (`sbatch --array=A-B[:S]`) each array task is one more level:
     /// task i of C with W processes of its own holds ranks `i*W .. i*W+W` of `C*W`, so an array
     /// of single-process tasks splits the work like `mpirun -n C` would.
-    pub fn from_vars(get: impl Fn(&str) -> Option<String>) -> Result<Self, LaunchError> {
+    pub fn from_vars(get: impl Fn(&str) -> Option<String>) -> Result<Self, RanksError> {
         let first = |names: &[&str]| {
             names
                 .iter()
@@ -160,16 +136,16 @@ pub fn cpu_threads_per_rank(local_size: usize) -> usize {
 /// array. Indices map to `0..count` through `(id - min) / step`; a list that is not one evenly
 /// spaced range (`--array=1,4,5`) cannot be mapped and is an error, as is a variable that does not
 /// parse.
-fn array_task(get: &impl Fn(&str) -> Option<String>) -> Result<(usize, usize), LaunchError> {
+fn array_task(get: &impl Fn(&str) -> Option<String>) -> Result<(usize, usize), RanksError> {
     let Some(id) = get("SLURM_ARRAY_TASK_ID") else {
         return Ok((0, 1));
     };
-    let var = |name: &str| -> Result<usize, LaunchError> {
-        let v = get(name).ok_or_else(|| LaunchError::Missing {
+    let var = |name: &str| -> Result<usize, RanksError> {
+        let v = get(name).ok_or_else(|| RanksError::Missing {
             name: name.into(),
             id: id.clone(),
         })?;
-        v.trim().parse().map_err(|_| LaunchError::Invalid {
+        v.trim().parse().map_err(|_| RanksError::Invalid {
             name: name.into(),
             value: v.clone(),
         })
@@ -187,7 +163,7 @@ fn array_task(get: &impl Fn(&str) -> Option<String>) -> Result<(usize, usize), L
     };
     let evenly = max >= min && (max - min) % step == 0 && (max - min) / step + 1 == count;
     if !evenly || id < min || (id - min) % step != 0 {
-        return Err(LaunchError::UnevenArray {
+        return Err(RanksError::UnevenArray {
             id,
             count,
             min,
@@ -198,86 +174,13 @@ fn array_task(get: &impl Fn(&str) -> Option<String>) -> Result<(usize, usize), L
     Ok(((id - min) / step, count))
 }
 
-/// A `--device` argument: `auto` (this rank's GPU when there is one, else the CPU), `cpu`,
-/// `cuda` (this rank's GPU) or `cuda:N`.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
-pub enum DeviceChoice {
-    /// A GPU when libtorch sees one, else the CPU.
-    #[default]
-    Auto,
-    /// The CPU.
-    Cpu,
-    /// GPU N, or this rank's GPU (`local_rank` modulo the GPUs) when `None`.
-    Cuda(Option<usize>),
-}
-
-impl FromStr for DeviceChoice {
-    type Err = String;
-
-    fn from_str(s: &str) -> Result<Self, String> {
-        match s {
-            "auto" => Ok(Self::Auto),
-            "cpu" => Ok(Self::Cpu),
-            "cuda" => Ok(Self::Cuda(None)),
-            _ => s
-                .strip_prefix("cuda:")
-                .and_then(|i| i.parse().ok())
-                .map(|i| Self::Cuda(Some(i)))
-                .ok_or_else(|| format!("{s:?}: expected auto, cpu, cuda or cuda:N")),
-        }
-    }
-}
-
-impl std::fmt::Display for DeviceChoice {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        match self {
-            Self::Auto => f.write_str("auto"),
-            Self::Cpu => f.write_str("cpu"),
-            Self::Cuda(None) => f.write_str("cuda"),
-            Self::Cuda(Some(i)) => write!(f, "cuda:{i}"),
-        }
-    }
-}
-
-impl DeviceChoice {
-    /// The device for the rank `local_rank` of its node on a machine with `gpus` visible GPUs
-    /// (`tch::Cuda::device_count()`, passed in so the choice is testable without GPUs).
-    pub fn resolve(self, local_rank: usize, gpus: usize) -> Result<Device, DeviceError> {
-        let cuda = |i: usize| {
-            if i < gpus {
-                Ok(Device::Cuda(i))
-            } else if gpus == 0 {
-                Err(DeviceError::NoGpu {
-                    choice: self.to_string(),
-                })
-            } else {
-                Err(DeviceError::TooFew {
-                    choice: self.to_string(),
-                    gpus,
-                })
-            }
-        };
-        match self {
-            Self::Auto if gpus > 0 => Ok(Device::Cuda(local_rank % gpus)),
-            Self::Auto | Self::Cpu => Ok(Device::Cpu),
-            Self::Cuda(None) => cuda(local_rank % gpus.max(1)),
-            Self::Cuda(Some(i)) => cuda(i),
-        }
-    }
-
-    /// [`DeviceChoice::resolve`] with the GPUs libtorch sees.
-    pub fn device(self, local_rank: usize) -> Result<Device, DeviceError> {
-        self.resolve(local_rank, tch::Cuda::device_count().max(0) as usize)
-    }
-}
-
 #[cfg(test)]
 #[allow(clippy::unwrap_used)]
 mod tests {
     use super::*;
 
-    fn try_launch(vars: &[(&str, &str)]) -> Result<Launch, String> {
-        Launch::from_vars(|n| {
+    fn try_ranks(vars: &[(&str, &str)]) -> Result<Ranks, String> {
+        Ranks::from_vars(|n| {
             vars.iter()
                 .find(|(k, _)| *k == n)
                 .map(|(_, v)| v.to_string())
@@ -285,15 +188,15 @@ mod tests {
         .map_err(|e| e.to_string())
     }
 
-    fn launch(vars: &[(&str, &str)]) -> Launch {
-        try_launch(vars).unwrap()
+    fn launch(vars: &[(&str, &str)]) -> Ranks {
+        try_ranks(vars).unwrap()
     }
 
     #[test]
     fn launchers_are_read_in_order_and_kept_consistent() {
         assert_eq!(
             launch(&[]),
-            Launch {
+            Ranks {
                 rank: 0,
                 world: 1,
                 local_rank: 0,
@@ -309,7 +212,7 @@ mod tests {
         ]);
         assert_eq!(
             ompi,
-            Launch {
+            Ranks {
                 rank: 3,
                 world: 4,
                 local_rank: 1,
@@ -324,7 +227,7 @@ mod tests {
         ]);
         assert_eq!(
             slurm,
-            Launch {
+            Ranks {
                 rank: 1,
                 world: 2,
                 local_rank: 1,
@@ -351,7 +254,7 @@ mod tests {
             ];
             v.extend(extra.iter().map(|(k, x)| (*k, x.to_string())));
             let r: Vec<(&str, &str)> = v.iter().map(|(k, x)| (*k, x.as_str())).collect();
-            try_launch(&r)
+            try_ranks(&r)
         };
         // --array=3-7:2, one process per task: tasks 3, 5, 7 are ranks 0, 1, 2 of 3.
         let t = array("5", &[]).unwrap();
@@ -373,41 +276,18 @@ mod tests {
         assert!(array("4", &[])
             .unwrap_err()
             .contains("not one evenly spaced range"));
-        let list = try_launch(&[
+        let list = try_ranks(&[
             ("SLURM_ARRAY_TASK_ID", "4"),
             ("SLURM_ARRAY_TASK_MIN", "1"),
             ("SLURM_ARRAY_TASK_MAX", "5"),
             ("SLURM_ARRAY_TASK_COUNT", "3"),
         ]);
         assert!(list.unwrap_err().contains("task 4 of 3"));
-        let bad = try_launch(&[("SLURM_ARRAY_TASK_ID", "x")]).unwrap_err();
+        let bad = try_ranks(&[("SLURM_ARRAY_TASK_ID", "x")]).unwrap_err();
         assert!(bad.contains("SLURM_ARRAY_TASK_ID=\"x\""), "{bad}");
-        let missing = try_launch(&[("SLURM_ARRAY_TASK_ID", "1")]);
+        let missing = try_ranks(&[("SLURM_ARRAY_TASK_ID", "1")]);
         assert!(missing
             .unwrap_err()
             .contains("SLURM_ARRAY_TASK_MIN is not set"));
-    }
-
-    #[test]
-    fn devices_parse_and_resolve() {
-        let p = |s: &str| s.parse::<DeviceChoice>();
-        assert_eq!(p("auto"), Ok(DeviceChoice::Auto));
-        assert_eq!(p("cuda:3"), Ok(DeviceChoice::Cuda(Some(3))));
-        assert!(p("gpu")
-            .unwrap_err()
-            .contains("expected auto, cpu, cuda or cuda:N"));
-        assert_eq!(DeviceChoice::Auto.resolve(1, 0), Ok(Device::Cpu));
-        assert_eq!(DeviceChoice::Auto.resolve(5, 4), Ok(Device::Cuda(1)));
-        assert_eq!(DeviceChoice::Cuda(None).resolve(1, 2), Ok(Device::Cuda(1)));
-        assert!(DeviceChoice::Cuda(Some(2))
-            .resolve(0, 2)
-            .unwrap_err()
-            .to_string()
-            .contains("only 2 GPU(s)"));
-        assert!(DeviceChoice::Cuda(None)
-            .resolve(0, 0)
-            .unwrap_err()
-            .to_string()
-            .contains("no CUDA GPU"));
     }
 }
