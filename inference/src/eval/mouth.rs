@@ -56,15 +56,21 @@ pub fn openings(rgb: &[u8], width: usize, height: usize) -> Vec<f64> {
 }
 
 /// Reads a `synth` truth file (one opening per line).
-pub fn read_truth(path: &std::path::Path) -> Result<Vec<f64>, String> {
-    let text = std::fs::read_to_string(path).map_err(|e| format!("{}: {e}", path.display()))?;
+pub fn read_truth(path: &std::path::Path) -> Result<Vec<f64>, super::wer::ReferenceError> {
+    use super::wer::ReferenceError;
+    let text = std::fs::read_to_string(path).map_err(|e| ReferenceError::Read {
+        path: path.to_path_buf(),
+        message: e.to_string(),
+    })?;
     text.lines()
         .filter(|l| !l.trim().is_empty())
         .enumerate()
         .map(|(i, l)| {
-            l.trim()
-                .parse::<f64>()
-                .map_err(|e| format!("{} line {}: {e}", path.display(), i + 1))
+            l.trim().parse::<f64>().map_err(|e| ReferenceError::Parse {
+                path: path.to_path_buf(),
+                line: i + 1,
+                message: e.to_string(),
+            })
         })
         .collect()
 }

@@ -42,8 +42,8 @@ pub enum EvalError {
         source: ScriptError,
     },
     /// A reference (transcript, mouth openings) or the lip reader failed.
-    #[error("{0}")]
-    Reference(String),
+    #[error(transparent)]
+    Reference(#[from] wer::ReferenceError),
 }
 
 /// The mouth region as fractions of the frame: x, y, width, height.
@@ -390,13 +390,13 @@ fn sync_scores(
 
 /// Word errors of the lip reader's transcript of `pred` against the reference file.
 fn word_errors(cmd: &str, pred: &Path, reference: &Path) -> Result<wer::Wer, EvalError> {
-    let reference = wer::read_reference(reference).map_err(EvalError::Reference)?;
-    wer::score(cmd, pred, &reference).map_err(EvalError::Reference)
+    let reference = wer::read_reference(reference)?;
+    Ok(wer::score(cmd, pred, &reference)?)
 }
 
 /// The mouth opening read from the prediction against the true openings.
 fn openings(pair: &Pair, truth: &Path) -> Result<OpeningScores, EvalError> {
-    let truth = mouth::read_truth(truth).map_err(EvalError::Reference)?;
+    let truth = mouth::read_truth(truth)?;
     let (a, b) = pair.common();
     let predicted = mouth::openings(b, pair.w, pair.h);
     let on_gt = mouth::openings(a, pair.w, pair.h);

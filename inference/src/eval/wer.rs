@@ -20,9 +20,41 @@ pub struct Wer {
     pub words: usize,
 }
 
+/// Why a reference could not be read or the lip reader could not score a video.
+#[derive(Debug, thiserror::Error)]
+pub enum ReferenceError {
+    /// A reference file cannot be read.
+    #[error("{}: {message}", path.display())]
+    Read {
+        /// The file.
+        path: std::path::PathBuf,
+        /// Why.
+        message: String,
+    },
+    /// A line of a reference file does not parse.
+    #[error("{} line {line}: {message}", path.display())]
+    Parse {
+        /// The file.
+        path: std::path::PathBuf,
+        /// The line, from 1.
+        line: usize,
+        /// Why.
+        message: String,
+    },
+    /// The lip reader (`--wer-cmd`) cannot be run or failed.
+    #[error("{message}")]
+    LipReader {
+        /// What happened, naming `--wer-cmd` and the command line.
+        message: String,
+    },
+}
+
 /// Reads an LRS2 transcript: the `Text:` line of `<clip>.txt`, or the first line of another file.
-pub fn read_reference(path: &Path) -> Result<String, String> {
-    let text = std::fs::read_to_string(path).map_err(|e| format!("{}: {e}", path.display()))?;
+pub fn read_reference(path: &Path) -> Result<String, ReferenceError> {
+    let text = std::fs::read_to_string(path).map_err(|e| ReferenceError::Read {
+        path: path.to_path_buf(),
+        message: e.to_string(),
+    })?;
     let line = text
         .lines()
         .find_map(|l| l.strip_prefix("Text:"))
@@ -53,20 +85,24 @@ pub fn edit_distance(reference: &[&str], hypothesis: &[&str]) -> usize {
 }
 
 /// Runs `command` (`{video}` replaced by the quoted path) through `sh -c` and scores its output.
-pub fn score(command: &str, video: &Path, reference: &str) -> Result<Wer, String> {
+pub fn score(command: &str, video: &Path, reference: &str) -> Result<Wer, ReferenceError> {
     let quoted = format!("'{}'", video.display().to_string().replace('\'', r"'\''"));
     let line = command.replace("{video}", &quoted);
     let out = Command::new("sh")
         .args(["-c", &line])
         .output()
-        .map_err(|e| format!("--wer-cmd: cannot run sh: {e}"))?;
+        .map_err(|e| ReferenceError::LipReader {
+            message: format!("--wer-cmd: cannot run sh: {e}"),
+        })?;
     if !out.status.success() {
         let err = String::from_utf8_lossy(&out.stderr);
-        return Err(format!(
-            "--wer-cmd `{line}` failed ({}): {}",
-            out.status,
-            err.lines().last().unwrap_or("")
-        ));
+        return Err(ReferenceError::LipReader {
+            message: format!(
+                "--wer-cmd `{line}` failed ({}): {}",
+                out.status,
+                err.lines().last().unwrap_or("")
+            ),
+        });
     }
     let stdout = String::from_utf8_lossy(&out.stdout);
     let hypothesis = normalise(
