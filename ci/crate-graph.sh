@@ -26,10 +26,16 @@ graph_without() {
     echo "ok: $1's crate graph has no ${2//|/, }"
   fi
 }
-# BINARY loads none of the libraries named by the regular expression.
+# BINARY (a path) loads none of the libraries named by the regular expression. It cannot pass
+# vacuously: the binary must exist and ldd must list libtorch_cpu among its libraries.
 ldd_without() {
-  local found
-  found="$(ldd "$1" | awk '{print $1}' | grep -E "^($2)" | tr '\n' ' ' || true)"
+  local out found
+  if [ ! -x "$1" ] || ! out="$(ldd "$1" 2>&1)" || ! grep -q 'libtorch_cpu\.so' <<<"$out"; then
+    echo "FAIL: $1: missing, or ldd lists no libtorch_cpu.so: ${out:-no output}"
+    fail=1
+    return
+  fi
+  found="$(awk '{print $1}' <<<"$out" | grep -E "^($2)" | tr '\n' ' ' || true)"
   if [ -n "$found" ]; then
     echo "FAIL: $1 loads $found(must not: $3)"
     fail=1
@@ -38,14 +44,46 @@ ldd_without() {
   fi
 }
 
+# The path of each of the three command-line tools, as cargo reports them (the target directory
+# may be anywhere: CARGO_TARGET_DIR). Built as the test stage builds them (the feature only adds
+# test-only faults), so nothing is compiled twice.
+declare -A bin
+tools() {
+  local line
+  while read -r line; do
+    bin[$(basename "$line")]="$line"
+  done < <(cargo build --workspace --bins --locked --features syncdiff-trainer/fault-injection \
+    --message-format=json-render-diagnostics | python3 -c '
+import json, sys
+for line in sys.stdin:
+    try:
+        m = json.loads(line)
+    except ValueError:
+        continue
+    exe = m.get("executable") if m.get("reason") == "compiler-artifact" else None
+    if exe and exe.rsplit("/", 1)[-1] in ("syncdiff-train", "syncdiff", "syncdiff-dataprep"):
+        print(exe)
+')
+  for name in syncdiff-train syncdiff syncdiff-dataprep; do
+    if [ -z "${bin[$name]:-}" ]; then
+      echo "crate-graph: cargo reported no $name binary" >&2
+      exit 1
+    fi
+  done
+}
+
 face='dlib-face-recognition|syncdiff-dataprep|syncdiff-inference'
 mpi='mpi|mpi-sys|build-probe-mpi|syncdiff-trainer'
 face_libs='libdlib|libopenblas|libblas|liblapack'
 mpi_libs='libmpi'
 
 if [ "${1:-}" = "--self-test" ]; then
-  # The same checks must fail where the crates are: dlib in dataprep's graph, MPI in the trainer's.
-  for check in "graph_without syncdiff-dataprep $face" "graph_without syncdiff-trainer $mpi"; do
+  # Each check must fail where what it looks for is: dlib in dataprep's graph, MPI in the
+  # trainer's, dlib's libraries in `syncdiff`, MPI in `syncdiff-train`, and a missing binary.
+  tools
+  for check in "graph_without syncdiff-dataprep $face" "graph_without syncdiff-trainer $mpi" \
+    "ldd_without ${bin[syncdiff]} $face_libs" "ldd_without ${bin[syncdiff-train]} $mpi_libs" \
+    "ldd_without ${bin[syncdiff]}.missing $mpi_libs"; do
     fail=0
     # shellcheck disable=SC2086
     $check "self-test" >/dev/null
@@ -54,7 +92,7 @@ if [ "${1:-}" = "--self-test" ]; then
       exit 1
     fi
   done
-  echo "crate-graph self-test: both checks fail where the crates are"
+  echo "crate-graph self-test: all five checks fail where what they look for is"
   exit 0
 fi
 
@@ -62,12 +100,10 @@ graph_without syncdiff-trainer "$face" "a training node detects no faces"
 graph_without syncdiff-inference "$mpi" "generation and evaluation run without MPI"
 graph_without syncdiff-dataprep "$mpi" "data preparation runs without MPI"
 
-# Built as the test stage builds them (the feature only adds test-only faults), so nothing is
-# compiled twice.
-cargo build --workspace --bins --locked --features syncdiff-trainer/fault-injection
-ldd_without target/debug/syncdiff-train "$face_libs" "a training node detects no faces"
-ldd_without target/debug/syncdiff "$mpi_libs" "generation and evaluation run without MPI"
-ldd_without target/debug/syncdiff-dataprep "$mpi_libs" "data preparation runs without MPI"
+tools
+ldd_without "${bin[syncdiff-train]}" "$face_libs" "a training node detects no faces"
+ldd_without "${bin[syncdiff]}" "$mpi_libs" "generation and evaluation run without MPI"
+ldd_without "${bin[syncdiff-dataprep]}" "$mpi_libs" "data preparation runs without MPI"
 
 if [ "$fail" != 0 ]; then
   echo "crate-graph: a binary links what its host does not need (docs/development.md, Crates)" >&2

@@ -68,6 +68,9 @@ if [ -n "${SYNCDIFF_BIN:-}" ]; then
   BIN="$(cd "$SYNCDIFF_BIN" 2>/dev/null && pwd)/syncdiff-train"
 elif [ -x "$ROOT/target/release/syncdiff-train" ]; then
   BIN="$ROOT/target/release/syncdiff-train"
+  if [ "$ROOT/target/debug/syncdiff-train" -nt "$BIN" ]; then
+    echo "note: target/debug/syncdiff-train is newer than target/release (a stale release build?); SYNCDIFF_BIN=target/debug uses it" >&2
+  fi
 else
   BIN="$ROOT/target/debug/syncdiff-train"
 fi

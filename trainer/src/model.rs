@@ -5,11 +5,11 @@ use syncdiff_model::audio::AudioPath;
 use syncdiff_model::config::{AudioEncoderKind, Config};
 use syncdiff_model::networks::Networks;
 use syncdiff_model::syncdiff::{Conditioning, SyncDiff, SyncDiffError};
+use syncdiff_model::weights::WeightsError;
 use syncdiff_runtime::rng::{keyed_noise, Rng};
 use tch::{Device, Tensor};
 
 use crate::data::Batch;
-use crate::error::TrainError;
 
 /// SyncDiff's networks and what training adds to them: layerdrop in the audio encoder, noise on
 /// the previous frames (pose), audio dropout; each random choice keyed by the sample's seed.
@@ -42,16 +42,13 @@ impl TrainModel {
 
     /// [`TrainModel::new`] with the pretrained AV-HuBERT layers of
     /// `model.audio_encoder.weights` loaded (`syncdiff convert avhubert` makes them).
-    pub fn with_pretrained(config: &Config, device: Device) -> Result<Self, TrainError> {
+    pub fn with_pretrained(config: &Config, device: Device) -> Result<Self, WeightsError> {
         let model = Self::new(config, device);
         let enc = &config.model.audio_encoder;
         if let (Some(w), AudioEncoderKind::Avhubert) = (&enc.weights, enc.kind) {
             let path = std::path::Path::new(w);
-            syncdiff_model::weights::read(path)
-                .and_then(|file| {
-                    syncdiff_model::weights::load_into(&model.nets.vs, "audio.", path, &file)
-                })
-                .map_err(|e| TrainError::Weights(format!("model.audio_encoder.weights: {e}")))?;
+            let file = syncdiff_model::weights::read(path)?;
+            syncdiff_model::weights::load_into(&model.nets.vs, "audio.", path, &file)?;
         }
         Ok(model)
     }

@@ -137,7 +137,8 @@ impl<'a> Trainer<'a> {
             );
         }
         tch::manual_seed(t.seed as i64);
-        let model = TrainModel::with_pretrained(config, device)?;
+        let model = TrainModel::with_pretrained(config, device)
+            .map_err(|e| TrainError::Weights(format!("model.audio_encoder.weights: {e}")))?;
         // From here on the parameters and their gradients live in flat buckets.
         let flat = Flat::new(model.trainable(), bucket_elements(config.dist.bucket_mb))?;
         let dog = Watchdog::start(rt.prefix(), {
