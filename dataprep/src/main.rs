@@ -11,7 +11,7 @@ use std::process::ExitCode;
 use clap::{Parser, Subcommand};
 use syncdiff_dataprep::ingest;
 use syncdiff_dataprep::layout::Layout;
-use syncdiff_dataprep::synth::{synth, SynthOptions};
+use syncdiff_dataprep::synth::{synth_with, SyncFaults, SynthOptions};
 use syncdiff_dataset::shards::Dataset;
 use syncdiff_model::config::{parse_args, ConfigArgs};
 use syncdiff_runtime::progress::Progress;
@@ -45,6 +45,17 @@ enum Command {
         /// Seed of every random choice.
         #[arg(long, default_value_t = 0)]
         seed: u64,
+        /// Share of the clips whose audio is shifted by 1..=--max-delay frames, late or early
+        /// (for testing sync experts and filters; `<clip>.sync.txt` says by how much).
+        #[arg(long, default_value_t = 0.0)]
+        delayed: f64,
+        /// The largest shift of --delayed, frames.
+        #[arg(long, default_value_t = 6)]
+        max_delay: u32,
+        /// Share of the clips that carry another speaker's clip's speech (`<clip>.sync.txt`
+        /// names it).
+        #[arg(long, default_value_t = 0.0)]
+        swapped: f64,
     },
     /// Turn a split of LRS2 (or a synthetic data set) into shard stores plus manifest.json.
     /// Resumable: finished shards are kept, interrupted ones rebuilt. Under `mpirun -n K` the
@@ -140,10 +151,11 @@ fn local_dir(arg: &str) -> Result<PathBuf, String> {
 
 fn main() -> ExitCode {
     let result = match parse_args::<Cli>().command {
-        Command::Synth { out, speakers, clips_per_speaker, seconds, seed } => {
+        Command::Synth { out, speakers, clips_per_speaker, seconds, seed, delayed, max_delay, swapped } => {
             let opts = SynthOptions { out: out.clone(), speakers, clips_per_speaker, seconds, seed };
+            let faults = SyncFaults { delayed, max_delay, swapped };
             let bar = Progress::new(true, "synth", "clip", 0, u64::from(speakers * clips_per_speaker));
-            let r = synth(&opts, |done, _| bar.set(done as u64));
+            let r = synth_with(&opts, &faults, |done, _| bar.set(done as u64));
             bar.finish();
             r.map(|n| format!("wrote {n} clips to {} ({} s each; train/val/test lists beside main/)", out.display(), seconds))
                 .map_err(anyhow::Error::from)

@@ -10,6 +10,12 @@
 //! ```
 //! The whole mouth lies below the middle row at every frame, so masking the lower half of the
 //! frame (the default face box) hides it completely.
+//!
+//! For testing sync experts and data filters, [`synth_with`] can also misalign a share of the
+//! clips on purpose ([`SyncFaults`]): the mouth still follows the clip's own speech, but the audio
+//! track is shifted by a known number of frames, or is another clip's speech. Each such clip gets
+//! `<clip>.sync.txt` beside it: `delay K` (the audio is K frames late; negative: early) or
+//! `audio-of SPEAKER/CLIP`.
 
 use std::path::{Path, PathBuf};
 
@@ -31,6 +37,80 @@ pub struct SynthOptions {
     pub seconds: f64,
     /// Seed of every random choice.
     pub seed: u64,
+}
+
+/// Clips whose audio is misaligned on purpose (none by default).
+#[derive(Debug, Clone, Copy, Default)]
+pub struct SyncFaults {
+    /// Share of the clips whose audio track is shifted by 1..=`max_delay` frames, late or early.
+    pub delayed: f64,
+    /// The largest shift, frames.
+    pub max_delay: u32,
+    /// Share of the clips that carry another clip's speech (of another speaker).
+    pub swapped: f64,
+}
+
+/// What [`SyncFaults`] did to one clip.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Fault {
+    /// Audio as spoken.
+    None,
+    /// Audio `k` frames late (negative: early).
+    Delay(i64),
+    /// The speech of clip (speaker, clip).
+    AudioOf(u32, u32),
+}
+
+impl SyncFaults {
+    /// Checks the shares and the shift.
+    fn check(&self) -> Result<(), SynthError> {
+        let share = |v: f64| (0.0..=1.0).contains(&v);
+        if !share(self.delayed) || !share(self.swapped) || self.delayed + self.swapped > 1.0 {
+            return Err(SynthError::Options(format!(
+                "--delayed {} and --swapped {} must be shares in [0, 1] that sum to at most 1",
+                self.delayed, self.swapped
+            )));
+        }
+        if self.delayed > 0.0 && self.max_delay == 0 {
+            return Err(SynthError::Options(
+                "--delayed needs --max-delay of at least 1 frame".into(),
+            ));
+        }
+        Ok(())
+    }
+
+    /// The fault of clip `c` of speaker `s` (keyed by the seed: the same on every run).
+    fn of(&self, opts: &SynthOptions, s: u32, c: u32) -> Fault {
+        let mut r = Rng::new(&[opts.seed, 3, u64::from(s), u64::from(c)]);
+        let u = r.uniform();
+        if u < self.swapped && opts.speakers > 1 {
+            let other = (s + 1 + r.below(u64::from(opts.speakers - 1)) as u32) % opts.speakers;
+            return Fault::AudioOf(other, r.below(u64::from(opts.clips_per_speaker)) as u32);
+        }
+        if u < self.swapped + self.delayed {
+            let k = 1 + r.below(u64::from(self.max_delay)) as i64;
+            return Fault::Delay(if r.uniform() < 0.5 { -k } else { k });
+        }
+        Fault::None
+    }
+}
+
+/// `samples` shifted `frames` video frames later (negative: earlier), silence filling the gap,
+/// the length kept.
+pub fn shift_audio(samples: &[i16], frames: i64) -> Vec<i16> {
+    let per = (RATE / FPS) as i64;
+    let n = samples.len() as i64;
+    let by = (frames * per).clamp(-n, n);
+    (0..n)
+        .map(|i| {
+            let j = i - by;
+            if (0..n).contains(&j) {
+                samples[j as usize]
+            } else {
+                0
+            }
+        })
+        .collect()
 }
 
 /// Why synthesis failed.
@@ -308,15 +388,28 @@ fn io(path: &Path) -> impl FnOnce(std::io::Error) -> SynthError + '_ {
     }
 }
 
-/// Generates one clip: video, audio, true openings.
-fn clip(opts: &SynthOptions, s: u32, c: u32) -> Result<(), SynthError> {
+/// The speech of clip `c` of speaker `s` (espeak-ng writes to `scratch`, a name no other clip
+/// uses), and the random generator after it (the clip's other choices follow from it).
+fn clip_speech(
+    opts: &SynthOptions,
+    (s, c): (u32, u32),
+    n: usize,
+    scratch: &Path,
+) -> Result<(Vec<i16>, Rng), SynthError> {
     let sp = Speaker::new(opts.seed, s);
     let mut rng = Rng::new(&[opts.seed, 2, u64::from(s), u64::from(c)]);
+    Ok((speech(&sp, &mut rng, n, scratch)?, rng))
+}
+
+/// Generates one clip: video, audio (misaligned as `fault` says), true openings.
+fn clip(opts: &SynthOptions, s: u32, c: u32, fault: Fault) -> Result<(), SynthError> {
+    let sp = Speaker::new(opts.seed, s);
     let frames = (opts.seconds * f64::from(FPS)).round() as usize;
     let n = frames * (RATE / FPS) as usize;
     let dir = opts.out.join("main").join(format!("spk{s:02}"));
     let name = format!("{:05}", c + 1);
-    let samples = speech(&sp, &mut rng, n, &dir.join(format!(".{name}.espeak.wav")))?;
+    let (samples, mut rng) =
+        clip_speech(opts, (s, c), n, &dir.join(format!(".{name}.espeak.wav")))?;
     let open = openings(&samples, frames);
     // Per-clip position and a slow head bob: pose information the previous frame carries.
     let (dx, dy) = (rng.range(-6.0, 6.0), rng.range(-5.0, 4.0));
@@ -330,14 +423,27 @@ fn clip(opts: &SynthOptions, s: u32, c: u32) -> Result<(), SynthError> {
         let bob = amp * (std::f64::consts::TAU * k as f64 / period + phase).sin();
         draw(&sp, 80.0 + dx, 76.0 + dy + bob, o, &mut rgb);
     }
+    let (track, note) = match fault {
+        Fault::None => (samples, None),
+        Fault::Delay(k) => (shift_audio(&samples, k), Some(format!("delay {k}\n"))),
+        Fault::AudioOf(s2, c2) => {
+            let scratch = dir.join(format!(".{name}.borrowed.espeak.wav"));
+            let (other, _) = clip_speech(opts, (s2, c2), n, &scratch)?;
+            (other, Some(format!("audio-of spk{s2:02}/{:05}\n", c2 + 1)))
+        }
+    };
     video::encode(
         &dir.join(format!("{name}.mp4")),
         &rgb,
         SIZE,
         SIZE,
         FPS,
-        Some((&samples, RATE)),
+        Some((&track, RATE)),
     )?;
+    if let Some(note) = note {
+        let p = dir.join(format!("{name}.sync.txt"));
+        std::fs::write(&p, note).map_err(io(&p))?;
+    }
     let text: String = open.iter().map(|o| format!("{o:.4}\n")).collect();
     let truth = dir.join(format!("{name}.mouth.txt"));
     std::fs::write(&truth, text).map_err(io(&truth))
@@ -348,6 +454,16 @@ pub fn synth(
     opts: &SynthOptions,
     progress: impl Fn(usize, usize) + Sync,
 ) -> Result<usize, SynthError> {
+    synth_with(opts, &SyncFaults::default(), progress)
+}
+
+/// [`synth`] with a share of the clips misaligned as `faults` says.
+pub fn synth_with(
+    opts: &SynthOptions,
+    faults: &SyncFaults,
+    progress: impl Fn(usize, usize) + Sync,
+) -> Result<usize, SynthError> {
+    faults.check()?;
     if opts.speakers == 0 || opts.clips_per_speaker == 0 || opts.seconds < 0.5 {
         return Err(SynthError::Options(
             "need at least 1 speaker, 1 clip per speaker and 0.5 s per clip".into(),
@@ -362,7 +478,7 @@ pub fn synth(
     }
     let done = std::sync::atomic::AtomicUsize::new(0);
     jobs.par_iter().try_for_each(|&(s, c)| {
-        clip(opts, s, c)?;
+        clip(opts, s, c, faults.of(opts, s, c))?;
         let d = done.fetch_add(1, std::sync::atomic::Ordering::Relaxed) + 1;
         progress(d, jobs.len());
         Ok::<(), SynthError>(())
@@ -401,6 +517,71 @@ mod tests {
                 assert_ne!(closed[half..], open[half..]);
             }
         }
+    }
+
+    #[test]
+    fn shifted_audio_moves_by_whole_frames_and_keeps_its_length() {
+        let per = (RATE / FPS) as usize;
+        let s: Vec<i16> = (0..4 * per).map(|i| (i / per + 1) as i16).collect();
+        let late = shift_audio(&s, 1);
+        assert_eq!(late.len(), s.len());
+        assert!(late[..per].iter().all(|&v| v == 0));
+        assert_eq!(late[per..], s[..3 * per]);
+        let early = shift_audio(&s, -2);
+        assert_eq!(early[..2 * per], s[2 * per..]);
+        assert!(early[2 * per..].iter().all(|&v| v == 0));
+        assert_eq!(shift_audio(&s, 0), s);
+        assert!(shift_audio(&s, 9).iter().all(|&v| v == 0));
+    }
+
+    #[test]
+    fn faults_take_their_shares_and_stay_in_range() {
+        let opts = SynthOptions {
+            out: PathBuf::new(),
+            speakers: 10,
+            clips_per_speaker: 100,
+            seconds: 1.0,
+            seed: 7,
+        };
+        let f = SyncFaults {
+            delayed: 0.3,
+            max_delay: 6,
+            swapped: 0.2,
+        };
+        let (mut delayed, mut swapped) = (0, 0);
+        for s in 0..10 {
+            for c in 0..100 {
+                match f.of(&opts, s, c) {
+                    Fault::Delay(k) => {
+                        assert!((1..=6).contains(&k.abs()));
+                        delayed += 1;
+                    }
+                    Fault::AudioOf(s2, c2) => {
+                        assert!(s2 != s && s2 < 10 && c2 < 100);
+                        swapped += 1;
+                    }
+                    Fault::None => {}
+                }
+                assert_eq!(f.of(&opts, s, c), f.of(&opts, s, c));
+            }
+        }
+        assert!((250..350).contains(&delayed), "{delayed}");
+        assert!((150..250).contains(&swapped), "{swapped}");
+        assert_eq!(SyncFaults::default().of(&opts, 3, 3), Fault::None);
+        assert!(SyncFaults {
+            delayed: 0.7,
+            max_delay: 1,
+            swapped: 0.4
+        }
+        .check()
+        .is_err());
+        assert!(SyncFaults {
+            delayed: 0.5,
+            max_delay: 0,
+            swapped: 0.0
+        }
+        .check()
+        .is_err());
     }
 
     #[test]
