@@ -13,6 +13,7 @@ pub mod avhubert;
 pub mod config;
 pub mod diffusion;
 pub mod dpm_solver;
+pub mod expert;
 pub mod networks;
 pub mod nn;
 pub mod syncdiff;
