@@ -22,6 +22,7 @@ use syncdiff_dataset::audio::{FbankParams, LogFbank};
 use syncdiff_model::weights::torchzip::is_torchscript;
 use tch::{Device, Kind, Tensor};
 
+use super::offsets::offset_scores;
 use super::script::{Script, ScriptError};
 use super::syncnet_net::NativeSyncNet;
 
@@ -154,44 +155,14 @@ pub fn lse(
             ),
         });
     }
-    let mean = mean_distances(&lip, &aud, vshift);
-    let read_err = |e: tch::TchError| ScriptError::Run {
+    let scores = offset_scores(&lip, &aud, vshift).map_err(|e| ScriptError::Run {
         path: net.path().to_path_buf(),
         message: format!("reading the offset distances: {e}"),
-    };
-    let values: Vec<f64> = Vec::try_from(&mean).map_err(read_err)?;
-    let (idx, min) =
-        values.iter().enumerate().fold(
-            (0, f64::INFINITY),
-            |(bi, bv), (i, &v)| {
-                if v < bv {
-                    (i, v)
-                } else {
-                    (bi, bv)
-                }
-            },
-        );
-    // torch.median: the lower of the two middle values for an even count.
-    let median = f64::try_from(mean.median()).map_err(read_err)?;
+    })?;
     Ok(Lse {
-        lse_c: median - min,
-        lse_d: min,
-        offset: vshift - idx as i64,
+        lse_c: scores.confidence,
+        lse_d: scores.min_distance,
+        offset: scores.offset,
         windows: windows as usize,
     })
-}
-
-/// Mean over windows of the distance between each lip feature and the audio features shifted by
-/// -vshift..=vshift (zero rows outside): (2 vshift + 1,).
-fn mean_distances(lip: &Tensor, aud: &Tensor, vshift: i64) -> Tensor {
-    let (w, d) = lip
-        .size2()
-        .expect("lip features are (windows, D), checked by the caller");
-    let span = 2 * vshift + 1;
-    let padded = aud.constant_pad_nd([0, 0, vshift, vshift]);
-    // (W, span, D): row i holds padded[i .. i + span].
-    let shifted = padded.unfold(0, span, 1).permute([0, 2, 1]);
-    let lips = lip.unsqueeze(1).expand([w, span, d], false);
-    let dist = Tensor::pairwise_distance(&lips, &shifted, 2.0, 1e-6, false);
-    dist.mean_dim(0, false, Kind::Float)
 }
