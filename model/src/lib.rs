@@ -16,6 +16,7 @@ pub mod dpm_solver;
 pub mod expert;
 pub mod networks;
 pub mod nn;
+pub mod offsets;
 pub mod syncdiff;
 pub mod temporal;
 pub mod unet;

@@ -7,7 +7,6 @@ mod lpips;
 mod lpips_net;
 mod metrics;
 pub mod mouth;
-mod offsets;
 pub mod report;
 mod script;
 mod state_dict;
@@ -19,8 +18,8 @@ pub mod wer;
 pub use lpips::{lpips, Lpips};
 pub use lpips_net::NativeLpips;
 pub use metrics::{psnr, ssim, MetricError, Region, View};
-pub use offsets::{offset_scores, OffsetScores};
 pub use script::{Script, ScriptError};
+pub use syncdiff_model::offsets::{offset_scores, OffsetScores};
 pub use syncnet::{lse, Lse, SyncNet, CROP};
 pub use syncnet_net::NativeSyncNet;
 pub use videos::{

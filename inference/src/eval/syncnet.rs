@@ -22,9 +22,9 @@ use syncdiff_dataset::audio::{FbankParams, LogFbank};
 use syncdiff_model::weights::torchzip::is_torchscript;
 use tch::{Device, Kind, Tensor};
 
-use super::offsets::offset_scores;
 use super::script::{Script, ScriptError};
 use super::syncnet_net::NativeSyncNet;
+use syncdiff_model::offsets::offset_scores;
 
 /// Side of SyncNet's face crops.
 pub const CROP: u32 = 224;

@@ -1,5 +1,5 @@
-//! syncnet_python's offset search on any pair of per-window features (SyncNet's for LSE-C/D, a
-//! trained sync expert's for its own scores): the mean distance between each visual feature and
+//! syncnet_python's offset search on any pair of per-window features (SyncNet's for LSE-C/D in
+//! evaluation, the sync expert's for its scores in evaluation, data preparation and validation): the mean distance between each visual feature and
 //! the audio features shifted by -vshift..=vshift windows (zero rows outside), the offset at its
 //! minimum, and the confidence (median minus minimum of the mean distances).
 
@@ -71,8 +71,9 @@ mod tests {
     #[test]
     fn the_search_finds_a_known_shift_with_syncnet_pythons_sign() {
         let n = 60;
-        let feats = syncdiff_runtime::rng::gaussian(5, (n * 8) as usize);
-        let base = Tensor::from_slice(&feats).view([n, 8]);
+        let _torch = syncdiff_devkit::torch();
+        tch::manual_seed(5);
+        let base = Tensor::randn([n, 8], (Kind::Float, tch::Device::Cpu));
         for k in [-4i64, 0, 3] {
             let lip = base.narrow(0, 10, 40);
             let aud = base.narrow(0, 10 + k, 40);
