@@ -57,6 +57,22 @@ pub fn workspace_bin(name: &str) -> PathBuf {
     bin
 }
 
+/// Runs `ffmpeg -v error -y ARGS` (the output file last among them), panicking with ffmpeg's
+/// stderr when it fails: test inputs made with ffmpeg (a sideways phone video, a tone track).
+pub fn ffmpeg(args: &[&str]) {
+    let o = Command::new("ffmpeg")
+        .args(["-v", "error", "-y"])
+        .args(args)
+        .output()
+        .unwrap_or_else(|e| panic!("cannot run ffmpeg: {e}"));
+    assert!(
+        o.status.success(),
+        "ffmpeg {}: {}",
+        args.join(" "),
+        String::from_utf8_lossy(&o.stderr)
+    );
+}
+
 /// Serialises the tests that run libtorch in one test process (each crate has one test binary).
 /// libtorch has one global random generator: a test that seeds it (`tch::manual_seed`, a
 /// trainer's construction) and then draws from it must not interleave with another test that

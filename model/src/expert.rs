@@ -232,19 +232,18 @@ impl SyncExpert {
         if windows < 2 {
             return Ok(None);
         }
+        // Every window at once as views: (windows, W, C, rows, cols) and (windows, W, mel).
+        let lw = lower
+            .narrow(0, 0, frames)
+            .unfold(0, w, 1)
+            .permute([0, 4, 1, 2, 3]);
+        let mw = mel.narrow(0, 0, frames).unfold(0, w, 1).transpose(1, 2);
         let (mut v, mut a) = (Vec::new(), Vec::new());
         tch::no_grad(|| {
             for start in (0..windows).step_by(batch.max(1) as usize) {
                 let n = batch.min(windows - start);
-                let rows: Vec<Tensor> = (start..start + n)
-                    .map(|i| Tensor::arange_start(i, i + w, (Kind::Int64, lower.device())))
-                    .collect();
-                let idx = Tensor::stack(&rows, 0).view([-1]);
-                let lw = lower.index_select(0, &idx);
-                let s = lw.size();
-                v.push(self.embed_frames(&lw.view([n, w, s[1], s[2], s[3]])));
-                let mw = mel.index_select(0, &idx.to_device(mel.device()));
-                a.push(self.embed_audio(&mw.view([n, w, -1])));
+                v.push(self.embed_frames(&lw.narrow(0, start, n).contiguous()));
+                a.push(self.embed_audio(&mw.narrow(0, start, n).contiguous()));
             }
         });
         let host = |t: Vec<Tensor>| {

@@ -155,48 +155,32 @@ fn a_phone_video_stored_sideways_is_ingested_upright() {
     let root = d.join("phone");
     std::fs::create_dir_all(&root).unwrap();
     let phone = root.join("portrait.mp4");
-    for (args, out) in [
-        (
-            vec![
-                "-i",
-                upright.to_str().unwrap(),
-                "-vf",
-                "transpose=1",
-                "-crf",
-                "12",
-            ],
-            &turned,
-        ),
-        (
-            vec![
-                "-i",
-                turned.to_str().unwrap(),
-                "-f",
-                "lavfi",
-                "-i",
-                "sine=frequency=220:sample_rate=16000:duration=3",
-                "-map",
-                "0:v",
-                "-map",
-                "1:a",
-                "-c:v",
-                "copy",
-                "-c:a",
-                "aac",
-                "-metadata:s:v:0",
-                "rotate=90",
-            ],
-            &phone,
-        ),
-    ] {
-        let o = Command::new("ffmpeg")
-            .args(["-v", "error", "-y"])
-            .args(&args)
-            .arg(out)
-            .output()
-            .unwrap();
-        assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
-    }
+    let (up, tu, ph) = (
+        upright.to_str().unwrap(),
+        turned.to_str().unwrap(),
+        phone.to_str().unwrap(),
+    );
+    syncdiff_devkit::ffmpeg(&["-i", up, "-vf", "transpose=1", "-crf", "12", tu]);
+    let tone = "sine=frequency=220:sample_rate=16000:duration=3";
+    syncdiff_devkit::ffmpeg(&[
+        "-i",
+        tu,
+        "-f",
+        "lavfi",
+        "-i",
+        tone,
+        "-map",
+        "0:v",
+        "-map",
+        "1:a",
+        "-c:v",
+        "copy",
+        "-c:a",
+        "aac",
+        "-metadata:s:v:0",
+        "rotate=90",
+        ph,
+    ]);
     let info = video::probe(&phone).unwrap();
     assert_eq!((info.width, info.height, info.rotation % 180), (w, h, 90));
     let out = d.join("ds");

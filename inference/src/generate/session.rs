@@ -92,9 +92,7 @@ pub struct Summary {
 
 impl std::fmt::Display for Summary {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        if self.world > 1 {
-            write!(f, "rank {}/{}: ", self.rank, self.world)?;
-        }
+        f.write_str(&rank_prefix(self.rank, self.world))?;
         let o = &self.opts;
         write!(
             f,
@@ -127,6 +125,15 @@ impl std::fmt::Display for Summary {
             write!(f, ", peak memory {m} MiB")?;
         }
         Ok(())
+    }
+}
+
+/// `rank R/W: ` before a rank's lines when there are several ranks, else nothing.
+fn rank_prefix(rank: usize, world: usize) -> String {
+    if world > 1 {
+        format!("rank {rank}/{world}: ")
+    } else {
+        String::new()
     }
 }
 
@@ -174,14 +181,10 @@ pub fn run(jobs: &[Job], req: &Request, launch: &Ranks) -> Result<Summary, Gener
         passed_through: 0,
     };
     batches.all(&mut models, &mine, req.batch.max(1))?;
-    let rank_note = if world > 1 {
-        format!("rank {rank}/{world}: ")
-    } else {
-        String::new()
-    };
     if batches.timings.steps > 0 {
         // Where the time went (docs/generate.md, "Speed"): the phases of the frame loop.
-        eprintln!("{rank_note}time per phase: {}", batches.timings);
+        let rank = rank_prefix(rank, world);
+        eprintln!("{rank}time per phase: {}", batches.timings);
     }
     Ok(Summary {
         rank,

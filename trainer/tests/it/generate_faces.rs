@@ -284,39 +284,19 @@ fn a_phone_video_stored_sideways_with_a_rotation_tag_comes_back_upright() {
     // display rotation of 90 degrees in the container.
     let turned = d.join("turned.mp4");
     let phone = d.join("phone.mp4");
-    for args in [
-        vec![
-            "-i",
-            &s(&upright),
-            "-vf",
-            "transpose=1",
-            "-c:v",
-            "libx264",
-            "-crf",
-            "12",
-        ],
-        vec![
-            "-i",
-            &s(&turned),
-            "-c",
-            "copy",
-            "-metadata:s:v:0",
-            "rotate=90",
-        ],
-    ] {
-        let out = if args.contains(&"transpose=1") {
-            &turned
-        } else {
-            &phone
-        };
-        let o = Command::new("ffmpeg")
-            .args(["-v", "error", "-y"])
-            .args(&args)
-            .arg(out)
-            .output()
-            .unwrap();
-        assert!(o.status.success(), "{}", common::text(&o).1);
-    }
+    let (up, tu, ph) = (s(&upright), s(&turned), s(&phone));
+    syncdiff_devkit::ffmpeg(&[
+        "-i",
+        &up,
+        "-vf",
+        "transpose=1",
+        "-c:v",
+        "libx264",
+        "-crf",
+        "12",
+        &tu,
+    ]);
+    syncdiff_devkit::ffmpeg(&["-i", &tu, "-c", "copy", "-metadata:s:v:0", "rotate=90", &ph]);
     // Read as displayed (before: 640x360 frames, the face lying on its side).
     let info = video::probe(&phone).unwrap();
     assert_eq!((info.width, info.height, info.rotation % 180), (w, h, 90));
